@@ -1,0 +1,471 @@
+/* cli.c — the `tide` command line: parses arguments, runs one store operation on a
+ * private libuv loop and prints its outcome (JSON lines on stdout, one error line on
+ * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 1 otherwise. */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "store.h"
+
+enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3 };
+
+struct cli {
+	const char *cmd;
+	const char *url;
+	uv_loop_t loop;
+	struct tide_store *store;
+	int exit_code;
+	/* append */
+	const char *stream;
+	struct tide_event event;
+	int64_t expected;
+	/* read, read-all */
+	struct tide_read_opts read;
+	struct tide_cursor after;
+	void (*run)(struct cli *cli);
+};
+
+static const char usage_main[] =
+        "tide — an event store and event processor on PostgreSQL\n"
+        "\n"
+        "usage: tide COMMAND [OPTIONS]\n"
+        "\n"
+        "commands:\n"
+        "  migrate     create or update the schema (Emmett-compatible tables + tide's own)\n"
+        "  append      append an event to a stream\n"
+        "  read        read the events of one stream\n"
+        "  read-all    read the global log, gap-safe, from a cursor\n"
+        "\n"
+        "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
+        "Run `tide COMMAND --help` for a command's options.\n";
+
+static const char usage_migrate[] =
+        "usage: tide migrate [--print] [--database URL]\n"
+        "\n"
+        "Applies pending migrations in one transaction under an advisory lock; safe to run\n"
+        "again or from two processes at once, and on a database Emmett created.\n"
+        "  --print   print the whole schema as an idempotent SQL script; touch nothing\n";
+
+static const char usage_append[] =
+        "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
+        "                   [--database URL]\n"
+        "\n"
+        "Appends one event and prints {\"next_expected_version\": N, \"global_positions\": [..]}.\n"
+        "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
+        "  --metadata JSON a JSON object stored with the event\n"
+        "  --id UUID       the message id (default: a new random UUID)\n"
+        "Exits 3 on a version conflict, writing nothing.\n";
+
+static const char usage_read[] =
+        "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--database URL]\n"
+        "\n"
+        "Prints one JSON object per event: stream_id, stream_position, global_position, type,\n"
+        "data, metadata, message_id, created.\n"
+        "  --from N     first stream position (default 1)\n"
+        "  --to N       last stream position (default: the end)\n"
+        "  --max N      at most N events\n"
+        "  --backward   newest first (with --max: the newest N)\n";
+
+static const char usage_read_all[] =
+        "usage: tide read-all [--after XID:POS] [--max N] [--database URL]\n"
+        "\n"
+        "Prints the global log in commit-safe order, one JSON object per event (as `tide read`)\n"
+        "with a \"cursor\": pass the last one as --after to continue. Events of transactions\n"
+        "still running elsewhere are held back until they can no longer be overtaken.\n"
+        "  --after XID:POS  continue after this cursor (default: the start)\n"
+        "  --max N          at most N events (default 1000)\n";
+
+static int usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int usage_error(struct cli *cli, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "tide %s: ", cli->cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see `tide %s --help`)\n", cli->cmd);
+	return EXIT_USAGE;
+}
+
+static void fail(struct cli *cli, int status, const char *err)
+{
+	char clean[700];
+	tide_pg_redact(NULL, err ? err : tide_strerror(status), clean, sizeof(clean));
+	fprintf(stderr, "tide %s: %s\n", cli->cmd, clean);
+	cli->exit_code = status == TIDE_ECONFLICT ? EXIT_CONFLICT
+	                 : status == TIDE_EINVAL  ? EXIT_USAGE
+	                                          : 1;
+}
+
+static void done(struct cli *cli)
+{
+	tide_store_close(cli->store);
+	cli->store = NULL;
+}
+
+static int parse_count(struct cli *cli, const char *flag, const char *text, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(text, &end, 10);
+	if (errno || end == text || *end || v < 0)
+		return usage_error(cli, "%s wants a non-negative number, got '%s'", flag, text);
+	*out = v;
+	return 0;
+}
+
+static void print_line(cJSON *o)
+{
+	char *s = cJSON_PrintUnformatted(o);
+	if (s) {
+		fputs(s, stdout);
+		fputc('\n', stdout);
+		free(s);
+	}
+	cJSON_Delete(o);
+}
+
+/* One event as a JSON object; JSON columns are spliced in as they came from PostgreSQL. */
+static cJSON *message_json(const struct tide_message *m)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "stream_id", m->stream_id);
+	tide_json_add_i64(o, "stream_position", m->stream_position);
+	tide_json_add_i64(o, "global_position", m->global_position);
+	cJSON_AddStringToObject(o, "type", m->type);
+	cJSON_AddRawToObject(o, "data", m->data);
+	cJSON_AddRawToObject(o, "metadata", m->metadata);
+	cJSON_AddStringToObject(o, "message_id", m->message_id);
+	cJSON_AddStringToObject(o, "created", m->created);
+	return o;
+}
+
+/* --- migrate ----------------------------------------------------------------------- */
+
+static void on_migrated(int status, const char *err, size_t applied, void *arg)
+{
+	struct cli *cli = arg;
+	if (status)
+		fail(cli, status, err);
+	else if (applied)
+		printf("applied %zu migration%s; the schema is current\n", applied,
+		       applied == 1 ? "" : "s");
+	else
+		printf("the schema is current; nothing to apply\n");
+	done(cli);
+}
+
+static void run_migrate(struct cli *cli)
+{
+	int rc = tide_store_migrate(cli->store, on_migrated, cli);
+	if (rc) {
+		fail(cli, rc, "cannot start the migration");
+		done(cli);
+	}
+}
+
+/* --- append ------------------------------------------------------------------------ */
+
+static void on_appended(int status, const char *err, const struct tide_append_result *r, void *arg)
+{
+	struct cli *cli = arg;
+	if (status) {
+		fail(cli, status, err);
+	} else {
+		cJSON *o = cJSON_CreateObject();
+		tide_json_add_i64(o, "next_expected_version", r->next_expected_version);
+		cJSON *positions = cJSON_AddArrayToObject(o, "global_positions");
+		for (size_t i = 0; i < r->count; i++) {
+			char buf[24];
+			snprintf(buf, sizeof(buf), "%" PRId64, r->global_positions[i]);
+			cJSON_AddItemToArray(positions, cJSON_CreateRaw(buf));
+		}
+		print_line(o);
+	}
+	done(cli);
+}
+
+static void run_append(struct cli *cli)
+{
+	int rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
+	                           on_appended, cli);
+	if (rc) {
+		fail(cli, rc, tide_store_error(cli->store));
+		done(cli);
+	}
+}
+
+/* --- read, read-all ---------------------------------------------------------------- */
+
+static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct cli *cli = arg;
+	if (status) {
+		fail(cli, status, err);
+		done(cli);
+		return;
+	}
+	for (size_t i = 0; i < r->count; i++)
+		print_line(message_json(&r->messages[i]));
+	done(cli);
+}
+
+static void on_read_all(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct cli *cli = arg;
+	if (status) {
+		fail(cli, status, err);
+		done(cli);
+		return;
+	}
+	for (size_t i = 0; i < r->count; i++) {
+		const struct tide_message *m = &r->messages[i];
+		cJSON *o = message_json(m);
+		char cursor[48];
+		struct tide_cursor c = {m->transaction_id, m->global_position};
+		tide_cursor_format(&c, cursor);
+		cJSON_AddStringToObject(o, "cursor", cursor);
+		print_line(o);
+	}
+	done(cli);
+}
+
+static void run_read(struct cli *cli)
+{
+	int rc = tide_store_read_stream(cli->store, cli->stream, &cli->read, on_read, cli);
+	if (rc) {
+		fail(cli, rc, tide_store_error(cli->store));
+		done(cli);
+	}
+}
+
+static void run_read_all(struct cli *cli)
+{
+	int rc = tide_store_read_all(cli->store, &cli->after, cli->read.max, on_read_all, cli);
+	if (rc) {
+		fail(cli, rc, tide_store_error(cli->store));
+		done(cli);
+	}
+}
+
+/* --- argument parsing -------------------------------------------------------------- */
+
+enum {
+	OPT_DATABASE = 256,
+	OPT_PRINT,
+	OPT_EXPECTED,
+	OPT_METADATA,
+	OPT_ID,
+	OPT_FROM,
+	OPT_TO,
+	OPT_MAX,
+	OPT_BACKWARD,
+	OPT_AFTER,
+	OPT_HELP,
+};
+
+static const struct option options[] = {
+        {"database", required_argument, NULL, OPT_DATABASE},
+        {"print", no_argument, NULL, OPT_PRINT},
+        {"expected", required_argument, NULL, OPT_EXPECTED},
+        {"metadata", required_argument, NULL, OPT_METADATA},
+        {"id", required_argument, NULL, OPT_ID},
+        {"from", required_argument, NULL, OPT_FROM},
+        {"to", required_argument, NULL, OPT_TO},
+        {"max", required_argument, NULL, OPT_MAX},
+        {"backward", no_argument, NULL, OPT_BACKWARD},
+        {"after", required_argument, NULL, OPT_AFTER},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+};
+
+struct command {
+	const char *name;
+	const char *usage;
+	void (*run)(struct cli *cli);
+	int positionals;
+	const char *allowed; /* the options this command takes, as " name name " */
+};
+
+static const struct command commands[] = {
+        {"migrate", usage_migrate, run_migrate, 0, " print "},
+        {"append", usage_append, run_append, 3, " expected metadata id "},
+        {"read", usage_read, run_read, 1, " from to max backward "},
+        {"read-all", usage_read_all, run_read_all, 0, " after max "},
+};
+
+static int parse_expected(struct cli *cli, const char *v)
+{
+	if (strcmp(v, "any") == 0)
+		cli->expected = TIDE_EXPECT_ANY;
+	else if (strcmp(v, "no_stream") == 0)
+		cli->expected = TIDE_EXPECT_NO_STREAM;
+	else if (strcmp(v, "stream_exists") == 0)
+		cli->expected = TIDE_EXPECT_STREAM_EXISTS;
+	else {
+		char *end;
+		errno = 0;
+		long long n = strtoll(v, &end, 10);
+		if (errno || end == v || *end || n < 0)
+			return usage_error(
+			        cli,
+			        "--expected wants any, no_stream, stream_exists or a version "
+			        "number, got '%s'",
+			        v);
+		cli->expected = n;
+	}
+	return 0;
+}
+
+static int parse_args(struct cli *cli, const struct command *cmd, int argc, char **argv,
+                      bool *print)
+{
+	opterr = 0;
+	optind = 1;
+	int opt, rc = 0;
+	while (!rc && (opt = getopt_long(argc, argv, ":", options, NULL)) != -1) {
+		if (opt == '?')
+			return usage_error(cli, "unknown option '%s'", argv[optind - 1]);
+		if (opt == ':')
+			return usage_error(cli, "option '%s' needs a value", argv[optind - 1]);
+		if (opt == OPT_HELP) {
+			fputs(cmd->usage, stdout);
+			return -1;
+		}
+		if (opt == OPT_DATABASE) {
+			cli->url = optarg;
+			continue;
+		}
+		char key[32];
+		snprintf(key, sizeof(key), " %s ", options[opt - OPT_DATABASE].name);
+		if (!strstr(cmd->allowed, key))
+			return usage_error(cli, "unknown option '--%s'",
+			                   options[opt - OPT_DATABASE].name);
+		switch (opt) {
+		case OPT_PRINT: *print = true; break;
+		case OPT_EXPECTED: rc = parse_expected(cli, optarg); break;
+		case OPT_METADATA: cli->event.metadata = optarg; break;
+		case OPT_ID: cli->event.message_id = optarg; break;
+		case OPT_FROM: rc = parse_count(cli, "--from", optarg, &cli->read.from); break;
+		case OPT_TO: rc = parse_count(cli, "--to", optarg, &cli->read.to); break;
+		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
+		case OPT_BACKWARD: cli->read.backward = 1; break;
+		case OPT_AFTER:
+			if (tide_cursor_parse(optarg, &cli->after))
+				rc = usage_error(
+				        cli,
+				        "--after wants a cursor XID:POS as printed by read-all, "
+				        "got '%s'",
+				        optarg);
+			break;
+		}
+	}
+	if (rc)
+		return rc;
+	int npos = argc - optind;
+	if (npos != cmd->positionals) {
+		if (npos < cmd->positionals)
+			return usage_error(cli, "missing arguments: %s",
+			                   strchr(cmd->usage, ' ') + 6);
+		return usage_error(cli, "unexpected argument '%s'",
+		                   argv[optind + cmd->positionals]);
+	}
+	char **pos = argv + optind;
+	if (cmd->positionals >= 1) {
+		cli->stream = pos[0];
+		if (!cli->stream[0])
+			return usage_error(cli, "the stream name is empty");
+	}
+	if (cmd->positionals == 3) {
+		cli->event.type = pos[1];
+		cli->event.data = pos[2];
+		char err[200];
+		if (!cli->event.type[0])
+			return usage_error(cli, "the event type is empty");
+		if (tide_json_check_object(cli->event.data, "DATA_JSON", err, sizeof(err)) ||
+		    (cli->event.metadata &&
+		     tide_json_check_object(cli->event.metadata, "--metadata", err, sizeof(err))))
+			return usage_error(cli, "%s", err);
+		if (cli->event.message_id && !tide_uuid_valid(cli->event.message_id))
+			return usage_error(cli, "--id wants a UUID, got '%s'",
+			                   cli->event.message_id);
+	}
+	return 0;
+}
+
+static void on_open(struct tide_store *store, int status, const char *err, void *arg)
+{
+	(void)store;
+	struct cli *cli = arg;
+	if (status) {
+		char msg[800];
+		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", err);
+		fail(cli, status, msg);
+		done(cli);
+		return;
+	}
+	cli->run(cli);
+}
+
+int tide_cli_main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		fputs(usage_main, argc < 2 ? stderr : stdout);
+		return argc < 2 ? EXIT_USAGE : 0;
+	}
+	const struct command *cmd = NULL;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(argv[1], commands[i].name) == 0)
+			cmd = &commands[i];
+	if (!cmd) {
+		fprintf(stderr, "tide: unknown command '%s' (see `tide --help`)\n", argv[1]);
+		return EXIT_USAGE;
+	}
+
+	struct cli cli = {.cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .run = cmd->run};
+	bool print = false;
+	int rc = parse_args(&cli, cmd, argc - 1, argv + 1, &print);
+	if (rc)
+		return rc < 0 ? 0 : rc;
+
+	if (print) {
+		char *script = tide_migrate_script();
+		if (!script) {
+			fprintf(stderr, "tide migrate: out of memory\n");
+			return 1;
+		}
+		fputs(script, stdout);
+		free(script);
+		return 0;
+	}
+
+	if (!cli.url || !cli.url[0])
+		cli.url = getenv("TIDE_DATABASE_URL");
+	if (!cli.url || !cli.url[0])
+		cli.url = getenv("DATABASE_URL");
+	if (!cli.url || !cli.url[0]) {
+		return usage_error(&cli, "no database given: pass --database URL or set "
+		                         "TIDE_DATABASE_URL");
+	}
+
+	uv_loop_init(&cli.loop);
+	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store)) {
+		fprintf(stderr, "tide %s: out of memory\n", cli.cmd);
+		return 1;
+	}
+	uv_run(&cli.loop, UV_RUN_DEFAULT);
+	uv_loop_close(&cli.loop);
+	if (fflush(stdout) != 0 && cli.exit_code == 0) {
+		fprintf(stderr, "tide %s: cannot write the output: %s\n", cli.cmd, strerror(errno));
+		return 1;
+	}
+	return cli.exit_code;
+}

@@ -1,0 +1,161 @@
+/* tide.h — the public C API of libtide: an event store on PostgreSQL (in Emmett's
+ * table layout) driven asynchronously from a libuv loop.
+ *
+ * Threading: every function must be called on the thread that runs the loop given to
+ * tide_store_open(). Callbacks fire from that loop, never from inside the call that
+ * queued them.
+ *
+ * Errors: functions return 0 or a negative TIDE_E* code. The message for a failed
+ * request arrives with its callback; tide_store_error() holds the last connection-level
+ * message. Messages never contain the password of the connection URL. */
+#ifndef TIDE_H
+#define TIDE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TIDE_MUST_CHECK __attribute__((warn_unused_result))
+#else
+#define TIDE_MUST_CHECK
+#endif
+
+enum {
+	TIDE_OK = 0,
+	TIDE_EINVAL = -1,    /* bad argument or input; nothing was written */
+	TIDE_ECONFLICT = -2, /* expected version violated; nothing was written */
+	TIDE_ECONN = -3,     /* cannot reach the database, or the connection was lost */
+	TIDE_EDB = -4,       /* the database refused the request */
+	TIDE_ENOMEM = -5,
+	TIDE_ECLOSED = -6, /* the store was closed before the request completed */
+};
+
+/* A readable name for a TIDE_E* code ("conflict", "connection", ...). */
+const char *tide_strerror(int code);
+
+/* Expected versions for tide_store_append(); any value >= 0 is an exact version
+ * (0 matches a stream that does not exist yet). */
+#define TIDE_EXPECT_ANY           (-1)
+#define TIDE_EXPECT_NO_STREAM     (-2)
+#define TIDE_EXPECT_STREAM_EXISTS (-3)
+
+struct tide_store;
+
+/* One event to append. data and metadata are JSON texts and must be objects;
+ * metadata and message_id may be NULL (message_id is then a generated UUID).
+ * The strings are copied before tide_store_append() returns. */
+struct tide_event {
+	const char *type;
+	const char *data;
+	const char *metadata;
+	const char *message_id;
+};
+
+/* One stored message. All strings are owned by the store and valid only during the
+ * callback that delivers them. data and metadata are JSON texts; created is ISO 8601 UTC. */
+struct tide_message {
+	const char *stream_id;
+	int64_t stream_position;
+	int64_t global_position;
+	uint64_t transaction_id;
+	const char *type;
+	const char *data;
+	const char *metadata;
+	const char *message_id;
+	const char *created;
+};
+
+/* A position in the global log: the pair (transaction id, global position).
+ * {0, 0} is the start of the log. */
+struct tide_cursor {
+	uint64_t transaction_id;
+	int64_t global_position;
+};
+
+struct tide_append_result {
+	int64_t next_expected_version;   /* the stream's version after the append */
+	const int64_t *global_positions; /* one per appended event, in order */
+	size_t count;
+	/* On TIDE_ECONFLICT: what was expected and the version found (-1: no stream). */
+	int64_t expected;
+	int64_t actual;
+};
+
+struct tide_read_result {
+	const struct tide_message *messages;
+	size_t count;
+	/* read_all only: the cursor to pass next time (unchanged when nothing was read). */
+	struct tide_cursor next;
+};
+
+struct tide_read_opts {
+	int64_t from; /* lowest stream position, inclusive; 0 or 1: the first */
+	int64_t to;   /* highest stream position, inclusive; 0: no limit */
+	int64_t max;  /* at most this many messages; 0: no limit */
+	int backward; /* non-zero: newest first (max then keeps the newest) */
+};
+
+/* status is 0 or a TIDE_E* code; err is a message when status != 0 (else NULL).
+ * result is NULL when status is an error other than TIDE_ECONFLICT. */
+typedef void (*tide_open_cb)(struct tide_store *store, int status, const char *err, void *arg);
+typedef void (*tide_append_cb)(int status, const char *err, const struct tide_append_result *result,
+                               void *arg);
+typedef void (*tide_read_cb)(int status, const char *err, const struct tide_read_result *result,
+                             void *arg);
+/* applied: how many migrations this call applied (0 when the schema was current). */
+typedef void (*tide_migrate_cb)(int status, const char *err, size_t applied, void *arg);
+
+/* Connects to url (a libpq URL or key=value string) without blocking the loop.
+ * *out is set at once and belongs to the caller, who releases it with tide_store_close()
+ * — also when cb reports a failure. cb fires once. */
+TIDE_MUST_CHECK int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg,
+                                    struct tide_store **out);
+
+/* Fails every pending request with TIDE_ECLOSED, closes the connection and frees the
+ * store once its libuv handles are closed (the loop must run for that). */
+void tide_store_close(struct tide_store *store);
+
+/* The last connection-level error message, or "" (owned by the store). */
+const char *tide_store_error(const struct tide_store *store);
+
+/* Appends n >= 1 events to one stream in one transaction and one round trip.
+ * Returns TIDE_EINVAL (and calls nothing) when the input is bad: cb is not called. */
+TIDE_MUST_CHECK int tide_store_append(struct tide_store *store, const char *stream,
+                                      const struct tide_event *events, size_t n, int64_t expected,
+                                      tide_append_cb cb, void *arg);
+
+/* Reads one stream. opts may be NULL (everything, oldest first). */
+TIDE_MUST_CHECK int tide_store_read_stream(struct tide_store *store, const char *stream,
+                                           const struct tide_read_opts *opts, tide_read_cb cb,
+                                           void *arg);
+
+/* Reads the global log after `after` (NULL: from the start), at most max messages
+ * (0: 1000), in (transaction_id, global_position) order. Only messages of transactions
+ * older than every transaction still running are returned, so a reader that follows the
+ * cursor sees every message exactly once even when appends commit out of order. */
+TIDE_MUST_CHECK int tide_store_read_all(struct tide_store *store, const struct tide_cursor *after,
+                                        int64_t max, tide_read_cb cb, void *arg);
+
+/* Applies pending schema migrations in one transaction on a connection of its own:
+ * idempotent, serialized between processes by an advisory lock, and safe on a database
+ * whose Emmett tables already exist. The store need not be connected yet. */
+TIDE_MUST_CHECK int tide_store_migrate(struct tide_store *store, tide_migrate_cb cb, void *arg);
+
+/* The SQL of every migration, in order (static, not owned by the caller). */
+size_t tide_migration_count(void);
+const char *tide_migration_name(size_t i);
+const char *tide_migration_sql(size_t i);
+
+/* Formats / parses a cursor as "XID:POS". Parse returns 0 or TIDE_EINVAL. */
+void tide_cursor_format(const struct tide_cursor *c, char buf[48]);
+TIDE_MUST_CHECK int tide_cursor_parse(const char *text, struct tide_cursor *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,486 @@
+/* pg.c — one non-blocking libpq connection on a libuv loop: start-up through
+ * PQconnectPoll, then requests written with PQflush and results read with
+ * PQconsumeInput → PQisBusy → PQgetResult, never blocking the loop thread. */
+#include "pg.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TIDE_PG_CONNECT_TIMEOUT_MS 10000
+#define TIDE_PG_MAX_STMTS          32
+
+struct request {
+	struct request *next;
+	tide_pg_reply_cb cb;
+	void *arg;
+	char *script;  /* simple mode: the SQL, sent when the request reaches the head */
+	PGresult *res; /* last good result */
+	int status;
+	char err[512];
+	char sqlstate[6];
+	const struct tide_pg_stmt *prepared; /* statement this request prepares, if any */
+};
+
+struct tide_pg {
+	uv_loop_t *loop;
+	PGconn *conn;
+	enum tide_pg_mode mode;
+	uv_poll_t *poll; /* NULL until the socket is known; replaced if the socket changes */
+	int fd;
+	int poll_events;
+	uv_timer_t timer; /* connect timeout, and deferred start-up failure */
+	int open_handles;
+	bool connected, closing, script_sent;
+	tide_pg_ready_cb ready_cb;
+	void *ready_arg;
+	tide_pg_notify_cb notify_cb;
+	void *notify_arg;
+	struct request *head, *tail; /* requests sent (pipeline) or queued (simple), in order */
+	const struct tide_pg_stmt *stmts[TIDE_PG_MAX_STMTS];
+	int nstmts;
+	char *password;
+	char error[512];
+};
+
+static void on_poll(uv_poll_t *h, int status, int events);
+static void fail_all(struct tide_pg *pg, int status, const char *msg);
+
+static void handle_closed(uv_handle_t *h)
+{
+	struct tide_pg *pg = h->data;
+	if (h != (uv_handle_t *)&pg->timer)
+		free(h);
+	if (--pg->open_handles == 0) {
+		free(pg->password);
+		free(pg);
+	}
+}
+
+void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t n)
+{
+	if (n == 0)
+		return;
+	size_t o = 0;
+	const char *pw = pg ? pg->password : NULL;
+	size_t pwlen = pw ? strlen(pw) : 0;
+	for (const char *p = msg; *p && o + 1 < n;) {
+		if (pwlen > 0 && strncmp(p, pw, pwlen) == 0) {
+			for (const char *r = "***"; *r && o + 1 < n; r++)
+				dst[o++] = *r;
+			p += pwlen;
+			continue;
+		}
+		/* A URL echoed back: hide "user:secret@" whatever the secret is. */
+		if (strncmp(p, "://", 3) == 0) {
+			const char *at = strpbrk(p + 3, "@/ ");
+			const char *colon = memchr(p + 3, ':', at ? (size_t)(at - (p + 3)) : 0);
+			if (at && *at == '@' && colon) {
+				size_t keep = (size_t)(colon + 1 - p);
+				for (size_t i = 0; i < keep && o + 1 < n; i++)
+					dst[o++] = p[i];
+				for (const char *r = "***"; *r && o + 1 < n; r++)
+					dst[o++] = *r;
+				p = at;
+				continue;
+			}
+		}
+		dst[o++] = *p++;
+	}
+	while (o > 0 && (dst[o - 1] == '\n' || dst[o - 1] == ' '))
+		o--;
+	dst[o] = '\0';
+}
+
+static void set_error(struct tide_pg *pg, const char *msg)
+{
+	tide_pg_redact(pg, msg, pg->error, sizeof(pg->error));
+}
+
+static int watch(struct tide_pg *pg, int events)
+{
+	int fd = PQsocket(pg->conn);
+	if (fd < 0)
+		return TIDE_ECONN;
+	if (pg->poll && fd != pg->fd) {
+		/* libpq moved to another socket (next host, or SSL retry): watch the new one. */
+		uv_poll_stop(pg->poll);
+		uv_close((uv_handle_t *)pg->poll, handle_closed);
+		pg->poll = NULL;
+	}
+	if (!pg->poll) {
+		pg->poll = malloc(sizeof(*pg->poll));
+		if (!pg->poll)
+			return TIDE_ENOMEM;
+		if (uv_poll_init_socket(pg->loop, pg->poll, fd) != 0) {
+			free(pg->poll);
+			pg->poll = NULL;
+			return TIDE_ECONN;
+		}
+		pg->poll->data = pg;
+		pg->open_handles++;
+		pg->fd = fd;
+		pg->poll_events = 0;
+	}
+	if (events != pg->poll_events) {
+		if (uv_poll_start(pg->poll, events, on_poll) != 0)
+			return TIDE_ECONN;
+		pg->poll_events = events;
+	}
+	return 0;
+}
+
+static void finish_connect(struct tide_pg *pg, int status, const char *msg)
+{
+	uv_timer_stop(&pg->timer);
+	if (status != 0) {
+		set_error(pg, msg);
+		if (pg->poll)
+			uv_poll_stop(pg->poll);
+		pg->poll_events = 0;
+	} else {
+		pg->connected = true;
+	}
+	tide_pg_ready_cb cb = pg->ready_cb;
+	pg->ready_cb = NULL;
+	if (cb)
+		cb(pg, status, status ? pg->error : NULL, pg->ready_arg);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	struct tide_pg *pg = t->data;
+	if (pg->connected || pg->closing)
+		return;
+	finish_connect(pg, TIDE_ECONN,
+	               pg->error[0] ? pg->error : "timed out connecting to the database");
+}
+
+static void connect_step(struct tide_pg *pg)
+{
+	PostgresPollingStatusType st = PQconnectPoll(pg->conn);
+	switch (st) {
+	case PGRES_POLLING_READING:
+		if (watch(pg, UV_READABLE) != 0)
+			finish_connect(pg, TIDE_ECONN, "cannot watch the database socket");
+		return;
+	case PGRES_POLLING_WRITING:
+		if (watch(pg, UV_WRITABLE) != 0)
+			finish_connect(pg, TIDE_ECONN, "cannot watch the database socket");
+		return;
+	case PGRES_POLLING_OK:
+		if (PQsetnonblocking(pg->conn, 1) != 0 ||
+		    (pg->mode == TIDE_PG_PIPELINE && PQenterPipelineMode(pg->conn) != 1) ||
+		    watch(pg, UV_READABLE) != 0) {
+			finish_connect(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+			return;
+		}
+		finish_connect(pg, 0, NULL);
+		return;
+	default: finish_connect(pg, TIDE_ECONN, PQerrorMessage(pg->conn)); return;
+	}
+}
+
+int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode, tide_pg_ready_cb cb,
+                 void *arg, struct tide_pg **out)
+{
+	*out = NULL;
+	struct tide_pg *pg = calloc(1, sizeof(*pg));
+	if (!pg)
+		return TIDE_ENOMEM;
+	pg->loop = loop;
+	pg->mode = mode;
+	pg->fd = -1;
+	pg->ready_cb = cb;
+	pg->ready_arg = arg;
+	uv_timer_init(loop, &pg->timer);
+	pg->timer.data = pg;
+	pg->open_handles = 1;
+	*out = pg;
+
+	char *perr = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+	if (!opts) {
+		snprintf(pg->error, sizeof(pg->error), "invalid database URL: %s",
+		         perr ? perr : "out of memory");
+		PQfreemem(perr);
+		tide_pg_redact(NULL, pg->error, pg->error, sizeof(pg->error));
+		uv_timer_start(&pg->timer, on_timer, 0, 0);
+		return 0;
+	}
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "password") == 0 && o->val && o->val[0])
+			pg->password = strdup(o->val);
+	PQconninfoFree(opts);
+
+	pg->conn = PQconnectStart(conninfo);
+	if (!pg->conn) {
+		snprintf(pg->error, sizeof(pg->error), "out of memory connecting to the database");
+		uv_timer_start(&pg->timer, on_timer, 0, 0);
+		return 0;
+	}
+	if (PQstatus(pg->conn) == CONNECTION_BAD) {
+		set_error(pg, PQerrorMessage(pg->conn));
+		uv_timer_start(&pg->timer, on_timer, 0, 0);
+		return 0;
+	}
+	uv_timer_start(&pg->timer, on_timer, TIDE_PG_CONNECT_TIMEOUT_MS, 0);
+	/* PQconnectStart behaves as if PQconnectPoll had asked to write. */
+	if (watch(pg, UV_WRITABLE) != 0) {
+		set_error(pg, "cannot watch the database socket");
+		uv_timer_start(&pg->timer, on_timer, 0, 0);
+	}
+	return 0;
+}
+
+static void flush(struct tide_pg *pg)
+{
+	int r = PQflush(pg->conn);
+	if (r < 0) {
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return;
+	}
+	if (watch(pg, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
+		fail_all(pg, TIDE_ECONN, "cannot watch the database socket");
+}
+
+static void complete(struct tide_pg *pg)
+{
+	struct request *rq = pg->head;
+	pg->head = rq->next;
+	if (!pg->head)
+		pg->tail = NULL;
+	pg->script_sent = false;
+	struct tide_pg_reply reply = {
+	        .status = rq->status,
+	        .err = rq->status ? rq->err : NULL,
+	        .sqlstate = rq->sqlstate,
+	        .res = rq->status ? NULL : rq->res,
+	};
+	if (rq->status && rq->prepared) {
+		/* The statement may not exist on the server: prepare it again next time. */
+		for (int i = 0; i < pg->nstmts; i++)
+			if (pg->stmts[i] == rq->prepared)
+				pg->stmts[i] = pg->stmts[--pg->nstmts];
+	}
+	if (rq->cb)
+		rq->cb(&reply, rq->arg);
+	PQclear(rq->res);
+	free(rq->script);
+	free(rq);
+}
+
+static void fail_all(struct tide_pg *pg, int status, const char *msg)
+{
+	set_error(pg, msg);
+	while (pg->head) {
+		struct request *rq = pg->head;
+		if (!rq->status) {
+			rq->status = status;
+			snprintf(rq->err, sizeof(rq->err), "%s", pg->error);
+			rq->sqlstate[0] = '\0';
+		}
+		complete(pg);
+	}
+	pg->nstmts = 0;
+	if (pg->poll && !pg->closing && pg->poll_events) {
+		uv_poll_stop(pg->poll);
+		pg->poll_events = 0;
+	}
+	pg->connected = false;
+}
+
+static void send_script(struct tide_pg *pg)
+{
+	if (pg->script_sent || !pg->head)
+		return;
+	if (!PQsendQuery(pg->conn, pg->head->script)) {
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return;
+	}
+	pg->script_sent = true;
+	flush(pg);
+}
+
+static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
+{
+	switch (PQresultStatus(r)) {
+	case PGRES_FATAL_ERROR:
+	case PGRES_NONFATAL_ERROR:
+	case PGRES_BAD_RESPONSE:
+		if (!rq->status) {
+			rq->status = TIDE_EDB;
+			tide_pg_redact(pg, PQresultErrorMessage(r), rq->err, sizeof(rq->err));
+			const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+			snprintf(rq->sqlstate, sizeof(rq->sqlstate), "%s", s ? s : "");
+		}
+		PQclear(r);
+		break;
+	case PGRES_PIPELINE_ABORTED: PQclear(r); break;
+	default:
+		PQclear(rq->res);
+		rq->res = r;
+		break;
+	}
+}
+
+static void read_results(struct tide_pg *pg)
+{
+	if (!PQconsumeInput(pg->conn)) {
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return;
+	}
+	while (pg->head && pg->conn && !pg->closing) {
+		if (pg->mode == TIDE_PG_SIMPLE && !pg->script_sent)
+			break;
+		if (PQisBusy(pg->conn))
+			break;
+		PGresult *r = PQgetResult(pg->conn);
+		if (pg->mode == TIDE_PG_SIMPLE) {
+			if (!r) {
+				complete(pg);
+				if (pg->conn && !pg->closing)
+					send_script(pg);
+				continue;
+			}
+		} else {
+			if (!r)
+				continue; /* end of one command; the request ends at its sync */
+			if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+				PQclear(r);
+				complete(pg);
+				continue;
+			}
+		}
+		take_result(pg->head, r, pg);
+	}
+	PGnotify *n;
+	while (pg->conn && !pg->closing && (n = PQnotifies(pg->conn))) {
+		if (pg->notify_cb)
+			pg->notify_cb(n->relname, n->extra, pg->notify_arg);
+		PQfreemem(n);
+	}
+	if (pg->conn && PQstatus(pg->conn) == CONNECTION_BAD)
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+	struct tide_pg *pg = h->data;
+	if (pg->closing || !pg->conn)
+		return;
+	if (!pg->connected) {
+		if (pg->ready_cb)
+			connect_step(pg);
+		return;
+	}
+	if (status < 0) {
+		fail_all(pg, TIDE_ECONN, uv_strerror(status));
+		return;
+	}
+	if (events & UV_WRITABLE)
+		flush(pg);
+	if (events & UV_READABLE)
+		read_results(pg);
+}
+
+static struct request *enqueue(struct tide_pg *pg, tide_pg_reply_cb cb, void *arg)
+{
+	struct request *rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return NULL;
+	rq->cb = cb;
+	rq->arg = arg;
+	if (pg->tail)
+		pg->tail->next = rq;
+	else
+		pg->head = rq;
+	pg->tail = rq;
+	return rq;
+}
+
+static bool is_prepared(struct tide_pg *pg, const struct tide_pg_stmt *stmt)
+{
+	for (int i = 0; i < pg->nstmts; i++)
+		if (pg->stmts[i] == stmt)
+			return true;
+	return false;
+}
+
+int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
+                 tide_pg_reply_cb cb, void *arg)
+{
+	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_PIPELINE)
+		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
+	struct request *rq = enqueue(pg, cb, arg);
+	if (!rq)
+		return TIDE_ENOMEM;
+	bool ok = true;
+	if (!is_prepared(pg, stmt)) {
+		ok = PQsendPrepare(pg->conn, stmt->name, stmt->sql, stmt->nparams, NULL);
+		if (ok && pg->nstmts < TIDE_PG_MAX_STMTS) {
+			pg->stmts[pg->nstmts++] = stmt;
+			rq->prepared = stmt;
+		}
+	}
+	/* libpq copies the parameters into its output buffer here. */
+	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL, 0);
+	ok = ok && PQpipelineSync(pg->conn);
+	if (!ok) {
+		/* The request is queued, so it fails with the others, through its callback. */
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return 0;
+	}
+	flush(pg);
+	return 0;
+}
+
+int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb, void *arg)
+{
+	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_SIMPLE)
+		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
+	char *copy = strdup(sql);
+	struct request *rq = copy ? enqueue(pg, cb, arg) : NULL;
+	if (!rq) {
+		free(copy);
+		return TIDE_ENOMEM;
+	}
+	rq->script = copy;
+	send_script(pg);
+	return 0;
+}
+
+void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg)
+{
+	pg->notify_cb = cb;
+	pg->notify_arg = arg;
+}
+
+void tide_pg_close(struct tide_pg *pg)
+{
+	if (!pg || pg->closing)
+		return;
+	fail_all(pg, TIDE_ECLOSED, "the connection was closed");
+	pg->closing = true;
+	pg->ready_cb = NULL;
+	if (pg->poll) {
+		uv_poll_stop(pg->poll);
+		uv_close((uv_handle_t *)pg->poll, handle_closed);
+		pg->poll = NULL;
+	}
+	if (pg->conn) {
+		PQfinish(pg->conn);
+		pg->conn = NULL;
+	}
+	uv_timer_stop(&pg->timer);
+	uv_close((uv_handle_t *)&pg->timer, handle_closed);
+}
+
+bool tide_pg_ready(const struct tide_pg *pg)
+{
+	return pg->connected && !pg->closing;
+}
+
+const char *tide_pg_error(const struct tide_pg *pg)
+{
+	return pg->error;
+}

@@ -1,0 +1,64 @@
+/* pg.h — one non-blocking libpq connection driven by a libuv loop.
+ * Owns the socket watch (one uv_poll_t), connection start-up, lazily prepared statements
+ * and the queue of requests in flight. In pipeline mode many requests are on the wire at
+ * once; in simple mode one script (several statements) runs at a time. */
+#ifndef TIDE_PG_H
+#define TIDE_PG_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "tide.h"
+
+struct tide_pg;
+
+/* A statement prepared on first use on each connection; static storage. */
+struct tide_pg_stmt {
+	const char *name;
+	const char *sql;
+	int nparams;
+};
+
+/* res is the request's last successful result (NULL on failure), owned by the
+ * connection and cleared after the callback; sqlstate is "" when not from the server. */
+struct tide_pg_reply {
+	int status; /* 0, TIDE_EDB, TIDE_ECONN or TIDE_ECLOSED */
+	const char *err;
+	const char *sqlstate;
+	PGresult *res;
+};
+
+typedef void (*tide_pg_reply_cb)(const struct tide_pg_reply *reply, void *arg);
+typedef void (*tide_pg_ready_cb)(struct tide_pg *pg, int status, const char *err, void *arg);
+typedef void (*tide_pg_notify_cb)(const char *channel, const char *payload, void *arg);
+
+enum tide_pg_mode {
+	TIDE_PG_PIPELINE, /* prepared statements, many in flight */
+	TIDE_PG_SIMPLE,   /* multi-statement scripts, one at a time */
+};
+
+TIDE_MUST_CHECK int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode,
+                                 tide_pg_ready_cb cb, void *arg, struct tide_pg **out);
+
+/* Pipeline mode: runs stmt with text parameters (copied at once). */
+TIDE_MUST_CHECK int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
+                                 const char *const *values, tide_pg_reply_cb cb, void *arg);
+
+/* Simple mode: runs a script of one or more statements. */
+TIDE_MUST_CHECK int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb,
+                                   void *arg);
+
+void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg);
+
+/* Fails pending requests with TIDE_ECLOSED; memory is freed once handles close. */
+void tide_pg_close(struct tide_pg *pg);
+
+bool tide_pg_ready(const struct tide_pg *pg);
+const char *tide_pg_error(const struct tide_pg *pg);
+
+/* Copies msg into dst (size n), replacing the URL's password wherever it appears and
+ * dropping a trailing newline. */
+void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t n);
+
+#endif

@@ -1,0 +1,461 @@
+/* store.c — where appends happen and where stream and global reads are issued:
+ * tide_store_* turns requests into prepared statements on one pipelined connection
+ * and the replies into tide_message arrays. The SQL side lives in sql/0002_tide_store.sql. */
+#include "store.h"
+
+#include "json.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MESSAGE_COLUMNS                                                                            \
+	"stream_id, stream_position, global_position, transaction_id, message_type, "              \
+	"message_data, message_metadata, message_id, "                                             \
+	"to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+static const struct tide_pg_stmt stmt_append = {
+        "tide_append",
+        "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb)",
+        3,
+};
+
+static const struct tide_pg_stmt stmt_read_forward = {
+        "tide_read_forward",
+        "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
+        " WHERE stream_id = $1 AND partition = 'emt:default' AND NOT is_archived"
+        " AND stream_position BETWEEN $2 AND $3 ORDER BY stream_position LIMIT $4",
+        4,
+};
+
+static const struct tide_pg_stmt stmt_read_backward = {
+        "tide_read_backward",
+        "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
+        " WHERE stream_id = $1 AND partition = 'emt:default' AND NOT is_archived"
+        " AND stream_position BETWEEN $2 AND $3 ORDER BY stream_position DESC LIMIT $4",
+        4,
+};
+
+/* The gap-safe global read: see DESIGN.md "Reading". Rows of transactions at or above
+ * the snapshot's xmin may still be joined by rows with lower global positions. */
+static const struct tide_pg_stmt stmt_read_all = {
+        "tide_read_all",
+        "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
+        " WHERE partition = 'emt:default' AND NOT is_archived"
+        " AND (transaction_id, global_position) > ($1::xid8, $2::bigint)"
+        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+        " ORDER BY transaction_id, global_position LIMIT $3",
+        3,
+};
+
+struct call {
+	struct tide_store *store;
+	union {
+		tide_append_cb append;
+		tide_read_cb read;
+	} cb;
+	void *arg;
+	int64_t expected;
+	struct tide_cursor after;
+};
+
+const char *tide_strerror(int code)
+{
+	switch (code) {
+	case TIDE_OK: return "ok";
+	case TIDE_EINVAL: return "invalid";
+	case TIDE_ECONFLICT: return "conflict";
+	case TIDE_ECONN: return "connection";
+	case TIDE_EDB: return "database";
+	case TIDE_ENOMEM: return "memory";
+	case TIDE_ECLOSED: return "closed";
+	default: return "unknown";
+	}
+}
+
+static int fail(struct tide_store *store, int code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static int fail(struct tide_store *store, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(store->error, sizeof(store->error), fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+/* Adds what a user can do about the errors that mean "this database has no tide schema". */
+const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n)
+{
+	if (strcmp(reply->sqlstate, "42883") == 0 || strcmp(reply->sqlstate, "42P01") == 0) {
+		snprintf(buf, n, "%s (is the database migrated? run `tide migrate`)", reply->err);
+		return buf;
+	}
+	return reply->err;
+}
+
+static void on_open(struct tide_pg *pg, int status, const char *err, void *arg)
+{
+	(void)pg;
+	struct tide_store *store = arg;
+	if (status)
+		snprintf(store->error, sizeof(store->error), "%s", err);
+	if (store->open_cb)
+		store->open_cb(store, status, err, store->open_arg);
+}
+
+int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg,
+                    struct tide_store **out)
+{
+	*out = NULL;
+	struct tide_store *store = calloc(1, sizeof(*store));
+	if (!store)
+		return TIDE_ENOMEM;
+	store->loop = loop;
+	store->open_cb = cb;
+	store->open_arg = arg;
+	store->url = strdup(url ? url : "");
+	if (!store->url) {
+		free(store);
+		return TIDE_ENOMEM;
+	}
+	int rc = tide_pg_open(loop, store->url, TIDE_PG_PIPELINE, on_open, store, &store->pg);
+	if (rc) {
+		free(store->url);
+		free(store);
+		return rc;
+	}
+	*out = store;
+	return 0;
+}
+
+void tide_store_close(struct tide_store *store)
+{
+	if (!store)
+		return;
+	tide_pg_close(store->pg);
+	free(store->url);
+	free(store);
+}
+
+const char *tide_store_error(const struct tide_store *store)
+{
+	return store->error;
+}
+
+static int64_t to_i64(const char *s)
+{
+	return strtoll(s, NULL, 10);
+}
+
+/* Builds the messages JSON array for tide_append(); NULL (with store->error) on bad input. */
+static char *encode_events(struct tide_store *store, const struct tide_event *events, size_t n)
+{
+	cJSON *arr = cJSON_CreateArray();
+	if (!arr)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		const struct tide_event *e = &events[i];
+		if (!e->type || !e->type[0]) {
+			fail(store, TIDE_EINVAL, "event %zu has no type", i + 1);
+			goto fail;
+		}
+		char what[40], err[160];
+		snprintf(what, sizeof(what), "data of event %zu", i + 1);
+		if (tide_json_check_object(e->data, what, err, sizeof(err))) {
+			fail(store, TIDE_EINVAL, "%s", err);
+			goto fail;
+		}
+		snprintf(what, sizeof(what), "metadata of event %zu", i + 1);
+		if (e->metadata && tide_json_check_object(e->metadata, what, err, sizeof(err))) {
+			fail(store, TIDE_EINVAL, "%s", err);
+			goto fail;
+		}
+		if (e->message_id && !tide_uuid_valid(e->message_id)) {
+			fail(store, TIDE_EINVAL, "message id of event %zu is not a UUID: %s", i + 1,
+			     e->message_id);
+			goto fail;
+		}
+		cJSON *o = cJSON_CreateObject();
+		if (!o || !cJSON_AddItemToArray(arr, o) ||
+		    !cJSON_AddStringToObject(o, "type", e->type) ||
+		    !cJSON_AddRawToObject(o, "data", e->data) ||
+		    (e->metadata && !cJSON_AddRawToObject(o, "metadata", e->metadata)) ||
+		    (e->message_id && !cJSON_AddStringToObject(o, "id", e->message_id))) {
+			fail(store, TIDE_ENOMEM, "out of memory");
+			goto fail;
+		}
+	}
+	char *json = cJSON_PrintUnformatted(arr);
+	cJSON_Delete(arr);
+	if (!json)
+		fail(store, TIDE_ENOMEM, "out of memory");
+	return json;
+fail:
+	cJSON_Delete(arr);
+	return NULL;
+}
+
+bool tide_uuid_valid(const char *s)
+{
+	static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+	for (size_t i = 0; i < sizeof(shape) - 1; i++) {
+		char c = s[i];
+		if (shape[i] == '-' ? c != '-' : !strchr("0123456789abcdefABCDEF", c) || !c)
+			return false;
+	}
+	return s[sizeof(shape) - 1] == '\0';
+}
+
+static size_t parse_positions(const char *text, int64_t **out)
+{
+	/* text is a PostgreSQL array literal of bigints: {1,2,3} */
+	size_t n = 0, cap = 8;
+	int64_t *v = malloc(cap * sizeof(*v));
+	for (const char *p = text; v && *p;) {
+		if (*p == '-' || (*p >= '0' && *p <= '9')) {
+			char *end;
+			int64_t x = strtoll(p, &end, 10);
+			if (n == cap) {
+				int64_t *nv = realloc(v, (cap *= 2) * sizeof(*v));
+				if (!nv) {
+					free(v);
+					v = NULL;
+					break;
+				}
+				v = nv;
+			}
+			v[n++] = x;
+			p = end;
+		} else {
+			p++;
+		}
+	}
+	*out = v;
+	return v ? n : 0;
+}
+
+static void on_append(const struct tide_pg_reply *reply, void *arg)
+{
+	struct call *c = arg;
+	struct tide_append_result r = {.expected = c->expected, .actual = -1};
+	char buf[640];
+	if (reply->status) {
+		c->cb.append(reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL,
+		             c->arg);
+		free(c);
+		return;
+	}
+	PGresult *res = reply->res;
+	if (PQntuples(res) != 1) {
+		c->cb.append(TIDE_EDB, "tide_append returned no row", NULL, c->arg);
+		free(c);
+		return;
+	}
+	bool appended = PQgetvalue(res, 0, 0)[0] == 't';
+	if (!appended) {
+		r.actual = PQgetisnull(res, 0, 1) ? -1 : to_i64(PQgetvalue(res, 0, 1));
+		char exp[32], act[32];
+		tide_expected_format(c->expected, exp, sizeof(exp));
+		if (r.actual < 0)
+			snprintf(act, sizeof(act), "no stream");
+		else
+			snprintf(act, sizeof(act), "version %" PRId64, r.actual);
+		snprintf(buf, sizeof(buf), "version conflict: expected %s, found %s", exp, act);
+		c->cb.append(TIDE_ECONFLICT, buf, &r, c->arg);
+		free(c);
+		return;
+	}
+	int64_t *positions = NULL;
+	r.next_expected_version = to_i64(PQgetvalue(res, 0, 1));
+	r.count = parse_positions(PQgetvalue(res, 0, 2), &positions);
+	r.global_positions = positions;
+	if (!positions)
+		c->cb.append(TIDE_ENOMEM, "out of memory", NULL, c->arg);
+	else
+		c->cb.append(0, NULL, &r, c->arg);
+	free(positions);
+	free(c);
+}
+
+void tide_expected_format(int64_t expected, char *buf, size_t n)
+{
+	switch (expected) {
+	case TIDE_EXPECT_ANY: snprintf(buf, n, "any"); break;
+	case TIDE_EXPECT_NO_STREAM: snprintf(buf, n, "no_stream"); break;
+	case TIDE_EXPECT_STREAM_EXISTS: snprintf(buf, n, "stream_exists"); break;
+	default: snprintf(buf, n, "%" PRId64, expected); break;
+	}
+}
+
+static bool store_usable(struct tide_store *store)
+{
+	if (tide_pg_ready(store->pg))
+		return true;
+	if (!store->error[0])
+		fail(store, TIDE_ECONN, "not connected to the database");
+	return false;
+}
+
+int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
+                      size_t n, int64_t expected, tide_append_cb cb, void *arg)
+{
+	if (!stream || !stream[0])
+		return fail(store, TIDE_EINVAL, "the stream name is empty");
+	if (n == 0 || !events)
+		return fail(store, TIDE_EINVAL, "no events to append");
+	if (expected < TIDE_EXPECT_STREAM_EXISTS)
+		return fail(store, TIDE_EINVAL, "invalid expected version %" PRId64, expected);
+	if (!store_usable(store))
+		return TIDE_ECONN;
+	char *json = encode_events(store, events, n);
+	if (!json)
+		return store->error[0] ? TIDE_EINVAL : TIDE_ENOMEM;
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c) {
+		free(json);
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	}
+	c->store = store;
+	c->cb.append = cb;
+	c->arg = arg;
+	c->expected = expected;
+	char exp[32];
+	tide_expected_format(expected, exp, sizeof(exp));
+	const char *values[3] = {stream, exp, json};
+	int rc = tide_pg_exec(store->pg, &stmt_append, values, on_append, c);
+	free(json);
+	if (rc) {
+		free(c);
+		return fail(store, rc, "cannot send the append: %s", tide_pg_error(store->pg));
+	}
+	return 0;
+}
+
+static void on_read(const struct tide_pg_reply *reply, void *arg)
+{
+	struct call *c = arg;
+	char buf[640];
+	if (reply->status) {
+		c->cb.read(reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL,
+		           c->arg);
+		free(c);
+		return;
+	}
+	PGresult *res = reply->res;
+	struct tide_read_result r = {.next = c->after};
+	int rows = PQntuples(res);
+	struct tide_message *m = rows ? calloc((size_t)rows, sizeof(*m)) : NULL;
+	if (rows && !m) {
+		c->cb.read(TIDE_ENOMEM, "out of memory", NULL, c->arg);
+		free(c);
+		return;
+	}
+	for (int i = 0; i < rows; i++) {
+		m[i].stream_id = PQgetvalue(res, i, 0);
+		m[i].stream_position = to_i64(PQgetvalue(res, i, 1));
+		m[i].global_position = to_i64(PQgetvalue(res, i, 2));
+		m[i].transaction_id = strtoull(PQgetvalue(res, i, 3), NULL, 10);
+		m[i].type = PQgetvalue(res, i, 4);
+		m[i].data = PQgetvalue(res, i, 5);
+		m[i].metadata = PQgetvalue(res, i, 6);
+		m[i].message_id = PQgetvalue(res, i, 7);
+		m[i].created = PQgetvalue(res, i, 8);
+	}
+	if (rows) {
+		r.next.transaction_id = m[rows - 1].transaction_id;
+		r.next.global_position = m[rows - 1].global_position;
+	}
+	r.messages = m;
+	r.count = (size_t)rows;
+	c->cb.read(0, NULL, &r, c->arg);
+	free(m);
+	free(c);
+}
+
+static int send_read(struct tide_store *store, const struct tide_pg_stmt *stmt,
+                     const char *const *values, struct call *c)
+{
+	int rc = tide_pg_exec(store->pg, stmt, values, on_read, c);
+	if (rc) {
+		free(c);
+		return fail(store, rc, "cannot send the read: %s", tide_pg_error(store->pg));
+	}
+	return 0;
+}
+
+int tide_store_read_stream(struct tide_store *store, const char *stream,
+                           const struct tide_read_opts *opts, tide_read_cb cb, void *arg)
+{
+	static const struct tide_read_opts all = {0};
+	if (!opts)
+		opts = &all;
+	if (!stream || !stream[0])
+		return fail(store, TIDE_EINVAL, "the stream name is empty");
+	if (opts->from < 0 || opts->to < 0 || opts->max < 0)
+		return fail(store, TIDE_EINVAL, "from, to and max must not be negative");
+	if (!store_usable(store))
+		return TIDE_ECONN;
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	c->store = store;
+	c->cb.read = cb;
+	c->arg = arg;
+	char from[24], to[24], max[24];
+	snprintf(from, sizeof(from), "%" PRId64, opts->from > 0 ? opts->from : 1);
+	snprintf(to, sizeof(to), "%" PRId64, opts->to > 0 ? opts->to : INT64_MAX);
+	snprintf(max, sizeof(max), "%" PRId64, opts->max);
+	const char *values[4] = {stream, from, to, opts->max > 0 ? max : NULL};
+	return send_read(store, opts->backward ? &stmt_read_backward : &stmt_read_forward, values,
+	                 c);
+}
+
+int tide_store_read_all(struct tide_store *store, const struct tide_cursor *after, int64_t max,
+                        tide_read_cb cb, void *arg)
+{
+	if (max < 0)
+		return fail(store, TIDE_EINVAL, "max must not be negative");
+	if (!store_usable(store))
+		return TIDE_ECONN;
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	c->store = store;
+	c->cb.read = cb;
+	c->arg = arg;
+	if (after)
+		c->after = *after;
+	char xid[24], pos[24], lim[24];
+	snprintf(xid, sizeof(xid), "%" PRIu64, c->after.transaction_id);
+	snprintf(pos, sizeof(pos), "%" PRId64, c->after.global_position);
+	snprintf(lim, sizeof(lim), "%" PRId64, max > 0 ? max : 1000);
+	const char *values[3] = {xid, pos, lim};
+	return send_read(store, &stmt_read_all, values, c);
+}
+
+void tide_cursor_format(const struct tide_cursor *c, char buf[48])
+{
+	snprintf(buf, 48, "%" PRIu64 ":%" PRId64, c->transaction_id, c->global_position);
+}
+
+int tide_cursor_parse(const char *text, struct tide_cursor *out)
+{
+	if (!text || !(*text >= '0' && *text <= '9'))
+		return TIDE_EINVAL;
+	char *end;
+	errno = 0;
+	unsigned long long xid = strtoull(text, &end, 10);
+	if (errno || *end != ':' || !(end[1] >= '0' && end[1] <= '9'))
+		return TIDE_EINVAL;
+	long long pos = strtoll(end + 1, &end, 10);
+	if (errno || *end != '\0')
+		return TIDE_EINVAL;
+	out->transaction_id = xid;
+	out->global_position = pos;
+	return 0;
+}

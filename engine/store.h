@@ -1,0 +1,32 @@
+/* store.h — the store object behind tide.h's tide_store_* functions, shared by the
+ * files that implement them (store.c: append and reads, migrate.c: schema). */
+#ifndef TIDE_STORE_H
+#define TIDE_STORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#include "pg.h"
+#include "tide.h"
+
+struct tide_store {
+	uv_loop_t *loop;
+	struct tide_pg *pg; /* pipelined connection for appends and reads */
+	char *url;
+	tide_open_cb open_cb;
+	void *open_arg;
+	char error[640];
+};
+
+/* The reply's message, with a hint when the tide schema is missing. */
+const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
+
+bool tide_uuid_valid(const char *s);
+
+/* "any", "no_stream", "stream_exists" or the number. */
+void tide_expected_format(int64_t expected, char *buf, size_t n);
+
+/* The whole schema as one idempotent psql script (malloc'd; NULL when out of memory). */
+char *tide_migrate_script(void);
+
+#endif

@@ -1,0 +1,79 @@
+-- tide's append and the index its gap-safe global read needs.
+
+-- The global read walks (transaction_id, global_position) below the snapshot's xmin.
+-- Emmett has no such index; on a partitioned table this creates one per partition.
+CREATE INDEX IF NOT EXISTS tide_messages_tx_position
+    ON emt_messages (transaction_id, global_position);
+
+-- Appends p_messages (a JSON array of {type, data, metadata?, id?}) to one stream in one
+-- statement. Appends to one stream serialize on its emt_streams row, so concurrent
+-- 'any' appends all succeed with contiguous positions. A violated expectation writes
+-- nothing and returns appended = false with the version found (NULL: no stream).
+-- p_expected: 'any' | 'no_stream' | 'stream_exists' | a version number.
+CREATE OR REPLACE FUNCTION tide_append(
+    p_stream_id text,
+    p_expected  text,
+    p_messages  jsonb,
+    p_partition text DEFAULT 'emt:default'
+) RETURNS TABLE (appended boolean, stream_version bigint, global_positions bigint[])
+LANGUAGE plpgsql AS $tide_append$
+DECLARE
+    v_count     bigint := jsonb_array_length(p_messages);
+    v_current   bigint;
+    v_found     boolean;
+    v_positions bigint[];
+BEGIN
+    IF v_count = 0 THEN
+        RAISE EXCEPTION 'tide_append: no messages to append' USING ERRCODE = '22023';
+    END IF;
+    IF p_expected NOT IN ('any', 'no_stream', 'stream_exists') AND p_expected !~ '^[0-9]+$' THEN
+        RAISE EXCEPTION 'tide_append: expected version % is not any, no_stream, stream_exists or a number',
+            p_expected USING ERRCODE = '22023';
+    END IF;
+
+    LOOP
+        SELECT s.stream_position INTO v_current
+          FROM emt_streams s
+         WHERE s.stream_id = p_stream_id AND s.partition = p_partition AND NOT s.is_archived
+           FOR UPDATE;
+        v_found := FOUND;
+
+        IF (p_expected = 'no_stream' AND v_found)
+           OR (p_expected = 'stream_exists' AND NOT v_found)
+           OR (p_expected ~ '^[0-9]+$' AND coalesce(v_current, 0) <> p_expected::bigint) THEN
+            RETURN QUERY SELECT false, v_current, NULL::bigint[];
+            RETURN;
+        END IF;
+
+        IF v_found THEN
+            UPDATE emt_streams SET stream_position = v_current + v_count
+             WHERE stream_id = p_stream_id AND partition = p_partition AND NOT is_archived;
+            EXIT;
+        END IF;
+
+        INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type,
+                                 stream_metadata, is_archived)
+        VALUES (p_stream_id, v_count, p_partition, split_part(p_stream_id, '-', 1), '{}', false)
+        ON CONFLICT (stream_id, partition, is_archived) DO NOTHING;
+        IF FOUND THEN
+            v_current := 0;
+            EXIT;
+        END IF;
+        -- Another transaction created the stream meanwhile: lock its row and check again.
+    END LOOP;
+
+    WITH inserted AS (
+        INSERT INTO emt_messages (stream_id, stream_position, partition, message_data,
+                                  message_metadata, message_schema_version, message_type,
+                                  message_kind, message_id, transaction_id, is_archived)
+        SELECT p_stream_id, v_current + m.ord, p_partition, m.msg -> 'data',
+               coalesce(m.msg -> 'metadata', '{}'::jsonb), '1', m.msg ->> 'type', 'E',
+               coalesce(m.msg ->> 'id', gen_random_uuid()::text), pg_current_xact_id(), false
+          FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS m(msg, ord)
+        RETURNING stream_position, global_position
+    )
+    SELECT array_agg(global_position ORDER BY stream_position) INTO v_positions FROM inserted;
+
+    RETURN QUERY SELECT true, v_current + v_count, v_positions;
+END;
+$tide_append$;
