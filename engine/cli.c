@@ -11,9 +11,11 @@
 #include <string.h>
 
 #include "json.h"
+#include "lua_json.h"
+#include "lua_vm.h"
 #include "store.h"
 
-enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3 };
+enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4 };
 
 struct cli {
 	const char *cmd;
@@ -28,6 +30,11 @@ struct cli {
 	/* read, read-all */
 	struct tide_read_opts read;
 	struct tide_cursor after;
+	/* handle, aggregate */
+	const char *script;
+	const char *command_json;
+	unsigned cpu_ms;
+	int64_t retries;
 	void (*run)(struct cli *cli);
 };
 
@@ -41,6 +48,8 @@ static const char usage_main[] =
         "  append      append an event to a stream\n"
         "  read        read the events of one stream\n"
         "  read-all    read the global log, gap-safe, from a cursor\n"
+        "  handle      run a command through a Lua decider and append its events\n"
+        "  aggregate   fold a stream with a Lua decider and print the state\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
         "Run `tide COMMAND --help` for a command's options.\n";
@@ -80,6 +89,26 @@ static const char usage_read_all[] =
         "still running elsewhere are held back until they can no longer be overtaken.\n"
         "  --after XID:POS  continue after this cursor (default: the start)\n"
         "  --max N          at most N events (default 1000)\n";
+
+static const char usage_handle[] =
+        "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--database "
+        "URL]\n"
+        "\n"
+        "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
+        "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
+        "it returns, expecting the version it read; on a version conflict it reads again and\n"
+        "retries (backoff with jitter). COMMAND_JSON is {\"type\": \"...\", \"data\": {...}}.\n"
+        "Prints {\"events\": [...], \"next_expected_version\": N, \"global_positions\": [...]}.\n"
+        "  --retries N   retries after a version conflict (default 5)\n"
+        "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
+        "Exits 4 when the decider rejects the command (its message on stderr), 3 when conflicts\n"
+        "outlast the retries.\n";
+
+static const char usage_aggregate[] =
+        "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--database URL]\n"
+        "\n"
+        "Folds STREAM with the decider SCRIPT's initial/evolve and prints\n"
+        "{\"state\": ..., \"version\": N}.\n";
 
 static int usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -255,6 +284,154 @@ static void run_read_all(struct cli *cli)
 	}
 }
 
+/* --- handle, aggregate: a decider script in a sandboxed VM --------------------------- */
+
+static char *read_file(const char *path, size_t *len, char *err, size_t n)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t cap = 0;
+	*len = 0;
+	for (;;) {
+		if (*len + 4096 > cap) {
+			char *nb = realloc(buf, cap = cap * 2 + 8192);
+			if (!nb)
+				break;
+			buf = nb;
+		}
+		size_t got = fread(buf + *len, 1, cap - *len, f);
+		*len += got;
+		if (got == 0)
+			break;
+	}
+	bool bad = ferror(f) || !buf;
+	fclose(f);
+	if (bad) {
+		snprintf(err, n, "cannot read %s", path);
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* Prints the Lua error table at idx and returns the exit code for its kind. */
+static int script_error(struct cli *cli, lua_State *L, int idx)
+{
+	lua_getfield(L, idx, "kind");
+	const char *kind = lua_tostring(L, -1);
+	lua_getfield(L, idx, "message");
+	const char *msg = lua_tostring(L, -1);
+	if (!msg) {
+		lua_pop(L, 1);
+		msg = lua_tostring(L, idx);
+	}
+	int status = !kind                           ? TIDE_EDB
+	             : strcmp(kind, "conflict") == 0 ? TIDE_ECONFLICT
+	             : strcmp(kind, "invalid") == 0  ? TIDE_EINVAL
+	                                             : TIDE_EDB;
+	fail(cli, status, msg ? msg : "failed");
+	if (kind && strcmp(kind, "rejected") == 0)
+		cli->exit_code = EXIT_REJECTED;
+	return cli->exit_code;
+}
+
+static int run_script(struct cli *cli)
+{
+	char err[1024];
+	size_t len;
+	char *src = read_file(cli->script, &len, err, sizeof(err));
+	if (!src)
+		return usage_error(cli, "%s", err);
+	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
+	struct tide_vm *vm = NULL;
+	int rc = tide_vm_open(&opts, &vm, err, sizeof(err));
+	if (rc == 0)
+		rc = tide_vm_load(vm, cli->script, src, len, err, sizeof(err));
+	free(src);
+	if (rc) {
+		fail(cli, TIDE_EDB, err);
+		tide_vm_close(vm);
+		return 1;
+	}
+	lua_State *L = tide_vm_state(vm);
+	int decider = lua_gettop(L);
+	lua_getfield(L, decider, "kind");
+	if (strcmp(lua_tostring(L, -1), "decider") != 0) {
+		fail(cli, TIDE_EINVAL, "the script is not a decider (return tide.decider { ... })");
+		tide_vm_close(vm);
+		return EXIT_USAGE;
+	}
+	lua_pop(L, 1);
+
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "connect");
+	lua_pushstring(L, cli->url);
+	lua_call(L, 1, 2);
+	if (lua_isnil(L, -2)) {
+		char msg[900];
+		lua_getfield(L, -1, "message");
+		snprintf(msg, sizeof(msg), "cannot connect to the database: %s",
+		         lua_tostring(L, -1));
+		fail(cli, TIDE_ECONN, msg);
+		tide_vm_close(vm);
+		return 1;
+	}
+	lua_pop(L, 1);
+	int store = lua_gettop(L);
+	lua_getfield(L, store, cli->command_json ? "handle" : "aggregate");
+	lua_pushvalue(L, store);
+	lua_pushvalue(L, decider);
+	lua_pushstring(L, cli->stream);
+	int nargs = 3;
+	if (cli->command_json) {
+		if (tide_lua_push_json_text(L, cli->command_json, strlen(cli->command_json)) != 0) {
+			tide_vm_close(vm);
+			return usage_error(cli, "COMMAND_JSON is not valid JSON");
+		}
+		lua_createtable(L, 0, 1);
+		lua_pushnumber(L, (lua_Number)cli->retries);
+		lua_setfield(L, -2, "retries");
+		nargs = 5;
+	}
+	if (lua_pcall(L, nargs, 2, 0) != 0) {
+		fail(cli, TIDE_EINVAL, lua_tostring(L, -1));
+		tide_vm_close(vm);
+		return cli->exit_code;
+	}
+	int code = 0;
+	if (lua_isnil(L, -2)) {
+		code = script_error(cli, L, lua_gettop(L));
+	} else {
+		if (!cli->command_json) { /* aggregate: state, version → { state, version } */
+			lua_createtable(L, 0, 2);
+			lua_insert(L, -3);
+			lua_setfield(L, -3, "version");
+			lua_setfield(L, -2, "state");
+		} else {
+			lua_pop(L, 1);
+			lua_pushnil(L);
+			lua_setfield(L, -2, "attempts");
+		}
+		char *json = tide_lua_to_json_text(L, -1, cli->command_json ? "" : "state", err,
+		                                   sizeof(err));
+		if (json) {
+			puts(json);
+			cJSON_free(json);
+		} else {
+			fail(cli, TIDE_EINVAL, err);
+			code = 1;
+		}
+	}
+	tide_vm_close(vm);
+	if (fflush(stdout) != 0 && code == 0)
+		return 1;
+	return code;
+}
+
 /* --- argument parsing -------------------------------------------------------------- */
 
 enum {
@@ -268,6 +445,8 @@ enum {
 	OPT_MAX,
 	OPT_BACKWARD,
 	OPT_AFTER,
+	OPT_RETRIES,
+	OPT_CPU_MS,
 	OPT_HELP,
 };
 
@@ -282,6 +461,8 @@ static const struct option options[] = {
         {"max", required_argument, NULL, OPT_MAX},
         {"backward", no_argument, NULL, OPT_BACKWARD},
         {"after", required_argument, NULL, OPT_AFTER},
+        {"retries", required_argument, NULL, OPT_RETRIES},
+        {"cpu-ms", required_argument, NULL, OPT_CPU_MS},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
 };
@@ -299,6 +480,8 @@ static const struct command commands[] = {
         {"append", usage_append, run_append, 3, " expected metadata id "},
         {"read", usage_read, run_read, 1, " from to max backward "},
         {"read-all", usage_read_all, run_read_all, 0, " after max "},
+        {"handle", usage_handle, NULL, 3, " retries cpu-ms "},
+        {"aggregate", usage_aggregate, NULL, 2, " cpu-ms "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -357,6 +540,13 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_TO: rc = parse_count(cli, "--to", optarg, &cli->read.to); break;
 		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
 		case OPT_BACKWARD: cli->read.backward = 1; break;
+		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
+		case OPT_CPU_MS: {
+			int64_t ms = 0;
+			rc = parse_count(cli, "--cpu-ms", optarg, &ms);
+			cli->cpu_ms = (unsigned)ms;
+			break;
+		}
 		case OPT_AFTER:
 			if (tide_cursor_parse(optarg, &cli->after))
 				rc = usage_error(
@@ -378,6 +568,18 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		                   argv[optind + cmd->positionals]);
 	}
 	char **pos = argv + optind;
+	if (!cmd->run) { /* handle, aggregate: SCRIPT STREAM [COMMAND_JSON] */
+		cli->script = pos[0];
+		cli->stream = pos[1];
+		cli->command_json = cmd->positionals == 3 ? pos[2] : NULL;
+		char err[200];
+		if (!cli->stream[0])
+			return usage_error(cli, "the stream name is empty");
+		if (cli->command_json &&
+		    tide_json_check_object(cli->command_json, "COMMAND_JSON", err, sizeof(err)))
+			return usage_error(cli, "%s", err);
+		return 0;
+	}
 	if (cmd->positionals >= 1) {
 		cli->stream = pos[0];
 		if (!cli->stream[0])
@@ -430,7 +632,8 @@ int tide_cli_main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 
-	struct cli cli = {.cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .run = cmd->run};
+	struct cli cli = {
+	        .cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .retries = 5, .run = cmd->run};
 	bool print = false;
 	int rc = parse_args(&cli, cmd, argc - 1, argv + 1, &print);
 	if (rc)
@@ -455,6 +658,9 @@ int tide_cli_main(int argc, char **argv)
 		return usage_error(&cli, "no database given: pass --database URL or set "
 		                         "TIDE_DATABASE_URL");
 	}
+
+	if (!cmd->run)
+		return run_script(&cli);
 
 	uv_loop_init(&cli.loop);
 	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store)) {

@@ -1,0 +1,466 @@
+/* lua_store.c — the store as a Lua object (tide.core.connect): each store runs a private
+ * libuv loop until its request completes, so a Lua host gets plain blocking calls and
+ * never has to run a loop itself. Runtime failures return nil, err (err.kind says which:
+ * "conflict", "connection", "database", "invalid"); misuse raises. */
+#include "lua_store.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua_json.h"
+#include "tide.h"
+
+#define STORE_MT "tide.store"
+
+struct lstore {
+	uv_loop_t loop;
+	struct tide_store *store;
+};
+
+struct wait {
+	bool done;
+	int status;
+	char err[700];
+	lua_State *L;
+	int nret; /* values pushed by the callback on success */
+	bool with_cursor;
+};
+
+static struct lstore *check_store(lua_State *L)
+{
+	struct lstore *s = luaL_checkudata(L, 1, STORE_MT);
+	if (!s->store)
+		luaL_error(L, "the store is closed");
+	return s;
+}
+
+static void run_until(struct lstore *s, const bool *done)
+{
+	while (!*done)
+		uv_run(&s->loop, UV_RUN_ONCE);
+}
+
+static const char *kind_of(int status)
+{
+	return tide_strerror(status);
+}
+
+/* Pushes nil, err where err = { kind, message } with __tostring = message. */
+int tide_lua_push_error(lua_State *L, const char *kind, const char *message)
+{
+	lua_pushnil(L);
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, kind);
+	lua_setfield(L, -2, "kind");
+	lua_pushstring(L, message);
+	lua_setfield(L, -2, "message");
+	luaL_getmetatable(L, "tide.error");
+	lua_setmetatable(L, -2);
+	return 2;
+}
+
+static int error_tostring(lua_State *L)
+{
+	lua_getfield(L, 1, "message");
+	return 1;
+}
+
+static void on_open(struct tide_store *st, int status, const char *err, void *arg)
+{
+	(void)st;
+	struct wait *w = arg;
+	w->done = true;
+	w->status = status;
+	if (err)
+		snprintf(w->err, sizeof(w->err), "%s", err);
+}
+
+static int l_store_gc(lua_State *L)
+{
+	struct lstore *s = luaL_checkudata(L, 1, STORE_MT);
+	if (s->store) {
+		tide_store_close(s->store);
+		s->store = NULL;
+		uv_run(&s->loop, UV_RUN_DEFAULT);
+		uv_loop_close(&s->loop);
+	}
+	return 0;
+}
+
+static int l_connect(lua_State *L)
+{
+	const char *url = luaL_checkstring(L, 1);
+	struct lstore *s = lua_newuserdata(L, sizeof(*s));
+	memset(s, 0, sizeof(*s));
+	uv_loop_init(&s->loop);
+	luaL_getmetatable(L, STORE_MT);
+	lua_setmetatable(L, -2);
+	struct wait w = {0};
+	if (tide_store_open(&s->loop, url, on_open, &w, &s->store))
+		return luaL_error(L, "out of memory");
+	run_until(s, &w.done);
+	if (w.status) {
+		l_store_gc(L);
+		char msg[760];
+		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", w.err);
+		return tide_lua_push_error(L, kind_of(w.status), msg);
+	}
+	return 1;
+}
+
+/* Pushes one message as an event table. */
+static void push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
+{
+	lua_createtable(L, 0, 10);
+	lua_pushstring(L, m->type);
+	lua_setfield(L, -2, "type");
+	if (tide_lua_push_json_text(L, m->data, strlen(m->data)) == 0)
+		lua_setfield(L, -2, "data");
+	if (tide_lua_push_json_text(L, m->metadata, strlen(m->metadata)) == 0)
+		lua_setfield(L, -2, "metadata");
+	lua_pushstring(L, m->stream_id);
+	lua_setfield(L, -2, "stream_id");
+	lua_pushnumber(L, (lua_Number)m->stream_position);
+	lua_setfield(L, -2, "stream_position");
+	lua_pushnumber(L, (lua_Number)m->global_position);
+	lua_setfield(L, -2, "global_position");
+	lua_pushstring(L, m->message_id);
+	lua_setfield(L, -2, "message_id");
+	lua_pushstring(L, m->created);
+	lua_setfield(L, -2, "created");
+	if (with_cursor) {
+		char c[48];
+		struct tide_cursor cur = {m->transaction_id, m->global_position};
+		tide_cursor_format(&cur, c);
+		lua_pushstring(L, c);
+		lua_setfield(L, -2, "cursor");
+	}
+}
+
+static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct wait *w = arg;
+	w->done = true;
+	w->status = status;
+	if (status) {
+		snprintf(w->err, sizeof(w->err), "%s", err);
+		return;
+	}
+	lua_State *L = w->L;
+	lua_createtable(L, (int)r->count, 0);
+	for (size_t i = 0; i < r->count; i++) {
+		push_message(L, &r->messages[i], w->with_cursor);
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	w->nret = 1;
+	if (w->with_cursor) {
+		char c[48];
+		tide_cursor_format(&r->next, c);
+		lua_pushstring(L, c);
+		w->nret = 2;
+	}
+}
+
+static int64_t opt_int(lua_State *L, int t, const char *key)
+{
+	lua_getfield(L, t, key);
+	int64_t v = 0;
+	if (!lua_isnil(L, -1)) {
+		if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) < 0)
+			luaL_error(L, "option '%s' must be a non-negative number", key);
+		v = (int64_t)lua_tonumber(L, -1);
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+static int finish(lua_State *L, struct wait *w)
+{
+	if (w->status)
+		return tide_lua_push_error(L, kind_of(w->status), w->err);
+	return w->nret;
+}
+
+/* store:read(stream, { from, to, max, backward }) → events | nil, err */
+static int l_read(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	const char *stream = luaL_checkstring(L, 2);
+	struct tide_read_opts o = {0};
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		o.from = opt_int(L, 3, "from");
+		o.to = opt_int(L, 3, "to");
+		o.max = opt_int(L, 3, "max");
+		lua_getfield(L, 3, "backward");
+		o.backward = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+	}
+	struct wait w = {.L = L};
+	int rc = tide_store_read_stream(s->store, stream, &o, on_read, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	return finish(L, &w);
+}
+
+/* store:read_all(cursor?, max?) → events, next_cursor | nil, err */
+static int l_read_all(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	struct tide_cursor after = {0, 0};
+	if (!lua_isnoneornil(L, 2) && tide_cursor_parse(luaL_checkstring(L, 2), &after))
+		return luaL_error(L, "bad cursor '%s' (want \"XID:POS\")", lua_tostring(L, 2));
+	lua_Integer max = luaL_optinteger(L, 3, 1000);
+	if (max < 0)
+		return luaL_error(L, "max must not be negative");
+	struct wait w = {.L = L, .with_cursor = true};
+	int rc = tide_store_read_all(s->store, &after, max, on_read, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	return finish(L, &w);
+}
+
+struct append_wait {
+	struct wait w;
+	struct tide_append_result r;
+	int64_t *positions;
+};
+
+static void on_append(int status, const char *err, const struct tide_append_result *r, void *arg)
+{
+	struct append_wait *a = arg;
+	a->w.done = true;
+	a->w.status = status;
+	if (err)
+		snprintf(a->w.err, sizeof(a->w.err), "%s", err);
+	if (r) {
+		a->r = *r;
+		a->positions = malloc((r->count ? r->count : 1) * sizeof(int64_t));
+		if (a->positions && r->count)
+			memcpy(a->positions, r->global_positions, r->count * sizeof(int64_t));
+	}
+}
+
+static int64_t parse_expected(lua_State *L, int t)
+{
+	lua_getfield(L, t, "expected");
+	int64_t v = TIDE_EXPECT_ANY;
+	if (lua_type(L, -1) == LUA_TNUMBER) {
+		lua_Number n = lua_tonumber(L, -1);
+		if (n < 0 || n != (lua_Number)(int64_t)n)
+			luaL_error(L, "expected version must be a whole number >= 0");
+		v = (int64_t)n;
+	} else if (lua_type(L, -1) == LUA_TSTRING) {
+		const char *x = lua_tostring(L, -1);
+		if (strcmp(x, "any") == 0)
+			v = TIDE_EXPECT_ANY;
+		else if (strcmp(x, "no_stream") == 0)
+			v = TIDE_EXPECT_NO_STREAM;
+		else if (strcmp(x, "stream_exists") == 0)
+			v = TIDE_EXPECT_STREAM_EXISTS;
+		else
+			luaL_error(
+			        L,
+			        "expected must be \"any\", \"no_stream\", \"stream_exists\" or a "
+			        "number, got \"%s\"",
+			        x);
+	} else if (!lua_isnil(L, -1)) {
+		luaL_error(L, "expected must be a string or a number");
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+/* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
+ * | nil, err. An event is { type, data, metadata?, id? }; data/metadata are tables. */
+static int l_append(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	const char *stream = luaL_checkstring(L, 2);
+	luaL_checktype(L, 3, LUA_TTABLE);
+	int64_t expected = TIDE_EXPECT_ANY;
+	if (!lua_isnoneornil(L, 4)) {
+		luaL_checktype(L, 4, LUA_TTABLE);
+		expected = parse_expected(L, 4);
+	}
+	size_t n = lua_objlen(L, 3);
+	if (n == 0)
+		return luaL_error(L, "append: no events given");
+	struct tide_event *ev = calloc(n, sizeof(*ev));
+	char **texts = calloc(n * 2, sizeof(char *));
+	int nret = 0;
+	char err[400] = "";
+	if (!ev || !texts) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		lua_rawgeti(L, 3, (int)i + 1);
+		if (!lua_istable(L, -1)) {
+			snprintf(err, sizeof(err), "event %zu is not a table", i + 1);
+			lua_pop(L, 1);
+			goto done;
+		}
+		int t = lua_gettop(L);
+		lua_getfield(L, t, "type");
+		ev[i].type = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+		lua_pop(L, 1); /* the string stays alive: it is referenced by the event table */
+		if (!ev[i].type || !ev[i].type[0]) {
+			snprintf(err, sizeof(err), "event %zu has no type", i + 1);
+			lua_pop(L, 1);
+			goto done;
+		}
+		const char *fields[2] = {"data", "metadata"};
+		for (int k = 0; k < 2; k++) {
+			lua_getfield(L, t, fields[k]);
+			if (lua_isnil(L, -1) && k == 0) {
+				lua_pop(L, 1);
+				lua_newtable(L);
+			}
+			if (!lua_isnil(L, -1)) {
+				char path[48];
+				snprintf(path, sizeof(path), "event %zu %s", i + 1, fields[k]);
+				if (!lua_istable(L, -1)) {
+					snprintf(err, sizeof(err), "%s must be a table", path);
+					lua_pop(L, 2);
+					goto done;
+				}
+				texts[i * 2 + k] =
+				        tide_lua_to_json_text(L, -1, path, err, sizeof(err));
+				if (!texts[i * 2 + k]) {
+					lua_pop(L, 2);
+					goto done;
+				}
+			}
+			lua_pop(L, 1);
+		}
+		ev[i].data = texts[i * 2];
+		ev[i].metadata = texts[i * 2 + 1];
+		lua_getfield(L, t, "id");
+		ev[i].message_id = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+		lua_pop(L, 2);
+	}
+	struct append_wait a = {.w = {.L = L}};
+	int rc = tide_store_append(s->store, stream, ev, n, expected, on_append, &a);
+	if (rc) {
+		nret = tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+		goto done;
+	}
+	run_until(s, &a.w.done);
+	if (a.w.status) {
+		nret = tide_lua_push_error(L, kind_of(a.w.status), a.w.err);
+		if (a.w.status == TIDE_ECONFLICT) {
+			if (a.r.actual >= 0)
+				lua_pushnumber(L, (lua_Number)a.r.actual);
+			else
+				lua_pushliteral(L, "no_stream");
+			lua_setfield(L, -2, "actual");
+			lua_getfield(L, 4, "expected"); /* a conflict needs an expectation: arg 4 */
+			lua_setfield(L, -2, "expected");
+		}
+	} else {
+		lua_createtable(L, 0, 2);
+		lua_pushnumber(L, (lua_Number)a.r.next_expected_version);
+		lua_setfield(L, -2, "next_expected_version");
+		lua_createtable(L, (int)a.r.count, 0);
+		for (size_t i = 0; i < a.r.count && a.positions; i++) {
+			lua_pushnumber(L, (lua_Number)a.positions[i]);
+			lua_rawseti(L, -2, (int)i + 1);
+		}
+		lua_setfield(L, -2, "global_positions");
+		nret = 1;
+	}
+	free(a.positions);
+done:
+	for (size_t i = 0; texts && i < n * 2; i++)
+		free(texts[i]);
+	free(texts);
+	free(ev);
+	if (err[0])
+		return luaL_error(L, "append: %s", err);
+	return nret;
+}
+
+static void on_sleep(uv_timer_t *t)
+{
+	*(bool *)t->data = true;
+}
+
+/* store:sleep(ms): waits on the store's own loop (used between retries). */
+static int l_sleep(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	lua_Number ms = luaL_checknumber(L, 2);
+	bool done = false;
+	uv_timer_t t;
+	uv_timer_init(&s->loop, &t);
+	t.data = &done;
+	uv_timer_start(&t, on_sleep, ms > 0 ? (uint64_t)ms : 0, 0);
+	run_until(s, &done);
+	uv_close((uv_handle_t *)&t, NULL);
+	uv_run(&s->loop, UV_RUN_NOWAIT);
+	return 0;
+}
+
+static int l_close(lua_State *L)
+{
+	luaL_checkudata(L, 1, STORE_MT);
+	return l_store_gc(L);
+}
+
+/* json.encode(value) → text | nil, err;  json.decode(text) → value | nil, err */
+static int l_json_encode(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	char err[400] = "";
+	char *s = tide_lua_to_json_text(L, 1, "", err, sizeof(err));
+	if (!s)
+		return tide_lua_push_error(L, "invalid", err);
+	lua_pushstring(L, s);
+	cJSON_free(s);
+	return 1;
+}
+
+static int l_json_decode(lua_State *L)
+{
+	size_t len;
+	const char *s = luaL_checklstring(L, 1, &len);
+	if (tide_lua_push_json_text(L, s, len) != 0)
+		return tide_lua_push_error(L, "invalid", "not valid JSON");
+	return 1;
+}
+
+int tide_lua_open_core(lua_State *L)
+{
+	if (tide_lua_json_init(L) != 0)
+		return lua_error(L);
+	if (luaL_newmetatable(L, "tide.error")) {
+		lua_pushcfunction(L, error_tostring);
+		lua_setfield(L, -2, "__tostring");
+	}
+	lua_pop(L, 1);
+	if (luaL_newmetatable(L, STORE_MT)) {
+		static const luaL_Reg methods[] = {
+		        {"append", l_append}, {"read", l_read},   {"read_all", l_read_all},
+		        {"sleep", l_sleep},   {"close", l_close}, {NULL, NULL},
+		};
+		lua_newtable(L);
+		luaL_register(L, NULL, methods);
+		lua_setfield(L, -2, "__index");
+		lua_pushcfunction(L, l_store_gc);
+		lua_setfield(L, -2, "__gc");
+	}
+	lua_pop(L, 1);
+	static const luaL_Reg fns[] = {
+	        {"connect", l_connect},
+	        {"json_encode", l_json_encode},
+	        {"json_decode", l_json_decode},
+	        {NULL, NULL},
+	};
+	lua_newtable(L);
+	luaL_register(L, NULL, fns);
+	return 1;
+}

@@ -1,0 +1,15 @@
+/* lua_store.h — the store and JSON as the Lua module tide.core. */
+#ifndef TIDE_LUA_STORE_H
+#define TIDE_LUA_STORE_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+/* Pushes the tide.core table (connect, json_encode, json_decode). Needs `require` to
+ * find tide.model. */
+int tide_lua_open_core(lua_State *L);
+
+/* Pushes nil and an error table { kind, message } (tostring gives the message). */
+int tide_lua_push_error(lua_State *L, const char *kind, const char *message);
+
+#endif

@@ -1,0 +1,418 @@
+/* lua_vm.c — one sandboxed LuaJIT state per script: allow-listed globals, the tide
+ * runtime preloaded from the binary, a memory cap (allocator) and a CPU guard.
+ *
+ * CPU guard: Debian's LuaJIT is built without LUAJIT_ENABLE_CHECKHOOK, so a count hook
+ * never fires inside a compiled trace and `while true do end` could run forever once
+ * compiled. Script VMs therefore run with the JIT compiler off (the interpreter checks
+ * hooks on every instruction batch) and every call into script code runs under a count
+ * hook that raises once the deadline passes. The script's own pcall, xpcall and
+ * coroutine.resume re-raise that error, so a runaway handler cannot swallow it. */
+#include "lua_vm.h"
+
+#include <luajit.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lua_store.h"
+
+#define HOOK_EVERY 1000 /* instructions between deadline checks */
+
+extern const struct {
+	const char *name;
+	const char *source;
+} tide_lua_embedded[];
+extern const size_t tide_lua_embedded_count;
+
+struct tide_vm {
+	lua_State *L;
+	size_t used, limit;
+	unsigned cpu_ms;
+	uint64_t deadline_ns; /* 0: no guarded call running */
+	bool timed_out;
+	int env_ref;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct tide_vm *vm = ud;
+	if (nsize == 0) {
+		vm->used -= osize;
+		free(ptr);
+		return NULL;
+	}
+	if (nsize > osize && vm->limit && vm->used - osize + nsize > vm->limit)
+		return NULL; /* Lua raises "not enough memory" */
+	void *p = realloc(ptr, nsize);
+	if (p)
+		vm->used = vm->used - osize + nsize;
+	return p;
+}
+
+static struct tide_vm *vm_of(lua_State *L)
+{
+	void *ud;
+	lua_getallocf(L, &ud);
+	return ud;
+}
+
+static void timeout_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	struct tide_vm *vm = vm_of(L);
+	if (vm->timed_out || (vm->deadline_ns && now_ns() > vm->deadline_ns)) {
+		vm->timed_out = true;
+		luaL_error(L, "script exceeded its CPU time limit of %u ms", vm->cpu_ms);
+	}
+}
+
+static int traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	if (!msg)
+		msg = luaL_typename(L, 1);
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+/* call(f, ...) → true, results... | false, message, kind, traceback
+ * kind: "error", "timeout" or "memory". The runtime wraps every call into script code
+ * with this. */
+static int l_guarded_call(lua_State *L)
+{
+	struct tide_vm *vm = vm_of(L);
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	bool outer = vm->deadline_ns == 0;
+	if (outer) {
+		vm->timed_out = false;
+		vm->deadline_ns = now_ns() + (uint64_t)vm->cpu_ms * 1000000u;
+		lua_sethook(L, timeout_hook, LUA_MASKCOUNT, HOOK_EVERY);
+	}
+	int nargs = lua_gettop(L) - 1;
+	lua_pushcfunction(L, traceback);
+	lua_insert(L, 1);
+	/* Keep the raw error next to the traceback: the handler only sees the message. */
+	int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
+	bool timed_out = vm->timed_out;
+	if (outer) {
+		lua_sethook(L, NULL, 0, 0);
+		vm->deadline_ns = 0;
+		vm->timed_out = false;
+	}
+	if (rc == 0) {
+		lua_pushboolean(L, 1);
+		lua_replace(L, 1);
+		return lua_gettop(L);
+	}
+	const char *kind = timed_out ? "timeout" : rc == LUA_ERRMEM ? "memory" : "error";
+	const char *tb = lua_tostring(L, -1);
+	lua_pushboolean(L, 0);
+	if (rc == LUA_ERRMEM)
+		lua_pushfstring(L, "script ran out of memory (limit %d KiB)",
+		                (int)(vm->limit / 1024));
+	else if (timed_out)
+		lua_pushfstring(L, "script exceeded its CPU time limit of %d ms", (int)vm->cpu_ms);
+	else {
+		/* First line of the traceback = the message itself. */
+		const char *nl = tb ? strstr(tb, "\nstack traceback:") : NULL;
+		if (nl)
+			lua_pushlstring(L, tb, (size_t)(nl - tb));
+		else
+			lua_pushstring(L, tb ? tb : "error");
+	}
+	lua_pushstring(L, kind);
+	lua_pushstring(L, tb ? tb : "");
+	return 4;
+}
+
+/* The sandbox's pcall/xpcall/coroutine.resume: like the originals, but a CPU timeout
+ * keeps propagating. */
+static int rethrow_if_timed_out(lua_State *L, int nres)
+{
+	struct tide_vm *vm = vm_of(L);
+	if (vm->timed_out)
+		return luaL_error(L, "script exceeded its CPU time limit of %d ms",
+		                  (int)vm->cpu_ms);
+	return nres;
+}
+
+static int l_safe_pcall(lua_State *L)
+{
+	luaL_checkany(L, 1);
+	int rc = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+	lua_pushboolean(L, rc == 0);
+	lua_insert(L, 1);
+	return rethrow_if_timed_out(L, lua_gettop(L));
+}
+
+static int l_safe_xpcall(lua_State *L)
+{
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_pushvalue(L, 2);
+	lua_pushvalue(L, 1);
+	lua_replace(L, 2);
+	lua_replace(L, 1); /* stack: handler, f, args... */
+	int rc = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 1);
+	lua_pushboolean(L, rc == 0);
+	lua_replace(L, 1);
+	return rethrow_if_timed_out(L, lua_gettop(L));
+}
+
+static int l_safe_resume(lua_State *L)
+{
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	return rethrow_if_timed_out(L, lua_gettop(L));
+}
+
+static int l_undefined_global(lua_State *L)
+{
+	return luaL_error(L, "undefined global '%s'", lua_tostring(L, 2));
+}
+
+static int l_sandbox_require(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	if (strcmp(name, "tide") != 0)
+		return luaL_error(L, "module '%s' is not available to scripts (only \"tide\")",
+		                  name);
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
+	return 1;
+}
+
+static void copy_fields(lua_State *L, const char *lib, const char *const *names, int dst)
+{
+	lua_getglobal(L, lib);
+	lua_newtable(L);
+	for (const char *const *n = names; *n; n++) {
+		lua_getfield(L, -2, *n);
+		lua_setfield(L, -2, *n);
+	}
+	lua_setfield(L, dst, lib);
+	lua_pop(L, 1);
+}
+
+static int preload_embedded(lua_State *L)
+{
+	const char *name = lua_tostring(L, 1);
+	for (size_t i = 0; i < tide_lua_embedded_count; i++) {
+		if (strcmp(tide_lua_embedded[i].name, name) == 0) {
+			char chunk[128];
+			snprintf(chunk, sizeof(chunk), "=[tide runtime %s]", name);
+			const char *src = tide_lua_embedded[i].source;
+			if (luaL_loadbuffer(L, src, strlen(src), chunk) != 0)
+				return lua_error(L);
+			lua_pushstring(L, name);
+			lua_call(L, 1, 1);
+			return 1;
+		}
+	}
+	return luaL_error(L, "no embedded module %s", name);
+}
+
+static int build_sandbox(lua_State *L)
+{
+	/* The runtime: preloaded from the binary, loaded with full access. */
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "preload");
+	for (size_t i = 0; i < tide_lua_embedded_count; i++) {
+		lua_pushcfunction(L, preload_embedded);
+		lua_setfield(L, -2, tide_lua_embedded[i].name);
+	}
+	lua_pushcfunction(L, tide_lua_open_core);
+	lua_setfield(L, -2, "tide.core");
+	lua_pop(L, 2);
+
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "tide");
+	lua_call(L, 1, 1);
+	lua_pushcfunction(L, l_guarded_call);
+	lua_setfield(L, -2, "_guard");
+	lua_getfield(L, -1, "script_api");
+	lua_setfield(L, LUA_REGISTRYINDEX, "tide.script_api");
+	lua_setfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "tide.core");
+	lua_call(L, 1, 0); /* JSON markers, error metatable */
+
+	/* The environment scripts see. */
+	lua_newtable(L);
+	int env = lua_gettop(L);
+	static const char *const base[] = {"assert", "error",        "ipairs",       "next",
+	                                   "pairs",  "select",       "tonumber",     "tostring",
+	                                   "type",   "unpack",       "rawequal",     "rawget",
+	                                   "rawset", "setmetatable", "getmetatable", NULL};
+	for (const char *const *n = base; *n; n++) {
+		lua_getglobal(L, *n);
+		lua_setfield(L, env, *n);
+	}
+	static const char *const string_fns[] = {"byte",    "char", "find",  "format", "gmatch",
+	                                         "gsub",    "len",  "lower", "match",  "rep",
+	                                         "reverse", "sub",  "upper", NULL};
+	static const char *const table_fns[] = {"concat", "insert", "remove", "sort", "maxn", NULL};
+	static const char *const math_fns[] = {
+	        "abs",        "ceil", "floor", "fmod",  "huge",  "max",   "min",
+	        "modf",       "pi",   "sqrt",  "exp",   "log",   "pow",   "random",
+	        "randomseed", "sin",  "cos",   "tan",   "asin",  "acos",  "atan",
+	        "atan2",      "deg",  "rad",   "ldexp", "frexp", "log10", NULL};
+	static const char *const os_fns[] = {"time", "clock", "date", "difftime", NULL};
+	static const char *const bit_fns[] = {"band",   "bor",     "bxor", "bnot", "lshift",
+	                                      "rshift", "arshift", "rol",  "ror",  "tohex",
+	                                      "tobit",  "bswap",   NULL};
+	static const char *const co_fns[] = {"create", "running", "status", "yield", "wrap", NULL};
+	copy_fields(L, "string", string_fns, env);
+	copy_fields(L, "table", table_fns, env);
+	copy_fields(L, "math", math_fns, env);
+	copy_fields(L, "os", os_fns, env);
+	copy_fields(L, "bit", bit_fns, env);
+	copy_fields(L, "coroutine", co_fns, env);
+	lua_getfield(L, env, "coroutine");
+	lua_getglobal(L, "coroutine");
+	lua_getfield(L, -1, "resume");
+	lua_pushcclosure(L, l_safe_resume, 1);
+	lua_setfield(L, -3, "resume");
+	lua_pop(L, 2);
+	lua_pushcfunction(L, l_safe_pcall);
+	lua_setfield(L, env, "pcall");
+	lua_pushcfunction(L, l_safe_xpcall);
+	lua_setfield(L, env, "xpcall");
+	lua_pushcfunction(L, l_sandbox_require);
+	lua_setfield(L, env, "require");
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
+	lua_setfield(L, env, "tide");
+	lua_pushvalue(L, env);
+	lua_setfield(L, env, "_G");
+
+	/* Reading an undefined global is a bug worth a clear error. */
+	lua_newtable(L);
+	lua_pushcfunction(L, l_undefined_global);
+	lua_setfield(L, -2, "__index");
+	lua_setmetatable(L, env);
+
+	/* Strings share one metatable: hide it, so a script cannot rewire string methods
+	 * (the runtime's included). */
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+
+	return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static int l_build_sandbox(lua_State *L)
+{
+	struct tide_vm *vm = lua_touserdata(L, 1);
+	vm->env_ref = build_sandbox(L);
+	return 0;
+}
+
+int tide_vm_open(const struct tide_vm_opts *opts, struct tide_vm **out, char *err, size_t n)
+{
+	*out = NULL;
+	struct tide_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm) {
+		snprintf(err, n, "out of memory");
+		return TIDE_ENOMEM;
+	}
+	vm->limit = opts && opts->memory_limit ? opts->memory_limit : TIDE_VM_DEFAULT_MEMORY;
+	vm->cpu_ms = opts && opts->cpu_ms ? opts->cpu_ms : TIDE_VM_DEFAULT_CPU_MS;
+	vm->L = lua_newstate(vm_alloc, vm);
+	if (!vm->L) {
+		free(vm);
+		snprintf(err, n, "cannot create a Lua state");
+		return TIDE_ENOMEM;
+	}
+	luaL_openlibs(vm->L);
+	luaJIT_setmode(vm->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+	/* The runtime itself loads within the cap too; give it room while it does. */
+	size_t limit = vm->limit;
+	vm->limit = 0;
+	lua_pushcfunction(vm->L, l_build_sandbox);
+	lua_pushlightuserdata(vm->L, vm);
+	if (lua_pcall(vm->L, 1, 0, 0) != 0) {
+		snprintf(err, n, "cannot set up the Lua runtime: %s", lua_tostring(vm->L, -1));
+		tide_vm_close(vm);
+		return TIDE_EINVAL;
+	}
+	vm->limit = vm->used + limit;
+	*out = vm;
+	return 0;
+}
+
+void tide_vm_close(struct tide_vm *vm)
+{
+	if (!vm)
+		return;
+	lua_close(vm->L);
+	free(vm);
+}
+
+lua_State *tide_vm_state(struct tide_vm *vm)
+{
+	return vm->L;
+}
+
+int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, char *err,
+                 size_t n)
+{
+	lua_State *L = vm->L;
+	int top = lua_gettop(L);
+	if (len > 0 && source[0] == '\x1b') {
+		snprintf(err, n, "%s: precompiled bytecode is not accepted; give the Lua source",
+		         path);
+		return TIDE_EINVAL;
+	}
+	char chunk[512];
+	snprintf(chunk, sizeof(chunk), "@%s", path);
+	lua_pushcfunction(L, l_guarded_call);
+	if (luaL_loadbuffer(L, source, len, chunk) != 0) {
+		snprintf(err, n, "%s", lua_tostring(L, -1));
+		lua_settop(L, top);
+		return TIDE_EINVAL;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, vm->env_ref);
+	lua_setfenv(L, -2);
+	lua_call(L, 1, LUA_MULTRET);
+	if (!lua_toboolean(L, top + 1)) {
+		snprintf(err, n, "%s", lua_tostring(L, top + 2));
+		lua_settop(L, top);
+		return TIDE_EINVAL;
+	}
+	if (!lua_istable(L, top + 2)) {
+		snprintf(err, n,
+		         "%s: the script must return a processor, e.g. `return tide.decider { ... "
+		         "}`",
+		         path);
+		lua_settop(L, top);
+		return TIDE_EINVAL;
+	}
+	lua_getfield(L, top + 2, "kind");
+	if (!lua_isstring(L, -1)) {
+		snprintf(err, n,
+		         "%s: the script returned a plain table; build it with tide.decider, "
+		         "tide.projection or tide.reactor",
+		         path);
+		lua_settop(L, top);
+		return TIDE_EINVAL;
+	}
+	lua_pop(L, 1);
+	lua_replace(L, top + 1);
+	lua_settop(L, top + 1);
+	return 0;
+}
+
+size_t tide_vm_memory(const struct tide_vm *vm)
+{
+	return vm->used;
+}

@@ -1,0 +1,77 @@
+-- tide: the Lua face of tide. Processor scripts get `script_api` as `require "tide"` (or
+-- the global `tide`); LuaJIT hosts get the same constructors plus tide.connect(url),
+-- which loads the C module (tide.core) on first use, so plain busted needs no build.
+local model = require "tide.model"
+local command = require "tide.command"
+local setmetatable, error, type = setmetatable, error, type
+
+local M = {
+  null = model.null,
+  decider = model.decider,
+  projection = model.projection,
+  reactor = model.reactor,
+  array = model.array,
+  object = model.object,
+}
+
+-- What a sandboxed script may use.
+M.script_api = {
+  null = model.null,
+  decider = model.decider,
+  projection = model.projection,
+  reactor = model.reactor,
+  array = model.array,
+  object = model.object,
+}
+
+-- Set by the script VM to its CPU/memory guard; hosts call script code directly.
+M._guard = nil
+local function guard() return M._guard or command.direct_call end
+
+local Store = {}
+Store.__index = Store
+
+-- store:append(stream, events, { expected = "any"|"no_stream"|"stream_exists"|N })
+--   → { next_expected_version, global_positions } | nil, err (err.kind == "conflict", ...)
+function Store:append(stream, events, opts) return self.raw:append(stream, events, opts) end
+-- store:read(stream, { from, to, max, backward }) → events | nil, err
+function Store:read(stream, opts) return self.raw:read(stream, opts) end
+-- store:read_all(cursor?, max?) → events, next_cursor | nil, err
+function Store:read_all(cursor, max) return self.raw:read_all(cursor, max) end
+function Store:sleep(ms) return self.raw:sleep(ms) end
+function Store:close() return self.raw:close() end
+-- store:aggregate(decider, stream) → state, version | nil, err
+function Store:aggregate(decider, stream)
+  return command.aggregate(self.raw, decider, stream, guard())
+end
+-- store:handle(decider, stream, command, { retries, backoff_ms })
+--   → { events, next_expected_version, global_positions } | nil, err
+function Store:handle(decider, stream, cmd, opts)
+  return command.handle(self.raw, decider, stream, cmd, opts, guard())
+end
+
+local core
+local function load_core()
+  if not core then core = require "tide.core" end
+  return core
+end
+
+-- tide.connect(url) → store | nil, err
+function M.connect(url)
+  if type(url) ~= "string" or url == "" then error("tide.connect wants a database URL", 2) end
+  local raw, err = load_core().connect(url)
+  if not raw then return nil, err end
+  return setmetatable({ raw = raw }, Store)
+end
+
+-- tide.json.encode(value) → text | nil, err;  tide.json.decode(text) → value | nil, err
+M.json = setmetatable({}, { __index = function(t, k)
+  local c = load_core()
+  t.encode, t.decode = c.json_encode, c.json_decode
+  return rawget(t, k)
+end })
+
+M.aggregate = command.aggregate
+M.handle = command.handle
+
+return M

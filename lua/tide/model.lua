@@ -1,0 +1,121 @@
+-- tide.model: the constructors processor scripts are written with (decider, projection,
+-- reactor) and the JSON null sentinel. Pure Lua: usable from plain busted, with no
+-- database and no C module.
+local error, type, pairs, setmetatable, tostring = error, type, pairs, setmetatable, tostring
+
+local M = {}
+
+-- JSON null: a unique value that survives a round trip (nil cannot live in a table).
+M.null = setmetatable({}, {
+  __tostring = function() return "tide.null" end,
+  __newindex = function() error("tide.null is read-only", 2) end,
+})
+
+-- JSON kinds for tables that cannot show theirs: an empty table is encoded as an object
+-- unless it carries array_mt. Decoded arrays carry array_mt, decoded empty objects object_mt.
+M.array_mt = { __name = "tide.array" }
+M.object_mt = { __name = "tide.object" }
+function M.array(t) return setmetatable(t or {}, M.array_mt) end
+function M.object(t) return setmetatable(t or {}, M.object_mt) end
+
+local function check_fn(spec, kind, name, required)
+  local f = spec[name]
+  if f == nil and not required then return end
+  if type(f) ~= "function" then
+    error(kind .. ": '" .. name .. "' must be a function, got " .. type(f), 3)
+  end
+end
+
+local function check_events(spec, kind)
+  local events = spec.events
+  if events == nil then return end
+  if type(events) ~= "table" then error(kind .. ": 'events' must be a list of type names", 3) end
+  local set = {}
+  for i = 1, #events do
+    if type(events[i]) ~= "string" then error(kind .. ": 'events' must be a list of type names", 3) end
+    set[events[i]] = true
+  end
+  spec.event_set = set
+end
+
+local function check_spec(spec, kind)
+  if type(spec) ~= "table" then error(kind .. " wants a table, got " .. type(spec), 3) end
+end
+
+-- decider { initial, evolve, decide, stream_type? }
+function M.decider(spec)
+  check_spec(spec, "tide.decider")
+  check_fn(spec, "tide.decider", "initial", true)
+  check_fn(spec, "tide.decider", "evolve", true)
+  check_fn(spec, "tide.decider", "decide", true)
+  if spec.stream_type ~= nil and type(spec.stream_type) ~= "string" then
+    error("tide.decider: 'stream_type' must be a string", 2)
+  end
+  spec.kind = "decider"
+  return spec
+end
+
+-- projection { name?, events?, handle(events, sql) } or
+-- projection { collection, id?, initial?, evolve(doc, event), events? }
+function M.projection(spec)
+  check_spec(spec, "tide.projection")
+  check_events(spec, "tide.projection")
+  if spec.collection ~= nil then
+    if type(spec.collection) ~= "string" or not spec.collection:match("^[%a_][%w_]*$") then
+      error("tide.projection: 'collection' must be a name of letters, digits and _", 2)
+    end
+    check_fn(spec, "tide.projection", "evolve", true)
+    check_fn(spec, "tide.projection", "id", false)
+    check_fn(spec, "tide.projection", "initial", false)
+  else
+    check_fn(spec, "tide.projection", "handle", true)
+  end
+  spec.kind = "projection"
+  return spec
+end
+
+-- reactor { events?, handle(event, ctx) }
+function M.reactor(spec)
+  check_spec(spec, "tide.reactor")
+  check_events(spec, "tide.reactor")
+  check_fn(spec, "tide.reactor", "handle", true)
+  spec.kind = "reactor"
+  return spec
+end
+
+-- The events a decide() returned, as a list: nil → {}, one event → { event }.
+function M.event_list(result)
+  if result == nil then return {} end
+  if type(result) ~= "table" then
+    error("decide must return a list of events, got " .. type(result), 0)
+  end
+  if result.type ~= nil then result = { result } end
+  for i = 1, #result do
+    local e = result[i]
+    if type(e) ~= "table" or type(e.type) ~= "string" or e.type == "" then
+      error("decide returned event " .. i .. " without a type", 0)
+    end
+    if e.data ~= nil and type(e.data) ~= "table" then
+      error("decide returned event " .. i .. " (" .. e.type .. ") whose data is not a table", 0)
+    end
+  end
+  return result
+end
+
+-- Folds events with a decider's evolve, from initial().
+function M.fold(decider, events)
+  local state = decider.initial()
+  for i = 1, #events do
+    state = decider.evolve(state, events[i])
+  end
+  return state
+end
+
+-- The message of a rejection: error("msg") adds "file:line: ", which users do not need.
+function M.rejection_message(err)
+  if type(err) == "table" and err.message then return tostring(err.message) end
+  local s = tostring(err)
+  return (s:gsub("^[^\n]-:%d+: ", "", 1))
+end
+
+return M
