@@ -35,6 +35,8 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
+	char **scripts; /* check */
+	int nscripts;
 	void (*run)(struct cli *cli);
 };
 
@@ -50,6 +52,7 @@ static const char usage_main[] =
         "  read-all    read the global log, gap-safe, from a cursor\n"
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
+        "  check       load processor scripts in the sandbox and report problems\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
         "Run `tide COMMAND --help` for a command's options.\n";
@@ -109,6 +112,13 @@ static const char usage_aggregate[] =
         "\n"
         "Folds STREAM with the decider SCRIPT's initial/evolve and prints\n"
         "{\"state\": ..., \"version\": N}.\n";
+
+static const char usage_check[] =
+        "usage: tide check SCRIPT... [--cpu-ms N]\n"
+        "\n"
+        "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
+        "and prints \"ok SCRIPT (kind)\" or the error with its file and line. Needs no\n"
+        "database. Exits 1 when any script fails.\n";
 
 static int usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -339,22 +349,52 @@ static int script_error(struct cli *cli, lua_State *L, int idx)
 	return cli->exit_code;
 }
 
+/* A fresh sandboxed VM with the script's processor table on top; NULL (with err) when
+ * the file cannot be read or the script does not load. */
+static struct tide_vm *load_script(struct cli *cli, const char *path, char *err, size_t n)
+{
+	size_t len;
+	char *src = read_file(path, &len, err, n);
+	if (!src)
+		return NULL;
+	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
+	struct tide_vm *vm = NULL;
+	int rc = tide_vm_open(&opts, &vm, err, n);
+	if (rc == 0)
+		rc = tide_vm_load(vm, path, src, len, err, n);
+	free(src);
+	if (rc) {
+		tide_vm_close(vm);
+		return NULL;
+	}
+	return vm;
+}
+
+static int run_check(struct cli *cli)
+{
+	int code = 0;
+	for (int i = 0; i < cli->nscripts; i++) {
+		char err[1024];
+		struct tide_vm *vm = load_script(cli, cli->scripts[i], err, sizeof(err));
+		if (!vm) {
+			fprintf(stderr, "tide check: %s\n", err);
+			code = 1;
+			continue;
+		}
+		lua_State *L = tide_vm_state(vm);
+		lua_getfield(L, -1, "kind");
+		printf("ok %s (%s)\n", cli->scripts[i], lua_tostring(L, -1));
+		tide_vm_close(vm);
+	}
+	return code;
+}
+
 static int run_script(struct cli *cli)
 {
 	char err[1024];
-	size_t len;
-	char *src = read_file(cli->script, &len, err, sizeof(err));
-	if (!src)
-		return usage_error(cli, "%s", err);
-	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
-	struct tide_vm *vm = NULL;
-	int rc = tide_vm_open(&opts, &vm, err, sizeof(err));
-	if (rc == 0)
-		rc = tide_vm_load(vm, cli->script, src, len, err, sizeof(err));
-	free(src);
-	if (rc) {
+	struct tide_vm *vm = load_script(cli, cli->script, err, sizeof(err));
+	if (!vm) {
 		fail(cli, TIDE_EDB, err);
-		tide_vm_close(vm);
 		return 1;
 	}
 	lua_State *L = tide_vm_state(vm);
@@ -482,6 +522,7 @@ static const struct command commands[] = {
         {"read-all", usage_read_all, run_read_all, 0, " after max "},
         {"handle", usage_handle, NULL, 3, " retries cpu-ms "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms "},
+        {"check", usage_check, NULL, -1, " cpu-ms "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -560,6 +601,13 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	if (rc)
 		return rc;
 	int npos = argc - optind;
+	if (cmd->positionals < 0) { /* check: SCRIPT... */
+		if (npos == 0)
+			return usage_error(cli, "missing arguments: SCRIPT...");
+		cli->scripts = argv + optind;
+		cli->nscripts = npos;
+		return 0;
+	}
 	if (npos != cmd->positionals) {
 		if (npos < cmd->positionals)
 			return usage_error(cli, "missing arguments: %s",
@@ -649,6 +697,9 @@ int tide_cli_main(int argc, char **argv)
 		free(script);
 		return 0;
 	}
+
+	if (cmd->positionals < 0)
+		return run_check(&cli);
 
 	if (!cli.url || !cli.url[0])
 		cli.url = getenv("TIDE_DATABASE_URL");
