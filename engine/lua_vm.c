@@ -299,6 +299,13 @@ static int build_sandbox(lua_State *L)
 	lua_setfield(L, -2, "__index");
 	lua_setmetatable(L, env);
 
+	/* ("").dump(f) reaches the real string table through the string metatable: the
+	 * runtime does not need dump, so no code in this state gets it. */
+	lua_getglobal(L, "string");
+	lua_pushnil(L);
+	lua_setfield(L, -2, "dump");
+	lua_pop(L, 1);
+
 	/* Strings share one metatable: hide it, so a script cannot rewire string methods
 	 * (the runtime's included). */
 	lua_pushliteral(L, "");
