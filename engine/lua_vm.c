@@ -134,46 +134,27 @@ static int l_guarded_call(lua_State *L)
 	return 4;
 }
 
-/* The sandbox's pcall/xpcall/coroutine.resume: like the originals, but a CPU timeout
- * keeps propagating. */
-static int rethrow_if_timed_out(lua_State *L, int nres)
+/* timed_out() → the timeout message while a guarded call is being stopped, else nil. */
+static int l_timed_out(lua_State *L)
 {
 	struct tide_vm *vm = vm_of(L);
-	if (vm->timed_out)
-		return luaL_error(L, "script exceeded its CPU time limit of %d ms",
-		                  (int)vm->cpu_ms);
-	return nres;
+	if (!vm->timed_out)
+		return 0;
+	lua_pushfstring(L, "script exceeded its CPU time limit of %d ms", (int)vm->cpu_ms);
+	return 1;
 }
 
-static int l_safe_pcall(lua_State *L)
-{
-	luaL_checkany(L, 1);
-	int rc = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-	lua_pushboolean(L, rc == 0);
-	lua_insert(L, 1);
-	return rethrow_if_timed_out(L, lua_gettop(L));
-}
-
-static int l_safe_xpcall(lua_State *L)
-{
-	luaL_checktype(L, 2, LUA_TFUNCTION);
-	lua_pushvalue(L, 2);
-	lua_pushvalue(L, 1);
-	lua_replace(L, 2);
-	lua_replace(L, 1); /* stack: handler, f, args... */
-	int rc = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 1);
-	lua_pushboolean(L, rc == 0);
-	lua_replace(L, 1);
-	return rethrow_if_timed_out(L, lua_gettop(L));
-}
-
-static int l_safe_resume(lua_State *L)
-{
-	lua_pushvalue(L, lua_upvalueindex(1));
-	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-	return rethrow_if_timed_out(L, lua_gettop(L));
-}
+/* The sandbox's pcall, xpcall and coroutine.resume: the originals, except that a CPU
+ * timeout keeps propagating. Written in Lua so that handlers may yield through them. */
+static const char safe_calls[] = "local pcall, xpcall, resume, timed_out, error = ...\n"
+                                 "local function check(...)\n"
+                                 "  local m = timed_out()\n"
+                                 "  if m then error(m, 0) end\n"
+                                 "  return ...\n"
+                                 "end\n"
+                                 "return function(f, ...) return check(pcall(f, ...)) end,\n"
+                                 "       function(f, h, ...) return check(xpcall(f, h, ...)) end,\n"
+                                 "       function(co, ...) return check(resume(co, ...)) end\n";
 
 static int l_undefined_global(lua_State *L)
 {
@@ -220,6 +201,7 @@ static int preload_embedded(lua_State *L)
 	return luaL_error(L, "no embedded module %s", name);
 }
 
+/* Pushes the environment scripts run in. */
 static int build_sandbox(lua_State *L)
 {
 	/* The runtime: preloaded from the binary, loaded with full access. */
@@ -276,16 +258,22 @@ static int build_sandbox(lua_State *L)
 	copy_fields(L, "os", os_fns, env);
 	copy_fields(L, "bit", bit_fns, env);
 	copy_fields(L, "coroutine", co_fns, env);
-	lua_getfield(L, env, "coroutine");
+	if (luaL_loadbuffer(L, safe_calls, sizeof(safe_calls) - 1, "=[tide sandbox]") != 0)
+		return lua_error(L);
+	lua_getglobal(L, "pcall");
+	lua_getglobal(L, "xpcall");
 	lua_getglobal(L, "coroutine");
 	lua_getfield(L, -1, "resume");
-	lua_pushcclosure(L, l_safe_resume, 1);
-	lua_setfield(L, -3, "resume");
-	lua_pop(L, 2);
-	lua_pushcfunction(L, l_safe_pcall);
-	lua_setfield(L, env, "pcall");
-	lua_pushcfunction(L, l_safe_xpcall);
+	lua_remove(L, -2);
+	lua_pushcfunction(L, l_timed_out);
+	lua_getglobal(L, "error");
+	lua_call(L, 5, 3);
+	lua_getfield(L, env, "coroutine");
+	lua_insert(L, -2);
+	lua_setfield(L, -2, "resume");
+	lua_pop(L, 1);
 	lua_setfield(L, env, "xpcall");
+	lua_setfield(L, env, "pcall");
 	lua_pushcfunction(L, l_sandbox_require);
 	lua_setfield(L, env, "require");
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
@@ -313,14 +301,14 @@ static int build_sandbox(lua_State *L)
 	lua_pushboolean(L, 0);
 	lua_setfield(L, -2, "__metatable");
 	lua_pop(L, 2);
-
-	return luaL_ref(L, LUA_REGISTRYINDEX);
+	return 1;
 }
 
 static int l_build_sandbox(lua_State *L)
 {
 	struct tide_vm *vm = lua_touserdata(L, 1);
-	vm->env_ref = build_sandbox(L);
+	build_sandbox(L);
+	vm->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	return 0;
 }
 
@@ -370,8 +358,8 @@ lua_State *tide_vm_state(struct tide_vm *vm)
 	return vm->L;
 }
 
-int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, char *err,
-                 size_t n)
+static int load(struct tide_vm *vm, const char *path, const char *source, size_t len,
+                bool processor, char *err, size_t n)
 {
 	lua_State *L = vm->L;
 	int top = lua_gettop(L);
@@ -397,12 +385,17 @@ int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_
 		return TIDE_EINVAL;
 	}
 	if (!lua_istable(L, top + 2)) {
-		snprintf(err, n,
-		         "%s: the script must return a processor, e.g. `return tide.decider { ... "
-		         "}`",
-		         path);
+		snprintf(err, n, "%s: %s", path,
+		         processor ? "the script must return a processor, e.g. "
+		                     "`return tide.decider { ... }`"
+		                   : "the file must return a table");
 		lua_settop(L, top);
 		return TIDE_EINVAL;
+	}
+	if (!processor) {
+		lua_replace(L, top + 1);
+		lua_settop(L, top + 1);
+		return 0;
 	}
 	lua_getfield(L, top + 2, "kind");
 	if (!lua_isstring(L, -1)) {
@@ -417,6 +410,44 @@ int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_
 	lua_replace(L, top + 1);
 	lua_settop(L, top + 1);
 	return 0;
+}
+
+int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, char *err,
+                 size_t n)
+{
+	return load(vm, path, source, len, true, err, n);
+}
+
+int tide_vm_load_table(struct tide_vm *vm, const char *path, const char *source, size_t len,
+                       char *err, size_t n)
+{
+	return load(vm, path, source, len, false, err, n);
+}
+
+int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, char *err, size_t n)
+{
+	vm->timed_out = false;
+	vm->deadline_ns = now_ns() + (uint64_t)vm->cpu_ms * 1000000u;
+	lua_sethook(vm->L, timeout_hook, LUA_MASKCOUNT, HOOK_EVERY);
+	int rc = lua_resume(co, nargs);
+	lua_sethook(vm->L, NULL, 0, 0);
+	vm->deadline_ns = 0;
+	bool timed_out = vm->timed_out;
+	vm->timed_out = false;
+	if (rc == 0 || rc == LUA_YIELD)
+		return rc;
+	if (rc == LUA_ERRMEM)
+		snprintf(err, n, "script ran out of memory (limit %d KiB)",
+		         (int)(vm->limit / 1024));
+	else if (timed_out)
+		snprintf(err, n, "script exceeded its CPU time limit of %u ms", vm->cpu_ms);
+	else {
+		const char *msg = lua_tostring(co, -1);
+		luaL_traceback(vm->L, co, msg ? msg : "error", 0);
+		snprintf(err, n, "%s", lua_tostring(vm->L, -1));
+		lua_pop(vm->L, 1);
+	}
+	return -1;
 }
 
 size_t tide_vm_memory(const struct tide_vm *vm)

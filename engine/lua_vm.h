@@ -30,6 +30,14 @@ lua_State *tide_vm_state(struct tide_vm *vm);
 TIDE_MUST_CHECK int tide_vm_load(struct tide_vm *vm, const char *path, const char *source,
                                  size_t len, char *err, size_t n);
 
+/* Like tide_vm_load for files that return any table (the daemon's configuration). */
+TIDE_MUST_CHECK int tide_vm_load_table(struct tide_vm *vm, const char *path, const char *source,
+                                       size_t len, char *err, size_t n);
+
+/* Resumes coroutine co (a thread of this VM) under the CPU guard. Returns 0 when it
+ * finished, LUA_YIELD when it yielded, -1 on error with err = message and traceback. */
+int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, char *err, size_t n);
+
 size_t tide_vm_memory(const struct tide_vm *vm);
 
 #endif

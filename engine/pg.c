@@ -434,6 +434,23 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 	return 0;
 }
 
+int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,
+                     tide_pg_reply_cb cb, void *arg)
+{
+	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_PIPELINE)
+		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
+	struct request *rq = enqueue(pg, cb, arg);
+	if (!rq)
+		return TIDE_ENOMEM;
+	if (!PQsendQueryParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0) ||
+	    !PQpipelineSync(pg->conn)) {
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return 0;
+	}
+	flush(pg);
+	return 0;
+}
+
 int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb, void *arg)
 {
 	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_SIMPLE)

@@ -45,6 +45,10 @@ TIDE_MUST_CHECK int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tid
 TIDE_MUST_CHECK int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
                                  const char *const *values, tide_pg_reply_cb cb, void *arg);
 
+/* Pipeline mode: runs one statement given as text (parsed each time), parameters copied. */
+TIDE_MUST_CHECK int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams,
+                                     const char *const *values, tide_pg_reply_cb cb, void *arg);
+
 /* Simple mode: runs a script of one or more statements. */
 TIDE_MUST_CHECK int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb,
                                    void *arg);

@@ -1,0 +1,127 @@
+-- tide.processor: one batch of a projection or reactor, run by the daemon inside the
+-- processor's transaction (in a coroutine: sql:query waits for PostgreSQL by yielding).
+-- `sql` is the transaction: sql:exec(q, ...) queues a statement without waiting (its
+-- error, if any, fails the batch at commit); sql:query(q, ...) returns the rows.
+-- Parameters are $1, $2, ...; tables are sent as JSON, nil/tide.null as NULL.
+local model = require "tide.model"
+local ipairs, tostring, type, error, setmetatable = ipairs, tostring, type, error, setmetatable
+local array = model.array
+
+local M = {}
+
+-- Wraps the C transaction handle: misuse and failed queries raise, as the script expects.
+function M.sql_handle(raw, query, exec)
+  local handle = {}
+  function handle:exec(q, ...)
+    if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
+    local ok, err = exec(raw, q, ...)
+    if not ok then error(err, 2) end
+  end
+  function handle:query(q, ...)
+    if type(q) ~= "string" then error("sql:query wants the SQL text first", 2) end
+    local rows, err = query(raw, q, ...)
+    if not rows then error(err, 2) end
+    return rows
+  end
+  return handle
+end
+
+local function selected(p, events)
+  local set = p.event_set
+  if not set then return events end
+  local out = array()
+  for _, e in ipairs(events) do
+    if set[e.type] then out[#out + 1] = e end
+  end
+  return out
+end
+
+local DOCS_LOAD = "SELECT id, doc FROM tide_documents WHERE collection = $1"
+  .. " AND id IN (SELECT jsonb_array_elements_text($2::jsonb))"
+local DOC_PUT = "INSERT INTO tide_documents (collection, id, doc) VALUES ($1, $2, $3::jsonb)"
+  .. " ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc, updated_at = now()"
+local DOC_DELETE = "DELETE FROM tide_documents WHERE collection = $1 AND id = $2"
+
+-- One document per id: load the batch's documents in one query, fold, write each once.
+local function documents(p, events, sql)
+  local id_of = p.id or function(e) return e.stream_id end
+  local order, by_id = array(), {}
+  for _, e in ipairs(events) do
+    local id = id_of(e)
+    if id ~= nil then
+      id = tostring(id)
+      local list = by_id[id]
+      if not list then
+        list = {}
+        by_id[id] = list
+        order[#order + 1] = id
+      end
+      list[#list + 1] = e
+    end
+  end
+  if #order == 0 then return end
+  local docs = {}
+  for _, row in ipairs(sql:query(DOCS_LOAD, p.collection, order)) do docs[row.id] = row.doc end
+  for _, id in ipairs(order) do
+    local doc = docs[id]
+    for _, e in ipairs(by_id[id]) do
+      if doc == nil and p.initial then doc = p.initial() end
+      doc = p.evolve(doc, e)
+    end
+    if doc == nil then
+      sql:exec(DOC_DELETE, p.collection, id)
+    else
+      sql:exec(DOC_PUT, p.collection, id, doc)
+    end
+  end
+end
+
+local APPEND = "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb)"
+
+local function reactor_context(sql, log)
+  local ctx = { log = log }
+  -- ctx.append(stream, events, { expected }): in the processor's transaction.
+  function ctx.append(stream, events, opts)
+    if type(stream) ~= "string" or stream == "" then error("ctx.append: stream must be a name", 2) end
+    if type(events) ~= "table" or #events == 0 then error("ctx.append: no events", 2) end
+    local expected = opts and opts.expected or "any"
+    local rows = sql:query(APPEND, stream, tostring(expected), array(events))
+    local r = rows[1]
+    if not r.appended then
+      error("version conflict appending to " .. stream .. ": expected " .. tostring(expected)
+        .. ", found " .. (r.stream_version and ("version " .. r.stream_version) or "no stream"), 2)
+    end
+    return { next_expected_version = r.stream_version }
+  end
+  return ctx
+end
+
+-- Runs one batch; raises on failure (the daemon rolls the transaction back).
+function M.run_batch(p, events, sql, log)
+  events = selected(p, events)
+  if #events == 0 then return end
+  if p.kind == "projection" then
+    if p.collection then return documents(p, events, sql) end
+    return p.handle(events, sql)
+  elseif p.kind == "reactor" then
+    local ctx = reactor_context(sql, log)
+    for _, e in ipairs(events) do p.handle(e, ctx) end
+  else
+    error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")
+  end
+end
+
+-- Called when a projection's version changes: clear what it built, then replay.
+function M.reset(p, sql)
+  if p.collection then
+    sql:exec("DELETE FROM tide_documents WHERE collection = $1", p.collection)
+  end
+  if p.reset then p.reset(sql) end
+end
+
+-- Runs once per generation before its first batch (e.g. create the projection's table).
+function M.setup(p, sql)
+  if p.setup then p.setup(sql) end
+end
+
+return M
