@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon.h"
 #include "json.h"
 #include "lua_json.h"
 #include "lua_vm.h"
@@ -35,6 +36,7 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
+	bool json;      /* status */
 	char **scripts; /* check */
 	int nscripts;
 	void (*run)(struct cli *cli);
@@ -53,6 +55,8 @@ static const char usage_main[] =
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
         "  check       load processor scripts in the sandbox and report problems\n"
+        "  run         run the projections and reactors of directories (the daemon)\n"
+        "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
         "Run `tide COMMAND --help` for a command's options.\n";
@@ -119,6 +123,13 @@ static const char usage_check[] =
         "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
         "and prints \"ok SCRIPT (kind)\" or the error with its file and line. Needs no\n"
         "database. Exits 1 when any script fails.\n";
+
+static const char usage_status[] =
+        "usage: tide status [--json] [--database URL]\n"
+        "\n"
+        "One row per processor known to the database: id, kind, state (running, failed,\n"
+        "waiting, stopped), checkpoint (XID:POS), lag in events and seconds, script\n"
+        "generation, owner and last error. --json prints one JSON object per processor.\n";
 
 static int usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -472,6 +483,82 @@ static int run_script(struct cli *cli)
 	return code;
 }
 
+/* --- status ------------------------------------------------------------------------- */
+
+static const struct tide_pg_stmt stmt_status = {
+        "tide_status",
+        "WITH p AS ("
+        " SELECT t.processor_id, t.kind, t.status, t.generation, t.owner, t.last_error, t.script,"
+        "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
+        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
+        " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
+        "  AND e.partition = 'emt:default' AND e.version = t.version)"
+        " SELECT p.processor_id, p.kind, p.status, p.xid::text || ':' || p.pos, lag.n,"
+        "  coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3),"
+        "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, '')"
+        " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
+        "  FROM emt_messages m WHERE m.partition = 'emt:default' AND NOT m.is_archived"
+        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
+        " ORDER BY p.processor_id",
+        0,
+};
+
+static void on_status(const struct tide_pg_reply *reply, void *arg)
+{
+	struct cli *cli = arg;
+	char buf[800];
+	if (reply->status) {
+		fail(cli, reply->status, tide_store_explain(reply, buf, sizeof(buf)));
+		done(cli);
+		return;
+	}
+	PGresult *res = reply->res;
+	static const char *keys[] = {"id",         "kind",        "state",      "checkpoint",
+	                             "lag_events", "lag_seconds", "generation", "owner",
+	                             "last_error", "script"};
+	int rows = PQntuples(res);
+	if (cli->json) {
+		for (int r = 0; r < rows; r++) {
+			cJSON *o = cJSON_CreateObject();
+			for (int c = 0; c < 10; c++) {
+				const char *v = PQgetvalue(res, r, c);
+				if (c == 4 || c == 5 || c == 6)
+					cJSON_AddRawToObject(o, keys[c], v);
+				else if (c == 8 && !v[0])
+					cJSON_AddNullToObject(o, keys[c]);
+				else
+					cJSON_AddStringToObject(o, keys[c], v);
+			}
+			print_line(o);
+		}
+	} else if (rows == 0) {
+		printf("no processors yet: start some with `tide run DIR`\n");
+	} else {
+		printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", "PROCESSOR", "KIND", "STATE",
+		       "CHECKPOINT", "LAG", "LAG(s)", "GEN", "LAST ERROR");
+		for (int r = 0; r < rows; r++) {
+			char err[200];
+			snprintf(err, sizeof(err), "%s", PQgetvalue(res, r, 8));
+			for (char *c = err; *c; c++)
+				if (*c == '\n')
+					*c = ' ';
+			printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", PQgetvalue(res, r, 0),
+			       PQgetvalue(res, r, 1), PQgetvalue(res, r, 2), PQgetvalue(res, r, 3),
+			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
+			       err[0] ? err : "-");
+		}
+	}
+	done(cli);
+}
+
+static void run_status(struct cli *cli)
+{
+	if (tide_pg_exec(cli->store->pg, &stmt_status, NULL, on_status, cli) != 0) {
+		fail(cli, TIDE_ECONN, tide_store_error(cli->store));
+		done(cli);
+	}
+}
+
 /* --- argument parsing -------------------------------------------------------------- */
 
 enum {
@@ -487,6 +574,7 @@ enum {
 	OPT_AFTER,
 	OPT_RETRIES,
 	OPT_CPU_MS,
+	OPT_JSON,
 	OPT_HELP,
 };
 
@@ -503,6 +591,7 @@ static const struct option options[] = {
         {"after", required_argument, NULL, OPT_AFTER},
         {"retries", required_argument, NULL, OPT_RETRIES},
         {"cpu-ms", required_argument, NULL, OPT_CPU_MS},
+        {"json", no_argument, NULL, OPT_JSON},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
 };
@@ -523,6 +612,7 @@ static const struct command commands[] = {
         {"handle", usage_handle, NULL, 3, " retries cpu-ms "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
+        {"status", usage_status, run_status, 0, " json "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -581,6 +671,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_TO: rc = parse_count(cli, "--to", optarg, &cli->read.to); break;
 		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
 		case OPT_BACKWARD: cli->read.backward = 1; break;
+		case OPT_JSON: cli->json = true; break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;
@@ -666,6 +757,8 @@ static void on_open(struct tide_store *store, int status, const char *err, void 
 
 int tide_cli_main(int argc, char **argv)
 {
+	if (argc >= 2 && strcmp(argv[1], "run") == 0)
+		return tide_daemon_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);

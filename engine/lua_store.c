@@ -109,8 +109,7 @@ static int l_connect(lua_State *L)
 	return 1;
 }
 
-/* Pushes one message as an event table. */
-static void push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
+void tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
 {
 	lua_createtable(L, 0, 10);
 	lua_pushstring(L, m->type);
@@ -150,7 +149,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 	lua_State *L = w->L;
 	lua_createtable(L, (int)r->count, 0);
 	for (size_t i = 0; i < r->count; i++) {
-		push_message(L, &r->messages[i], w->with_cursor);
+		tide_lua_push_message(L, &r->messages[i], w->with_cursor);
 		lua_rawseti(L, -2, (int)i + 1);
 	}
 	w->nret = 1;

@@ -272,6 +272,7 @@ static void complete(struct tide_pg *pg)
 static void fail_all(struct tide_pg *pg, int status, const char *msg)
 {
 	set_error(pg, msg);
+	pg->connected = false; /* callbacks below must not queue more on this connection */
 	while (pg->head) {
 		struct request *rq = pg->head;
 		if (!rq->status) {

@@ -71,6 +71,16 @@ M.json = setmetatable({}, { __index = function(t, k)
   return rawget(t, k)
 end })
 
+-- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine.
+local processor
+function M.processor_run(p, events, raw, query, exec, log, setup, reset)
+  processor = processor or require "tide.processor"
+  local sql = processor.sql_handle(raw, query, exec)
+  if reset then processor.reset(p, sql) end
+  if setup then processor.setup(p, sql) end
+  return processor.run_batch(p, events, sql, log)
+end
+
 M.aggregate = command.aggregate
 M.handle = command.handle
 

@@ -1,0 +1,608 @@
+/* daemon.c — `tide run`: reads the configuration, starts one processor per *.lua file of
+ * the directories, LISTENs for new messages (re-listening after a lost connection),
+ * watches the directories for changes (debounced), and drains on SIGTERM/SIGINT. */
+#include "daemon.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "lua_vm.h"
+#include "processor.h"
+#include "store.h"
+
+#define MAX_DIRS    16
+#define DEBOUNCE_MS 50
+
+struct run {
+	struct tide_daemon d;
+	uv_loop_t loop;
+	const char *dirs[MAX_DIRS];
+	int ndirs;
+	uv_fs_event_t watch[MAX_DIRS];
+	int nwatch;
+	uv_timer_t debounce, listen_retry, drain_deadline;
+	uv_signal_t sigterm, sigint, sighup;
+	struct tide_store *listen;
+	bool force_reload;
+	int exit_code;
+	char *config_strings[8];
+	int nconfig_strings;
+};
+
+static const char usage_run[] =
+        "usage: tide run [--config FILE] [--database URL] [--batch-size N] [--poll-ms N]\n"
+        "                [--lease-ms N] [--cpu-ms N] [--log-format text|json] DIR...\n"
+        "\n"
+        "Runs every *.lua file of the directories as a processor (tide.projection or\n"
+        "tide.reactor; the id is the file name without .lua) until SIGTERM or SIGINT.\n"
+        "New events wake it through LISTEN/NOTIFY within milliseconds; it also polls.\n"
+        "A saved file is reloaded between batches if it loads cleanly (else the running\n"
+        "generation keeps serving and the error is logged and shown by `tide status`);\n"
+        "a deleted file stops its processor, a new one starts one; SIGHUP reloads all.\n"
+        "  --config FILE      a Lua file returning { database, batch_size, poll_interval_ms,\n"
+        "                     lease_ms, cpu_ms, log_format, directories = {...} }\n"
+        "  --batch-size N     events per batch (default 500)\n"
+        "  --poll-ms N        poll interval when idle (default 1000)\n"
+        "  --lease-ms N       processor lease; another daemon takes over after it\n"
+        "                     lapses (default 10000)\n"
+        "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
+        "  --log-format F     text (key=value, default) or json\n"
+        "Flags override the configuration file, which overrides TIDE_DATABASE_URL and\n"
+        "DATABASE_URL for the database.\n";
+
+/* --- processors ----------------------------------------------------------------------- */
+
+static struct tide_processor *find(struct run *r, const char *id)
+{
+	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p))
+		if (strcmp(tide_processor_id(p), id) == 0)
+			return p;
+	return NULL;
+}
+
+static void maybe_exit(struct run *r)
+{
+	if (r->d.stopping && r->d.running == 0) {
+		uv_close((uv_handle_t *)&r->debounce, NULL);
+		uv_close((uv_handle_t *)&r->listen_retry, NULL);
+		uv_close((uv_handle_t *)&r->drain_deadline, NULL);
+		uv_close((uv_handle_t *)&r->sigterm, NULL);
+		uv_close((uv_handle_t *)&r->sigint, NULL);
+		uv_close((uv_handle_t *)&r->sighup, NULL);
+		for (int i = 0; i < r->nwatch; i++)
+			uv_close((uv_handle_t *)&r->watch[i], NULL);
+		tide_store_close(r->listen);
+		r->listen = NULL;
+	}
+}
+
+void tide_daemon_processor_stopped(struct tide_daemon *d, struct tide_processor *p)
+{
+	struct run *r = (struct run *)d;
+	if (d->procs == p) {
+		d->procs = tide_processor_next(p);
+	} else {
+		for (struct tide_processor *q = d->procs; q; q = tide_processor_next(q))
+			if (tide_processor_next(q) == p) {
+				tide_processor_set_next(q, tide_processor_next(p));
+				break;
+			}
+	}
+	tide_processor_free(p);
+	d->running--;
+	maybe_exit(r);
+}
+
+/* The processor id of a file: its name without ".lua"; NULL for other files. */
+static bool id_of(const char *name, char *id, size_t n)
+{
+	size_t len = strlen(name);
+	if (len <= 4 || strcmp(name + len - 4, ".lua") != 0 || name[0] == '.')
+		return false;
+	snprintf(id, n, "%.*s", (int)(len - 4), name);
+	return true;
+}
+
+/* Starts processors for new files, reloads changed ones, stops those whose file went. */
+static void rescan(struct run *r, bool force)
+{
+	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p)) {
+		struct stat st;
+		if (stat(tide_processor_path(p), &st) != 0) {
+			tide_log("info", "processor.removed", "processor", tide_processor_id(p),
+			         "script", tide_processor_path(p), (char *)NULL);
+			tide_processor_stop(p);
+		}
+	}
+	for (int i = 0; i < r->ndirs; i++) {
+		DIR *dir = opendir(r->dirs[i]);
+		if (!dir) {
+			tide_log("error", "directory.unreadable", "directory", r->dirs[i], "error",
+			         strerror(errno), (char *)NULL);
+			continue;
+		}
+		struct dirent *e;
+		while ((e = readdir(dir))) {
+			char id[256], path[4096];
+			if (!id_of(e->d_name, id, sizeof(id)))
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", r->dirs[i], e->d_name);
+			struct tide_processor *p = find(r, id);
+			if (p && strcmp(tide_processor_path(p), path) != 0) {
+				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
+				         path, (char *)NULL);
+				continue;
+			}
+			if (p) {
+				tide_processor_reload(p, force);
+				continue;
+			}
+			p = tide_processor_new(&r->d, id, path);
+			if (!p)
+				continue;
+			tide_processor_set_next(p, r->d.procs);
+			r->d.procs = p;
+			r->d.running++;
+		}
+		closedir(dir);
+	}
+}
+
+static void on_debounce(uv_timer_t *t)
+{
+	struct run *r = t->data;
+	if (r->d.stopping)
+		return;
+	rescan(r, r->force_reload);
+	r->force_reload = false;
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)
+{
+	(void)name;
+	(void)events;
+	(void)status;
+	struct run *r = h->data;
+	/* Editors write a temporary file and rename it: wait for the dust to settle. */
+	uv_timer_start(&r->debounce, on_debounce, DEBOUNCE_MS, 0);
+}
+
+/* --- wake-ups ------------------------------------------------------------------------- */
+
+static void wake_all(struct run *r)
+{
+	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p))
+		tide_processor_wake(p);
+}
+
+static void on_notify(const char *channel, const char *payload, void *arg)
+{
+	(void)channel;
+	(void)payload;
+	wake_all(arg);
+}
+
+static void listen_start(struct run *r);
+
+static void on_listen_retry(uv_timer_t *t)
+{
+	listen_start(t->data);
+}
+
+static void on_listening(const struct tide_pg_reply *reply, void *arg)
+{
+	struct run *r = arg;
+	if (reply->status == TIDE_ECLOSED)
+		return;
+	if (reply->status) {
+		tide_log("warn", "listen.failed", "error", reply->err, "fallback", "polling",
+		         (char *)NULL);
+		tide_store_close(r->listen);
+		r->listen = NULL;
+		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+		return;
+	}
+	tide_log("info", "listen.ready", "channel", "tide_messages", (char *)NULL);
+	/* Anything appended while we were not listening: catch up now. */
+	wake_all(r);
+}
+
+static void on_listen_open(struct tide_store *s, int status, const char *err, void *arg)
+{
+	struct run *r = arg;
+	if (status) {
+		tide_log("warn", "listen.failed", "error", err, "fallback", "polling",
+		         (char *)NULL);
+		tide_store_close(s);
+		r->listen = NULL;
+		if (!r->d.stopping)
+			uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+		return;
+	}
+	static const struct tide_pg_stmt stmt = {"tide_listen", "LISTEN tide_messages", 0};
+	tide_pg_on_notify(s->pg, on_notify, r);
+	if (tide_pg_exec(s->pg, &stmt, NULL, on_listening, r) != 0) {
+		tide_store_close(s);
+		r->listen = NULL;
+		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+	}
+}
+
+static void listen_start(struct run *r)
+{
+	if (r->d.stopping)
+		return;
+	if (tide_store_open(r->d.loop, r->d.url, on_listen_open, r, &r->listen) != 0)
+		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+}
+
+/* The listening connection may die quietly: probe it with the poll interval. */
+static void on_listen_probe_reply(const struct tide_pg_reply *reply, void *arg)
+{
+	struct run *r = arg;
+	if (reply->status && reply->status != TIDE_ECLOSED && r->listen) {
+		tide_log("warn", "listen.lost", "error", reply->err, (char *)NULL);
+		tide_store_close(r->listen);
+		r->listen = NULL;
+		listen_start(r);
+	}
+}
+
+static void on_listen_probe(uv_timer_t *t)
+{
+	struct run *r = t->data;
+	static const struct tide_pg_stmt stmt = {"tide_ping", "SELECT 1", 0};
+	if (r->d.stopping)
+		return;
+	if (!r->listen)
+		return;
+	if (!tide_pg_ready(r->listen->pg) ||
+	    tide_pg_exec(r->listen->pg, &stmt, NULL, on_listen_probe_reply, r) != 0) {
+		tide_store_close(r->listen);
+		r->listen = NULL;
+		listen_start(r);
+	}
+}
+
+/* --- signals -------------------------------------------------------------------------- */
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+	(void)t;
+	tide_log("error", "daemon.drain_timeout", "reason", "processors did not stop in time",
+	         (char *)NULL);
+	exit(1);
+}
+
+static void stop_all(struct run *r, const char *why)
+{
+	if (r->d.stopping)
+		return;
+	r->d.stopping = true;
+	tide_log("info", "daemon.stopping", "signal", why, (char *)NULL);
+	uv_timer_stop(&r->debounce);
+	uv_timer_stop(&r->listen_retry);
+	uv_timer_start(&r->drain_deadline, on_drain_deadline, 15000, 0);
+	uv_unref((uv_handle_t *)&r->drain_deadline);
+	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p))
+		tide_processor_stop(p);
+	maybe_exit(r);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	struct run *r = h->data;
+	if (signum == SIGHUP) {
+		tide_log("info", "daemon.reload", "signal", "SIGHUP", (char *)NULL);
+		r->force_reload = true;
+		uv_timer_start(&r->debounce, on_debounce, 0, 0);
+		return;
+	}
+	stop_all(r, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* --- configuration -------------------------------------------------------------------- */
+
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	if (buf) {
+		buf[n] = '\0';
+		*len = (size_t)n;
+	}
+	return buf;
+}
+
+static char *keep(struct run *r, const char *s)
+{
+	char *c = strdup(s);
+	if (c && r->nconfig_strings < 8)
+		r->config_strings[r->nconfig_strings++] = c;
+	return c;
+}
+
+static int config_number(lua_State *L, const char *key, const char *path, long *out)
+{
+	lua_getfield(L, -1, key);
+	int rc = 0;
+	if (!lua_isnil(L, -1)) {
+		if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0) {
+			fprintf(stderr, "tide run: %s: %s must be a positive number\n", path, key);
+			rc = -1;
+		} else {
+			*out = (long)lua_tonumber(L, -1);
+		}
+	}
+	lua_pop(L, 1);
+	return rc;
+}
+
+static int load_config(struct run *r, const char *path, const char **log_format)
+{
+	size_t len;
+	char *src = slurp(path, &len);
+	if (!src) {
+		fprintf(stderr, "tide run: cannot read the configuration %s: %s\n", path,
+		        strerror(errno));
+		return -1;
+	}
+	char err[1024];
+	struct tide_vm *vm = NULL;
+	int rc = tide_vm_open(NULL, &vm, err, sizeof(err));
+	if (rc == 0)
+		rc = tide_vm_load_table(vm, path, src, len, err, sizeof(err));
+	free(src);
+	if (rc) {
+		fprintf(stderr, "tide run: %s\n", err);
+		tide_vm_close(vm);
+		return -1;
+	}
+	lua_State *L = tide_vm_state(vm);
+	long batch = r->d.batch_size, poll = r->d.poll_ms, lease = r->d.lease_ms, cpu = r->d.cpu_ms;
+	rc = config_number(L, "batch_size", path, &batch);
+	rc = rc ? rc : config_number(L, "poll_interval_ms", path, &poll);
+	rc = rc ? rc : config_number(L, "lease_ms", path, &lease);
+	rc = rc ? rc : config_number(L, "cpu_ms", path, &cpu);
+	r->d.batch_size = (int)batch;
+	r->d.poll_ms = (unsigned)poll;
+	r->d.lease_ms = (unsigned)lease;
+	r->d.cpu_ms = (unsigned)cpu;
+	lua_getfield(L, -1, "database");
+	if (lua_isstring(L, -1))
+		r->d.url = keep(r, lua_tostring(L, -1));
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "log_format");
+	if (lua_isstring(L, -1))
+		*log_format = keep(r, lua_tostring(L, -1));
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "directories");
+	if (lua_istable(L, -1)) {
+		for (int i = 1; r->ndirs < MAX_DIRS; i++) {
+			lua_rawgeti(L, -1, i);
+			if (!lua_isstring(L, -1)) {
+				lua_pop(L, 1);
+				break;
+			}
+			r->dirs[r->ndirs++] = keep(r, lua_tostring(L, -1));
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	tide_vm_close(vm);
+	return rc;
+}
+
+/* --- main ----------------------------------------------------------------------------- */
+
+static void on_migrated(int status, const char *err, size_t applied, void *arg)
+{
+	struct run *r = arg;
+	(void)applied;
+	if (status) {
+		tide_log("error", "daemon.migrate_failed", "error", err, (char *)NULL);
+		r->exit_code = 1;
+		r->d.stopping = true;
+		maybe_exit(r);
+		return;
+	}
+	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
+	listen_start(r);
+	rescan(r, false);
+	for (int i = 0; i < r->ndirs; i++) {
+		uv_fs_event_init(r->d.loop, &r->watch[r->nwatch]);
+		r->watch[r->nwatch].data = r;
+		if (uv_fs_event_start(&r->watch[r->nwatch], on_fs_event, r->dirs[i], 0) == 0)
+			r->nwatch++;
+		else
+			uv_close((uv_handle_t *)&r->watch[r->nwatch], NULL);
+	}
+}
+
+static void on_bootstrap_open(struct tide_store *s, int status, const char *err, void *arg)
+{
+	struct run *r = arg;
+	if (status) {
+		char msg[900];
+		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", err);
+		fprintf(stderr, "tide run: %s\n", msg);
+		r->exit_code = 1;
+		r->d.stopping = true;
+		tide_store_close(s);
+		maybe_exit(r);
+		return;
+	}
+	if (tide_store_migrate(s, on_migrated, r) != 0)
+		r->exit_code = 1;
+	tide_store_close(s);
+}
+
+static int parse_positive(const char *flag, const char *v, long *out)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(v, &end, 10);
+	if (errno || end == v || *end || x <= 0) {
+		fprintf(stderr,
+		        "tide run: %s wants a positive number, got '%s' (see `tide run --help`)\n",
+		        flag, v);
+		return -1;
+	}
+	*out = x;
+	return 0;
+}
+
+int tide_daemon_main(int argc, char **argv)
+{
+	static struct run r; /* the loop's handles point into it until the end */
+	memset(&r, 0, sizeof(r));
+	r.d.batch_size = 500;
+	r.d.poll_ms = 1000;
+	r.d.lease_ms = 10000;
+	r.d.cpu_ms = 1000;
+	const char *config = NULL, *url = NULL, *log_format = NULL;
+	long batch = 0, poll = 0, lease = 0, cpu = 0;
+	static const struct option opts[] = {
+	        {"config", required_argument, NULL, 'c'},
+	        {"database", required_argument, NULL, 'd'},
+	        {"batch-size", required_argument, NULL, 'b'},
+	        {"poll-ms", required_argument, NULL, 'p'},
+	        {"lease-ms", required_argument, NULL, 'l'},
+	        {"cpu-ms", required_argument, NULL, 'u'},
+	        {"log-format", required_argument, NULL, 'f'},
+	        {"help", no_argument, NULL, 'h'},
+	        {NULL, 0, NULL, 0},
+	};
+	opterr = 0;
+	optind = 1;
+	int o;
+	while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': config = optarg; break;
+		case 'd': url = optarg; break;
+		case 'b':
+			if (parse_positive("--batch-size", optarg, &batch))
+				return 2;
+			break;
+		case 'p':
+			if (parse_positive("--poll-ms", optarg, &poll))
+				return 2;
+			break;
+		case 'l':
+			if (parse_positive("--lease-ms", optarg, &lease))
+				return 2;
+			break;
+		case 'u':
+			if (parse_positive("--cpu-ms", optarg, &cpu))
+				return 2;
+			break;
+		case 'f': log_format = optarg; break;
+		case 'h': fputs(usage_run, stdout); return 0;
+		case ':':
+			fprintf(stderr,
+			        "tide run: option '%s' needs a value (see `tide run --help`)\n",
+			        argv[optind - 1]);
+			return 2;
+		default:
+			fprintf(stderr, "tide run: unknown option '%s' (see `tide run --help`)\n",
+			        argv[optind - 1]);
+			return 2;
+		}
+	}
+	const char *env_url = getenv("TIDE_DATABASE_URL");
+	if (!env_url || !env_url[0])
+		env_url = getenv("DATABASE_URL");
+	r.d.url = env_url && env_url[0] ? env_url : NULL;
+	if (config && load_config(&r, config, &log_format) != 0)
+		return 2;
+	if (url)
+		r.d.url = url;
+	if (batch)
+		r.d.batch_size = (int)batch;
+	if (poll)
+		r.d.poll_ms = (unsigned)poll;
+	if (lease)
+		r.d.lease_ms = (unsigned)lease;
+	if (cpu)
+		r.d.cpu_ms = (unsigned)cpu;
+	for (int i = optind; i < argc && r.ndirs < MAX_DIRS; i++)
+		r.dirs[r.ndirs++] = argv[i];
+	if (log_format && strcmp(log_format, "json") == 0)
+		tide_log_set_format(TIDE_LOG_JSON);
+	else if (log_format && strcmp(log_format, "text") != 0) {
+		fprintf(stderr, "tide run: --log-format wants text or json, got '%s'\n",
+		        log_format);
+		return 2;
+	}
+	if (r.ndirs == 0) {
+		fprintf(stderr, "tide run: no directories given (see `tide run --help`)\n");
+		return 2;
+	}
+	for (int i = 0; i < r.ndirs; i++) {
+		struct stat st;
+		if (stat(r.dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "tide run: %s is not a directory\n", r.dirs[i]);
+			return 2;
+		}
+	}
+	if (!r.d.url) {
+		fprintf(stderr, "tide run: no database given: pass --database URL or set "
+		                "TIDE_DATABASE_URL (see `tide run --help`)\n");
+		return 2;
+	}
+
+	char host[64] = "host";
+	gethostname(host, sizeof(host) - 1);
+	uv_loop_init(&r.loop);
+	r.d.loop = &r.loop;
+	snprintf(r.d.owner, sizeof(r.d.owner), "tide:%s:%d:%08x", host, (int)getpid(),
+	         (unsigned)(uv_hrtime() & 0xffffffffu));
+	uv_timer_init(&r.loop, &r.debounce);
+	r.debounce.data = &r;
+	uv_timer_init(&r.loop, &r.listen_retry);
+	r.listen_retry.data = &r;
+	uv_timer_init(&r.loop, &r.drain_deadline);
+	r.drain_deadline.data = &r;
+	uv_signal_init(&r.loop, &r.sigterm);
+	uv_signal_init(&r.loop, &r.sigint);
+	uv_signal_init(&r.loop, &r.sighup);
+	r.sigterm.data = r.sigint.data = r.sighup.data = &r;
+	uv_signal_start(&r.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&r.sigint, on_signal, SIGINT);
+	uv_signal_start(&r.sighup, on_signal, SIGHUP);
+	/* The LISTEN connection is probed at the poll interval, so a dead one is noticed. */
+	static uv_timer_t probe;
+	uv_timer_init(&r.loop, &probe);
+	probe.data = &r;
+	uv_timer_start(&probe, on_listen_probe, r.d.poll_ms, r.d.poll_ms);
+	uv_unref((uv_handle_t *)&probe);
+
+	struct tide_store *boot = NULL;
+	if (tide_store_open(&r.loop, r.d.url, on_bootstrap_open, &r, &boot) != 0)
+		return 1;
+	uv_run(&r.loop, UV_RUN_DEFAULT);
+	uv_close((uv_handle_t *)&probe, NULL);
+	uv_run(&r.loop, UV_RUN_DEFAULT);
+	uv_loop_close(&r.loop);
+	for (int i = 0; i < r.nconfig_strings; i++)
+		free(r.config_strings[i]);
+	tide_log("info", "daemon.stopped", (char *)NULL);
+	return r.exit_code;
+}
