@@ -155,6 +155,14 @@ static void on_timer(uv_timer_t *t)
 	               pg->error[0] ? pg->error : "timed out connecting to the database");
 }
 
+/* Server notices ("relation already exists, skipping") are not errors: keep them off
+ * stderr, where libpq would print them. */
+static void quiet_notice(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 static void connect_step(struct tide_pg *pg)
 {
 	PostgresPollingStatusType st = PQconnectPoll(pg->conn);
@@ -168,6 +176,7 @@ static void connect_step(struct tide_pg *pg)
 			finish_connect(pg, TIDE_ECONN, "cannot watch the database socket");
 		return;
 	case PGRES_POLLING_OK:
+		PQsetNoticeProcessor(pg->conn, quiet_notice, NULL);
 		if (PQsetnonblocking(pg->conn, 1) != 0 ||
 		    (pg->mode == TIDE_PG_PIPELINE && PQenterPipelineMode(pg->conn) != 1) ||
 		    watch(pg, UV_READABLE) != 0) {

@@ -27,6 +27,7 @@ enum state {
 	S_RELEASING,
 	S_STOPPED,
 	S_BROKEN, /* the first generation failed to load; waiting for a good file */
+	S_INERT,  /* a decider: it lives beside projections but runs with `tide handle` */
 };
 
 struct generation {
@@ -42,11 +43,12 @@ struct load_job {
 	struct tide_processor *p;
 	char *path;
 	char *id;
-	uint64_t known_hash;
+	uint64_t known_hash, failed_hash;
 	bool force;
 	unsigned cpu_ms;
 	struct generation gen;
 	bool unchanged;
+	bool inert; /* a decider: nothing to run */
 	char err[1024];
 };
 
@@ -57,6 +59,7 @@ struct tide_processor {
 	enum state state;
 	struct generation cur, pending;
 	bool has_pending, loading, reload_again, force_again;
+	uint64_t failed_hash; /* content that failed to load: not worth loading again */
 	int generation;
 	struct tide_store *store;
 	struct tide_cursor cursor, pending_cursor;
@@ -226,7 +229,7 @@ static void load_work(uv_work_t *req)
 		return;
 	}
 	j->gen.hash = fnv1a(buf, len);
-	if (!j->force && j->gen.hash == j->known_hash) {
+	if (!j->force && (j->gen.hash == j->known_hash || j->gen.hash == j->failed_hash)) {
 		j->unchanged = true;
 		free(buf);
 		return;
@@ -244,10 +247,8 @@ static void load_work(uv_work_t *req)
 	lua_getfield(L, -1, "kind");
 	snprintf(j->gen.kind, sizeof(j->gen.kind), "%s", lua_tostring(L, -1));
 	lua_pop(L, 1);
-	if (strcmp(j->gen.kind, "projection") != 0 && strcmp(j->gen.kind, "reactor") != 0) {
-		snprintf(j->err, sizeof(j->err),
-		         "%s: a %s does not run in the daemon (deciders run with `tide handle`)",
-		         j->path, j->gen.kind);
+	if (strcmp(j->gen.kind, "decider") == 0) {
+		j->inert = true;
 		goto fail;
 	}
 	lua_getfield(L, -1, "version");
@@ -288,7 +289,15 @@ static void load_done(uv_work_t *req, int status)
 	}
 	if (j->unchanged) {
 		/* nothing to do: an editor touched the file without changing it */
+	} else if (j->inert) {
+		if (p->state == S_LOADING)
+			tide_log("info", "processor.skipped", "processor", p->id, "reason",
+			         "a decider: it handles commands with `tide handle`", (char *)NULL);
+		if (p->state == S_LOADING || p->state == S_BROKEN)
+			p->state = S_INERT;
+		p->cur.hash = j->gen.hash;
 	} else if (!j->gen.vm) {
+		p->failed_hash = j->gen.hash;
 		set_error(p, j->err);
 		tide_log("error", p->cur.vm ? "processor.reload_failed" : "processor.load_failed",
 		         "processor", p->id, "error", j->err, p->cur.vm ? "keeping" : NULL,
@@ -305,7 +314,7 @@ static void load_done(uv_work_t *req, int status)
 		p->pending = j->gen;
 		p->has_pending = true;
 		p->last_error[0] = '\0';
-		if (p->state == S_LOADING || p->state == S_BROKEN) {
+		if (p->state == S_LOADING || p->state == S_BROKEN || p->state == S_INERT) {
 			bool broken_connected = p->state == S_BROKEN && p->store;
 			swap_generation(p);
 			if (broken_connected)
@@ -347,6 +356,7 @@ void tide_processor_reload(struct tide_processor *p, bool force)
 	j->path = strdup(p->path);
 	j->id = strdup(p->id);
 	j->known_hash = p->has_pending ? p->pending.hash : p->cur.hash;
+	j->failed_hash = p->failed_hash;
 	j->force = force;
 	j->cpu_ms = p->d->cpu_ms;
 	p->loading = true;
