@@ -288,7 +288,13 @@ static void load_done(uv_work_t *req, int status)
 		return;
 	}
 	if (j->unchanged) {
-		/* nothing to do: an editor touched the file without changing it */
+		/* An editor touched the file without changing it, or put back the content that
+		 * is running: then the error of a broken save in between is over. */
+		if (j->gen.hash == p->cur.hash && p->last_error[0]) {
+			p->last_error[0] = '\0';
+			p->failed_hash = 0;
+			report(p);
+		}
 	} else if (j->inert) {
 		if (p->state == S_LOADING)
 			tide_log("info", "processor.skipped", "processor", p->id, "reason",
