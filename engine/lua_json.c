@@ -74,6 +74,13 @@ void tide_lua_push_json(lua_State *L, const cJSON *v)
 
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 {
+	if (len == 2 && text[0] == '{' && text[1] == '}') {
+		/* Most metadata is empty: skip the parser. */
+		lua_createtable(L, 0, 0);
+		lua_getfield(L, LUA_REGISTRYINDEX, KEY_OBJECT);
+		lua_setmetatable(L, -2);
+		return 0;
+	}
 	cJSON *v = cJSON_ParseWithLength(text, len);
 	if (!v)
 		return -1;
