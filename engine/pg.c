@@ -8,6 +8,7 @@
 
 #define TIDE_PG_CONNECT_TIMEOUT_MS 10000
 #define TIDE_PG_MAX_STMTS          32
+#define TIDE_PG_MAX_CACHED         64 /* statements given as text, prepared on first use */
 
 struct request {
 	struct request *next;
@@ -19,6 +20,12 @@ struct request {
 	char err[512];
 	char sqlstate[6];
 	const struct tide_pg_stmt *prepared; /* statement this request prepares, if any */
+	int cached; /* index of the cached text statement it prepares, or -1 */
+};
+
+struct cached_stmt {
+	uint64_t hash;
+	char *sql;
 };
 
 struct tide_pg {
@@ -38,6 +45,8 @@ struct tide_pg {
 	struct request *head, *tail; /* requests sent (pipeline) or queued (simple), in order */
 	const struct tide_pg_stmt *stmts[TIDE_PG_MAX_STMTS];
 	int nstmts;
+	struct cached_stmt cached[TIDE_PG_MAX_CACHED];
+	int ncached;
 	char *password;
 	char error[512];
 };
@@ -51,6 +60,8 @@ static void handle_closed(uv_handle_t *h)
 	if (h != (uv_handle_t *)&pg->timer)
 		free(h);
 	if (--pg->open_handles == 0) {
+		for (int i = 0; i < pg->ncached; i++)
+			free(pg->cached[i].sql);
 		free(pg->password);
 		free(pg);
 	}
@@ -265,6 +276,11 @@ static void complete(struct tide_pg *pg)
 	        .sqlstate = rq->sqlstate,
 	        .res = rq->status ? NULL : rq->res,
 	};
+	if (rq->status && rq->cached >= 0 && pg->cached[rq->cached].sql) {
+		free(pg->cached[rq->cached].sql); /* prepare it again next time */
+		pg->cached[rq->cached].sql = NULL;
+		pg->cached[rq->cached].hash = 0;
+	}
 	if (rq->status && rq->prepared) {
 		/* The statement may not exist on the server: prepare it again next time. */
 		for (int i = 0; i < pg->nstmts; i++)
@@ -292,6 +308,11 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 		complete(pg);
 	}
 	pg->nstmts = 0;
+	for (int i = 0; i < pg->ncached; i++) {
+		free(pg->cached[i].sql);
+		pg->cached[i].sql = NULL;
+	}
+	pg->ncached = 0;
 	if (pg->poll && !pg->closing && pg->poll_events) {
 		uv_poll_stop(pg->poll);
 		pg->poll_events = 0;
@@ -400,6 +421,7 @@ static struct request *enqueue(struct tide_pg *pg, tide_pg_reply_cb cb, void *ar
 		return NULL;
 	rq->cb = cb;
 	rq->arg = arg;
+	rq->cached = -1;
 	if (pg->tail)
 		pg->tail->next = rq;
 	else
@@ -444,6 +466,14 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 	return 0;
 }
 
+static uint64_t text_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
 int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,
                      tide_pg_reply_cb cb, void *arg)
 {
@@ -452,8 +482,34 @@ int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const cha
 	struct request *rq = enqueue(pg, cb, arg);
 	if (!rq)
 		return TIDE_ENOMEM;
-	if (!PQsendQueryParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0) ||
-	    !PQpipelineSync(pg->conn)) {
+	/* Scripts repeat the same few statements: prepare each once per connection (named by
+	 * its slot), so PostgreSQL parses and plans it once. */
+	uint64_t h = text_hash(sql);
+	int slot = -1, free_slot = -1;
+	for (int i = 0; i < pg->ncached && slot < 0; i++) {
+		if (pg->cached[i].sql && pg->cached[i].hash == h &&
+		    strcmp(pg->cached[i].sql, sql) == 0)
+			slot = i;
+		else if (!pg->cached[i].sql && free_slot < 0)
+			free_slot = i;
+	}
+	char name[32];
+	bool ok = true;
+	if (slot < 0 && (free_slot >= 0 || pg->ncached < TIDE_PG_MAX_CACHED)) {
+		slot = free_slot >= 0 ? free_slot : pg->ncached++;
+		pg->cached[slot].sql = strdup(sql);
+		pg->cached[slot].hash = h;
+		snprintf(name, sizeof(name), "tide_sql_%d", slot);
+		ok = pg->cached[slot].sql && PQsendPrepare(pg->conn, name, sql, nparams, NULL);
+		rq->cached = slot;
+	}
+	if (slot >= 0) {
+		snprintf(name, sizeof(name), "tide_sql_%d", slot);
+		ok = ok && PQsendQueryPrepared(pg->conn, name, nparams, values, NULL, NULL, 0);
+	} else {
+		ok = PQsendQueryParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0);
+	}
+	if (!ok || !PQpipelineSync(pg->conn)) {
 		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 		return 0;
 	}
