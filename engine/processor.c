@@ -64,6 +64,7 @@ struct tide_processor {
 	struct tide_store *store;
 	struct tide_cursor cursor, pending_cursor;
 	bool setup_pending, reset_pending, stop_requested, wake_pending;
+	bool leased; /* the last claim succeeded */
 	uv_timer_t timer;
 	uint64_t renewed_at;
 	int failures;
@@ -98,7 +99,7 @@ static const char *state_name(const struct tide_processor *p)
 		return "stopped";
 	if (p->state == S_BROKEN || p->state == S_BACKOFF)
 		return "failed";
-	if (p->state == S_WAITING)
+	if (p->state == S_WAITING || (p->state == S_CLAIMING && !p->leased))
 		return "waiting";
 	return "running";
 }
@@ -198,6 +199,7 @@ static bool swap_generation(struct tide_processor *p)
 		         (char *)NULL);
 		return true; /* the caller claims again: a new version has its own checkpoint */
 	}
+	report(p);
 	return false;
 }
 
@@ -473,6 +475,7 @@ static void on_batch(int status, const char *err, const char *sqlstate, void *ar
 		return;
 	}
 	if (sqlstate && (strcmp(sqlstate, "55006") == 0 || strcmp(sqlstate, "40001") == 0)) {
+		p->leased = false;
 		claim(p); /* lease lost or checkpoint moved: find out where we stand */
 		return;
 	}
@@ -500,6 +503,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	PGresult *res = reply->res;
 	bool acquired = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
 	if (!acquired) {
+		p->leased = false;
 		if (p->state != S_WAITING)
 			tide_log("info", "processor.waiting", "processor", p->id, "reason",
 			         "another daemon holds the lease", (char *)NULL);
@@ -507,7 +511,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		later(p, p->d->lease_ms / 3);
 		return;
 	}
-	bool was_waiting = p->state != S_IDLE;
+	bool was_waiting = !p->leased;
+	p->leased = true;
 	p->renewed_at = uv_now(p->d->loop);
 	p->cursor.transaction_id = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
 	p->cursor.global_position = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
@@ -531,8 +536,8 @@ static void claim(struct tide_processor *p)
 	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int)",
 	        5,
 	};
-	if (p->state != S_IDLE)
-		p->state = S_CLAIMING;
+	/* Also when renewing: a wake-up must not start a read while the claim is out. */
+	p->state = S_CLAIMING;
 	char version[16], ttl[16];
 	snprintf(version, sizeof(version), "%d", p->cur.version);
 	snprintf(ttl, sizeof(ttl), "%u", p->d->lease_ms);
