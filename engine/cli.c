@@ -700,9 +700,11 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		return 0;
 	}
 	if (npos != cmd->positionals) {
-		if (npos < cmd->positionals)
-			return usage_error(cli, "missing arguments: %s",
-			                   strchr(cmd->usage, ' ') + 6);
+		if (npos < cmd->positionals) {
+			const char *synopsis = cmd->usage + strlen("usage: ");
+			return usage_error(cli, "missing arguments: usage is %.*s",
+			                   (int)strcspn(synopsis, "\n"), synopsis);
+		}
 		return usage_error(cli, "unexpected argument '%s'",
 		                   argv[optind + cmd->positionals]);
 	}
