@@ -600,8 +600,9 @@ static void timer_closed(uv_handle_t *h)
 
 static void finish_stop(struct tide_processor *p)
 {
+	if (p->state != S_INERT)
+		tide_log("info", "processor.stopped", "processor", p->id, (char *)NULL);
 	p->state = S_STOPPED;
-	tide_log("info", "processor.stopped", "processor", p->id, (char *)NULL);
 	tide_store_close(p->store);
 	p->store = NULL;
 	uv_close((uv_handle_t *)&p->timer, timer_closed);
@@ -621,6 +622,10 @@ static void release(struct tide_processor *p)
 	if (p->state == S_RELEASING || p->state == S_STOPPED)
 		return;
 	uv_timer_stop(&p->timer);
+	if (p->state == S_INERT) {
+		finish_stop(p);
+		return;
+	}
 	p->state = S_RELEASING;
 	const char *v[2] = {p->id, p->d->owner};
 	static const struct tide_pg_stmt stmt = {"tide_release",
