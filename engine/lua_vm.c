@@ -113,6 +113,16 @@ static int l_guarded_call(lua_State *L)
 		lua_replace(L, 1);
 		return lua_gettop(L);
 	}
+	if (rc == LUA_ERRMEM) {
+		/* The garbage of the failed call still counts against the cap: collect it, so
+		 * that reporting the error does not fail in turn. */
+		lua_settop(L, 0);
+		size_t limit = vm->limit;
+		vm->limit = 0;
+		lua_gc(L, LUA_GCCOLLECT, 0);
+		vm->limit = limit;
+		lua_pushnil(L);
+	}
 	const char *kind = timed_out ? "timeout" : rc == LUA_ERRMEM ? "memory" : "error";
 	const char *tb = lua_tostring(L, -1);
 	lua_pushboolean(L, 0);
@@ -378,7 +388,12 @@ static int load(struct tide_vm *vm, const char *path, const char *source, size_t
 	}
 	lua_rawgeti(L, LUA_REGISTRYINDEX, vm->env_ref);
 	lua_setfenv(L, -2);
-	lua_call(L, 1, LUA_MULTRET);
+	if (lua_pcall(L, 1, LUA_MULTRET, 0) != 0) {
+		snprintf(err, n, "%s: %s", path,
+		         lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+		lua_settop(L, top);
+		return TIDE_EINVAL;
+	}
 	if (!lua_toboolean(L, top + 1)) {
 		snprintf(err, n, "%s", lua_tostring(L, top + 2));
 		lua_settop(L, top);
