@@ -227,7 +227,14 @@ static cJSON *encode(struct enc *e, int idx, int depth)
 			return enc_fail(e, "NaN cannot be encoded as JSON");
 		if (isinf(x))
 			return enc_fail(e, "infinity cannot be encoded as JSON");
-		return cJSON_CreateNumber(x);
+		/* cJSON prints 15 significant digits when they compare "close enough", which
+		 * loses integers near 2^53: print exactly, as an integer when it is one. */
+		char buf[32];
+		if (x == floor(x) && fabs(x) <= 9007199254740992.0)
+			snprintf(buf, sizeof(buf), "%.0f", x);
+		else
+			snprintf(buf, sizeof(buf), "%.17g", x);
+		return cJSON_CreateRaw(buf);
 	}
 	case LUA_TSTRING: {
 		size_t len;

@@ -101,7 +101,10 @@ static int l_connect(lua_State *L)
 		return luaL_error(L, "out of memory");
 	run_until(s, &w.done);
 	if (w.status) {
-		l_store_gc(L);
+		tide_store_close(s->store);
+		s->store = NULL;
+		uv_run(&s->loop, UV_RUN_DEFAULT);
+		uv_loop_close(&s->loop);
 		char msg[760];
 		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", w.err);
 		return tide_lua_push_error(L, kind_of(w.status), msg);
@@ -393,11 +396,16 @@ static int l_sleep(lua_State *L)
 {
 	struct lstore *s = check_store(L);
 	lua_Number ms = luaL_checknumber(L, 2);
+	if (ms <= 0)
+		return 0;
+	/* At least 1 ms: a timer due at once would fire before the loop polls, and the poll
+	 * would then wait for the database socket forever. */
+	uint64_t wait_ms = ms < 1 ? 1 : (uint64_t)(ms + 0.5);
 	bool done = false;
 	uv_timer_t t;
 	uv_timer_init(&s->loop, &t);
 	t.data = &done;
-	uv_timer_start(&t, on_sleep, ms > 0 ? (uint64_t)ms : 0, 0);
+	uv_timer_start(&t, on_sleep, wait_ms, 0);
 	run_until(s, &done);
 	uv_close((uv_handle_t *)&t, NULL);
 	uv_run(&s->loop, UV_RUN_NOWAIT);

@@ -340,7 +340,20 @@ static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 	case PGRES_BAD_RESPONSE:
 		if (!rq->status) {
 			rq->status = TIDE_EDB;
-			tide_pg_redact(pg, PQresultErrorMessage(r), rq->err, sizeof(rq->err));
+			/* The primary message (and detail) on one line; not the SQL context lines.
+			 */
+			const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+			const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+			char msg[sizeof(rq->err)];
+			if (primary)
+				snprintf(msg, sizeof(msg), "%s%s%s", primary, detail ? " — " : "",
+				         detail ? detail : "");
+			else
+				snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+			for (char *c = msg; *c; c++)
+				if (*c == '\n')
+					*c = ' ';
+			tide_pg_redact(pg, msg, rq->err, sizeof(rq->err));
 			const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
 			snprintf(rq->sqlstate, sizeof(rq->sqlstate), "%s", s ? s : "");
 		}

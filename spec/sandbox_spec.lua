@@ -13,12 +13,12 @@ end
 local DECIDER_TAIL = "\nreturn tide.decider { initial = function() return {} end, evolve = function(s) return s end, decide = function() return {} end }\n"
 
 describe("the sandbox", function()
+  if not S.bin then
+    it("needs the tide binary", function() pending("TIDE_BIN is not set (run scripts/test)") end)
+    return
+  end
   setup(function()
     dir = S.mkdtemp()
-  end)
-
-  before_each(function()
-    if not S.bin then pending("TIDE_BIN is not set (run scripts/test)") end
   end)
 
   local escapes = {
@@ -136,14 +136,17 @@ describe("the sandbox", function()
 end)
 
 describe("deciders through the CLI", function()
+  local why = S.missing()
+  if why then
+    it("needs the tide binary and PostgreSQL", function() pending(why) end)
+    return
+  end
   local url
   local counter
   setup(function()
     dir = dir or S.mkdtemp()
   end)
   before_each(function()
-    local why = S.missing()
-    if why then return pending(why) end
     url = S.fresh_db()
     counter = script("counter", [[
 local tide = require "tide"
