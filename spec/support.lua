@@ -48,10 +48,16 @@ end
 
 -- Runs the tide binary with args (a string, already quoted) and optional env table.
 function M.tide(args, env)
-  local prefix = ""
+  -- env wants its -u options before the first assignment.
+  local unset, set = "", ""
   for k, v in pairs(env or {}) do
-    prefix = prefix .. (v == false and ("-u " .. k .. " ") or (k .. "=" .. M.q(v) .. " "))
+    if v == false then
+      unset = unset .. "-u " .. k .. " "
+    else
+      set = set .. k .. "=" .. M.q(v) .. " "
+    end
   end
+  local prefix = unset .. set
   return M.sh("env " .. prefix .. M.q(M.bin) .. " " .. args)
 end
 
