@@ -1,0 +1,298 @@
+-- `tide run` as a real process against a real PostgreSQL: exactly-once processing, crash
+-- and restart, wake-ups, hot reload, two daemons, reactors, documents, shutdown.
+local S = require "spec.support"
+local q = S.q
+
+local why = S.missing()
+
+local daemons = {}
+local function start(url, dir, extra)
+  local log = dir .. "/daemon-" .. (#daemons + 1) .. ".log"
+  local r = S.sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", q(S.bin), q(dir),
+    q(url), extra or "", q(log)))
+  local pid = r.out:match("%d+")
+  daemons[#daemons + 1] = pid
+  return pid, log
+end
+local function alive(pid) return S.sh("kill -0 " .. pid).code == 0 end
+local function read(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+local function stop(pid)
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  S.wait_for(function() return not alive(pid) end, 15, "the daemon to exit")
+end
+local function kill9(pid) os.execute("kill -9 " .. pid .. " 2>/dev/null; sleep 0.05") end
+local function scalar(url, sql) return tonumber(S.psql(url, sql)) end
+local function checkpoint(url, id)
+  return scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. id .. "'")
+end
+local function last_position(url) return scalar(url, "SELECT coalesce(max(global_position), 0) FROM emt_messages") end
+local function caught_up(url, id, seconds)
+  S.wait_for(function() return checkpoint(url, id) >= last_position(url) end, seconds or 60, id .. " to catch up")
+end
+-- tide status --json by processor id; a null last_error becomes nil.
+local function status(url)
+  local out = {}
+  for _, row in ipairs(S.lines(S.tide("status --json --database " .. q(url)).out)) do
+    if type(row.last_error) ~= "string" then row.last_error = nil end
+    out[row.id] = row
+  end
+  return out
+end
+local function load_events(url, n, streams, type_)
+  S.psql(url, string.format([[SELECT count(*) FROM (SELECT tide_append('s-' || (i %% %d), 'any',
+    jsonb_build_array(jsonb_build_object('type', '%s', 'data', jsonb_build_object('by', 1 + i %% 3))))
+    FROM generate_series(1, %d) i) x]], streams, type_ or "Added", n))
+end
+
+local TOTALS = [[
+local tide = require "tide"
+return tide.projection {
+  events = { "Added" },
+  setup = function(sql)
+    sql:exec("CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY, n bigint NOT NULL, events bigint NOT NULL)")
+  end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      sql:exec("INSERT INTO totals (id, n, events) VALUES ($1, $2, 1) ON CONFLICT (id) DO UPDATE SET n = totals.n + $2, events = totals.events + 1",
+               e.stream_id, e.data.by)
+    end
+  end,
+}
+]]
+-- One row per message, tagged: a duplicate would violate the primary key and fail the batch.
+local function seen_script(tag)
+  return string.format([[
+local tide = require "tide"
+return tide.projection {
+  setup = function(sql) sql:exec("CREATE TABLE IF NOT EXISTS seen (message_id text PRIMARY KEY, pos bigint, tag text)") end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      sql:exec("INSERT INTO seen (message_id, pos, tag) VALUES ($1, $2, $3)", e.message_id, e.global_position, %q)
+    end
+  end,
+}
+]], tag)
+end
+
+local function matches_fold(url)
+  return S.psql(url, [[
+    SELECT count(*) FROM (SELECT stream_id, sum((message_data->>'by')::bigint) AS n, count(*) AS events
+                            FROM emt_messages WHERE message_type = 'Added' GROUP BY stream_id) f
+    FULL JOIN totals t ON t.id = f.stream_id
+    WHERE t.n IS DISTINCT FROM f.n OR t.events IS DISTINCT FROM f.events]])
+end
+
+describe("tide run", function()
+  if why then
+    it("needs the tide binary and PostgreSQL", function() pending(why) end)
+    return
+  end
+  local url, dir
+  before_each(function()
+    url = S.fresh_db()
+    dir = S.mkdtemp()
+  end)
+  after_each(function()
+    for _, pid in ipairs(daemons) do kill9(pid) end
+    daemons = {}
+    if url then S.drop_db(url) end
+  end)
+
+  it("processes 100,000 events in 1,000 streams exactly once", function()
+    load_events(url, 100000, 1000)
+    S.write(dir .. "/totals.lua", TOTALS)
+    local pid = start(url, dir, "--batch-size 1000")
+    caught_up(url, "totals", 120)
+    assert.are.equal(1000, scalar(url, "SELECT count(*) FROM totals"))
+    assert.are.equal(100000, scalar(url, "SELECT sum(events) FROM totals"))
+    assert.are.equal(scalar(url, "SELECT sum((message_data->>'by')::bigint) FROM emt_messages"),
+      scalar(url, "SELECT sum(n) FROM totals"))
+    assert.are.equal("0", matches_fold(url))
+    stop(pid)
+  end)
+
+  it("survives kill -9 mid-stream: after a restart the read model equals a fold", function()
+    S.write(dir .. "/totals.lua", TOTALS)
+    local pid = start(url, dir, "--batch-size 200 --lease-ms 1000")
+    for _ = 1, 5 do load_events(url, 10000, 100) end
+    S.wait_for(function()
+      local cp = checkpoint(url, "totals")
+      return cp > 0 and cp < last_position(url)
+    end, 60, "the checkpoint to be part-way")
+    kill9(pid)
+    local before = checkpoint(url, "totals")
+    assert.is_true(before < last_position(url), "the daemon had finished before the kill")
+    load_events(url, 5000, 100)
+    start(url, dir, "--batch-size 200 --lease-ms 1000")
+    caught_up(url, "totals", 120)
+    assert.are.equal("0", matches_fold(url))
+    assert.are.equal(55000, scalar(url, "SELECT sum(events) FROM totals"))
+  end)
+
+  it("wakes an idle daemon with NOTIFY, also for rows an Emmett-style writer inserts", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir, "--poll-ms 60000")
+    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the processor to start")
+    S.sleep(0.3)
+    assert.are.equal(0, S.tide("append idle-1 Ping '{}' --database " .. q(url)).code)
+    -- Generous on purpose: polling alone would take a minute; scripts/bench measures the real figure.
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 1 end, 2, "the event to be handled")
+    S.psql(url, [[
+      INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata)
+      VALUES ('emmett-1', 1, 'emt:default', 'emmett', '{}');
+      INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata,
+        message_schema_version, message_type, message_id, transaction_id)
+      VALUES ('emmett-1', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]])
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 2 end, 2, "the Emmett-style row to be handled")
+    stop(pid)
+  end)
+
+  it("reloads a script while events flow, losing and repeating nothing", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir, "--batch-size 50")
+    local writer = S.sh(string.format("for i in $(seq 1 40); do %s append flow-$((i %% 4)) Tick '{}' --database %s >/dev/null; sleep 0.02; done >/dev/null 2>&1 & echo $!", q(S.bin), q(url))).out:match("%d+")
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") >= 10 end, 30, "some events")
+    S.save(dir .. "/seen.lua", seen_script("b"))
+    S.wait_for(function() return not alive(writer) end, 60, "the writer")
+    caught_up(url, "seen")
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen WHERE tag = 'b'") > 0 or nil end, 10, "new code")
+    assert.are.equal(40, scalar(url, "SELECT count(*) FROM seen"))
+    assert.are.equal(40, scalar(url, "SELECT count(DISTINCT message_id) FROM emt_messages"))
+    assert.is_true(scalar(url, "SELECT count(*) FROM seen WHERE tag = 'a'") > 0)
+    assert.are.equal(0, scalar(url, "SELECT count(*) FROM seen WHERE tag = 'a' AND pos > (SELECT min(pos) FROM seen WHERE tag = 'b')"))
+    assert.truthy(read(log):find("processor.reloaded", 1, true))
+    stop(pid)
+  end)
+
+  it("keeps the running generation when a save is broken, and shows why", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir)
+    S.tide("append e-1 T '{}' --database " .. q(url))
+    caught_up(url, "seen")
+    for _, broken in ipairs({ "return tide.projection { handle = function( end }", "error('boom at load')" }) do
+      S.save(dir .. "/seen.lua", broken)
+      S.wait_for(function() return (status(url).seen or {}).last_error end, 10, "the error in status")
+      local st = status(url).seen
+      assert.truthy(st.last_error:find("seen.lua:1:", 1, true), st.last_error)
+      assert.are.equal("running", st.state)
+      S.tide("append e-1 T '{}' --database " .. q(url))
+      caught_up(url, "seen")
+      assert.are.equal("a", S.psql(url, "SELECT string_agg(DISTINCT tag, ',') FROM seen"))
+    end
+    assert.truthy(read(log):find("processor.reload_failed", 1, true))
+    S.save(dir .. "/seen.lua", seen_script("c"))
+    S.wait_for(function() return status(url).seen.last_error == nil and status(url).seen.generation == 2 end, 10, "the fix")
+    S.tide("append e-1 T '{}' --database " .. q(url))
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen WHERE tag = 'c'") == 1 end, 10, "new code")
+    stop(pid)
+  end)
+
+  it("stops a processor whose file is deleted and starts one for a new file", function()
+    S.write(dir .. "/one.lua", seen_script("one"))
+    local pid, log = start(url, dir)
+    S.tide("append d-1 T '{}' --database " .. q(url))
+    caught_up(url, "one")
+    os.remove(dir .. "/one.lua")
+    S.wait_for(function() return (status(url).one or {}).state == "stopped" end, 10, "one to stop")
+    assert.truthy(read(log):find("processor.removed", 1, true))
+    S.write(dir .. "/two.lua", seen_script("two"):gsub("seen", "seen2"))
+    caught_up(url, "two")
+    assert.are.equal(1, scalar(url, "SELECT count(*) FROM seen2"))
+    stop(pid)
+  end)
+
+  it("never double-processes with two daemons, and the other takes over when one dies", function()
+    S.write(dir .. "/seen.lua", seen_script("x"))
+    local a = start(url, dir, "--lease-ms 2000")
+    local b = start(url, dir, "--lease-ms 2000")
+    for _ = 1, 3 do load_events(url, 2000, 50) end
+    caught_up(url, "seen")
+    assert.are.equal(6000, scalar(url, "SELECT count(*) FROM seen"))
+    local owner = S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'seen'")
+    local dead, survivor = a, b
+    if owner:find(":" .. b .. ":", 1, true) then dead, survivor = b, a end
+    kill9(dead)
+    load_events(url, 1000, 50)
+    caught_up(url, "seen", 30)
+    assert.are.equal(7000, scalar(url, "SELECT count(*) FROM seen"))
+    assert.truthy(S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'seen'"):find(":" .. survivor .. ":", 1, true))
+    stop(survivor)
+  end)
+
+  it("exits 0 on SIGTERM and releases its leases", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir)
+    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the start")
+    os.execute("kill -TERM " .. pid)
+    S.wait_for(function() return not alive(pid) end, 10, "the exit")
+    assert.truthy(read(log):find("daemon.stopped", 1, true))
+    assert.are.equal("stopped|true", S.psql(url, "SELECT status || '|' || (owner IS NULL) FROM tide_processors WHERE processor_id = 'seen'"))
+  end)
+
+  it("runs reactors once per event, and holds a failing one where it failed", function()
+    local reactor = [[
+local tide = require "tide"
+return tide.reactor {
+  events = { "CartConfirmed" },
+  handle = function(e, ctx)
+    if e.data.bad and %s then error("cannot notify " .. e.stream_id) end
+    ctx.append("notifications-" .. e.stream_id, { { type = "Notify", data = { cart = e.stream_id } } })
+  end,
+}
+]]
+    S.write(dir .. "/notify.lua", reactor:format("true"))
+    local pid = start(url, dir)
+    for i = 1, 3 do S.tide("append cart-" .. i .. " CartConfirmed '{}' --database " .. q(url)) end
+    caught_up(url, "notify")
+    assert.are.equal("3|3", S.psql(url, "SELECT count(*) || '|' || count(DISTINCT stream_id) FROM emt_messages WHERE stream_id LIKE 'notifications-%'"))
+    S.tide("append cart-4 CartConfirmed '{\"bad\":true}' --database " .. q(url))
+    local stuck = scalar(url, "SELECT max(global_position) FROM emt_messages WHERE stream_id = 'cart-4'")
+    local failed = S.wait_for(function()
+      local st = status(url).notify
+      return st and st.state == "failed" and st.last_error and st
+    end, 10, "the failure")
+    assert.truthy(failed.last_error:find("cannot notify cart-4", 1, true), failed.last_error)
+    assert.is_true(checkpoint(url, "notify") < stuck)
+    S.save(dir .. "/notify.lua", reactor:format("false"))
+    S.wait_for(function() return checkpoint(url, "notify") >= stuck end, 30, "the recovery")
+    assert.are.equal(4, scalar(url, "SELECT count(*) FROM emt_messages WHERE stream_id LIKE 'notifications-%'"))
+    stop(pid)
+  end)
+
+  it("keeps documents equal to the fold, deletes on nil and rebuilds on a version change", function()
+    local docs = [[
+local tide = require "tide"
+return tide.projection {
+  collection = "sums",
+  version = %d,
+  initial = function() return { n = 0 } end,
+  evolve = function(doc, e)
+    if e.type == "Closed" then return nil end
+    doc.n = doc.n + e.data.by * %d
+    return doc
+  end,
+}
+]]
+    S.write(dir .. "/sums.lua", docs:format(1, 1))
+    local pid, log = start(url, dir)
+    load_events(url, 300, 10)
+    caught_up(url, "sums")
+    assert.are.equal("0", S.psql(url, [[SELECT count(*) FROM (SELECT stream_id, sum((message_data->>'by')::int) n FROM emt_messages GROUP BY stream_id) f
+      FULL JOIN tide_documents d ON d.collection = 'sums' AND d.id = f.stream_id WHERE (d.doc->>'n')::int IS DISTINCT FROM f.n]]))
+    S.tide("append s-3 Closed '{}' --database " .. q(url))
+    caught_up(url, "sums")
+    assert.are.equal(9, scalar(url, "SELECT count(*) FROM tide_documents WHERE collection = 'sums'"))
+    S.save(dir .. "/sums.lua", docs:format(2, 10))
+    S.wait_for(function() return read(log):find("processor.rebuild", 1, true) end, 10, "the rebuild")
+    S.wait_for(function() return checkpoint(url, "sums") >= last_position(url) and scalar(url, "SELECT count(*) FROM emt_processors WHERE processor_id = 'sums' AND version = 2 AND last_processed_checkpoint::bigint >= " .. last_position(url)) == 1 end, 30, "the replay")
+    assert.are.equal(scalar(url, "SELECT 10 * sum((message_data->>'by')::int) FROM emt_messages WHERE stream_id = 's-0'"),
+      scalar(url, "SELECT (doc->>'n')::int FROM tide_documents WHERE collection = 'sums' AND id = 's-0'"))
+    stop(pid)
+  end)
+end)
