@@ -14,6 +14,13 @@ if not why and not io.open(INTEROP .. "/node_modules/@event-driven-io/emmett-pos
   if r.code ~= 0 then why = "npm could not install Emmett: " .. (r.err:match("[^\n]+") or "") end
 end
 
+local SUM_DECIDER = [[
+return tide.decider {
+  initial = function() return { n = 0 } end,
+  evolve = function(s, e) return { n = s.n + (e.data.amount or 0) } end,
+  decide = function(cmd) return { { type = "Deposited", data = { amount = cmd.data.amount } } } end,
+}]]
+
 -- node spec/interop/emmett.mjs COMMAND URL ARGS...
 local function emmett(url, cmd, ...)
   local args = { "node", INTEROP .. "/emmett.mjs", cmd, url, ... }
@@ -81,12 +88,7 @@ describe("tide and Emmett on one database", function()
         assert.are.equal(e.global_position, all[i].global_position)
       end
       local dir = S.mkdtemp()
-      S.write(dir .. "/sum.lua", [[
-return tide.decider {
-  initial = function() return { n = 0 } end,
-  evolve = function(s, e) return { n = s.n + (e.data.amount or 0) } end,
-  decide = function(cmd) return { { type = "Deposited", data = { amount = cmd.data.amount } } } end,
-}]])
+      S.write(dir .. "/sum.lua", SUM_DECIDER)
       local agg = S.json(tide("aggregate " .. q(dir .. "/sum.lua") .. " acct-9").out)
       local theirs_agg = S.json(emmett(url, "aggregate", "acct-9").out)
       assert.are.same({ theirs_agg.state.n, theirs_agg.currentStreamVersion }, { agg.state.n, agg.version })
@@ -95,12 +97,7 @@ return tide.decider {
     it("shows tide's events to Emmett identically", function()
       assert.are.equal(0, tide("append acct-2 Deposited '{\"amount\":3}' --metadata '{\"correlation_id\":\"c-1\"}'").code)
       local dir = S.mkdtemp()
-      S.write(dir .. "/sum.lua", [[
-return tide.decider {
-  initial = function() return { n = 0 } end,
-  evolve = function(s, e) return { n = s.n + (e.data.amount or 0) } end,
-  decide = function(cmd) return { { type = "Deposited", data = { amount = cmd.data.amount } } } end,
-}]])
+      S.write(dir .. "/sum.lua", SUM_DECIDER)
       assert.are.equal(0, tide("handle " .. q(dir .. "/sum.lua") .. " acct-2 '{\"type\":\"Deposit\",\"data\":{\"amount\":4}}'").code)
       local ours = S.lines(tide("read acct-2").out)
       local theirs = S.lines(emmett(url, "read", "acct-2").out)

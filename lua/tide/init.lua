@@ -3,9 +3,10 @@
 -- which loads the C module (tide.core) on first use, so plain busted needs no build.
 local model = require "tide.model"
 local command = require "tide.command"
-local setmetatable, error, type = setmetatable, error, type
+local setmetatable, error, type, pairs = setmetatable, error, type, pairs
 
-local M = {
+-- What a sandboxed script may use; hosts get the same and more.
+local script_api = {
   null = model.null,
   decider = model.decider,
   projection = model.projection,
@@ -14,15 +15,8 @@ local M = {
   object = model.object,
 }
 
--- What a sandboxed script may use.
-M.script_api = {
-  null = model.null,
-  decider = model.decider,
-  projection = model.projection,
-  reactor = model.reactor,
-  array = model.array,
-  object = model.object,
-}
+local M = { script_api = script_api }
+for k, v in pairs(script_api) do M[k] = v end
 
 -- Set by the script VM to its CPU/memory guard; hosts call script code directly.
 M._guard = nil
