@@ -31,6 +31,7 @@ struct tide_batch {
 	bool finishing; /* COMMIT or ROLLBACK sent */
 	bool failed;    /* an exec failed: the transaction is aborted */
 	bool query_out; /* the coroutine waits for a query */
+	bool conn_lost; /* a reply said the connection is gone */
 	char err[2048];
 	char sqlstate[6];
 	struct sql_handle *handle;
@@ -41,6 +42,8 @@ struct sql_handle {
 };
 
 static void on_exec(const struct tide_pg_reply *reply, void *arg);
+
+static void note_reply(struct tide_batch *b, const struct tide_pg_reply *reply);
 
 static void fail_batch(struct tide_batch *b, const char *err, const char *sqlstate)
 {
@@ -64,9 +67,8 @@ static void finish(struct tide_batch *b, int status)
 static void on_end(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_batch *b = arg;
-	if (reply->status)
-		fail_batch(b, reply->err, reply->sqlstate);
-	finish(b, b->failed ? TIDE_EDB : 0);
+	note_reply(b, reply);
+	finish(b, b->conn_lost ? TIDE_ECONN : b->failed ? TIDE_EDB : 0);
 }
 
 static void end_transaction(struct tide_batch *b)
@@ -106,8 +108,16 @@ static void on_exec(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_batch *b = arg;
 	b->inflight--;
-	if (reply->status)
-		fail_batch(b, reply->err, reply->sqlstate);
+	note_reply(b, reply);
+}
+
+static void note_reply(struct tide_batch *b, const struct tide_pg_reply *reply)
+{
+	if (!reply->status)
+		return;
+	if (reply->status == TIDE_ECONN || reply->status == TIDE_ECLOSED)
+		b->conn_lost = true;
+	fail_batch(b, reply->err, reply->sqlstate);
 }
 
 /* Pushes one row as a table keyed by column name, values converted by type. */
@@ -144,7 +154,7 @@ static void on_query(const struct tide_pg_reply *reply, void *arg)
 	b->query_out = false;
 	lua_State *co = b->co;
 	if (reply->status) {
-		fail_batch(b, reply->err, reply->sqlstate);
+		note_reply(b, reply);
 		lua_pushnil(co);
 		lua_pushstring(co, reply->err);
 		resume(b, 2);

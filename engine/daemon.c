@@ -182,18 +182,33 @@ static void wake_all(struct run *r)
 		tide_processor_wake(p);
 }
 
+static void on_listen_retry(uv_timer_t *t);
+
 static void on_notify(const char *channel, const char *payload, void *arg)
 {
-	(void)channel;
 	(void)payload;
-	wake_all(arg);
+	struct run *r = arg;
+	if (!channel) {
+		/* Lost: listen again from a timer (not from inside the connection's callback);
+		 * the new LISTEN is followed by a catch-up read. */
+		tide_log("warn", "listen.lost", "error", tide_pg_error(r->listen->pg),
+		         (char *)NULL);
+		uv_timer_start(&r->listen_retry, on_listen_retry, 0, 0);
+		return;
+	}
+	wake_all(r);
 }
 
 static void listen_start(struct run *r);
 
 static void on_listen_retry(uv_timer_t *t)
 {
-	listen_start(t->data);
+	struct run *r = t->data;
+	if (r->listen) {
+		tide_store_close(r->listen);
+		r->listen = NULL;
+	}
+	listen_start(r);
 }
 
 static void on_listening(const struct tide_pg_reply *reply, void *arg)

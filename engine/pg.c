@@ -297,6 +297,7 @@ static void complete(struct tide_pg *pg)
 static void fail_all(struct tide_pg *pg, int status, const char *msg)
 {
 	set_error(pg, msg);
+	bool was_connected = pg->connected;
 	pg->connected = false; /* callbacks below must not queue more on this connection */
 	while (pg->head) {
 		struct request *rq = pg->head;
@@ -317,6 +318,9 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 		uv_poll_stop(pg->poll);
 		pg->poll_events = 0;
 	}
+	/* A listener has no request in flight to learn it from: tell it. */
+	if (was_connected && status == TIDE_ECONN && !pg->closing && pg->notify_cb)
+		pg->notify_cb(NULL, NULL, pg->notify_arg);
 	pg->connected = false;
 }
 

@@ -31,6 +31,7 @@ struct tide_pg_reply {
 
 typedef void (*tide_pg_reply_cb)(const struct tide_pg_reply *reply, void *arg);
 typedef void (*tide_pg_ready_cb)(struct tide_pg *pg, int status, const char *err, void *arg);
+/* channel NULL: the connection was lost (no more notifications will come). */
 typedef void (*tide_pg_notify_cb)(const char *channel, const char *payload, void *arg);
 
 enum tide_pg_mode {

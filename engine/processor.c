@@ -381,11 +381,27 @@ void tide_processor_reload(struct tide_processor *p, bool force)
 
 static void on_batch(int status, const char *err, const char *sqlstate, void *arg);
 
+/* The connection is gone (a restarted server, a killed backend): drop it, reconnect, and
+ * claim the lease again; the checkpoint in the database says where to go on. */
+static void reconnect(struct tide_processor *p, const char *why)
+{
+	tide_log("warn", "connection.lost", "processor", p->id, "error", why, (char *)NULL);
+	tide_store_close(p->store);
+	p->store = NULL;
+	p->leased = false;
+	p->state = S_CONNECTING;
+	uv_timer_start(&p->timer, timer_start_cb, 500, 0);
+}
+
 static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
 {
 	struct tide_processor *p = arg;
 	if (p->stop_requested) {
 		release(p);
+		return;
+	}
+	if (status == TIDE_ECONN) {
+		reconnect(p, err);
 		return;
 	}
 	if (status) {
@@ -440,7 +456,10 @@ static void read_batch(struct tide_processor *p)
 	}
 	p->state = S_READING;
 	p->wake_pending = false;
-	if (tide_store_read_all(p->store, &p->cursor, p->d->batch_size, on_read, p) != 0) {
+	int rc = tide_store_read_all(p->store, &p->cursor, p->d->batch_size, on_read, p);
+	if (rc == TIDE_ECONN) {
+		reconnect(p, tide_store_error(p->store));
+	} else if (rc) {
 		set_error(p, tide_store_error(p->store));
 		p->state = S_BACKOFF;
 		later(p, 1000);
@@ -474,6 +493,10 @@ static void on_batch(int status, const char *err, const char *sqlstate, void *ar
 		release(p);
 		return;
 	}
+	if (status == TIDE_ECONN) {
+		reconnect(p, err);
+		return;
+	}
 	if (sqlstate && (strcmp(sqlstate, "55006") == 0 || strcmp(sqlstate, "40001") == 0)) {
 		p->leased = false;
 		claim(p); /* lease lost or checkpoint moved: find out where we stand */
@@ -490,6 +513,10 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	struct tide_processor *p = arg;
 	if (p->stop_requested) {
 		release(p);
+		return;
+	}
+	if (reply->status == TIDE_ECONN) {
+		reconnect(p, reply->err);
 		return;
 	}
 	if (reply->status) {
@@ -542,6 +569,10 @@ static void claim(struct tide_processor *p)
 	snprintf(version, sizeof(version), "%d", p->cur.version);
 	snprintf(ttl, sizeof(ttl), "%u", p->d->lease_ms);
 	const char *v[5] = {p->id, p->cur.kind, version, p->d->owner, ttl};
+	if (!tide_pg_ready(p->store->pg)) {
+		reconnect(p, tide_pg_error(p->store->pg));
+		return;
+	}
 	if (tide_pg_exec(p->store->pg, &stmt, v, on_claim, p) != 0) {
 		p->state = S_WAITING;
 		later(p, 1000);

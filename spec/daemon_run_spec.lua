@@ -153,6 +153,22 @@ describe("tide run", function()
     stop(pid)
   end)
 
+  it("reconnects and listens again after its connections are killed", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir, "--poll-ms 60000")
+    S.tide("append k-1 T '{}' --database " .. q(url))
+    caught_up(url, "seen")
+    local killed = scalar(url, [[SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+      WHERE datname = current_database() AND pid <> pg_backend_pid()]])
+    assert.is_true(killed >= 2, "expected the daemon's connections to be there")
+    S.wait_for(function() return read(log):find("listen.ready.*listen.ready") end, 10, "a new LISTEN")
+    S.tide("append k-1 T '{}' --database " .. q(url))
+    -- Polling is a minute away: only the new connection and LISTEN can deliver this.
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 2 end, 10, "the event after the kill")
+    assert.truthy(read(log):find("connection.lost", 1, true) or read(log):find("listen.lost", 1, true))
+    stop(pid)
+  end)
+
   it("reloads a script while events flow, losing and repeating nothing", function()
     S.write(dir .. "/seen.lua", seen_script("a"))
     local pid, log = start(url, dir, "--batch-size 50")
