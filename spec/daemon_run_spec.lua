@@ -241,6 +241,37 @@ describe("tide run", function()
     stop(survivor)
   end)
 
+  it("takes its settings from a Lua configuration file, and logs JSON lines", function()
+    local procs = dir .. "/procs"
+    os.execute("mkdir -p " .. q(procs))
+    S.write(procs .. "/seen.lua", seen_script("cfg"))
+    S.write(dir .. "/tide.conf.lua", string.format([[
+return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms = 60000, log_format = "json" }
+]], url, procs))
+    local log = dir .. "/cfg.log"
+    local pid = S.sh(string.format("env -u TIDE_DATABASE_URL -u DATABASE_URL %s run --config %s >%s 2>&1 & echo $!",
+      q(S.bin), q(dir .. "/tide.conf.lua"), q(log))).out:match("%d+")
+    daemons[#daemons + 1] = pid
+    for i = 1, 20 do S.tide("append cfg-" .. (i % 3) .. " T '{}' --database " .. q(url)) end
+    caught_up(url, "seen")
+    assert.are.equal(20, scalar(url, "SELECT count(*) FROM seen WHERE tag = 'cfg'"))
+    stop(pid)
+    local lines = 0
+    for line in read(log):gmatch("[^\n]+") do
+      local entry = S.json(line)
+      assert.truthy(entry.ts and entry.level and entry.event, line)
+      lines = lines + 1
+    end
+    assert.is_true(lines >= 4)
+    local r = S.tide("run --config " .. q(dir .. "/missing.lua"))
+    assert.are.equal(2, r.code)
+    assert.truthy(r.err:find("cannot read the configuration", 1, true), r.err)
+    S.write(dir .. "/bad.lua", "return { batch_size = -1 }")
+    r = S.tide("run --config " .. q(dir .. "/bad.lua") .. " " .. q(procs))
+    assert.are.equal(2, r.code)
+    assert.truthy(r.err:find("batch_size must be a positive number", 1, true), r.err)
+  end)
+
   it("exits 0 on SIGTERM and releases its leases", function()
     S.write(dir .. "/seen.lua", seen_script("a"))
     local pid, log = start(url, dir)
