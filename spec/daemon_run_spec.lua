@@ -272,6 +272,18 @@ return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms =
     assert.truthy(r.err:find("batch_size must be a positive number", 1, true), r.err)
   end)
 
+  it("reloads every script on SIGHUP", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir)
+    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the start")
+    os.execute("kill -HUP " .. pid)
+    S.wait_for(function() return read(log):find("processor.reloaded", 1, true) end, 10, "the reload")
+    assert.truthy(read(log):find("event=daemon.reload signal=SIGHUP", 1, true))
+    S.wait_for(function() return (status(url).seen or {}).generation == 2 end, 10, "generation 2")
+    assert.is_true(alive(pid))
+    stop(pid)
+  end)
+
   it("exits 0 on SIGTERM and releases its leases", function()
     S.write(dir .. "/seen.lua", seen_script("a"))
     local pid, log = start(url, dir)
