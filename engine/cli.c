@@ -3,6 +3,8 @@
  * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 1 otherwise. */
 #include "cli.h"
 
+#include "cli_common.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -15,32 +17,6 @@
 #include "lua_json.h"
 #include "lua_vm.h"
 #include "store.h"
-
-enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4 };
-
-struct cli {
-	const char *cmd;
-	const char *url;
-	uv_loop_t loop;
-	struct tide_store *store;
-	int exit_code;
-	/* append */
-	const char *stream;
-	struct tide_event event;
-	int64_t expected;
-	/* read, read-all */
-	struct tide_read_opts read;
-	struct tide_cursor after;
-	/* handle, aggregate */
-	const char *script;
-	const char *command_json;
-	unsigned cpu_ms;
-	int64_t retries;
-	bool json;      /* status */
-	char **scripts; /* check */
-	int nscripts;
-	void (*run)(struct cli *cli);
-};
 
 static const char usage_main[] =
         "tide — an event store and event processor on PostgreSQL\n"
@@ -131,9 +107,7 @@ static const char usage_status[] =
         "waiting, stopped), checkpoint (XID:POS), lag in events and seconds, script\n"
         "generation, owner and last error. --json prints one JSON object per processor.\n";
 
-static int usage_error(struct cli *cli, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int usage_error(struct cli *cli, const char *fmt, ...)
+int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
 	va_list ap;
 	fprintf(stderr, "tide %s: ", cli->cmd);
@@ -144,7 +118,7 @@ static int usage_error(struct cli *cli, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-static void fail(struct cli *cli, int status, const char *err)
+void tide_cli_fail(struct cli *cli, int status, const char *err)
 {
 	char clean[700];
 	tide_pg_redact(NULL, err ? err : tide_strerror(status), clean, sizeof(clean));
@@ -154,7 +128,7 @@ static void fail(struct cli *cli, int status, const char *err)
 	                                          : 1;
 }
 
-static void done(struct cli *cli)
+void tide_cli_done(struct cli *cli)
 {
 	tide_store_close(cli->store);
 	cli->store = NULL;
@@ -166,12 +140,13 @@ static int parse_count(struct cli *cli, const char *flag, const char *text, int6
 	errno = 0;
 	long long v = strtoll(text, &end, 10);
 	if (errno || end == text || *end || v < 0)
-		return usage_error(cli, "%s wants a non-negative number, got '%s'", flag, text);
+		return tide_cli_usage_error(cli, "%s wants a non-negative number, got '%s'", flag,
+		                            text);
 	*out = v;
 	return 0;
 }
 
-static void print_line(cJSON *o)
+void tide_cli_print_line(cJSON *o)
 {
 	char *s = cJSON_PrintUnformatted(o);
 	if (s) {
@@ -203,21 +178,21 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 {
 	struct cli *cli = arg;
 	if (status)
-		fail(cli, status, err);
+		tide_cli_fail(cli, status, err);
 	else if (applied)
 		printf("applied %zu migration%s; the schema is current\n", applied,
 		       applied == 1 ? "" : "s");
 	else
 		printf("the schema is current; nothing to apply\n");
-	done(cli);
+	tide_cli_done(cli);
 }
 
 static void run_migrate(struct cli *cli)
 {
 	int rc = tide_store_migrate(cli->store, on_migrated, cli);
 	if (rc) {
-		fail(cli, rc, "cannot start the migration");
-		done(cli);
+		tide_cli_fail(cli, rc, "cannot start the migration");
+		tide_cli_done(cli);
 	}
 }
 
@@ -227,7 +202,7 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 {
 	struct cli *cli = arg;
 	if (status) {
-		fail(cli, status, err);
+		tide_cli_fail(cli, status, err);
 	} else {
 		cJSON *o = cJSON_CreateObject();
 		tide_json_add_i64(o, "next_expected_version", r->next_expected_version);
@@ -237,9 +212,9 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 			snprintf(buf, sizeof(buf), "%" PRId64, r->global_positions[i]);
 			cJSON_AddItemToArray(positions, cJSON_CreateRaw(buf));
 		}
-		print_line(o);
+		tide_cli_print_line(o);
 	}
-	done(cli);
+	tide_cli_done(cli);
 }
 
 static void run_append(struct cli *cli)
@@ -247,8 +222,8 @@ static void run_append(struct cli *cli)
 	int rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
 	                           on_appended, cli);
 	if (rc) {
-		fail(cli, rc, tide_store_error(cli->store));
-		done(cli);
+		tide_cli_fail(cli, rc, tide_store_error(cli->store));
+		tide_cli_done(cli);
 	}
 }
 
@@ -258,21 +233,21 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 {
 	struct cli *cli = arg;
 	if (status) {
-		fail(cli, status, err);
-		done(cli);
+		tide_cli_fail(cli, status, err);
+		tide_cli_done(cli);
 		return;
 	}
 	for (size_t i = 0; i < r->count; i++)
-		print_line(message_json(&r->messages[i]));
-	done(cli);
+		tide_cli_print_line(message_json(&r->messages[i]));
+	tide_cli_done(cli);
 }
 
 static void on_read_all(int status, const char *err, const struct tide_read_result *r, void *arg)
 {
 	struct cli *cli = arg;
 	if (status) {
-		fail(cli, status, err);
-		done(cli);
+		tide_cli_fail(cli, status, err);
+		tide_cli_done(cli);
 		return;
 	}
 	for (size_t i = 0; i < r->count; i++) {
@@ -282,17 +257,17 @@ static void on_read_all(int status, const char *err, const struct tide_read_resu
 		struct tide_cursor c = {m->transaction_id, m->global_position};
 		tide_cursor_format(&c, cursor);
 		cJSON_AddStringToObject(o, "cursor", cursor);
-		print_line(o);
+		tide_cli_print_line(o);
 	}
-	done(cli);
+	tide_cli_done(cli);
 }
 
 static void run_read(struct cli *cli)
 {
 	int rc = tide_store_read_stream(cli->store, cli->stream, &cli->read, on_read, cli);
 	if (rc) {
-		fail(cli, rc, tide_store_error(cli->store));
-		done(cli);
+		tide_cli_fail(cli, rc, tide_store_error(cli->store));
+		tide_cli_done(cli);
 	}
 }
 
@@ -300,262 +275,8 @@ static void run_read_all(struct cli *cli)
 {
 	int rc = tide_store_read_all(cli->store, &cli->after, cli->read.max, on_read_all, cli);
 	if (rc) {
-		fail(cli, rc, tide_store_error(cli->store));
-		done(cli);
-	}
-}
-
-/* --- handle, aggregate: a decider script in a sandboxed VM --------------------------- */
-
-static char *read_file(const char *path, size_t *len, char *err, size_t n)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t cap = 0;
-	*len = 0;
-	for (;;) {
-		if (*len + 4096 > cap) {
-			char *nb = realloc(buf, cap = cap * 2 + 8192);
-			if (!nb)
-				break;
-			buf = nb;
-		}
-		size_t got = fread(buf + *len, 1, cap - *len, f);
-		*len += got;
-		if (got == 0)
-			break;
-	}
-	bool bad = ferror(f) || !buf;
-	fclose(f);
-	if (bad) {
-		snprintf(err, n, "cannot read %s", path);
-		free(buf);
-		return NULL;
-	}
-	return buf;
-}
-
-/* Prints the Lua error table at idx and returns the exit code for its kind. */
-static int script_error(struct cli *cli, lua_State *L, int idx)
-{
-	lua_getfield(L, idx, "kind");
-	const char *kind = lua_tostring(L, -1);
-	lua_getfield(L, idx, "message");
-	const char *msg = lua_tostring(L, -1);
-	if (!msg) {
-		lua_pop(L, 1);
-		msg = lua_tostring(L, idx);
-	}
-	int status = !kind                           ? TIDE_EDB
-	             : strcmp(kind, "conflict") == 0 ? TIDE_ECONFLICT
-	             : strcmp(kind, "invalid") == 0  ? TIDE_EINVAL
-	                                             : TIDE_EDB;
-	fail(cli, status, msg ? msg : "failed");
-	if (kind && strcmp(kind, "rejected") == 0)
-		cli->exit_code = EXIT_REJECTED;
-	return cli->exit_code;
-}
-
-/* A fresh sandboxed VM with the script's processor table on top; NULL (with err) when
- * the file cannot be read or the script does not load. */
-static struct tide_vm *load_script(struct cli *cli, const char *path, char *err, size_t n)
-{
-	size_t len;
-	char *src = read_file(path, &len, err, n);
-	if (!src)
-		return NULL;
-	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
-	struct tide_vm *vm = NULL;
-	int rc = tide_vm_open(&opts, &vm, err, n);
-	if (rc == 0)
-		rc = tide_vm_load(vm, path, src, len, err, n);
-	free(src);
-	if (rc) {
-		tide_vm_close(vm);
-		return NULL;
-	}
-	return vm;
-}
-
-static int run_check(struct cli *cli)
-{
-	int code = 0;
-	for (int i = 0; i < cli->nscripts; i++) {
-		char err[1024];
-		struct tide_vm *vm = load_script(cli, cli->scripts[i], err, sizeof(err));
-		if (!vm) {
-			fprintf(stderr, "tide check: %s\n", err);
-			code = 1;
-			continue;
-		}
-		lua_State *L = tide_vm_state(vm);
-		lua_getfield(L, -1, "kind");
-		printf("ok %s (%s)\n", cli->scripts[i], lua_tostring(L, -1));
-		tide_vm_close(vm);
-	}
-	return code;
-}
-
-static int run_script(struct cli *cli)
-{
-	char err[1024];
-	struct tide_vm *vm = load_script(cli, cli->script, err, sizeof(err));
-	if (!vm) {
-		fail(cli, TIDE_EDB, err);
-		return 1;
-	}
-	lua_State *L = tide_vm_state(vm);
-	int decider = lua_gettop(L);
-	lua_getfield(L, decider, "kind");
-	if (strcmp(lua_tostring(L, -1), "decider") != 0) {
-		fail(cli, TIDE_EINVAL, "the script is not a decider (return tide.decider { ... })");
-		tide_vm_close(vm);
-		return EXIT_USAGE;
-	}
-	lua_pop(L, 1);
-
-	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
-	lua_getfield(L, -1, "connect");
-	lua_pushstring(L, cli->url);
-	lua_call(L, 1, 2);
-	if (lua_isnil(L, -2)) {
-		char msg[900];
-		lua_getfield(L, -1, "message");
-		snprintf(msg, sizeof(msg), "cannot connect to the database: %s",
-		         lua_tostring(L, -1));
-		fail(cli, TIDE_ECONN, msg);
-		tide_vm_close(vm);
-		return 1;
-	}
-	lua_pop(L, 1);
-	int store = lua_gettop(L);
-	lua_getfield(L, store, cli->command_json ? "handle" : "aggregate");
-	lua_pushvalue(L, store);
-	lua_pushvalue(L, decider);
-	lua_pushstring(L, cli->stream);
-	int nargs = 3;
-	if (cli->command_json) {
-		if (tide_lua_push_json_text(L, cli->command_json, strlen(cli->command_json)) != 0) {
-			tide_vm_close(vm);
-			return usage_error(cli, "COMMAND_JSON is not valid JSON");
-		}
-		lua_createtable(L, 0, 1);
-		lua_pushnumber(L, (lua_Number)cli->retries);
-		lua_setfield(L, -2, "retries");
-		nargs = 5;
-	}
-	if (lua_pcall(L, nargs, 2, 0) != 0) {
-		fail(cli, TIDE_EINVAL, lua_tostring(L, -1));
-		tide_vm_close(vm);
-		return cli->exit_code;
-	}
-	int code = 0;
-	if (lua_isnil(L, -2)) {
-		code = script_error(cli, L, lua_gettop(L));
-	} else {
-		if (!cli->command_json) { /* aggregate: state, version → { state, version } */
-			lua_createtable(L, 0, 2);
-			lua_insert(L, -3);
-			lua_setfield(L, -3, "version");
-			lua_setfield(L, -2, "state");
-		} else {
-			lua_pop(L, 1);
-			lua_pushnil(L);
-			lua_setfield(L, -2, "attempts");
-		}
-		char *json = tide_lua_to_json_text(L, -1, cli->command_json ? "" : "state", err,
-		                                   sizeof(err));
-		if (json) {
-			puts(json);
-			cJSON_free(json);
-		} else {
-			fail(cli, TIDE_EINVAL, err);
-			code = 1;
-		}
-	}
-	tide_vm_close(vm);
-	if (fflush(stdout) != 0 && code == 0)
-		return 1;
-	return code;
-}
-
-/* --- status ------------------------------------------------------------------------- */
-
-static const struct tide_pg_stmt stmt_status = {
-        "tide_status",
-        "WITH p AS ("
-        " SELECT t.processor_id, t.kind, t.status, t.generation, t.owner, t.last_error, t.script,"
-        "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
-        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
-        " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
-        "  AND e.partition = 'emt:default' AND e.version = t.version)"
-        " SELECT p.processor_id, p.kind, p.status, p.xid::text || ':' || p.pos, lag.n,"
-        "  coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3),"
-        "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, '')"
-        " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
-        "  FROM emt_messages m WHERE m.partition = 'emt:default' AND NOT m.is_archived"
-        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
-        " ORDER BY p.processor_id",
-        0,
-};
-
-static void on_status(const struct tide_pg_reply *reply, void *arg)
-{
-	struct cli *cli = arg;
-	char buf[800];
-	if (reply->status) {
-		fail(cli, reply->status, tide_store_explain(reply, buf, sizeof(buf)));
-		done(cli);
-		return;
-	}
-	PGresult *res = reply->res;
-	static const char *keys[] = {"id",         "kind",        "state",      "checkpoint",
-	                             "lag_events", "lag_seconds", "generation", "owner",
-	                             "last_error", "script"};
-	int rows = PQntuples(res);
-	if (cli->json) {
-		for (int r = 0; r < rows; r++) {
-			cJSON *o = cJSON_CreateObject();
-			for (int c = 0; c < 10; c++) {
-				const char *v = PQgetvalue(res, r, c);
-				if (c == 4 || c == 5 || c == 6)
-					cJSON_AddRawToObject(o, keys[c], v);
-				else if (c == 8 && !v[0])
-					cJSON_AddNullToObject(o, keys[c]);
-				else
-					cJSON_AddStringToObject(o, keys[c], v);
-			}
-			print_line(o);
-		}
-	} else if (rows == 0) {
-		printf("no processors yet: start some with `tide run DIR`\n");
-	} else {
-		printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", "PROCESSOR", "KIND", "STATE",
-		       "CHECKPOINT", "LAG", "LAG(s)", "GEN", "LAST ERROR");
-		for (int r = 0; r < rows; r++) {
-			char err[200];
-			snprintf(err, sizeof(err), "%s", PQgetvalue(res, r, 8));
-			for (char *c = err; *c; c++)
-				if (*c == '\n')
-					*c = ' ';
-			printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", PQgetvalue(res, r, 0),
-			       PQgetvalue(res, r, 1), PQgetvalue(res, r, 2), PQgetvalue(res, r, 3),
-			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
-			       err[0] ? err : "-");
-		}
-	}
-	done(cli);
-}
-
-static void run_status(struct cli *cli)
-{
-	if (tide_pg_exec(cli->store->pg, &stmt_status, NULL, on_status, cli) != 0) {
-		fail(cli, TIDE_ECONN, tide_store_error(cli->store));
-		done(cli);
+		tide_cli_fail(cli, rc, tide_store_error(cli->store));
+		tide_cli_done(cli);
 	}
 }
 
@@ -612,7 +333,7 @@ static const struct command commands[] = {
         {"handle", usage_handle, NULL, 3, " retries cpu-ms "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
-        {"status", usage_status, run_status, 0, " json "},
+        {"status", usage_status, tide_cli_run_status, 0, " json "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -628,7 +349,7 @@ static int parse_expected(struct cli *cli, const char *v)
 		errno = 0;
 		long long n = strtoll(v, &end, 10);
 		if (errno || end == v || *end || n < 0)
-			return usage_error(
+			return tide_cli_usage_error(
 			        cli,
 			        "--expected wants any, no_stream, stream_exists or a version "
 			        "number, got '%s'",
@@ -646,9 +367,10 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	int opt, rc = 0;
 	while (!rc && (opt = getopt_long(argc, argv, ":", options, NULL)) != -1) {
 		if (opt == '?')
-			return usage_error(cli, "unknown option '%s'", argv[optind - 1]);
+			return tide_cli_usage_error(cli, "unknown option '%s'", argv[optind - 1]);
 		if (opt == ':')
-			return usage_error(cli, "option '%s' needs a value", argv[optind - 1]);
+			return tide_cli_usage_error(cli, "option '%s' needs a value",
+			                            argv[optind - 1]);
 		if (opt == OPT_HELP) {
 			fputs(cmd->usage, stdout);
 			return -1;
@@ -660,8 +382,8 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		char key[32];
 		snprintf(key, sizeof(key), " %s ", options[opt - OPT_DATABASE].name);
 		if (!strstr(cmd->allowed, key))
-			return usage_error(cli, "unknown option '--%s'",
-			                   options[opt - OPT_DATABASE].name);
+			return tide_cli_usage_error(cli, "unknown option '--%s'",
+			                            options[opt - OPT_DATABASE].name);
 		switch (opt) {
 		case OPT_PRINT: *print = true; break;
 		case OPT_EXPECTED: rc = parse_expected(cli, optarg); break;
@@ -681,7 +403,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		}
 		case OPT_AFTER:
 			if (tide_cursor_parse(optarg, &cli->after))
-				rc = usage_error(
+				rc = tide_cli_usage_error(
 				        cli,
 				        "--after wants a cursor XID:POS as printed by read-all, "
 				        "got '%s'",
@@ -694,7 +416,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	int npos = argc - optind;
 	if (cmd->positionals < 0) { /* check: SCRIPT... */
 		if (npos == 0)
-			return usage_error(cli, "missing arguments: SCRIPT...");
+			return tide_cli_usage_error(cli, "missing arguments: SCRIPT...");
 		cli->scripts = argv + optind;
 		cli->nscripts = npos;
 		return 0;
@@ -702,11 +424,11 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	if (npos != cmd->positionals) {
 		if (npos < cmd->positionals) {
 			const char *synopsis = cmd->usage + strlen("usage: ");
-			return usage_error(cli, "missing arguments: usage is %.*s",
-			                   (int)strcspn(synopsis, "\n"), synopsis);
+			return tide_cli_usage_error(cli, "missing arguments: usage is %.*s",
+			                            (int)strcspn(synopsis, "\n"), synopsis);
 		}
-		return usage_error(cli, "unexpected argument '%s'",
-		                   argv[optind + cmd->positionals]);
+		return tide_cli_usage_error(cli, "unexpected argument '%s'",
+		                            argv[optind + cmd->positionals]);
 	}
 	char **pos = argv + optind;
 	if (!cmd->run) { /* handle, aggregate: SCRIPT STREAM [COMMAND_JSON] */
@@ -715,30 +437,30 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		cli->command_json = cmd->positionals == 3 ? pos[2] : NULL;
 		char err[200];
 		if (!cli->stream[0])
-			return usage_error(cli, "the stream name is empty");
+			return tide_cli_usage_error(cli, "the stream name is empty");
 		if (cli->command_json &&
 		    tide_json_check_object(cli->command_json, "COMMAND_JSON", err, sizeof(err)))
-			return usage_error(cli, "%s", err);
+			return tide_cli_usage_error(cli, "%s", err);
 		return 0;
 	}
 	if (cmd->positionals >= 1) {
 		cli->stream = pos[0];
 		if (!cli->stream[0])
-			return usage_error(cli, "the stream name is empty");
+			return tide_cli_usage_error(cli, "the stream name is empty");
 	}
 	if (cmd->positionals == 3) {
 		cli->event.type = pos[1];
 		cli->event.data = pos[2];
 		char err[200];
 		if (!cli->event.type[0])
-			return usage_error(cli, "the event type is empty");
+			return tide_cli_usage_error(cli, "the event type is empty");
 		if (tide_json_check_object(cli->event.data, "DATA_JSON", err, sizeof(err)) ||
 		    (cli->event.metadata &&
 		     tide_json_check_object(cli->event.metadata, "--metadata", err, sizeof(err))))
-			return usage_error(cli, "%s", err);
+			return tide_cli_usage_error(cli, "%s", err);
 		if (cli->event.message_id && !tide_uuid_valid(cli->event.message_id))
-			return usage_error(cli, "--id wants a UUID, got '%s'",
-			                   cli->event.message_id);
+			return tide_cli_usage_error(cli, "--id wants a UUID, got '%s'",
+			                            cli->event.message_id);
 	}
 	return 0;
 }
@@ -750,8 +472,8 @@ static void on_open(struct tide_store *store, int status, const char *err, void 
 	if (status) {
 		char msg[800];
 		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", err);
-		fail(cli, status, msg);
-		done(cli);
+		tide_cli_fail(cli, status, msg);
+		tide_cli_done(cli);
 		return;
 	}
 	cli->run(cli);
@@ -794,19 +516,19 @@ int tide_cli_main(int argc, char **argv)
 	}
 
 	if (cmd->positionals < 0)
-		return run_check(&cli);
+		return tide_cli_run_check(&cli);
 
 	if (!cli.url || !cli.url[0])
 		cli.url = getenv("TIDE_DATABASE_URL");
 	if (!cli.url || !cli.url[0])
 		cli.url = getenv("DATABASE_URL");
 	if (!cli.url || !cli.url[0]) {
-		return usage_error(&cli, "no database given: pass --database URL or set "
-		                         "TIDE_DATABASE_URL");
+		return tide_cli_usage_error(&cli, "no database given: pass --database URL or set "
+		                                  "TIDE_DATABASE_URL");
 	}
 
 	if (!cmd->run)
-		return run_script(&cli);
+		return tide_cli_run_script(&cli);
 
 	uv_loop_init(&cli.loop);
 	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store)) {

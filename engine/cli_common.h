@@ -1,0 +1,57 @@
+/* cli_common.h — what the files of the `tide` command line share: the state of one
+ * invocation and the helpers that report its outcome. cli.c parses and runs the store
+ * commands; cli_script.c runs Lua scripts (handle, aggregate, check); cli_status.c shows
+ * the daemon's processors. */
+#ifndef TIDE_CLI_COMMON_H
+#define TIDE_CLI_COMMON_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tide.h"
+
+enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4 };
+
+struct cli {
+	const char *cmd;
+	const char *url;
+	uv_loop_t loop;
+	struct tide_store *store;
+	int exit_code;
+	/* append */
+	const char *stream;
+	struct tide_event event;
+	int64_t expected;
+	/* read, read-all */
+	struct tide_read_opts read;
+	struct tide_cursor after;
+	/* handle, aggregate */
+	const char *script;
+	const char *command_json;
+	unsigned cpu_ms;
+	int64_t retries;
+	bool json;      /* status */
+	char **scripts; /* check */
+	int nscripts;
+	void (*run)(struct cli *cli);
+};
+
+/* One line on stderr, "tide CMD: ... (see `tide CMD --help`)"; returns the usage exit code. */
+int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+/* One line on stderr for a failed operation, and the exit code for its status. */
+void tide_cli_fail(struct cli *cli, int status, const char *err);
+
+/* Closes the store; the loop then ends. */
+void tide_cli_done(struct cli *cli);
+
+/* Prints o as one line of JSON and frees it. */
+void tide_cli_print_line(cJSON *o);
+
+int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
+int tide_cli_run_check(struct cli *cli);
+void tide_cli_run_status(struct cli *cli);
+
+#endif
