@@ -1,6 +1,7 @@
 /* cli.c — the `tide` command line: parses arguments, runs one store operation on a
  * private libuv loop and prints its outcome (JSON lines on stdout, one error line on
- * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 1 otherwise. */
+ * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 4 command rejected
+ * by a decider, 1 otherwise. */
 #include "cli.h"
 
 #include "cli_common.h"
