@@ -447,6 +447,29 @@ static struct request *enqueue(struct tide_pg *pg, tide_pg_reply_cb cb, void *ar
 	return rq;
 }
 
+/* A request queued on a pipelined connection, or NULL with *rc saying why not. */
+static struct request *pipeline_request(struct tide_pg *pg, tide_pg_reply_cb cb, void *arg, int *rc)
+{
+	*rc = pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
+	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_PIPELINE)
+		return NULL;
+	struct request *rq = enqueue(pg, cb, arg);
+	*rc = rq ? 0 : TIDE_ENOMEM;
+	return rq;
+}
+
+/* Ends a request's commands with a sync and sends them. When libpq refused any of them the
+ * request is already queued, so it fails with the others, through its callback. */
+static int sent(struct tide_pg *pg, bool ok)
+{
+	if (!ok || !PQpipelineSync(pg->conn)) {
+		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return 0;
+	}
+	flush(pg);
+	return 0;
+}
+
 static bool is_prepared(struct tide_pg *pg, const struct tide_pg_stmt *stmt)
 {
 	for (int i = 0; i < pg->nstmts; i++)
@@ -458,11 +481,10 @@ static bool is_prepared(struct tide_pg *pg, const struct tide_pg_stmt *stmt)
 int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
                  tide_pg_reply_cb cb, void *arg)
 {
-	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_PIPELINE)
-		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
-	struct request *rq = enqueue(pg, cb, arg);
+	int rc;
+	struct request *rq = pipeline_request(pg, cb, arg, &rc);
 	if (!rq)
-		return TIDE_ENOMEM;
+		return rc;
 	bool ok = true;
 	if (!is_prepared(pg, stmt)) {
 		ok = PQsendPrepare(pg->conn, stmt->name, stmt->sql, stmt->nparams, NULL);
@@ -473,14 +495,7 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 	}
 	/* libpq copies the parameters into its output buffer here. */
 	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL, 0);
-	ok = ok && PQpipelineSync(pg->conn);
-	if (!ok) {
-		/* The request is queued, so it fails with the others, through its callback. */
-		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
-		return 0;
-	}
-	flush(pg);
-	return 0;
+	return sent(pg, ok);
 }
 
 static uint64_t text_hash(const char *s)
@@ -494,11 +509,10 @@ static uint64_t text_hash(const char *s)
 int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,
                      tide_pg_reply_cb cb, void *arg)
 {
-	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_PIPELINE)
-		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
-	struct request *rq = enqueue(pg, cb, arg);
+	int rc;
+	struct request *rq = pipeline_request(pg, cb, arg, &rc);
 	if (!rq)
-		return TIDE_ENOMEM;
+		return rc;
 	/* Scripts repeat the same few statements: prepare each once per connection (named by
 	 * its slot), so PostgreSQL parses and plans it once. */
 	uint64_t h = text_hash(sql);
@@ -526,12 +540,7 @@ int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const cha
 	} else {
 		ok = PQsendQueryParams(pg->conn, sql, nparams, NULL, values, NULL, NULL, 0);
 	}
-	if (!ok || !PQpipelineSync(pg->conn)) {
-		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
-		return 0;
-	}
-	flush(pg);
-	return 0;
+	return sent(pg, ok);
 }
 
 int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb, void *arg)
