@@ -25,8 +25,8 @@ struct tide_batch {
 	struct tide_pg *pg;
 	tide_batch_cb cb;
 	void *arg;
-	const char *commit[8];
-	char commit_buf[8][64];
+	const char *commit[TIDE_BATCH_COMMIT_ARGS];
+	char commit_buf[TIDE_BATCH_COMMIT_ARGS][256];
 	int inflight;   /* exec statements whose replies are still out */
 	bool finishing; /* COMMIT or ROLLBACK sent */
 	bool failed;    /* an exec failed: the transaction is aborted */
@@ -81,8 +81,8 @@ static void end_transaction(struct tide_batch *b)
 		rc = tide_pg_exec_sql(
 		        b->pg,
 		        "SELECT tide_processor_commit($1, $2::int, $3, $4::int, $5::xid8,"
-		        " $6::bigint, $7::xid8, $8::bigint)",
-		        8, b->commit, on_exec, b);
+		        " $6::bigint, $7::xid8, $8::bigint, $9)",
+		        TIDE_BATCH_COMMIT_ARGS, b->commit, on_exec, b);
 		b->inflight += rc == 0;
 		rc = rc ? rc : tide_pg_exec_sql(b->pg, "COMMIT", 0, NULL, on_end, b);
 	}
@@ -296,7 +296,7 @@ int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *a
 	b->pg = spec->pg;
 	b->cb = cb;
 	b->arg = arg;
-	for (int i = 0; i < 8; i++) {
+	for (int i = 0; i < TIDE_BATCH_COMMIT_ARGS; i++) {
 		snprintf(b->commit_buf[i], sizeof(b->commit_buf[i]), "%s", spec->commit[i]);
 		b->commit[i] = b->commit_buf[i];
 	}

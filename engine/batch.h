@@ -9,6 +9,8 @@
 
 struct tide_batch;
 
+#define TIDE_BATCH_COMMIT_ARGS 9
+
 struct tide_batch_spec {
 	struct tide_vm *vm;
 	int processor_ref; /* registry ref of the processor table in vm */
@@ -17,8 +19,8 @@ struct tide_batch_spec {
 	bool setup;                          /* run the processor's setup first */
 	bool reset;                          /* clear its target first (rebuild) */
 	/* tide_processor_commit's arguments, as text: id, version, owner, ttl_ms,
-	 * from xid, from position, to xid, to position. */
-	const char *commit[8];
+	 * from xid, from position, to xid, to position, partition. */
+	const char *commit[TIDE_BATCH_COMMIT_ARGS];
 };
 
 /* status 0: committed. Otherwise err says why and sqlstate (maybe "") comes from the

@@ -47,36 +47,40 @@ static const char usage_migrate[] =
 
 static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
-        "                   [--database URL]\n"
+        "                   [--partition P] [--database URL]\n"
         "\n"
         "Appends one event and prints {\"next_expected_version\": N, \"global_positions\": [..]}.\n"
         "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
+        "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
         "Exits 3 on a version conflict, writing nothing.\n";
 
 static const char usage_read[] =
-        "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--database URL]\n"
+        "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--partition P]\n"
+        "                 [--database URL]\n"
         "\n"
         "Prints one JSON object per event: stream_id, stream_position, global_position, type,\n"
         "data, metadata, message_id, created.\n"
         "  --from N     first stream position (default 1)\n"
         "  --to N       last stream position (default: the end)\n"
         "  --max N      at most N events\n"
-        "  --backward   newest first (with --max: the newest N)\n";
+        "  --backward   newest first (with --max: the newest N)\n"
+        "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n";
 
 static const char usage_read_all[] =
-        "usage: tide read-all [--after XID:POS] [--max N] [--database URL]\n"
+        "usage: tide read-all [--after XID:POS] [--max N] [--partition P] [--database URL]\n"
         "\n"
         "Prints the global log in commit-safe order, one JSON object per event (as `tide read`)\n"
         "with a \"cursor\": pass the last one as --after to continue. Events of transactions\n"
         "still running elsewhere are held back until they can no longer be overtaken.\n"
         "  --after XID:POS  continue after this cursor (default: the start)\n"
-        "  --max N          at most N events (default 1000)\n";
+        "  --max N          at most N events (default 1000)\n"
+        "  --partition P    the Emmett partition (tenant) to read (default emt:default)\n";
 
 static const char usage_handle[] =
-        "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--database "
-        "URL]\n"
+        "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
+        "                   [--database URL]\n"
         "\n"
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
@@ -85,14 +89,16 @@ static const char usage_handle[] =
         "Prints {\"events\": [...], \"next_expected_version\": N, \"global_positions\": [...]}.\n"
         "  --retries N   retries after a version conflict (default 5)\n"
         "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
+        "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
         "Exits 4 when the decider rejects the command (its message on stderr), 3 when conflicts\n"
         "outlast the retries.\n";
 
 static const char usage_aggregate[] =
-        "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--database URL]\n"
+        "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--partition P] [--database URL]\n"
         "\n"
         "Folds STREAM with the decider SCRIPT's initial/evolve and prints\n"
-        "{\"state\": ..., \"version\": N}.\n";
+        "{\"state\": ..., \"version\": N}.\n"
+        "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
 
 static const char usage_check[] =
         "usage: tide check SCRIPT... [--cpu-ms N]\n"
@@ -106,7 +112,9 @@ static const char usage_status[] =
         "\n"
         "One row per processor known to the database: id, kind, state (running, failed,\n"
         "waiting, stopped), checkpoint (XID:POS), lag in events and seconds, script\n"
-        "generation, owner and last error. --json prints one JSON object per processor.\n";
+        "generation, owner and last error; a processor of another partition than emt:default\n"
+        "shows as ID@PARTITION. --json prints one JSON object per processor. When a transaction\n"
+        "open for more than 5 s holds every consumer back, a warning on stderr names its backend.\n";
 
 int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
@@ -297,6 +305,7 @@ enum {
 	OPT_RETRIES,
 	OPT_CPU_MS,
 	OPT_JSON,
+	OPT_PARTITION,
 	OPT_HELP,
 };
 
@@ -314,6 +323,7 @@ static const struct option options[] = {
         {"retries", required_argument, NULL, OPT_RETRIES},
         {"cpu-ms", required_argument, NULL, OPT_CPU_MS},
         {"json", no_argument, NULL, OPT_JSON},
+        {"partition", required_argument, NULL, OPT_PARTITION},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
 };
@@ -328,11 +338,11 @@ struct command {
 
 static const struct command commands[] = {
         {"migrate", usage_migrate, run_migrate, 0, " print "},
-        {"append", usage_append, run_append, 3, " expected metadata id "},
-        {"read", usage_read, run_read, 1, " from to max backward "},
-        {"read-all", usage_read_all, run_read_all, 0, " after max "},
-        {"handle", usage_handle, NULL, 3, " retries cpu-ms "},
-        {"aggregate", usage_aggregate, NULL, 2, " cpu-ms "},
+        {"append", usage_append, run_append, 3, " expected metadata id partition "},
+        {"read", usage_read, run_read, 1, " from to max backward partition "},
+        {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
+        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition "},
+        {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
 };
@@ -395,6 +405,13 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
 		case OPT_BACKWARD: cli->read.backward = 1; break;
 		case OPT_JSON: cli->json = true; break;
+		case OPT_PARTITION:
+			if (!optarg[0] || strlen(optarg) > 127)
+				rc = tide_cli_usage_error(
+				        cli, "--partition wants a name of 1 to 127 bytes, got '%s'",
+				        optarg);
+			cli->partition = optarg;
+			break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;
@@ -532,7 +549,8 @@ int tide_cli_main(int argc, char **argv)
 		return tide_cli_run_script(&cli);
 
 	uv_loop_init(&cli.loop);
-	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store)) {
+	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store) ||
+	    (cli.partition && tide_store_set_partition(cli.store, cli.partition))) {
 		fprintf(stderr, "tide %s: out of memory\n", cli.cmd);
 		return 1;
 	}

@@ -16,6 +16,7 @@ enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4 };
 struct cli {
 	const char *cmd;
 	const char *url;
+	const char *partition; /* NULL: the default */
 	uv_loop_t loop;
 	struct tide_store *store;
 	int exit_code;

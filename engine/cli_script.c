@@ -124,7 +124,12 @@ int tide_cli_run_script(struct cli *cli)
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	lua_getfield(L, -1, "connect");
 	lua_pushstring(L, cli->url);
-	lua_call(L, 1, 2);
+	lua_createtable(L, 0, 1);
+	if (cli->partition) {
+		lua_pushstring(L, cli->partition);
+		lua_setfield(L, -2, "partition");
+	}
+	lua_call(L, 2, 2);
 	if (lua_isnil(L, -2)) {
 		char msg[900];
 		lua_getfield(L, -1, "message");

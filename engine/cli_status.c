@@ -1,6 +1,8 @@
 /* cli_status.c — `tide status`: the daemon's processors as a table or JSON lines, with
- * checkpoint, lag and last error, read from tide_processors and emt_processors. */
+ * checkpoint, lag and last error, read from tide_processors and emt_processors, and a
+ * warning naming the backend whose open transaction holds every consumer back. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cli_common.h"
 #include "store.h"
@@ -9,19 +11,50 @@ static const struct tide_pg_stmt stmt_status = {
         "tide_status",
         "WITH p AS ("
         " SELECT t.processor_id, t.kind, t.status, t.generation, t.owner, t.last_error, t.script,"
+        "  t.partition,"
         "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
         "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
         " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
-        "  AND e.partition = 'emt:default' AND e.version = t.version)"
+        "  AND e.partition = t.partition AND e.version = t.version)"
         " SELECT p.processor_id, p.kind, p.status, p.xid::text || ':' || p.pos, lag.n,"
         "  coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3),"
-        "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, '')"
+        "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, ''),"
+        "  p.partition"
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
-        "  FROM emt_messages m WHERE m.partition = 'emt:default' AND NOT m.is_archived"
+        "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
         "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
         " ORDER BY p.processor_id",
         0,
 };
+
+/* The global read stops below the oldest running transaction that wrote something (its
+ * xid is the snapshot's xmin): name it once it has been open long enough to matter. */
+static const struct tide_pg_stmt stmt_blocker = {
+        "tide_status_blocker",
+        "SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), '?'),"
+        "  coalesce(state, '?'), extract(epoch FROM now() - xact_start)::int"
+        " FROM pg_stat_activity"
+        " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+        "  AND xact_start < now() - interval '5 seconds'"
+        " ORDER BY age(backend_xid) DESC LIMIT 1",
+        0,
+};
+
+static void on_blocker(const struct tide_pg_reply *reply, void *arg)
+{
+	struct cli *cli = arg;
+	if (!reply->status && PQntuples(reply->res) == 1) {
+		PGresult *res = reply->res;
+		fprintf(stderr,
+		        "warning: consumers are held back by backend pid %s (user %s, application "
+		        "%s, %s), whose transaction has been open for %s s: no event written after "
+		        "it began is delivered until it ends (commit or roll it back, or "
+		        "SELECT pg_terminate_backend(%s))\n",
+		        PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+		        PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 0));
+	}
+	tide_cli_done(cli);
+}
 
 static void on_status(const struct tide_pg_reply *reply, void *arg)
 {
@@ -35,12 +68,12 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 	PGresult *res = reply->res;
 	static const char *keys[] = {"id",         "kind",        "state",      "checkpoint",
 	                             "lag_events", "lag_seconds", "generation", "owner",
-	                             "last_error", "script"};
+	                             "last_error", "script",      "partition"};
 	int rows = PQntuples(res);
 	if (cli->json) {
 		for (int r = 0; r < rows; r++) {
 			cJSON *o = cJSON_CreateObject();
-			for (int c = 0; c < 10; c++) {
+			for (int c = 0; c < 11; c++) {
 				const char *v = PQgetvalue(res, r, c);
 				if (c == 4 || c == 5 || c == 6)
 					cJSON_AddRawToObject(o, keys[c], v);
@@ -62,13 +95,20 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 			for (char *c = err; *c; c++)
 				if (*c == '\n')
 					*c = ' ';
-			printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", PQgetvalue(res, r, 0),
+			char id[160];
+			const char *part = PQgetvalue(res, r, 10);
+			if (strcmp(part, TIDE_DEFAULT_PARTITION) == 0)
+				snprintf(id, sizeof(id), "%s", PQgetvalue(res, r, 0));
+			else
+				snprintf(id, sizeof(id), "%s@%s", PQgetvalue(res, r, 0), part);
+			printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", id,
 			       PQgetvalue(res, r, 1), PQgetvalue(res, r, 2), PQgetvalue(res, r, 3),
 			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
 			       err[0] ? err : "-");
 		}
 	}
-	tide_cli_done(cli);
+	if (tide_pg_exec(cli->store->pg, &stmt_blocker, NULL, on_blocker, cli) != 0)
+		tide_cli_done(cli);
 }
 
 void tide_cli_run_status(struct cli *cli)

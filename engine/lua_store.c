@@ -88,9 +88,11 @@ static int l_store_gc(lua_State *L)
 	return 0;
 }
 
+/* connect(url [, partition]) → store | nil, err */
 static int l_connect(lua_State *L)
 {
 	const char *url = luaL_checkstring(L, 1);
+	const char *partition = luaL_optstring(L, 2, TIDE_DEFAULT_PARTITION);
 	struct lstore *s = lua_newuserdata(L, sizeof(*s));
 	memset(s, 0, sizeof(*s));
 	uv_loop_init(&s->loop);
@@ -99,6 +101,8 @@ static int l_connect(lua_State *L)
 	struct wait w = {0};
 	if (tide_store_open(&s->loop, url, on_open, &w, &s->store))
 		return luaL_error(L, "out of memory");
+	if (tide_store_set_partition(s->store, partition) != 0)
+		return luaL_error(L, "%s", tide_store_error(s->store));
 	run_until(s, &w.done);
 	if (w.status) {
 		tide_store_close(s->store);

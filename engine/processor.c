@@ -35,6 +35,7 @@ struct generation {
 	int ref;
 	char kind[16];
 	int version;
+	char partition[128];
 	uint64_t hash;
 };
 
@@ -180,6 +181,8 @@ static bool swap_generation(struct tide_processor *p)
 	if (!p->has_pending)
 		return false;
 	int old_version = p->cur.version;
+	char old_partition[sizeof(p->cur.partition)];
+	memcpy(old_partition, p->cur.partition, sizeof(old_partition));
 	bool had = p->cur.vm != NULL;
 	gen_free(&p->cur);
 	p->cur = p->pending;
@@ -191,6 +194,12 @@ static bool swap_generation(struct tide_processor *p)
 	snprintf(gen, sizeof(gen), "%d", p->generation);
 	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", p->id,
 	         "kind", p->cur.kind, "generation", gen, "script", p->path, (char *)NULL);
+	if (had && strcmp(old_partition, p->cur.partition) != 0) {
+		tide_log("info", "processor.repartitioned", "processor", p->id, "partition",
+		         p->cur.partition, "reason",
+		         "partition changed: going on from its own checkpoint there", (char *)NULL);
+		return true;
+	}
 	if (had && old_version != p->cur.version) {
 		char v[16];
 		snprintf(v, sizeof(v), "%d", p->cur.version);
@@ -261,6 +270,15 @@ static void load_work(uv_work_t *req)
 		         j->path);
 		goto fail;
 	}
+	lua_getfield(L, -1, "partition");
+	const char *partition = lua_isstring(L, -1) ? lua_tostring(L, -1) : TIDE_DEFAULT_PARTITION;
+	if (strlen(partition) >= sizeof(j->gen.partition)) {
+		snprintf(j->err, sizeof(j->err), "%s: partition must be shorter than %zu bytes",
+		         j->path, sizeof(j->gen.partition));
+		goto fail;
+	}
+	snprintf(j->gen.partition, sizeof(j->gen.partition), "%s", partition);
+	lua_pop(L, 1);
 	j->gen.ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushstring(L, j->id);
 	lua_setfield(L, LUA_REGISTRYINDEX, "tide.processor_id");
@@ -439,7 +457,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 	        .read = r,
 	        .setup = p->setup_pending,
 	        .reset = p->reset_pending,
-	        .commit = {p->id, id_v, p->d->owner, ttl, fx, fp, tx, tp},
+	        .commit = {p->id, id_v, p->d->owner, ttl, fx, fp, tx, tp, p->cur.partition},
 	};
 	p->state = S_RUNNING;
 	p->pending_cursor = r->next;
@@ -548,8 +566,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	if (was_waiting) {
 		char c[48];
 		tide_cursor_format(&p->cursor, c);
-		tide_log("info", "processor.started", "processor", p->id, "checkpoint", c,
-		         (char *)NULL);
+		tide_log("info", "processor.started", "processor", p->id, "partition",
+		         p->cur.partition, "checkpoint", c, (char *)NULL);
 		report(p);
 	}
 	read_batch(p);
@@ -560,15 +578,23 @@ static void claim(struct tide_processor *p)
 	static const struct tide_pg_stmt stmt = {
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt"
-	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int)",
-	        5,
+	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6)",
+	        6,
 	};
 	/* Also when renewing: a wake-up must not start a read while the claim is out. */
 	p->state = S_CLAIMING;
 	char version[16], ttl[16];
 	snprintf(version, sizeof(version), "%d", p->cur.version);
 	snprintf(ttl, sizeof(ttl), "%u", p->d->lease_ms);
-	const char *v[5] = {p->id, p->cur.kind, version, p->d->owner, ttl};
+	const char *v[6] = {p->id, p->cur.kind, version, p->d->owner, ttl, p->cur.partition};
+	/* The partition is the script's: reads follow it from this claim on. */
+	if (tide_store_set_partition(p->store, p->cur.partition) != 0) {
+		set_error(p, tide_store_error(p->store)); /* the loader checked: not expected */
+		p->state = S_WAITING;
+		report(p);
+		later(p, 30000);
+		return;
+	}
 	if (!tide_pg_ready(p->store->pg)) {
 		reconnect(p, tide_pg_error(p->store->pg));
 		return;

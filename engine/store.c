@@ -19,24 +19,24 @@
 
 static const struct tide_pg_stmt stmt_append = {
         "tide_append",
-        "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb)",
-        3,
+        "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb, $4)",
+        4,
 };
 
 static const struct tide_pg_stmt stmt_read_forward = {
         "tide_read_forward",
         "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
-        " WHERE stream_id = $1 AND partition = 'emt:default' AND NOT is_archived"
+        " WHERE stream_id = $1 AND partition = $5 AND NOT is_archived"
         " AND stream_position BETWEEN $2 AND $3 ORDER BY stream_position LIMIT $4",
-        4,
+        5,
 };
 
 static const struct tide_pg_stmt stmt_read_backward = {
         "tide_read_backward",
         "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
-        " WHERE stream_id = $1 AND partition = 'emt:default' AND NOT is_archived"
+        " WHERE stream_id = $1 AND partition = $5 AND NOT is_archived"
         " AND stream_position BETWEEN $2 AND $3 ORDER BY stream_position DESC LIMIT $4",
-        4,
+        5,
 };
 
 /* The gap-safe global read: see DESIGN.md "Reading". Rows of transactions at or above
@@ -44,11 +44,11 @@ static const struct tide_pg_stmt stmt_read_backward = {
 static const struct tide_pg_stmt stmt_read_all = {
         "tide_read_all",
         "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
-        " WHERE partition = 'emt:default' AND NOT is_archived"
+        " WHERE partition = $4 AND NOT is_archived"
         " AND (transaction_id, global_position) > ($1::xid8, $2::bigint)"
         " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
         " ORDER BY transaction_id, global_position LIMIT $3",
-        3,
+        4,
 };
 
 struct call {
@@ -118,6 +118,7 @@ int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg
 	store->loop = loop;
 	store->open_cb = cb;
 	store->open_arg = arg;
+	snprintf(store->partition, sizeof(store->partition), "%s", TIDE_DEFAULT_PARTITION);
 	store->url = strdup(url ? url : "");
 	if (!store->url) {
 		free(store);
@@ -140,6 +141,22 @@ void tide_store_close(struct tide_store *store)
 	tide_pg_close(store->pg);
 	free(store->url);
 	free(store);
+}
+
+int tide_store_set_partition(struct tide_store *store, const char *partition)
+{
+	if (!partition || !partition[0])
+		return fail(store, TIDE_EINVAL, "the partition name is empty");
+	if (strlen(partition) >= sizeof(store->partition))
+		return fail(store, TIDE_EINVAL, "the partition name is longer than %zu bytes",
+		            sizeof(store->partition) - 1);
+	snprintf(store->partition, sizeof(store->partition), "%s", partition);
+	return 0;
+}
+
+const char *tide_store_partition(const struct tide_store *store)
+{
+	return store->partition;
 }
 
 const char *tide_store_error(const struct tide_store *store)
@@ -326,7 +343,7 @@ int tide_store_append(struct tide_store *store, const char *stream, const struct
 	c->expected = expected;
 	char exp[32];
 	tide_expected_format(expected, exp, sizeof(exp));
-	const char *values[3] = {stream, exp, json};
+	const char *values[4] = {stream, exp, json, store->partition};
 	int rc = tide_pg_exec(store->pg, &stmt_append, values, on_append, c);
 	free(json);
 	if (rc) {
@@ -410,7 +427,7 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 	snprintf(from, sizeof(from), "%" PRId64, opts->from > 0 ? opts->from : 1);
 	snprintf(to, sizeof(to), "%" PRId64, opts->to > 0 ? opts->to : INT64_MAX);
 	snprintf(max, sizeof(max), "%" PRId64, opts->max);
-	const char *values[4] = {stream, from, to, opts->max > 0 ? max : NULL};
+	const char *values[5] = {stream, from, to, opts->max > 0 ? max : NULL, store->partition};
 	return send_read(store, opts->backward ? &stmt_read_backward : &stmt_read_forward, values,
 	                 c);
 }
@@ -434,7 +451,7 @@ int tide_store_read_all(struct tide_store *store, const struct tide_cursor *afte
 	snprintf(xid, sizeof(xid), "%" PRIu64, c->after.transaction_id);
 	snprintf(pos, sizeof(pos), "%" PRId64, c->after.global_position);
 	snprintf(lim, sizeof(lim), "%" PRId64, max > 0 ? max : 1000);
-	const char *values[3] = {xid, pos, lim};
+	const char *values[4] = {xid, pos, lim, store->partition};
 	return send_read(store, &stmt_read_all, values, c);
 }
 

@@ -13,6 +13,7 @@ struct tide_store {
 	uv_loop_t *loop;
 	struct tide_pg *pg; /* pipelined connection for appends and reads */
 	char *url;
+	char partition[128]; /* the emt_* partition value every call uses */
 	tide_open_cb open_cb;
 	void *open_arg;
 	char error[640];

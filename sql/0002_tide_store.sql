@@ -5,6 +5,35 @@
 CREATE INDEX IF NOT EXISTS tide_messages_tx_position
     ON emt_messages (transaction_id, global_position);
 
+-- Gives a partition value its tables on first use (Emmett wants emt_add_partition called
+-- beforehand; tide does it itself). When they exist this is one catalog lookup. Names
+-- follow Emmett's sanitizing, so values that differ only outside [A-Za-z0-9_] ('a-b',
+-- 'a.b') would share tables: the second one is refused with a clear error.
+CREATE OR REPLACE FUNCTION tide_ensure_partition(p_partition text) RETURNS void
+LANGUAGE plpgsql AS $tide_ensure_partition$
+DECLARE
+    v_name  text := regexp_replace('emt_messages_' || p_partition, '[^a-zA-Z0-9_]', '_', 'g');
+    v_bound text;
+BEGIN
+    IF p_partition = 'emt:default' THEN
+        RETURN;
+    END IF;
+    IF p_partition = '' THEN
+        RAISE EXCEPTION 'the partition name is empty' USING ERRCODE = '22023';
+    END IF;
+    SELECT pg_get_expr(c.relpartbound, c.oid) INTO v_bound
+      FROM pg_class c WHERE c.oid = to_regclass(quote_ident(v_name));
+    IF v_bound IS NULL THEN
+        -- Two first appends to one new partition: the second waits, then skips creating.
+        PERFORM pg_advisory_xact_lock(hashtext('tide_ensure_partition'));
+        PERFORM tide_add_partition(p_partition);
+    ELSIF v_bound <> format('FOR VALUES IN (%L)', p_partition) THEN
+        RAISE EXCEPTION 'partition % cannot have tables of its own: % already holds %',
+            p_partition, v_name, v_bound USING ERRCODE = '22023';
+    END IF;
+END;
+$tide_ensure_partition$;
+
 -- Appends p_messages (a JSON array of {type, data, metadata?, id?}) to one stream in one
 -- statement. Appends to one stream serialize on its emt_streams row, so concurrent
 -- 'any' appends all succeed with contiguous positions. A violated expectation writes
@@ -23,6 +52,7 @@ DECLARE
     v_found     boolean;
     v_positions bigint[];
 BEGIN
+    PERFORM tide_ensure_partition(p_partition);
     IF v_count = 0 THEN
         RAISE EXCEPTION 'tide_append: no messages to append' USING ERRCODE = '22023';
     END IF;

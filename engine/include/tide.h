@@ -120,6 +120,13 @@ TIDE_MUST_CHECK int tide_store_open(uv_loop_t *loop, const char *url, tide_open_
  * store once its libuv handles are closed (the loop must run for that). */
 void tide_store_close(struct tide_store *store);
 
+/* The partition (Emmett's `partition` column: a tenant, say) that every later append and
+ * read of this store works in; the default is TIDE_DEFAULT_PARTITION. Appending to a new
+ * partition creates its tables. The name is copied; TIDE_EINVAL when empty or too long. */
+#define TIDE_DEFAULT_PARTITION "emt:default"
+TIDE_MUST_CHECK int tide_store_set_partition(struct tide_store *store, const char *partition);
+const char *tide_store_partition(const struct tide_store *store);
+
 /* The last connection-level error message, or "" (owned by the store). */
 const char *tide_store_error(const struct tide_store *store);
 

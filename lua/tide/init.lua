@@ -50,12 +50,17 @@ local function load_core()
   return core
 end
 
--- tide.connect(url) → store | nil, err
-function M.connect(url)
+-- tide.connect(url [, { partition = name }]) → store | nil, err. Every call of the store
+-- works in that partition (Emmett's tenant column; default "emt:default").
+function M.connect(url, opts)
   if type(url) ~= "string" or url == "" then error("tide.connect wants a database URL", 2) end
-  local raw, err = load_core().connect(url)
+  local partition = opts and opts.partition
+  if partition ~= nil and (type(partition) ~= "string" or partition == "" or #partition > 127) then
+    error("tide.connect: partition must be a non-empty name of at most 127 bytes", 2)
+  end
+  local raw, err = load_core().connect(url, partition)
   if not raw then return nil, err end
-  return setmetatable({ raw = raw }, Store)
+  return setmetatable({ raw = raw, partition = partition or "emt:default" }, Store)
 end
 
 -- tide.json.encode(value) → text | nil, err;  tide.json.decode(text) → value | nil, err

@@ -42,6 +42,15 @@ local function check_spec(spec, kind)
   if type(spec) ~= "table" then error(kind .. " wants a table, got " .. type(spec), 3) end
 end
 
+-- The Emmett partition (a tenant, say) whose events a processor reads; default emt:default.
+local function check_partition(spec, kind)
+  local p = spec.partition
+  if p == nil then return end
+  if type(p) ~= "string" or p == "" or #p > 127 then
+    error(kind .. ": 'partition' must be a non-empty name of at most 127 bytes", 3)
+  end
+end
+
 -- decider { initial, evolve, decide, stream_type? }
 function M.decider(spec)
   check_spec(spec, "tide.decider")
@@ -55,11 +64,13 @@ function M.decider(spec)
   return spec
 end
 
--- projection { name?, events?, handle(events, sql) } or
--- projection { collection, id?, initial?, evolve(doc, event), events? }
+-- projection { name?, events?, partition?, handle(events, sql) }: one call per batch;
+-- projection { ..., handle_event(event, sql) }: one call per event;
+-- projection { collection, id?, initial?, evolve(doc, event), events?, partition? }
 function M.projection(spec)
   check_spec(spec, "tide.projection")
   check_events(spec, "tide.projection")
+  check_partition(spec, "tide.projection")
   if spec.collection ~= nil then
     if type(spec.collection) ~= "string" or not spec.collection:match("^[%a_][%w_]*$") then
       error("tide.projection: 'collection' must be a name of letters, digits and _", 2)
@@ -67,6 +78,11 @@ function M.projection(spec)
     check_fn(spec, "tide.projection", "evolve", true)
     check_fn(spec, "tide.projection", "id", false)
     check_fn(spec, "tide.projection", "initial", false)
+  elseif spec.handle_event ~= nil then
+    if spec.handle ~= nil then
+      error("tide.projection: give 'handle' (per batch) or 'handle_event' (per event), not both", 2)
+    end
+    check_fn(spec, "tide.projection", "handle_event", true)
   else
     check_fn(spec, "tide.projection", "handle", true)
   end
@@ -74,10 +90,11 @@ function M.projection(spec)
   return spec
 end
 
--- reactor { events?, handle(event, ctx) }
+-- reactor { events?, partition?, handle(event, ctx) }
 function M.reactor(spec)
   check_spec(spec, "tide.reactor")
   check_events(spec, "tide.reactor")
+  check_partition(spec, "tide.reactor")
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
   return spec

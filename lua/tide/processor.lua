@@ -76,16 +76,19 @@ local function documents(p, events, sql)
   end
 end
 
-local APPEND = "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb)"
+local APPEND = "SELECT appended, stream_version, global_positions"
+  .. " FROM tide_append($1, $2, $3::jsonb, $4)"
 
-local function reactor_context(sql, log)
+local function reactor_context(sql, log, partition)
   local ctx = { log = log }
-  -- ctx.append(stream, events, { expected }): in the processor's transaction.
+  -- ctx.append(stream, events, { expected, partition }): in the processor's transaction,
+  -- by default in the processor's own partition.
   function ctx.append(stream, events, opts)
     if type(stream) ~= "string" or stream == "" then error("ctx.append: stream must be a name", 2) end
     if type(events) ~= "table" or #events == 0 then error("ctx.append: no events", 2) end
     local expected = opts and opts.expected or "any"
-    local rows = sql:query(APPEND, stream, tostring(expected), array(events))
+    local rows = sql:query(APPEND, stream, tostring(expected), array(events),
+      opts and opts.partition or partition)
     local r = rows[1]
     if not r.appended then
       error("version conflict appending to " .. stream .. ": expected " .. tostring(expected)
@@ -102,9 +105,13 @@ function M.run_batch(p, events, sql, log)
   if #events == 0 then return end
   if p.kind == "projection" then
     if p.collection then return documents(p, events, sql) end
+    if p.handle_event then
+      for _, e in ipairs(events) do p.handle_event(e, sql) end
+      return
+    end
     return p.handle(events, sql)
   elseif p.kind == "reactor" then
-    local ctx = reactor_context(sql, log)
+    local ctx = reactor_context(sql, log, p.partition or "emt:default")
     for _, e in ipairs(events) do p.handle(e, ctx) end
   else
     error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")
