@@ -357,4 +357,46 @@ return tide.projection {
       scalar(url, "SELECT (doc->>'n')::int FROM tide_documents WHERE collection = 'sums' AND id = 's-0'"))
     stop(pid)
   end)
+
+  it("runs a processor in its own partition: reads, checkpoints and appends only there", function()
+    S.write(dir .. "/tenant_seen.lua", [[
+local tide = require "tide"
+return tide.projection {
+  partition = "tenant-a",
+  events = { "Opened" },
+  setup = function(sql) sql:exec("CREATE TABLE IF NOT EXISTS tenant_seen (message_id text PRIMARY KEY, stream text)") end,
+  handle_event = function(e, sql)
+    sql:exec("INSERT INTO tenant_seen (message_id, stream) VALUES ($1, $2)", e.message_id, e.stream_id)
+  end,
+}
+]])
+    S.write(dir .. "/welcome.lua", [[
+local tide = require "tide"
+return tide.reactor {
+  partition = "tenant-a",
+  events = { "Opened" },
+  handle = function(e, ctx) ctx.append("welcome-" .. e.stream_id, { { type = "Welcomed", data = {} } }) end,
+}
+]])
+    local pid = start(url, dir)
+    for i = 1, 4 do
+      assert.are.equal(0, S.tide("append acct-" .. i .. " Opened '{}' --partition tenant-a --database " .. q(url)).code)
+      assert.are.equal(0, S.tide("append acct-" .. i .. " Opened '{}' --database " .. q(url)).code)
+    end
+    local function tenant_end()
+      return scalar(url, "SELECT max(global_position) FROM emt_messages WHERE partition = 'tenant-a'")
+    end
+    S.wait_for(function()
+      return scalar(url, "SELECT count(*) FROM emt_messages WHERE stream_id LIKE 'welcome-%'") == 4
+        and checkpoint(url, "tenant_seen") >= tenant_end() and checkpoint(url, "welcome") >= tenant_end()
+    end, 30, "the tenant's processors to catch up")
+    assert.are.equal("4|tenant-a", S.psql(url, "SELECT count(*) || '|' || string_agg(DISTINCT m.partition, ',') FROM tenant_seen t JOIN emt_messages m ON m.message_id = t.message_id"))
+    assert.are.equal("tenant-a", S.psql(url, "SELECT string_agg(DISTINCT partition, ',') FROM emt_messages WHERE stream_id LIKE 'welcome-%'"))
+    assert.are.equal("tenant-a,tenant-a", S.psql(url, "SELECT string_agg(partition, ',' ORDER BY processor_id) FROM emt_processors WHERE processor_id IN ('tenant_seen', 'welcome')"))
+    local st = status(url)
+    assert.are.equal("tenant-a", st.tenant_seen.partition)
+    assert.are.equal(0, st.tenant_seen.lag_events)
+    assert.are.equal(0, st.welcome.lag_events)
+    stop(pid)
+  end)
 end)

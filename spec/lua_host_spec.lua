@@ -147,6 +147,22 @@ describe("the store from a LuaJIT host", function()
     assert.are.equal(0, #assert(store:read_all(cursor2, 10)))
   end)
 
+  it("works in the partition given to connect, apart from the default one", function()
+    local tenant = assert(tide.connect(url, { partition = "tenant-b" }))
+    finally(function() tenant:close() end)
+    assert.are.equal("tenant-b", tenant.partition)
+    assert(tenant:append("cart-1", { { type = "Opened", data = { t = "b" } } }, { expected = "no_stream" }))
+    assert(store:append("cart-1", { { type = "Opened", data = { t = "d" } } }, { expected = "no_stream" }))
+    local d = tide.decider { initial = function() return "" end,
+      evolve = function(s, e) return s .. e.data.t end, decide = function() end }
+    assert.are.same({ "b", 1 }, { tenant:aggregate(d, "cart-1") })
+    assert.are.same({ "d", 1 }, { store:aggregate(d, "cart-1") })
+    local all = assert(tenant:read_all(nil, 10))
+    assert.are.same({ 1, "b" }, { #all, all[1].data.t })
+    assert.are.equal("tenant-b", S.psql(url, "SELECT partition FROM emt_messages WHERE message_data->>'t' = 'b'"))
+    assert.has_error(function() tide.connect(url, { partition = "" }) end)
+  end)
+
   it("reports conflicts as err.kind == 'conflict' with what was expected and found", function()
     assert(store:append("s-1", { { type = "A", data = {} } }))
     local r, err = store:append("s-1", { { type = "B", data = {} } }, { expected = 0 })

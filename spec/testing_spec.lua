@@ -100,3 +100,22 @@ describe("tide.testing for document projections", function()
     assert.are.equal("{\n  a = null\n}", testing.serialize({ a = tide.null }))
   end)
 end)
+
+describe("processor constructors", function()
+  it("take a per-batch handle or a per-event handle_event, not both", function()
+    assert.are.equal("projection", tide.projection { handle_event = function() end }.kind)
+    assert.are.equal("projection", tide.projection { handle = function() end }.kind)
+    assert.has_error(function()
+      tide.projection { handle = function() end, handle_event = function() end }
+    end, "tide.projection: give 'handle' (per batch) or 'handle_event' (per event), not both")
+    assert.has_error(function() tide.projection { handle_event = "no" } end)
+  end)
+
+  it("take a partition name, and refuse anything else there", function()
+    assert.are.equal("tenant-a", tide.reactor { partition = "tenant-a", handle = function() end }.partition)
+    for _, bad in ipairs({ "", 42, string.rep("p", 128) }) do
+      assert.has_error(function() tide.projection { partition = bad, handle = function() end } end)
+      assert.has_error(function() tide.reactor { partition = bad, handle = function() end } end)
+    end
+  end)
+end)
