@@ -448,6 +448,44 @@ static void batch_and_read_stream(void)
 }
 
 /* Closing a store fails its pending requests with TIDE_ECLOSED; none is lost. */
+/* Two stores on one database, one in a tenant's partition: each sees only its own. */
+static void partitions(void)
+{
+	struct tide_store *d = test_store(), *t = test_store();
+	CHECK(tide_store_set_partition(t, "") == TIDE_EINVAL);
+	CHECK(strstr(tide_store_error(t), "empty") != NULL);
+	CHECK(strcmp(tide_store_partition(t), TIDE_DEFAULT_PARTITION) == 0);
+	CHECK(tide_store_set_partition(t, "tenant-7") == 0);
+	CHECK(strcmp(tide_store_partition(t), "tenant-7") == 0);
+	struct appended a = append_sync(t, "part-1", TIDE_EXPECT_NO_STREAM);
+	CHECK_EQ_I64(a.status, 0);
+	a = append_sync(t, "part-1", 1);
+	CHECK_EQ_I64(a.status, 0);
+	CHECK_EQ_I64(a.next, 2);
+	a = append_sync(d, "part-1", TIDE_EXPECT_NO_STREAM); /* a stream of the same name */
+	CHECK_EQ_I64(a.status, 0);
+	CHECK_EQ_I64(a.next, 1);
+
+	struct got g = {0};
+	CHECK(tide_store_read_stream(t, "part-1", NULL, on_read, &g) == 0);
+	test_wait(&g.done);
+	CHECK_EQ_I64(g.count, 2);
+	g = read_all_sync(t, (struct tide_cursor){0});
+	CHECK_EQ_I64(g.count, 2);
+	g = read_all_sync(d, (struct tide_cursor){0});
+	CHECK_EQ_I64(g.count, 1);
+	CHECK_EQ_I64(g.positions[0], a.positions[0]);
+
+	PGconn *c = test_pg();
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages_tenant_7_active"), 2);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_streams WHERE partition = 'tenant-7'"
+	                            " AND stream_position = 2"),
+	             1);
+	PQfinish(c);
+	test_close(t);
+	test_close(d);
+}
+
 static void close_fails_pending(void)
 {
 	struct tide_store *s = test_store();
@@ -502,6 +540,7 @@ int main(int argc, char **argv)
 	        {"follow_concurrent_writers", follow_concurrent_writers},
 	        {"invalid_input", invalid_input},
 	        {"batch_and_read_stream", batch_and_read_stream},
+	        {"partitions", partitions},
 	        {"close_fails_pending", close_fails_pending},
 	        {"unreachable", unreachable},
 	};
