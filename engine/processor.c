@@ -69,6 +69,9 @@ struct tide_processor {
 	uv_timer_t timer;
 	uint64_t renewed_at;
 	int failures;
+	/* The backlog being worked off: events done since the last idle read, and since when. */
+	int64_t busy_events, pending_count;
+	uint64_t busy_since_ns;
 	char last_error[1024];
 	char error_buf[1024];
 };
@@ -411,6 +414,24 @@ static void reconnect(struct tide_processor *p, const char *why)
 	uv_timer_start(&p->timer, timer_start_cb, 500, 0);
 }
 
+/* A backlog of at least TIDE_BACKLOG_EVENTS is done: say how fast it went (smaller ones
+ * would make a line per trickle of appends). */
+#define TIDE_BACKLOG_EVENTS 1000
+static void caught_up(struct tide_processor *p)
+{
+	if (p->busy_events >= TIDE_BACKLOG_EVENTS) {
+		double s = (double)(uv_hrtime() - p->busy_since_ns) / 1e9;
+		char n[24], secs[24], rate[24], c[48];
+		snprintf(n, sizeof(n), "%" PRId64, p->busy_events);
+		snprintf(secs, sizeof(secs), "%.3f", s);
+		snprintf(rate, sizeof(rate), "%.0f", s > 0 ? (double)p->busy_events / s : 0.0);
+		tide_cursor_format(&p->cursor, c);
+		tide_log("info", "processor.caught_up", "processor", p->id, "events", n, "seconds",
+		         secs, "events_per_second", rate, "checkpoint", c, (char *)NULL);
+	}
+	p->busy_events = 0;
+}
+
 static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
 {
 	struct tide_processor *p = arg;
@@ -435,6 +456,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	if (r->count == 0 && !p->setup_pending && !p->reset_pending) {
+		caught_up(p);
 		go_idle(p);
 		if (p->wake_pending) {
 			p->wake_pending = false;
@@ -461,6 +483,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 	};
 	p->state = S_RUNNING;
 	p->pending_cursor = r->next;
+	p->pending_count = (int64_t)r->count;
 	if (tide_batch_run(&spec, on_batch, p) != 0) {
 		on_batch(TIDE_ENOMEM, "cannot start the batch", "", p);
 	}
@@ -474,6 +497,8 @@ static void read_batch(struct tide_processor *p)
 	}
 	p->state = S_READING;
 	p->wake_pending = false;
+	if (p->busy_events == 0)
+		p->busy_since_ns = uv_hrtime();
 	int rc = tide_store_read_all(p->store, &p->cursor, p->d->batch_size, on_read, p);
 	if (rc == TIDE_ECONN) {
 		reconnect(p, tide_store_error(p->store));
@@ -490,6 +515,7 @@ static void on_batch(int status, const char *err, const char *sqlstate, void *ar
 	if (status == 0) {
 		bool was_failing = p->failures > 0;
 		p->cursor = p->pending_cursor;
+		p->busy_events += p->pending_count;
 		p->renewed_at = uv_now(p->d->loop);
 		p->failures = 0;
 		p->setup_pending = p->reset_pending = false;

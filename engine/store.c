@@ -39,15 +39,12 @@ static const struct tide_pg_stmt stmt_read_backward = {
         5,
 };
 
-/* The gap-safe global read: see DESIGN.md "Reading". Rows of transactions at or above
- * the snapshot's xmin may still be joined by rows with lower global positions. */
+/* The gap-safe global read: see DESIGN.md "Reading" and tide_read_all() in
+ * sql/0002_tide_store.sql. Rows of transactions at or above the snapshot's xmin may still
+ * be joined by rows with lower global positions. */
 static const struct tide_pg_stmt stmt_read_all = {
         "tide_read_all",
-        "SELECT " MESSAGE_COLUMNS " FROM emt_messages"
-        " WHERE partition = $4 AND NOT is_archived"
-        " AND (transaction_id, global_position) > ($1::xid8, $2::bigint)"
-        " AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
-        " ORDER BY transaction_id, global_position LIMIT $3",
+        "SELECT " MESSAGE_COLUMNS " FROM tide_read_all($1::xid8, $2::bigint, $3::bigint, $4)",
         4,
 };
 

@@ -5,6 +5,30 @@
 CREATE INDEX IF NOT EXISTS tide_messages_tx_position
     ON emt_messages (transaction_id, global_position);
 
+-- The gap-safe global read of one partition (DESIGN.md "Reading"): rows of transactions
+-- older than every running one, after the cursor (p_xid, p_pos), in cursor order. It must
+-- walk tide_messages_tx_position in order and stop after p_max rows. Without statistics
+-- (a table just bulk-loaded, before autovacuum's first ANALYZE) the planner guesses a
+-- handful of rows and would rather collect and sort every row past the cursor: 35 ms
+-- instead of 0.5 ms for 1,000 rows of a 100,000-row table, and worse as it grows. Sorting
+-- is therefore off inside this function.
+CREATE OR REPLACE FUNCTION tide_read_all(
+    p_xid xid8, p_pos bigint, p_max bigint, p_partition text
+) RETURNS SETOF emt_messages
+LANGUAGE plpgsql STABLE
+SET enable_sort = off SET enable_bitmapscan = off
+AS $tide_read_all$
+BEGIN
+    RETURN QUERY
+        SELECT m.* FROM emt_messages m
+         WHERE m.partition = p_partition AND NOT m.is_archived
+           AND (m.transaction_id, m.global_position) > (p_xid, p_pos)
+           AND m.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY m.transaction_id, m.global_position
+         LIMIT p_max;
+END;
+$tide_read_all$;
+
 -- Gives a partition value its tables on first use (Emmett wants emt_add_partition called
 -- beforehand; tide does it itself). When they exist this is one catalog lookup. Names
 -- follow Emmett's sanitizing, so values that differ only outside [A-Za-z0-9_] ('a-b',
