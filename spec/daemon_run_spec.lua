@@ -107,8 +107,10 @@ describe("tide run", function()
   it("processes 100,000 events in 1,000 streams exactly once", function()
     load_events(url, 100000, 1000)
     S.write(dir .. "/totals.lua", TOTALS)
-    local pid = start(url, dir, "--batch-size 1000")
+    local pid, log = start(url, dir, "--batch-size 1000")
     caught_up(url, "totals", 120)
+    -- The daemon reports the backlog it worked off, once.
+    S.wait_for(function() return read(log):find("event=processor.caught_up processor=totals events=100000 ", 1, true) end, 10, "the caught_up line")
     assert.are.equal(1000, scalar(url, "SELECT count(*) FROM totals"))
     assert.are.equal(100000, scalar(url, "SELECT sum(events) FROM totals"))
     assert.are.equal(scalar(url, "SELECT sum((message_data->>'by')::bigint) FROM emt_messages"),
