@@ -22,6 +22,7 @@ struct tide_batch {
 	struct tide_vm *vm;
 	lua_State *co;
 	int co_ref;
+	int handle_ref; /* keeps the sql handle alive until the batch is over */
 	struct tide_pg *pg;
 	tide_batch_cb cb;
 	void *arg;
@@ -56,9 +57,9 @@ static void fail_batch(struct tide_batch *b, const char *err, const char *sqlsta
 
 static void finish(struct tide_batch *b, int status)
 {
-	if (b->handle)
-		b->handle->batch = NULL;
 	lua_State *L = tide_vm_state(b->vm);
+	b->handle->batch = NULL;
+	luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
 	b->cb(status, status ? b->err : NULL, b->sqlstate, b->arg);
 	free(b);
@@ -287,11 +288,51 @@ void tide_batch_init_vm(struct tide_vm *vm)
 	lua_pop(L, 1);
 }
 
+struct build {
+	const struct tide_read_result *read;
+	int ref;
+};
+
+static int build_events(lua_State *L)
+{
+	struct build *b = lua_touserdata(L, 1);
+	size_t n = b->read ? b->read->count : 0;
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		tide_lua_push_message(L, &b->read->messages[i], false);
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+int tide_batch_events(struct tide_vm *vm, const struct tide_read_result *read, int *ref,
+                      char *err, size_t n)
+{
+	lua_State *L = tide_vm_state(vm);
+	struct build b = {read, LUA_NOREF};
+	/* Protected: the VM's memory cap may refuse the tables. */
+	if (lua_cpcall(L, build_events, &b) != 0) {
+		snprintf(err, n, "cannot hand the batch to the script: %s", lua_tostring(L, -1));
+		lua_pop(L, 1);
+		return TIDE_ENOMEM;
+	}
+	*ref = b.ref;
+	return 0;
+}
+
+void tide_batch_events_free(struct tide_vm *vm, int ref)
+{
+	luaL_unref(tide_vm_state(vm), LUA_REGISTRYINDEX, ref);
+}
+
 int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *arg)
 {
 	struct tide_batch *b = calloc(1, sizeof(*b));
-	if (!b)
+	if (!b) {
+		tide_batch_events_free(spec->vm, spec->events_ref);
 		return TIDE_ENOMEM;
+	}
 	b->vm = spec->vm;
 	b->pg = spec->pg;
 	b->cb = cb;
@@ -310,16 +351,15 @@ int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *a
 	lua_getfield(co, -1, "processor_run");
 	lua_remove(co, -2);
 	lua_rawgeti(co, LUA_REGISTRYINDEX, spec->processor_ref);
-	size_t n = spec->read ? spec->read->count : 0;
-	lua_createtable(co, (int)n, 0);
-	for (size_t i = 0; i < n; i++) {
-		tide_lua_push_message(co, &spec->read->messages[i], false);
-		lua_rawseti(co, -2, (int)i + 1);
-	}
+	lua_rawgeti(co, LUA_REGISTRYINDEX, spec->events_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, spec->events_ref);
 	b->handle = lua_newuserdata(co, sizeof(*b->handle));
 	b->handle->batch = b;
 	luaL_getmetatable(co, SQL_MT);
 	lua_setmetatable(co, -2);
+	/* A finished coroutine no longer holds it, and Lua may collect before finish(). */
+	lua_pushvalue(co, -1);
+	b->handle_ref = luaL_ref(co, LUA_REGISTRYINDEX);
 	lua_pushcfunction(co, l_sql_query);
 	lua_pushcfunction(co, l_sql_exec);
 	lua_pushcfunction(co, l_log);
@@ -328,6 +368,7 @@ int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *a
 
 	int rc = tide_pg_exec_sql(b->pg, "BEGIN", 0, NULL, on_exec, b);
 	if (rc) {
+		luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
 		free(b);
 		return rc;

@@ -69,6 +69,14 @@ struct tide_processor {
 	uv_timer_t timer;
 	uint64_t renewed_at;
 	int failures;
+	/* The next batch, read while the current one runs (see read_ahead). */
+	struct {
+		bool inflight, ready, discard;
+		int status;
+		int ref; /* its events, in cur.vm */
+		int64_t count;
+		struct tide_cursor next;
+	} ahead;
 	/* The backlog being worked off: events done since the last idle read, and since when. */
 	int64_t busy_events, pending_count;
 	uint64_t busy_since_ns;
@@ -78,6 +86,7 @@ struct tide_processor {
 
 static void claim(struct tide_processor *p);
 static void read_batch(struct tide_processor *p);
+static void drop_ahead(struct tide_processor *p);
 static void release(struct tide_processor *p);
 static void timer_start_cb(uv_timer_t *t);
 
@@ -183,6 +192,7 @@ static bool swap_generation(struct tide_processor *p)
 {
 	if (!p->has_pending)
 		return false;
+	drop_ahead(p); /* its events live in the VM that goes */
 	int old_version = p->cur.version;
 	char old_partition[sizeof(p->cur.partition)];
 	memcpy(old_partition, p->cur.partition, sizeof(old_partition));
@@ -414,6 +424,81 @@ static void reconnect(struct tide_processor *p, const char *why)
 	uv_timer_start(&p->timer, timer_start_cb, 500, 0);
 }
 
+/* The read ahead's reply: in pipeline order, before any reply of the batch it overlaps. */
+static void on_ahead(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	(void)err;
+	struct tide_processor *p = arg;
+	p->ahead.inflight = false;
+	if (!status && !p->ahead.discard && !p->stop_requested) {
+		p->ahead.count = (int64_t)r->count;
+		p->ahead.next = r->next;
+		p->ahead.ready = tide_batch_events(p->cur.vm, r, &p->ahead.ref, p->error_buf,
+		                                   sizeof(p->error_buf)) == 0;
+	}
+	p->ahead.discard = false;
+}
+
+/* A full batch suggests more is waiting: ask for the next one now, so that PostgreSQL
+ * reads it while the script runs this one. Sent before the batch's BEGIN, it is a
+ * statement of its own; rows of this batch's transaction (a reactor's appends) are not
+ * in it, and come with a later read, as their transaction id is above the cursor. */
+static void read_ahead(struct tide_processor *p, struct tide_cursor next)
+{
+	if (tide_store_read_all(p->store, &next, p->d->batch_size, on_ahead, p) == 0)
+		p->ahead.inflight = true;
+}
+
+static void drop_ahead(struct tide_processor *p)
+{
+	if (p->ahead.inflight)
+		p->ahead.discard = true;
+	if (p->ahead.ready)
+		tide_batch_events_free(p->cur.vm, p->ahead.ref);
+	p->ahead.ready = false;
+}
+
+/* Runs the batch whose events (ref, in cur.vm) follow the checkpoint up to next. */
+static void run_batch(struct tide_processor *p, int ref, int64_t count, struct tide_cursor next)
+{
+	char id_v[16], ttl[16], fx[24], fp[24], tx[24], tp[24];
+	snprintf(id_v, sizeof(id_v), "%d", p->cur.version);
+	snprintf(ttl, sizeof(ttl), "%u", p->d->lease_ms);
+	snprintf(fx, sizeof(fx), "%" PRIu64, p->cursor.transaction_id);
+	snprintf(fp, sizeof(fp), "%" PRId64, p->cursor.global_position);
+	snprintf(tx, sizeof(tx), "%" PRIu64, next.transaction_id);
+	snprintf(tp, sizeof(tp), "%" PRId64, next.global_position);
+	struct tide_batch_spec spec = {
+	        .vm = p->cur.vm,
+	        .processor_ref = p->cur.ref,
+	        .pg = p->store->pg,
+	        .events_ref = ref,
+	        .setup = p->setup_pending,
+	        .reset = p->reset_pending,
+	        .commit = {p->id, id_v, p->d->owner, ttl, fx, fp, tx, tp, p->cur.partition},
+	};
+	p->state = S_RUNNING;
+	p->pending_cursor = next;
+	p->pending_count = count;
+	if (count >= (int64_t)p->d->batch_size)
+		read_ahead(p, next);
+	if (tide_batch_run(&spec, on_batch, p) != 0)
+		on_batch(TIDE_ENOMEM, "cannot start the batch", "", p);
+}
+
+/* After a committed batch: the batch read ahead if there is one and it still fits (the
+ * same generation, more events), else a fresh read. */
+static void next_batch(struct tide_processor *p)
+{
+	if (!p->ahead.ready || p->has_pending || p->stop_requested || p->ahead.count == 0) {
+		drop_ahead(p);
+		read_batch(p);
+		return;
+	}
+	p->ahead.ready = false;
+	run_batch(p, p->ahead.ref, p->ahead.count, p->ahead.next);
+}
+
 /* A backlog of at least TIDE_BACKLOG_EVENTS is done: say how fast it went (smaller ones
  * would make a line per trickle of appends). */
 #define TIDE_BACKLOG_EVENTS 1000
@@ -465,28 +550,14 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		}
 		return;
 	}
-	char id_v[16], ttl[16], fx[24], fp[24], tx[24], tp[24];
-	snprintf(id_v, sizeof(id_v), "%d", p->cur.version);
-	snprintf(ttl, sizeof(ttl), "%u", p->d->lease_ms);
-	snprintf(fx, sizeof(fx), "%" PRIu64, p->cursor.transaction_id);
-	snprintf(fp, sizeof(fp), "%" PRId64, p->cursor.global_position);
-	snprintf(tx, sizeof(tx), "%" PRIu64, r->next.transaction_id);
-	snprintf(tp, sizeof(tp), "%" PRId64, r->next.global_position);
-	struct tide_batch_spec spec = {
-	        .vm = p->cur.vm,
-	        .processor_ref = p->cur.ref,
-	        .pg = p->store->pg,
-	        .read = r,
-	        .setup = p->setup_pending,
-	        .reset = p->reset_pending,
-	        .commit = {p->id, id_v, p->d->owner, ttl, fx, fp, tx, tp, p->cur.partition},
-	};
-	p->state = S_RUNNING;
-	p->pending_cursor = r->next;
-	p->pending_count = (int64_t)r->count;
-	if (tide_batch_run(&spec, on_batch, p) != 0) {
-		on_batch(TIDE_ENOMEM, "cannot start the batch", "", p);
+	int ref;
+	if (tide_batch_events(p->cur.vm, r, &ref, p->error_buf, sizeof(p->error_buf)) != 0) {
+		p->state = S_RUNNING;
+		p->pending_count = 0;
+		on_batch(TIDE_ENOMEM, p->error_buf, "", p);
+		return;
 	}
+	run_batch(p, ref, (int64_t)r->count, r->next);
 }
 
 static void read_batch(struct tide_processor *p)
@@ -524,9 +595,10 @@ static void on_batch(int status, const char *err, const char *sqlstate, void *ar
 			tide_log("info", "processor.recovered", "processor", p->id, (char *)NULL);
 			report(p);
 		}
-		read_batch(p);
+		next_batch(p);
 		return;
 	}
+	drop_ahead(p); /* it follows a checkpoint that did not move */
 	p->failures++;
 	set_error(p, err);
 	char n[16];
