@@ -329,6 +329,24 @@ return tide.reactor {
     stop(pid)
   end)
 
+  it("works off a backlog in full batches, reading ahead, while its reactor appends to the log", function()
+    S.write(dir .. "/echo.lua", [[
+local tide = require "tide"
+return tide.reactor {
+  events = { "Added" },
+  handle = function(e, ctx) ctx.append("echo-" .. e.stream_id, { { type = "Echoed", data = { of = e.global_position } } }) end,
+}
+]])
+    load_events(url, 3000, 30)
+    local pid, log = start(url, dir, "--batch-size 100")
+    S.wait_for(function() return read(log):find("event=processor.caught_up processor=echo", 1, true) end, 60, "the backlog")
+    caught_up(url, "echo")
+    assert.are.equal("3000|3000", S.psql(url, "SELECT count(*) || '|' || count(DISTINCT message_data->>'of') FROM emt_messages WHERE message_type = 'Echoed'"))
+    assert.are.equal("0", S.psql(url, [[SELECT count(*) FROM emt_messages a WHERE a.message_type = 'Added'
+      AND NOT EXISTS (SELECT 1 FROM emt_messages e WHERE e.message_type = 'Echoed' AND (e.message_data->>'of')::bigint = a.global_position)]]))
+    stop(pid)
+  end)
+
   it("keeps documents equal to the fold, deletes on nil and rebuilds on a version change", function()
     local docs = [[
 local tide = require "tide"
