@@ -306,8 +306,8 @@ static int build_events(lua_State *L)
 	return 0;
 }
 
-int tide_batch_events(struct tide_vm *vm, const struct tide_read_result *read, int *ref,
-                      char *err, size_t n)
+int tide_batch_events(struct tide_vm *vm, const struct tide_read_result *read, int *ref, char *err,
+                      size_t n)
 {
 	lua_State *L = tide_vm_state(vm);
 	struct build b = {read, LUA_NOREF};

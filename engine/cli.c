@@ -114,7 +114,8 @@ static const char usage_status[] =
         "waiting, stopped), checkpoint (XID:POS), lag in events and seconds, script\n"
         "generation, owner and last error; a processor of another partition than emt:default\n"
         "shows as ID@PARTITION. --json prints one JSON object per processor. When a transaction\n"
-        "open for more than 5 s holds every consumer back, a warning on stderr names its backend.\n";
+        "open for more than 5 s holds every consumer back, a warning on stderr names its "
+        "backend.\n";
 
 int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
