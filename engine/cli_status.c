@@ -27,19 +27,6 @@ static const struct tide_pg_stmt stmt_status = {
         0,
 };
 
-/* The global read stops below the oldest running transaction that wrote something (its
- * xid is the snapshot's xmin): name it once it has been open long enough to matter. */
-static const struct tide_pg_stmt stmt_blocker = {
-        "tide_status_blocker",
-        "SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), '?'),"
-        "  coalesce(state, '?'), extract(epoch FROM now() - xact_start)::int"
-        " FROM pg_stat_activity"
-        " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
-        "  AND xact_start < now() - interval '5 seconds'"
-        " ORDER BY age(backend_xid) DESC LIMIT 1",
-        0,
-};
-
 static void on_blocker(const struct tide_pg_reply *reply, void *arg)
 {
 	struct cli *cli = arg;
@@ -107,7 +94,7 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 			       err[0] ? err : "-");
 		}
 	}
-	if (tide_pg_exec(cli->store->pg, &stmt_blocker, NULL, on_blocker, cli) != 0)
+	if (tide_pg_exec(cli->store->pg, &tide_stmt_held_back, NULL, on_blocker, cli) != 0)
 		tide_cli_done(cli);
 }
 

@@ -30,6 +30,8 @@ struct run {
 	uv_timer_t debounce, listen_retry, drain_deadline;
 	uv_signal_t sigterm, sigint, sighup;
 	struct tide_store *listen;
+	char held_by[16];      /* pid of the backend last reported holding the log back */
+	uint64_t held_told_at; /* when that was said (uv_now) */
 	bool force_reload;
 	int exit_code;
 	char *config_strings[8];
@@ -258,11 +260,40 @@ static void listen_start(struct run *r)
 		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
 }
 
-/* The listening connection may die quietly: probe it with the poll interval. */
+/* Says which backend holds every processor back (DESIGN.md "Reading"): when it first
+ * shows, once a minute while it lasts, and when it is gone. */
+#define HELD_BACK_REPEAT_MS 60000
+static void report_held_back(struct run *r, PGresult *res)
+{
+	if (PQntuples(res) != 1) {
+		if (r->held_by[0])
+			tide_log("info", "log.released", "backend_pid", r->held_by, (char *)NULL);
+		r->held_by[0] = '\0';
+		return;
+	}
+	const char *pid = PQgetvalue(res, 0, 0);
+	uint64_t now = uv_now(r->d.loop);
+	if (strcmp(pid, r->held_by) == 0 && now - r->held_told_at < HELD_BACK_REPEAT_MS)
+		return;
+	snprintf(r->held_by, sizeof(r->held_by), "%s", pid);
+	r->held_told_at = now;
+	tide_log("warn", "log.held_back", "backend_pid", pid, "user", PQgetvalue(res, 0, 1),
+	         "application", PQgetvalue(res, 0, 2), "state", PQgetvalue(res, 0, 3),
+	         "open_seconds", PQgetvalue(res, 0, 4), "effect",
+	         "no event written after its transaction began reaches any processor until it ends",
+	         (char *)NULL);
+}
+
+/* The listening connection may die quietly: probe it with the poll interval. The probe
+ * also asks who holds the log back. */
 static void on_listen_probe_reply(const struct tide_pg_reply *reply, void *arg)
 {
 	struct run *r = arg;
-	if (reply->status && reply->status != TIDE_ECLOSED && r->listen) {
+	if (!reply->status) {
+		report_held_back(r, reply->res);
+		return;
+	}
+	if (reply->status != TIDE_ECLOSED && r->listen) {
 		tide_log("warn", "listen.lost", "error", reply->err, (char *)NULL);
 		tide_store_close(r->listen);
 		r->listen = NULL;
@@ -273,13 +304,12 @@ static void on_listen_probe_reply(const struct tide_pg_reply *reply, void *arg)
 static void on_listen_probe(uv_timer_t *t)
 {
 	struct run *r = t->data;
-	static const struct tide_pg_stmt stmt = {"tide_ping", "SELECT 1", 0};
 	if (r->d.stopping)
 		return;
 	if (!r->listen)
 		return;
-	if (!tide_pg_ready(r->listen->pg) ||
-	    tide_pg_exec(r->listen->pg, &stmt, NULL, on_listen_probe_reply, r) != 0) {
+	if (!tide_pg_ready(r->listen->pg) || tide_pg_exec(r->listen->pg, &tide_stmt_held_back, NULL,
+	                                                  on_listen_probe_reply, r) != 0) {
 		tide_store_close(r->listen);
 		r->listen = NULL;
 		listen_start(r);

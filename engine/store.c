@@ -48,6 +48,19 @@ static const struct tide_pg_stmt stmt_read_all = {
         4,
 };
 
+/* The global read stops below the oldest running transaction that wrote something (its
+ * xid is the snapshot's xmin): name it once it has been open long enough to matter. */
+const struct tide_pg_stmt tide_stmt_held_back = {
+        "tide_held_back",
+        "SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), '?'),"
+        "  coalesce(state, '?'), extract(epoch FROM now() - xact_start)::int"
+        " FROM pg_stat_activity"
+        " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+        "  AND xact_start < now() - interval '5 seconds'"
+        " ORDER BY age(backend_xid) DESC LIMIT 1",
+        0,
+};
+
 struct call {
 	struct tide_store *store;
 	union {

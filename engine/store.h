@@ -19,6 +19,10 @@ struct tide_store {
 	char error[640];
 };
 
+/* The backend whose open transaction holds every consumer back (for 5 s or more):
+ * pid, user, application, state, seconds open; no row when there is none. */
+extern const struct tide_pg_stmt tide_stmt_held_back;
+
 /* The reply's message, with a hint when the tide schema is missing. */
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
 

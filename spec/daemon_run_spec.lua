@@ -329,6 +329,26 @@ return tide.reactor {
     stop(pid)
   end)
 
+  it("logs which backend holds the log back, and when it lets go", function()
+    S.write(dir .. "/totals.lua", TOTALS)
+    local pid, log = start(url, dir, "--poll-ms 200")
+    local holder = S.sh("psql -qAtX " .. q(url) .. [[ -c "BEGIN; SELECT pg_current_xact_id() IS NOT NULL; SELECT pg_sleep(60);" >/dev/null 2>&1 & echo $!]])
+    local backend = S.wait_for(function()
+      local b = S.psql(url, "SELECT pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND query LIKE '%pg_sleep(60)%'")
+      return b ~= "" and b
+    end, 10, "the open transaction")
+    finally(function() os.execute("kill " .. holder.out:match("%d+") .. " 2>/dev/null") end)
+    -- Appended after the holder began: held back until it ends.
+    assert.are.equal(0, S.tide("append s-1 Added '{\"by\":2}' --database " .. q(url)).code)
+    S.wait_for(function() return read(log):find("event=log.held_back backend_pid=" .. backend .. " ", 1, true) end, 15, "the warning")
+    assert.are.equal(0, scalar(url, "SELECT count(*) FROM totals"))
+    S.psql(url, "SELECT pg_terminate_backend(" .. backend .. ")")
+    S.wait_for(function() return read(log):find("event=log.released backend_pid=" .. backend, 1, true) end, 10, "the release")
+    caught_up(url, "totals")
+    assert.are.equal(2, scalar(url, "SELECT n FROM totals WHERE id = 's-1'"))
+    stop(pid)
+  end)
+
   it("works off a backlog in full batches, reading ahead, while its reactor appends to the log", function()
     S.write(dir .. "/echo.lua", [[
 local tide = require "tide"
