@@ -118,6 +118,20 @@ function M.wait_for(f, seconds, what)
   error("timed out waiting for " .. (what or "a condition"), 2)
 end
 
+-- Opens a transaction that has written (it holds an xid) and stays open, from a psql in the
+-- background; returns its backend pid and a function that ends it.
+function M.hold_transaction(url)
+  local psql_pid = M.sh("psql -qAtX " .. M.q(url) .. [[ -c "BEGIN; SELECT pg_current_xact_id() IS NOT NULL; SELECT pg_sleep(60);" >/dev/null 2>&1 & echo $!]]).out:match("%d+")
+  local backend = M.wait_for(function()
+    local b = M.psql(url, "SELECT pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND query LIKE '%pg_sleep(60)%'")
+    return b ~= "" and b
+  end, 10, "the open transaction")
+  return backend, function()
+    M.psql(url, "SELECT pg_terminate_backend(" .. backend .. ")")
+    os.execute("kill " .. psql_pid .. " 2>/dev/null")
+  end
+end
+
 function M.write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
