@@ -368,6 +368,7 @@ int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *a
 
 	int rc = tide_pg_exec_sql(b->pg, "BEGIN", 0, NULL, on_exec, b);
 	if (rc) {
+		b->handle->batch = NULL;
 		luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
 		luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
 		free(b);

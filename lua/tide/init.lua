@@ -55,7 +55,7 @@ end
 function M.connect(url, opts)
   if type(url) ~= "string" or url == "" then error("tide.connect wants a database URL", 2) end
   local partition = opts and opts.partition
-  if partition ~= nil and (type(partition) ~= "string" or partition == "" or #partition > 127) then
+  if not model.valid_partition(partition) then
     error("tide.connect: partition must be a non-empty name of at most 127 bytes", 2)
   end
   local raw, err = load_core().connect(url, partition)

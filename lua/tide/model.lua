@@ -42,11 +42,14 @@ local function check_spec(spec, kind)
   if type(spec) ~= "table" then error(kind .. " wants a table, got " .. type(spec), 3) end
 end
 
--- The Emmett partition (a tenant, say) whose events a processor reads; default emt:default.
+-- An Emmett partition (a tenant, say): a non-empty name tide can store; nil is the default.
+function M.valid_partition(p)
+  return p == nil or (type(p) == "string" and p ~= "" and #p <= 127)
+end
+
+-- The partition whose events a processor reads; default emt:default.
 local function check_partition(spec, kind)
-  local p = spec.partition
-  if p == nil then return end
-  if type(p) ~= "string" or p == "" or #p > 127 then
+  if not M.valid_partition(spec.partition) then
     error(kind .. ": 'partition' must be a non-empty name of at most 127 bytes", 3)
   end
 end
