@@ -35,6 +35,16 @@ enum {
 	TIDE_ECLOSED = -6, /* the store was closed before the request completed */
 };
 
+/* What tide accepts, checked once on the way in, so that every later path (the store,
+ * the CLI, a script's VM, a document projection) can carry whatever was accepted.
+ * Names are stream ids and event types: valid UTF-8 without NUL bytes. The partition
+ * limit comes from PostgreSQL's 63-byte identifiers: Emmett names a partition's tables
+ * emt_messages_<partition>_archived. */
+#define TIDE_MAX_NAME_BYTES      1024
+#define TIDE_MAX_PARTITION_BYTES 41
+#define TIDE_MAX_EVENT_BYTES     (16u << 20) /* data + metadata as JSON text */
+#define TIDE_MAX_JSON_DEPTH      128          /* nested objects and arrays */
+
 /* A readable name for a TIDE_E* code ("conflict", "connection", ...). */
 const char *tide_strerror(int code);
 
