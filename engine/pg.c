@@ -35,9 +35,11 @@ struct tide_pg {
 	uv_poll_t *poll; /* NULL until the socket is known; replaced if the socket changes */
 	int fd;
 	int poll_events;
-	uv_timer_t timer; /* connect timeout, and deferred start-up failure */
+	uv_timer_t timer; /* connect timeout, deferred start-up and send failures */
 	int open_handles;
 	bool connected, closing, script_sent;
+	bool failing; /* a send failed: the requests fail on the next loop turn */
+	int fail_status;
 	tide_pg_ready_cb ready_cb;
 	void *ready_arg;
 	tide_pg_notify_cb notify_cb;
@@ -160,6 +162,12 @@ static void finish_connect(struct tide_pg *pg, int status, const char *msg)
 static void on_timer(uv_timer_t *t)
 {
 	struct tide_pg *pg = t->data;
+	if (pg->failing) {
+		char msg[sizeof(pg->error)];
+		snprintf(msg, sizeof(msg), "%s", pg->error);
+		fail_all(pg, pg->fail_status, msg);
+		return;
+	}
 	if (pg->connected || pg->closing)
 		return;
 	finish_connect(pg, TIDE_ECONN,
@@ -297,8 +305,9 @@ static void complete(struct tide_pg *pg)
 static void fail_all(struct tide_pg *pg, int status, const char *msg)
 {
 	set_error(pg, msg);
-	bool was_connected = pg->connected;
+	bool was_connected = pg->connected || pg->failing;
 	pg->connected = false; /* callbacks below must not queue more on this connection */
+	pg->failing = false;
 	while (pg->head) {
 		struct request *rq = pg->head;
 		if (!rq->status) {
@@ -324,16 +333,14 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 	pg->connected = false;
 }
 
+static int sent(struct tide_pg *pg, bool ok);
+
 static void send_script(struct tide_pg *pg)
 {
 	if (pg->script_sent || !pg->head)
 		return;
-	if (!PQsendQuery(pg->conn, pg->head->script)) {
-		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
-		return;
-	}
 	pg->script_sent = true;
-	flush(pg);
+	(void)sent(pg, PQsendQuery(pg->conn, pg->head->script));
 }
 
 static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
@@ -458,15 +465,39 @@ static struct request *pipeline_request(struct tide_pg *pg, tide_pg_reply_cb cb,
 	return rq;
 }
 
+/* A send failed inside a caller's tide_pg_* call: the connection takes no more requests
+ * at once, and the queued ones (the caller's included) fail on the next loop turn, so that
+ * no callback runs inside the call that queued it (tide.h). */
+static void fail_later(struct tide_pg *pg, int status, const char *msg)
+{
+	set_error(pg, msg);
+	pg->connected = false;
+	if (pg->failing)
+		return;
+	pg->failing = true;
+	pg->fail_status = status;
+	if (pg->poll && pg->poll_events) {
+		uv_poll_stop(pg->poll);
+		pg->poll_events = 0;
+	}
+	uv_timer_start(&pg->timer, on_timer, 0, 0);
+}
+
 /* Ends a request's commands with a sync and sends them. When libpq refused any of them the
  * request is already queued, so it fails with the others, through its callback. */
 static int sent(struct tide_pg *pg, bool ok)
 {
-	if (!ok || !PQpipelineSync(pg->conn)) {
-		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+	if (!ok || (pg->mode == TIDE_PG_PIPELINE && !PQpipelineSync(pg->conn))) {
+		fail_later(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 		return 0;
 	}
-	flush(pg);
+	int r = PQflush(pg->conn);
+	if (r < 0) {
+		fail_later(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return 0;
+	}
+	if (watch(pg, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
+		fail_later(pg, TIDE_ECONN, "cannot watch the database socket");
 	return 0;
 }
 

@@ -497,6 +497,65 @@ static void close_fails_pending(void)
 	uv_run(test_loop, UV_RUN_NOWAIT);
 }
 
+/* A connection that dies under a stream of appends: every append is answered through its
+ * callback on a later loop turn, never inside the tide_store_append call that sent it. */
+static bool in_call;
+static int called_inside;
+
+static void on_append_outside(int status, const char *err, const struct tide_append_result *r,
+                              void *arg)
+{
+	if (in_call)
+		called_inside++;
+	on_append(status, err, r, arg);
+}
+
+static void connection_dies_mid_send(void)
+{
+	struct tide_store *s = test_store();
+	CHECK_EQ_I64(append_sync(s, "before", TIDE_EXPECT_ANY).status, 0);
+	PGconn *c = test_pg();
+	long long pid = test_scalar(c, "SELECT pid FROM pg_stat_activity WHERE datname ="
+	                               " current_database() AND pid <> pg_backend_pid()");
+	CHECK(pid > 0);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%lld, 5000)", pid);
+	test_scalar(c, sql);
+	PQfinish(c);
+	/* Big events, so that libpq must write while the peer is gone. */
+	static char data[200000];
+	memset(data, ' ', sizeof(data) - 16);
+	memcpy(data, "{\"pad\":\"", 8);
+	memset(data + 8, 'x', sizeof(data) - 16);
+	strcpy(data + sizeof(data) - 8, "\"}");
+	struct tide_event e = {.type = "Big", .data = data};
+	enum { N = 20 };
+	struct appended a[N];
+	int sent = 0;
+	for (int i = 0; i < N; i++) {
+		memset(&a[i], 0, sizeof(a[i]));
+		in_call = true;
+		int rc = tide_store_append(s, "dying", &e, 1, TIDE_EXPECT_ANY, on_append_outside,
+		                           &a[i]);
+		in_call = false;
+		if (rc == 0)
+			sent++;
+		else
+			CHECK_EQ_I64(rc, TIDE_ECONN);
+	}
+	CHECK_EQ_I64(called_inside, 0);
+	for (int i = 0; i < sent; i++) {
+		test_wait(&a[i].done);
+		CHECK(a[i].status != 0);
+	}
+	CHECK_EQ_I64(called_inside, 0);
+	test_close(s);
+	c = test_pg();
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages WHERE stream_id = 'dying'"),
+	             0);
+	PQfinish(c);
+}
+
 /* An unreachable server is reported through the open callback, with no password shown. */
 struct opened {
 	bool done;
@@ -543,6 +602,7 @@ int main(int argc, char **argv)
 	        {"partitions", partitions},
 	        {"close_fails_pending", close_fails_pending},
 	        {"unreachable", unreachable},
+	        {"connection_dies_mid_send", connection_dies_mid_send},
 	};
 	return test_main(argc, argv, cases, sizeof(cases) / sizeof(cases[0]));
 }
