@@ -1,8 +1,12 @@
 /* batch.c — where a batch reaches Lua. The events become Lua tables once, the script
- * runs in a coroutine (tide.processor.run_batch), sql:exec statements are pipelined
- * without waiting, sql:query yields until its rows arrive, and the checkpoint moves in
- * the same transaction as the script's effects (see checkpoint SQL in
- * sql/0003_tide_processors.sql). */
+ * runs in a coroutine (tide.processor_run), sql:exec statements are pipelined without
+ * waiting, sql:query yields until its rows arrive, and the closing statement (the
+ * checkpoint, see sql/) runs in the same transaction as the script's effects.
+ *
+ * Every allocation on the VM happens inside a protected call: the set-up runs under
+ * lua_cpcall, and a query's rows are built on the VM's main state under lua_cpcall and
+ * handed to the coroutine through the registry (sql_result), never pushed onto the
+ * suspended coroutine from C, where a memory error would have no handler. */
 #include "batch.h"
 
 #include <inttypes.h>
@@ -23,18 +27,30 @@ struct tide_batch {
 	lua_State *co;
 	int co_ref;
 	int handle_ref; /* keeps the sql handle alive until the batch is over */
+	int result_ref; /* the rows of the last query, until the script takes them */
 	struct tide_pg *pg;
+	uv_loop_t *loop;
+	uv_timer_t *defer; /* set when the batch ends inside tide_batch_run */
 	tide_batch_cb cb;
 	void *arg;
-	const char *commit[TIDE_BATCH_COMMIT_ARGS];
-	char commit_buf[TIDE_BATCH_COMMIT_ARGS][256];
-	int inflight;   /* exec statements whose replies are still out */
-	bool finishing; /* COMMIT or ROLLBACK sent */
-	bool failed;    /* an exec failed: the transaction is aborted */
+	const struct tide_batch_spec *spec; /* only during tide_batch_run */
+	char *role;
+	char *close_sql;
+	int close_nargs;
+	char *close_args[TIDE_BATCH_MAX_ARGS];
+	int outstanding; /* requests whose replies are still out */
+	bool starting;   /* inside tide_batch_run */
+	bool started;    /* the coroutine has been resumed once */
+	bool over;       /* COMMIT's or ROLLBACK's reply came, or could not be sent */
+	bool failed;    /* something failed: the transaction is rolled back */
+	bool script;    /* ... and it was the script */
 	bool query_out; /* the coroutine waits for a query */
 	bool conn_lost; /* a reply said the connection is gone */
-	char err[2048];
+	int status;
+	char err[1024];
+	char result_err[1024];
 	char sqlstate[6];
+	char traceback[4096];
 	struct sql_handle *handle;
 };
 
@@ -55,52 +71,143 @@ static void fail_batch(struct tide_batch *b, const char *err, const char *sqlsta
 	b->failed = true;
 }
 
+static void fail_script(struct tide_batch *b, const char *err, const char *traceback)
+{
+	if (!b->err[0]) {
+		b->script = true;
+		snprintf(b->traceback, sizeof(b->traceback), "%s", traceback ? traceback : "");
+	}
+	fail_batch(b, err, NULL);
+}
+
+static void batch_free(struct tide_batch *b)
+{
+	free(b->role);
+	free(b->close_sql);
+	for (int i = 0; i < b->close_nargs; i++)
+		free(b->close_args[i]);
+	free(b);
+}
+
+static void report(struct tide_batch *b)
+{
+	struct tide_batch_outcome o = {
+	        .status = b->status,
+	        .script = b->status && b->script,
+	        .err = b->status ? b->err : NULL,
+	        .sqlstate = b->sqlstate,
+	        .traceback = b->traceback,
+	};
+	b->cb(&o, b->arg);
+}
+
+static void defer_closed(uv_handle_t *h)
+{
+	struct tide_batch *b = h->data;
+	free(h);
+	batch_free(b);
+}
+
+static void on_deferred(uv_timer_t *t)
+{
+	struct tide_batch *b = t->data;
+	report(b);
+	uv_close((uv_handle_t *)t, defer_closed);
+}
+
 static void finish(struct tide_batch *b, int status)
 {
-	lua_State *L = tide_vm_state(b->vm);
-	b->handle->batch = NULL;
-	luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
-	luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
-	b->cb(status, status ? b->err : NULL, b->sqlstate, b->arg);
-	free(b);
+	if (b->vm) {
+		lua_State *L = tide_vm_state(b->vm);
+		if (b->handle)
+			b->handle->batch = NULL;
+		luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, b->result_ref);
+	}
+	b->status = status;
+	if (!b->starting) {
+		report(b);
+		batch_free(b);
+		return;
+	}
+	/* Ended inside tide_batch_run: the caller hears of it on the next loop turn. */
+	b->defer = malloc(sizeof(*b->defer));
+	if (!b->defer || uv_timer_init(b->loop, b->defer) != 0) {
+		/* Cannot defer without memory: better late than never, but never inside. */
+		free(b->defer);
+		b->defer = NULL;
+		tide_log("error", "batch.lost", "error", "out of memory ending a batch",
+		         (char *)NULL);
+		abort();
+	}
+	b->defer->data = b;
+	uv_timer_start(b->defer, on_deferred, 0, 0);
+}
+
+/* The batch ends once it is over and every reply it waits for has come (a connection
+ * that fails answers all of them, later). */
+static void try_finish(struct tide_batch *b)
+{
+	if (b->over && b->outstanding == 0)
+		finish(b, b->conn_lost ? TIDE_ECONN : b->failed ? TIDE_EDB : 0);
 }
 
 static void on_end(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_batch *b = arg;
+	b->outstanding--;
 	note_reply(b, reply);
-	finish(b, b->conn_lost ? TIDE_ECONN : b->failed ? TIDE_EDB : 0);
+	b->over = true;
+	try_finish(b);
+}
+
+/* Sends one statement of the batch's transaction; false when the connection is gone. */
+static bool send_stmt(struct tide_batch *b, const char *sql, int n, const char *const *v,
+                 tide_pg_reply_cb cb)
+{
+	if (tide_pg_exec_sql(b->pg, sql, n, v, cb, b) != 0) {
+		fail_batch(b, tide_pg_error(b->pg), NULL);
+		b->conn_lost = true;
+		return false;
+	}
+	b->outstanding++;
+	return true;
 }
 
 static void end_transaction(struct tide_batch *b)
 {
-	b->finishing = true;
-	int rc;
+	bool sent;
 	if (b->failed) {
-		rc = tide_pg_exec_sql(b->pg, "ROLLBACK", 0, NULL, on_end, b);
+		sent = send_stmt(b, "ROLLBACK", 0, NULL, on_end);
 	} else {
-		rc = tide_pg_exec_sql(
-		        b->pg,
-		        "SELECT tide_processor_commit($1, $2::int, $3, $4::int, $5::xid8,"
-		        " $6::bigint, $7::xid8, $8::bigint, $9)",
-		        TIDE_BATCH_COMMIT_ARGS, b->commit, on_exec, b);
-		b->inflight += rc == 0;
-		rc = rc ? rc : tide_pg_exec_sql(b->pg, "COMMIT", 0, NULL, on_end, b);
+		const char *v[1] = {b->role};
+		sent = (!b->role || send_stmt(b, "SELECT tide_role_end($1)", 1, v, on_exec)) &&
+		       (!b->close_sql || send_stmt(b, b->close_sql, b->close_nargs,
+		                              (const char *const *)b->close_args, on_exec)) &&
+		       send_stmt(b, "COMMIT", 0, NULL, on_end);
 	}
-	if (rc) {
-		fail_batch(b, tide_pg_error(b->pg), NULL);
-		finish(b, rc);
+	if (!sent) {
+		b->over = true;
+		try_finish(b);
 	}
 }
 
-static void resume(struct tide_batch *b, int nargs)
+static void resume(struct tide_batch *b)
 {
-	char err[2048];
-	int rc = tide_vm_resume(b->vm, b->co, nargs, err, sizeof(err));
-	if (rc == LUA_YIELD)
+	struct tide_vm_error e;
+	/* The first resume starts tide.processor_run with its nine arguments (set_up). */
+	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 9, &e);
+	b->started = true;
+	if (rc == LUA_YIELD && b->query_out)
 		return; /* a query is out; its reply resumes us */
-	if (rc != 0)
-		fail_batch(b, err, NULL);
+	if (rc == LUA_YIELD)
+		fail_script(b,
+		            "the handler called coroutine.yield outside a coroutine it created; "
+		            "a handler may only yield inside its own coroutines",
+		            "");
+	else if (rc != 0)
+		fail_script(b, e.message, e.traceback);
 	/* Replies of pipelined execs arrive before COMMIT's: end now, in order. */
 	end_transaction(b);
 }
@@ -108,8 +215,9 @@ static void resume(struct tide_batch *b, int nargs)
 static void on_exec(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_batch *b = arg;
-	b->inflight--;
+	b->outstanding--;
 	note_reply(b, reply);
+	try_finish(b);
 }
 
 static void note_reply(struct tide_batch *b, const struct tide_pg_reply *reply)
@@ -149,29 +257,49 @@ static void push_row(lua_State *L, PGresult *res, int r)
 	}
 }
 
+struct rows_build {
+	PGresult *res;
+	int ref;
+};
+
+static int build_rows(lua_State *L)
+{
+	struct rows_build *rb = lua_touserdata(L, 1);
+	int rows = PQntuples(rb->res);
+	lua_createtable(L, rows, 0);
+	for (int r = 0; r < rows; r++) {
+		push_row(L, rb->res, r);
+		lua_rawseti(L, -2, r + 1);
+	}
+	rb->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
 static void on_query(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_batch *b = arg;
+	b->outstanding--;
 	b->query_out = false;
-	lua_State *co = b->co;
+	b->result_err[0] = '\0';
 	if (reply->status) {
 		note_reply(b, reply);
-		lua_pushnil(co);
-		lua_pushstring(co, reply->err);
-		resume(b, 2);
-		return;
+		snprintf(b->result_err, sizeof(b->result_err), "%s", reply->err);
+	} else {
+		lua_State *L = tide_vm_state(b->vm);
+		struct rows_build rb = {reply->res, LUA_NOREF};
+		if (lua_cpcall(L, build_rows, &rb) != 0) {
+			snprintf(b->result_err, sizeof(b->result_err),
+			         "cannot hand the query's rows to the script: %s",
+			         lua_tostring(L, -1));
+			lua_pop(L, 1);
+		}
+		b->result_ref = rb.ref;
 	}
-	int rows = PQntuples(reply->res);
-	lua_createtable(co, rows, 0);
-	for (int r = 0; r < rows; r++) {
-		push_row(co, reply->res, r);
-		lua_rawseti(co, -2, r + 1);
-	}
-	resume(b, 1);
+	resume(b);
 }
 
 /* Converts arguments 3.. of a sql call into text parameters; strings point into the Lua
- * stack or into bufs (freed by the caller). Returns the count or -1 (message pushed). */
+ * stack or into bufs (freed by the caller). Returns the count or -1 (message in err). */
 static int params(lua_State *L, const char **values, char **owned, char (*nums)[32], char *err,
                   size_t n)
 {
@@ -198,7 +326,16 @@ static int params(lua_State *L, const char **values, char **owned, char (*nums)[
 			values[i] = nums[i];
 			break;
 		}
-		case LUA_TSTRING: values[i] = lua_tostring(L, idx); break;
+		case LUA_TSTRING: {
+			size_t len;
+			values[i] = lua_tolstring(L, idx, &len);
+			if (strlen(values[i]) != len) {
+				snprintf(err, n, "$%d: a SQL parameter cannot hold a NUL byte", i + 1);
+				lua_pop(L, 1);
+				return -1;
+			}
+			break;
+		}
 		case LUA_TTABLE:
 			if (lua_rawequal(L, idx, null))
 				break;
@@ -224,16 +361,21 @@ static int params(lua_State *L, const char **values, char **owned, char (*nums)[
 	return count;
 }
 
-/* raw_exec(handle, sql, ...) → true | nil, err;  raw_query(...) yields → rows | nil, err */
+/* raw_exec(handle, sql, ...) → true | nil, err
+ * raw_query(handle, sql, ...) → nil, err when it cannot be sent; else it yields until the
+ * rows are there and returns nothing: raw_result(handle) then gives rows | nil, err. */
 static int sql_call(lua_State *L, bool query)
 {
 	struct sql_handle *h = luaL_checkudata(L, 1, SQL_MT);
-	const char *sql = luaL_checkstring(L, 2);
+	size_t len;
+	const char *sql = luaL_checklstring(L, 2, &len);
 	struct tide_batch *b = h->batch;
 	if (!b)
 		return luaL_error(L, "this sql handle belongs to a batch that is over");
 	if (b->query_out)
 		return luaL_error(L, "another query is still running");
+	if (strlen(sql) != len)
+		return luaL_error(L, "the SQL text contains a NUL byte");
 	const char *values[MAX_PARAMS];
 	char *owned[MAX_PARAMS];
 	char nums[MAX_PARAMS][32];
@@ -243,14 +385,14 @@ static int sql_call(lua_State *L, bool query)
 		return luaL_error(L, "%s", err);
 	int rc = tide_pg_exec_sql(b->pg, sql, count, values, query ? on_query : on_exec, b);
 	for (int i = 0; i < count; i++)
-		free(owned[i]);
+		cJSON_free(owned[i]);
 	if (rc) {
 		lua_pushnil(L);
 		lua_pushstring(L, tide_pg_error(b->pg));
 		return 2;
 	}
+	b->outstanding++;
 	if (!query) {
-		b->inflight++;
 		lua_pushboolean(L, 1);
 		return 1;
 	}
@@ -266,6 +408,24 @@ static int l_sql_exec(lua_State *L)
 static int l_sql_query(lua_State *L)
 {
 	return sql_call(L, true);
+}
+
+static int l_sql_result(lua_State *L)
+{
+	struct sql_handle *h = luaL_checkudata(L, 1, SQL_MT);
+	struct tide_batch *b = h->batch;
+	if (!b)
+		return luaL_error(L, "this sql handle belongs to a batch that is over");
+	if (b->result_err[0]) {
+		lua_pushnil(L);
+		lua_pushstring(L, b->result_err);
+		b->result_err[0] = '\0';
+		return 2;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->result_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, b->result_ref);
+	b->result_ref = LUA_NOREF;
+	return 1;
 }
 
 static int l_log(lua_State *L)
@@ -315,6 +475,7 @@ int tide_batch_events(struct tide_vm *vm, const struct tide_read_result *read, i
 	if (lua_cpcall(L, build_events, &b) != 0) {
 		snprintf(err, n, "cannot hand the batch to the script: %s", lua_tostring(L, -1));
 		lua_pop(L, 1);
+		lua_gc(L, LUA_GCCOLLECT, 0);
 		return TIDE_ENOMEM;
 	}
 	*ref = b.ref;
@@ -326,55 +487,91 @@ void tide_batch_events_free(struct tide_vm *vm, int ref)
 	luaL_unref(tide_vm_state(vm), LUA_REGISTRYINDEX, ref);
 }
 
-int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *arg)
+/* The coroutine and its arguments: tide.processor_run(p, events, raw handle, query, exec,
+ * result, log, setup, reset), built on the main state and moved over. */
+static int set_up(lua_State *L)
+{
+	struct tide_batch *b = lua_touserdata(L, 1);
+	const struct tide_batch_spec *spec = b->spec;
+	b->co = lua_newthread(L);
+	b->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "processor_run");
+	lua_remove(L, -2);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, spec->processor_ref);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, spec->events_ref);
+	b->handle = lua_newuserdata(L, sizeof(*b->handle));
+	b->handle->batch = b;
+	luaL_getmetatable(L, SQL_MT);
+	lua_setmetatable(L, -2);
+	/* A finished coroutine no longer holds it, and Lua may collect before finish(). */
+	lua_pushvalue(L, -1);
+	b->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushcfunction(L, l_sql_query);
+	lua_pushcfunction(L, l_sql_exec);
+	lua_pushcfunction(L, l_sql_result);
+	lua_pushcfunction(L, l_log);
+	lua_pushboolean(L, spec->setup);
+	lua_pushboolean(L, spec->reset);
+	lua_xmove(L, b->co, 10); /* a new thread has room for this many */
+	return 0;
+}
+
+static char *dup_or_null(const char *s, bool *ok)
+{
+	if (!s)
+		return NULL;
+	char *c = strdup(s);
+	*ok = *ok && c;
+	return c;
+}
+
+void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *arg)
 {
 	struct tide_batch *b = calloc(1, sizeof(*b));
 	if (!b) {
-		tide_batch_events_free(spec->vm, spec->events_ref);
-		return TIDE_ENOMEM;
-	}
-	b->vm = spec->vm;
-	b->pg = spec->pg;
-	b->cb = cb;
-	b->arg = arg;
-	for (int i = 0; i < TIDE_BATCH_COMMIT_ARGS; i++) {
-		snprintf(b->commit_buf[i], sizeof(b->commit_buf[i]), "%s", spec->commit[i]);
-		b->commit[i] = b->commit_buf[i];
+		/* Not even memory to say so later: a broken process, not a script's doing. */
+		tide_log("error", "batch.lost", "error", "out of memory starting a batch",
+		         (char *)NULL);
+		abort();
 	}
 	lua_State *L = tide_vm_state(spec->vm);
-	b->co = lua_newthread(L);
-	b->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	lua_State *co = b->co;
-
-	/* tide.processor.run(p, events, sql, log, setup, reset) */
-	lua_getfield(co, LUA_REGISTRYINDEX, "tide.runtime");
-	lua_getfield(co, -1, "processor_run");
-	lua_remove(co, -2);
-	lua_rawgeti(co, LUA_REGISTRYINDEX, spec->processor_ref);
-	lua_rawgeti(co, LUA_REGISTRYINDEX, spec->events_ref);
-	luaL_unref(L, LUA_REGISTRYINDEX, spec->events_ref);
-	b->handle = lua_newuserdata(co, sizeof(*b->handle));
-	b->handle->batch = b;
-	luaL_getmetatable(co, SQL_MT);
-	lua_setmetatable(co, -2);
-	/* A finished coroutine no longer holds it, and Lua may collect before finish(). */
-	lua_pushvalue(co, -1);
-	b->handle_ref = luaL_ref(co, LUA_REGISTRYINDEX);
-	lua_pushcfunction(co, l_sql_query);
-	lua_pushcfunction(co, l_sql_exec);
-	lua_pushcfunction(co, l_log);
-	lua_pushboolean(co, spec->setup);
-	lua_pushboolean(co, spec->reset);
-
-	int rc = tide_pg_exec_sql(b->pg, "BEGIN", 0, NULL, on_exec, b);
-	if (rc) {
-		b->handle->batch = NULL;
-		luaL_unref(L, LUA_REGISTRYINDEX, b->handle_ref);
-		luaL_unref(L, LUA_REGISTRYINDEX, b->co_ref);
-		free(b);
-		return rc;
+	b->vm = spec->vm;
+	b->pg = spec->pg;
+	b->loop = spec->loop;
+	b->cb = cb;
+	b->arg = arg;
+	b->co_ref = b->handle_ref = b->result_ref = LUA_NOREF;
+	b->starting = true;
+	bool ok = true;
+	b->role = dup_or_null(spec->role, &ok);
+	b->close_sql = dup_or_null(spec->close_sql, &ok);
+	b->close_nargs = spec->close_nargs;
+	for (int i = 0; i < spec->close_nargs; i++)
+		b->close_args[i] = dup_or_null(spec->close_args[i], &ok);
+	b->spec = spec;
+	if (!ok) {
+		fail_batch(b, "out of memory starting the batch", NULL);
+	} else if (lua_cpcall(L, set_up, b) != 0) {
+		fail_script(b, lua_tostring(L, -1), "");
+		lua_pop(L, 1);
 	}
-	b->inflight++;
-	resume(b, 8);
-	return 0;
+	b->spec = NULL;
+	luaL_unref(L, LUA_REGISTRYINDEX, spec->events_ref);
+	if (b->failed) {
+		b->over = true;
+		try_finish(b);
+		b->starting = false;
+		return;
+	}
+
+	const char *v[1] = {b->role};
+	if (send_stmt(b, "BEGIN", 0, NULL, on_exec) &&
+	    (!b->role || send_stmt(b, "SELECT set_config('role', $1, true)", 1, v, on_exec))) {
+		resume(b);
+	} else {
+		b->over = true;
+		try_finish(b);
+	}
+	b->starting = false;
 }

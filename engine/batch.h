@@ -1,33 +1,50 @@
 /* batch.h — where a batch reaches Lua: one transaction on the processor's connection
- * (BEGIN → the script's SQL → checkpoint → COMMIT), with the script run in a coroutine
- * of its VM that yields while a sql:query is out. */
+ * (BEGIN → [role] → the script's SQL → [role check] → the closing statement, e.g. the
+ * checkpoint → COMMIT), with the script run in a coroutine of its VM that yields while a
+ * sql:query is out. */
 #ifndef TIDE_BATCH_H
 #define TIDE_BATCH_H
 
 #include "lua_vm.h"
 #include "pg.h"
 
-struct tide_batch;
-
-#define TIDE_BATCH_COMMIT_ARGS 9
+#define TIDE_BATCH_MAX_ARGS 12
 
 struct tide_batch_spec {
+	uv_loop_t *loop;
 	struct tide_vm *vm;
 	int processor_ref; /* registry ref of the processor table in vm */
 	struct tide_pg *pg;
 	int events_ref; /* from tide_batch_events(); the batch takes it */
 	bool setup;     /* run the processor's setup first */
 	bool reset;     /* clear its target first (rebuild) */
-	/* tide_processor_commit's arguments, as text: id, version, owner, ttl_ms,
-	 * from xid, from position, to xid, to position, partition. */
-	const char *commit[TIDE_BATCH_COMMIT_ARGS];
+	/* The script's SQL runs as this role (SET LOCAL ROLE); before the closing statement
+	 * the batch checks that the script did not change it, and resets it. NULL: the
+	 * connecting user. */
+	const char *role;
+	/* Runs in the transaction after the script, as the connecting user: moves the
+	 * checkpoint (or marks a dead letter done). Arguments are text, copied. */
+	const char *close_sql;
+	int close_nargs;
+	const char *close_args[TIDE_BATCH_MAX_ARGS];
+	char close_text[TIDE_BATCH_MAX_ARGS][32]; /* room for arguments given as numbers */
 };
 
-/* status 0: committed. Otherwise err says why and sqlstate (maybe "") comes from the
- * server; nothing of the batch was committed. */
-typedef void (*tide_batch_cb)(int status, const char *err, const char *sqlstate, void *arg);
+/* How a batch ended. Nothing of a failed batch was committed. */
+struct tide_batch_outcome {
+	int status;            /* 0 committed; TIDE_ECONN the connection was lost; else failed */
+	bool script;           /* the script failed (error, CPU or memory limit, bad yield) */
+	const char *err;       /* one line: what failed */
+	const char *sqlstate;  /* from the server, or "" */
+	const char *traceback; /* the script's Lua traceback, or "" */
+};
 
-TIDE_MUST_CHECK int tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *arg);
+/* Fires once, on a later loop turn than tide_batch_run's. */
+typedef void (*tide_batch_cb)(const struct tide_batch_outcome *o, void *arg);
+
+/* Starts the batch. On failure to start (out of memory, connection gone) the callback
+ * still fires, on the next loop turn, and the events ref is released either way. */
+void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *arg);
 
 /* Turns a read's messages into the events list a batch hands the script, as a registry
  * ref in vm, so that the rows need not outlive the read's callback. On failure (the VM's

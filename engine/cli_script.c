@@ -41,30 +41,24 @@ static char *read_file(const char *path, size_t *len, char *err, size_t n)
 	return buf;
 }
 
-/* Prints the Lua error table at idx and returns the exit code for its kind. */
-static int script_error(struct cli *cli, lua_State *L, int idx)
+/* The exit status for an error kind of the runtime (err.kind). */
+static int status_of(const char *kind)
 {
-	lua_getfield(L, idx, "kind");
-	const char *kind = lua_tostring(L, -1);
-	lua_getfield(L, idx, "message");
-	const char *msg = lua_tostring(L, -1);
-	if (!msg) {
-		lua_pop(L, 1);
-		msg = lua_tostring(L, idx);
-	}
-	int status = !kind                           ? TIDE_EDB
-	             : strcmp(kind, "conflict") == 0 ? TIDE_ECONFLICT
-	             : strcmp(kind, "invalid") == 0  ? TIDE_EINVAL
-	                                             : TIDE_EDB;
-	tide_cli_fail(cli, status, msg ? msg : "failed");
-	if (kind && strcmp(kind, "rejected") == 0)
-		cli->exit_code = EXIT_REJECTED;
-	return cli->exit_code;
+	if (!kind)
+		return TIDE_EDB;
+	if (strcmp(kind, "conflict") == 0)
+		return TIDE_ECONFLICT;
+	if (strcmp(kind, "invalid") == 0)
+		return TIDE_EINVAL;
+	if (strcmp(kind, "connection") == 0)
+		return TIDE_ECONN;
+	return TIDE_EDB;
 }
 
-/* A fresh sandboxed VM with the script's processor table on top; NULL (with err) when
- * the file cannot be read or the script does not load. */
-static struct tide_vm *load_script(struct cli *cli, const char *path, char *err, size_t n)
+/* A fresh sandboxed VM with the script's processor table anchored at *ref; NULL (with
+ * err) when the file cannot be read or the script does not load. */
+static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, char *err,
+                                   size_t n)
 {
 	size_t len;
 	char *src = read_file(path, &len, err, n);
@@ -74,7 +68,7 @@ static struct tide_vm *load_script(struct cli *cli, const char *path, char *err,
 	struct tide_vm *vm = NULL;
 	int rc = tide_vm_open(&opts, &vm, err, n);
 	if (rc == 0)
-		rc = tide_vm_load(vm, path, src, len, err, n);
+		rc = tide_vm_load(vm, path, src, len, ref, err, n);
 	free(src);
 	if (rc) {
 		tide_vm_close(vm);
@@ -83,41 +77,71 @@ static struct tide_vm *load_script(struct cli *cli, const char *path, char *err,
 	return vm;
 }
 
+/* The kind of the processor at ref ("decider", ...), read raw. */
+struct kind_read {
+	int ref;
+	char kind[32];
+};
+
+static int read_kind(lua_State *L)
+{
+	struct kind_read *k = lua_touserdata(L, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, k->ref);
+	lua_pushliteral(L, "kind");
+	lua_rawget(L, -2);
+	snprintf(k->kind, sizeof(k->kind), "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+	return 0;
+}
+
 int tide_cli_run_check(struct cli *cli)
 {
 	int code = 0;
 	for (int i = 0; i < cli->nscripts; i++) {
-		char err[1024];
-		struct tide_vm *vm = load_script(cli, cli->scripts[i], err, sizeof(err));
+		char err[2048];
+		struct kind_read k = {0};
+		struct tide_vm_error e;
+		struct tide_vm *vm = load_script(cli, cli->scripts[i], &k.ref, err, sizeof(err));
+		if (vm && tide_vm_cpcall(vm, read_kind, &k, &e) != 0) {
+			snprintf(err, sizeof(err), "%.900s: %s", cli->scripts[i], e.message);
+			tide_vm_close(vm);
+			vm = NULL;
+		}
 		if (!vm) {
 			fprintf(stderr, "tide check: %s\n", err);
 			code = 1;
 			continue;
 		}
-		lua_State *L = tide_vm_state(vm);
-		lua_getfield(L, -1, "kind");
-		printf("ok %s (%s)\n", cli->scripts[i], lua_tostring(L, -1));
+		printf("ok %s (%s)\n", cli->scripts[i], k.kind);
 		tide_vm_close(vm);
 	}
 	return code;
 }
 
-int tide_cli_run_script(struct cli *cli)
+/* handle or aggregate, run inside a protected call on the script's VM: every allocation
+ * (the store's rows, the JSON of the result) is protected, and script code runs through
+ * the runtime's own guarded calls. */
+struct script_run {
+	struct cli *cli;
+	int ref;
+	int status;  /* 0, or the TIDE_E* status of the failure */
+	bool rejected; /* the decider refused the command */
+	char message[1024];
+	char *json; /* the output line (cJSON allocator) */
+};
+
+static int run_script(lua_State *L)
 {
-	char err[1024];
-	struct tide_vm *vm = load_script(cli, cli->script, err, sizeof(err));
-	if (!vm) {
-		tide_cli_fail(cli, TIDE_EDB, err);
-		return 1;
-	}
-	lua_State *L = tide_vm_state(vm);
+	struct script_run *s = lua_touserdata(L, 1);
+	struct cli *cli = s->cli;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref);
 	int decider = lua_gettop(L);
-	lua_getfield(L, decider, "kind");
-	if (strcmp(lua_tostring(L, -1), "decider") != 0) {
-		tide_cli_fail(cli, TIDE_EINVAL,
-		              "the script is not a decider (return tide.decider { ... })");
-		tide_vm_close(vm);
-		return EXIT_USAGE;
+	lua_pushliteral(L, "kind");
+	lua_rawget(L, decider);
+	if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "decider") != 0) {
+		s->status = TIDE_EINVAL;
+		snprintf(s->message, sizeof(s->message),
+		         "the script is not a decider (return tide.decider { ... })");
+		return 0;
 	}
 	lua_pop(L, 1);
 
@@ -131,13 +155,11 @@ int tide_cli_run_script(struct cli *cli)
 	}
 	lua_call(L, 2, 2);
 	if (lua_isnil(L, -2)) {
-		char msg[900];
 		lua_getfield(L, -1, "message");
-		snprintf(msg, sizeof(msg), "cannot connect to the database: %s",
+		s->status = TIDE_ECONN;
+		snprintf(s->message, sizeof(s->message), "cannot connect to the database: %s",
 		         lua_tostring(L, -1));
-		tide_cli_fail(cli, TIDE_ECONN, msg);
-		tide_vm_close(vm);
-		return 1;
+		return 0;
 	}
 	lua_pop(L, 1);
 	int store = lua_gettop(L);
@@ -148,43 +170,70 @@ int tide_cli_run_script(struct cli *cli)
 	int nargs = 3;
 	if (cli->command_json) {
 		if (tide_lua_push_json_text(L, cli->command_json, strlen(cli->command_json)) != 0) {
-			tide_vm_close(vm);
-			return tide_cli_usage_error(cli, "COMMAND_JSON is not valid JSON");
+			s->status = TIDE_EINVAL;
+			snprintf(s->message, sizeof(s->message), "COMMAND_JSON is not valid JSON");
+			return 0;
 		}
 		lua_createtable(L, 0, 1);
 		lua_pushnumber(L, (lua_Number)cli->retries);
 		lua_setfield(L, -2, "retries");
 		nargs = 5;
 	}
-	if (lua_pcall(L, nargs, 2, 0) != 0) {
-		tide_cli_fail(cli, TIDE_EINVAL, lua_tostring(L, -1));
+	lua_call(L, nargs, 2);
+	if (lua_isnil(L, -2)) {
+		int err = lua_gettop(L);
+		lua_getfield(L, err, "kind");
+		const char *kind = lua_tostring(L, -1);
+		s->status = status_of(kind);
+		s->rejected = kind && strcmp(kind, "rejected") == 0;
+		lua_getfield(L, err, "message");
+		snprintf(s->message, sizeof(s->message), "%s",
+		         lua_tostring(L, -1) ? lua_tostring(L, -1) : "failed");
+		return 0;
+	}
+	if (!cli->command_json) { /* aggregate: state, version → { state, version } */
+		lua_createtable(L, 0, 2);
+		lua_insert(L, -3);
+		lua_setfield(L, -3, "version");
+		lua_setfield(L, -2, "state");
+	} else {
+		lua_pop(L, 1);
+		lua_pushnil(L);
+		lua_setfield(L, -2, "attempts");
+	}
+	s->json = tide_lua_to_json_text(L, -1, cli->command_json ? "" : "state", s->message,
+	                                sizeof(s->message));
+	if (!s->json)
+		s->status = TIDE_EDB;
+	return 0;
+}
+
+int tide_cli_run_script(struct cli *cli)
+{
+	char err[1024];
+	struct script_run s = {.cli = cli};
+	struct tide_vm *vm = load_script(cli, cli->script, &s.ref, err, sizeof(err));
+	if (!vm) {
+		tide_cli_fail(cli, TIDE_EDB, err);
+		return 1;
+	}
+	struct tide_vm_error e;
+	if (tide_vm_cpcall(vm, run_script, &s, &e) != 0) {
+		/* Misuse raises (bad arguments); a memory error is the script's VM running out. */
+		tide_cli_fail(cli, strcmp(e.kind, "memory") == 0 ? TIDE_EDB : TIDE_EINVAL, e.message);
 		tide_vm_close(vm);
 		return cli->exit_code;
 	}
 	int code = 0;
-	if (lua_isnil(L, -2)) {
-		code = script_error(cli, L, lua_gettop(L));
+	if (s.status) {
+		tide_cli_fail(cli, s.status, s.message);
+		if (s.rejected)
+			cli->exit_code = EXIT_REJECTED;
+		code = cli->exit_code;
 	} else {
-		if (!cli->command_json) { /* aggregate: state, version → { state, version } */
-			lua_createtable(L, 0, 2);
-			lua_insert(L, -3);
-			lua_setfield(L, -3, "version");
-			lua_setfield(L, -2, "state");
-		} else {
-			lua_pop(L, 1);
-			lua_pushnil(L);
-			lua_setfield(L, -2, "attempts");
-		}
-		char *json = tide_lua_to_json_text(L, -1, cli->command_json ? "" : "state", err,
-		                                   sizeof(err));
-		if (json) {
-			puts(json);
-			cJSON_free(json);
-		} else {
-			tide_cli_fail(cli, TIDE_EINVAL, err);
-			code = 1;
-		}
+		puts(s.json);
 	}
+	cJSON_free(s.json);
 	tide_vm_close(vm);
 	if (fflush(stdout) != 0 && code == 0)
 		return 1;

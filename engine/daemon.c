@@ -20,6 +20,17 @@
 #define MAX_DIRS    16
 #define DEBOUNCE_MS 50
 
+/* What the processors share; popts is handed to each. */
+struct tide_daemon {
+	uv_loop_t *loop;
+	const char *url;
+	char owner[128]; /* this daemon's lease owner id: host:pid:random */
+	struct tide_processor_opts popts;
+	struct tide_processor *procs;
+	bool stopping;
+	int running; /* processors not yet stopped */
+};
+
 struct run {
 	struct tide_daemon d;
 	uv_loop_t loop;
@@ -32,15 +43,17 @@ struct run {
 	struct tide_store *listen;
 	char held_by[16];      /* pid of the backend last reported holding the log back */
 	uint64_t held_told_at; /* when that was said (uv_now) */
+	struct tide_store *bootstrap; /* asks who scripts' SQL runs as */
 	bool force_reload;
 	int exit_code;
-	char *config_strings[8];
+	char *config_strings[MAX_DIRS + 8];
 	int nconfig_strings;
 };
 
 static const char usage_run[] =
         "usage: tide run [--config FILE] [--database URL] [--batch-size N] [--poll-ms N]\n"
-        "                [--lease-ms N] [--cpu-ms N] [--log-format text|json] DIR...\n"
+        "                [--lease-ms N] [--cpu-ms N] [--memory-mb N] [--sql-role ROLE]\n"
+        "                [--log-format text|json] [--log-level L] DIR...\n"
         "\n"
         "Runs every *.lua file of the directories as a processor (tide.projection or\n"
         "tide.reactor; the id is the file name without .lua) until SIGTERM or SIGINT.\n"
@@ -49,13 +62,20 @@ static const char usage_run[] =
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
         "a deleted file stops its processor, a new one starts one; SIGHUP reloads all.\n"
         "  --config FILE      a Lua file returning { database, batch_size, poll_interval_ms,\n"
-        "                     lease_ms, cpu_ms, log_format, directories = {...} }\n"
+        "                     lease_ms, cpu_ms, memory_mb, sql_role, log_format,\n"
+        "                     log_level, directories = {...} }\n"
         "  --batch-size N     events per batch (default 500)\n"
         "  --poll-ms N        poll interval when idle (default 1000)\n"
         "  --lease-ms N       processor lease; another daemon takes over after it\n"
         "                     lapses (default 10000)\n"
         "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
+        "  --memory-mb N      memory limit of each script's Lua state (default 64)\n"
+        "  --sql-role ROLE    run scripts' SQL as this role (SET LOCAL ROLE per batch);\n"
+        "                     without it, scripts' SQL runs as the connecting user\n"
         "  --log-format F     text (key=value, default) or json\n"
+        "  --log-level L      debug, info (default), warn or error\n"
+        "A failing event is retried, isolated from its batch, and then handled by the\n"
+        "script's on_error policy (dead_letter by default: see `tide dlq --help`).\n"
         "Flags override the configuration file, which overrides TIDE_DATABASE_URL and\n"
         "DATABASE_URL for the database.\n";
 
@@ -82,12 +102,15 @@ static void maybe_exit(struct run *r)
 			uv_close((uv_handle_t *)&r->watch[i], NULL);
 		tide_store_close(r->listen);
 		r->listen = NULL;
+		tide_store_close(r->bootstrap);
+		r->bootstrap = NULL;
 	}
 }
 
-void tide_daemon_processor_stopped(struct tide_daemon *d, struct tide_processor *p)
+static void processor_stopped(struct tide_processor *p, void *arg)
 {
-	struct run *r = (struct run *)d;
+	struct run *r = arg;
+	struct tide_daemon *d = &r->d;
 	if (d->procs == p) {
 		d->procs = tide_processor_next(p);
 	} else {
@@ -146,7 +169,7 @@ static void rescan(struct run *r, bool force)
 				tide_processor_reload(p, force);
 				continue;
 			}
-			p = tide_processor_new(&r->d, id, path);
+			p = tide_processor_new(&r->d.popts, id, path);
 			if (!p)
 				continue;
 			tide_processor_set_next(p, r->d.procs);
@@ -188,7 +211,6 @@ static void on_listen_retry(uv_timer_t *t);
 
 static void on_notify(const char *channel, const char *payload, void *arg)
 {
-	(void)payload;
 	struct run *r = arg;
 	if (!channel) {
 		/* Lost: listen again from a timer (not from inside the connection's callback);
@@ -196,6 +218,12 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		tide_log("warn", "listen.lost", "error", tide_pg_error(r->listen->pg),
 		         (char *)NULL);
 		uv_timer_start(&r->listen_retry, on_listen_retry, 0, 0);
+		return;
+	}
+	if (strcmp(channel, "tide_dlq") == 0) {
+		struct tide_processor *p = find(r, payload ? payload : "");
+		if (p)
+			tide_processor_check_retries(p);
 		return;
 	}
 	wake_all(r);
@@ -243,9 +271,12 @@ static void on_listen_open(struct tide_store *s, int status, const char *err, vo
 			uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
 		return;
 	}
-	static const struct tide_pg_stmt stmt = {"tide_listen", "LISTEN tide_messages", 0};
+	static const struct tide_pg_stmt listen_messages = {"tide_listen", "LISTEN tide_messages",
+	                                                    0};
+	static const struct tide_pg_stmt listen_dlq = {"tide_listen_dlq", "LISTEN tide_dlq", 0};
 	tide_pg_on_notify(s->pg, on_notify, r);
-	if (tide_pg_exec(s->pg, &stmt, NULL, on_listening, r) != 0) {
+	if (tide_pg_exec(s->pg, &listen_dlq, NULL, NULL, NULL) != 0 ||
+	    tide_pg_exec(s->pg, &listen_messages, NULL, on_listening, r) != 0) {
 		tide_store_close(s);
 		r->listen = NULL;
 		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
@@ -379,65 +410,70 @@ static char *slurp(const char *path, size_t *len)
 static char *keep(struct run *r, const char *s)
 {
 	char *c = strdup(s);
-	if (c && r->nconfig_strings < 8)
+	if (c && r->nconfig_strings < (int)(sizeof(r->config_strings) / sizeof(char *)))
 		r->config_strings[r->nconfig_strings++] = c;
 	return c;
 }
 
-static int config_number(lua_State *L, const char *key, const char *path, long *out)
+/* What flags and the configuration file set; 0 / NULL: not set. */
+struct settings {
+	const char *url, *log_format, *log_level, *sql_role;
+	long batch, poll, lease, cpu, memory_mb;
+};
+
+struct config_read {
+	struct run *r;
+	const char *path;
+	int ref;
+	struct settings *s;
+	char err[512];
+};
+
+static long config_number(lua_State *L, struct config_read *c, const char *key)
 {
 	lua_getfield(L, -1, key);
-	int rc = 0;
+	long v = 0;
 	if (!lua_isnil(L, -1)) {
-		if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0) {
-			fprintf(stderr, "tide run: %s: %s must be a positive number\n", path, key);
-			rc = -1;
+		if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0 || lua_tonumber(L, -1) > 1e9) {
+			if (!c->err[0])
+				snprintf(c->err, sizeof(c->err), "%s: %s must be a positive number",
+				         c->path, key);
 		} else {
-			*out = (long)lua_tonumber(L, -1);
+			v = (long)lua_tonumber(L, -1);
 		}
 	}
 	lua_pop(L, 1);
-	return rc;
+	return v;
 }
 
-static int load_config(struct run *r, const char *path, const char **log_format)
+static const char *config_string(lua_State *L, struct config_read *c, const char *key)
 {
-	size_t len;
-	char *src = slurp(path, &len);
-	if (!src) {
-		fprintf(stderr, "tide run: cannot read the configuration %s: %s\n", path,
-		        strerror(errno));
-		return -1;
-	}
-	char err[1024];
-	struct tide_vm *vm = NULL;
-	int rc = tide_vm_open(NULL, &vm, err, sizeof(err));
-	if (rc == 0)
-		rc = tide_vm_load_table(vm, path, src, len, err, sizeof(err));
-	free(src);
-	if (rc) {
-		fprintf(stderr, "tide run: %s\n", err);
-		tide_vm_close(vm);
-		return -1;
-	}
-	lua_State *L = tide_vm_state(vm);
-	long batch = r->d.batch_size, poll = r->d.poll_ms, lease = r->d.lease_ms, cpu = r->d.cpu_ms;
-	rc = config_number(L, "batch_size", path, &batch);
-	rc = rc ? rc : config_number(L, "poll_interval_ms", path, &poll);
-	rc = rc ? rc : config_number(L, "lease_ms", path, &lease);
-	rc = rc ? rc : config_number(L, "cpu_ms", path, &cpu);
-	r->d.batch_size = (int)batch;
-	r->d.poll_ms = (unsigned)poll;
-	r->d.lease_ms = (unsigned)lease;
-	r->d.cpu_ms = (unsigned)cpu;
-	lua_getfield(L, -1, "database");
-	if (lua_isstring(L, -1))
-		r->d.url = keep(r, lua_tostring(L, -1));
+	lua_getfield(L, -1, key);
+	const char *v = NULL;
+	if (lua_type(L, -1) == LUA_TSTRING)
+		v = keep(c->r, lua_tostring(L, -1));
+	else if (!lua_isnil(L, -1) && !c->err[0])
+		snprintf(c->err, sizeof(c->err), "%s: %s must be a string", c->path, key);
 	lua_pop(L, 1);
-	lua_getfield(L, -1, "log_format");
-	if (lua_isstring(L, -1))
-		*log_format = keep(r, lua_tostring(L, -1));
-	lua_pop(L, 1);
+	return v;
+}
+
+/* Under tide_vm_protected. */
+static int read_config(lua_State *L)
+{
+	struct config_read *c = lua_touserdata(L, 1);
+	struct settings *s = c->s;
+	struct run *r = c->r;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+	s->batch = config_number(L, c, "batch_size");
+	s->poll = config_number(L, c, "poll_interval_ms");
+	s->lease = config_number(L, c, "lease_ms");
+	s->cpu = config_number(L, c, "cpu_ms");
+	s->memory_mb = config_number(L, c, "memory_mb");
+	s->url = config_string(L, c, "database");
+	s->log_format = config_string(L, c, "log_format");
+	s->log_level = config_string(L, c, "log_level");
+	s->sql_role = config_string(L, c, "sql_role");
 	lua_getfield(L, -1, "directories");
 	if (lua_istable(L, -1)) {
 		for (int i = 1; r->ndirs < MAX_DIRS; i++) {
@@ -450,8 +486,37 @@ static int load_config(struct run *r, const char *path, const char **log_format)
 			lua_pop(L, 1);
 		}
 	}
-	lua_pop(L, 1);
+	return 0;
+}
+
+static int load_config(struct run *r, const char *path, struct settings *s)
+{
+	size_t len;
+	char *src = slurp(path, &len);
+	if (!src) {
+		fprintf(stderr, "tide run: cannot read the configuration %s: %s\n", path,
+		        strerror(errno));
+		return -1;
+	}
+	char err[1024];
+	struct tide_vm *vm = NULL;
+	struct config_read c = {.r = r, .path = path, .s = s};
+	int rc = tide_vm_open(NULL, &vm, err, sizeof(err));
+	if (rc == 0)
+		rc = tide_vm_load_table(vm, path, src, len, &c.ref, err, sizeof(err));
+	free(src);
+	struct tide_vm_error e;
+	if (rc == 0 && tide_vm_protected(vm, read_config, &c, &e) != 0) {
+		snprintf(err, sizeof(err), "%.400s: %.600s", path, e.message);
+		rc = -1;
+	}
+	if (rc == 0 && c.err[0]) {
+		snprintf(err, sizeof(err), "%s", c.err);
+		rc = -1;
+	}
 	tide_vm_close(vm);
+	if (rc)
+		fprintf(stderr, "tide run: %s\n", err);
 	return rc;
 }
 
@@ -468,6 +533,10 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		maybe_exit(r);
 		return;
 	}
+	if (r->d.stopping) {
+		maybe_exit(r);
+		return;
+	}
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
 	listen_start(r);
 	rescan(r, false);
@@ -481,22 +550,80 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 	}
 }
 
+/* Who scripts' SQL runs as: a superuser login lets a processor's SQL read files and run
+ * programs on the database server (COPY ... TO PROGRAM), so say so, loudly. */
+static void check_privileges(struct run *r, const struct tide_pg_reply *reply);
+
+static void on_privileges(const struct tide_pg_reply *reply, void *arg)
+{
+	struct run *r = arg;
+	check_privileges(r, reply);
+	tide_store_close(r->bootstrap); /* its one question is answered */
+	r->bootstrap = NULL;
+}
+
+static void check_privileges(struct run *r, const struct tide_pg_reply *reply)
+{
+	if (reply->status) {
+		if (reply->status != TIDE_ECLOSED)
+			tide_log("warn", "daemon.privileges_unknown", "error", reply->err, (char *)NULL);
+		return;
+	}
+	PGresult *res = reply->res;
+	bool superuser = PQgetvalue(res, 0, 0)[0] == 't';
+	const char *role = r->d.popts.sql_role;
+	if (role && PQgetisnull(res, 0, 1)) {
+		tide_log("error", "daemon.sql_role_unusable", "sql_role", role, "reason",
+		         "no such role, or the connecting user may not SET ROLE to it "
+		         "(GRANT it to the user)",
+		         (char *)NULL);
+		r->exit_code = 2;
+		stop_all(r, "configuration");
+		return;
+	}
+	if (role && PQgetvalue(res, 0, 1)[0] == 't')
+		tide_log("warn", "daemon.sql_role_superuser", "sql_role", role, "effect",
+		         "the role scripts' SQL runs as is a superuser: it contains nothing",
+		         (char *)NULL);
+	else if (superuser && !role)
+		tide_log("warn", "daemon.superuser",
+		         "effect",
+		         "connected as a superuser with no sql_role: processor scripts' SQL may read "
+		         "and write any table, read server files and run programs on the database "
+		         "server (COPY ... TO PROGRAM)",
+		         "fix", "set sql_role (or --sql-role) to a role without superuser", (char *)NULL);
+	else if (superuser)
+		tide_log("warn", "daemon.superuser", "sql_role", role, "effect",
+		         "scripts' SQL runs as sql_role; a script that switches its role back is "
+		         "refused at commit, but what it ran before is not undone: connect as a "
+		         "non-superuser to contain scripts fully",
+		         (char *)NULL);
+}
+
 static void on_bootstrap_open(struct tide_store *s, int status, const char *err, void *arg)
 {
 	struct run *r = arg;
 	if (status) {
-		char msg[900];
-		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", err);
-		fprintf(stderr, "tide run: %s\n", msg);
+		fprintf(stderr, "tide run: cannot connect to the database: %s\n", err);
 		r->exit_code = 1;
 		r->d.stopping = true;
 		tide_store_close(s);
 		maybe_exit(r);
 		return;
 	}
+	static const struct tide_pg_stmt privileges = {
+	        "tide_privileges",
+	        "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user),"
+	        " (SELECT rolsuper FROM pg_roles WHERE rolname = $1"
+	        "   AND pg_has_role(session_user, oid, 'MEMBER'))",
+	        1,
+	};
+	const char *v[1] = {r->d.popts.sql_role};
+	if (tide_pg_exec(s->pg, &privileges, v, on_privileges, r) != 0)
+		tide_log("warn", "daemon.privileges_unknown", (char *)NULL);
 	if (tide_store_migrate(s, on_migrated, r) != 0)
 		r->exit_code = 1;
-	tide_store_close(s);
+	r->bootstrap = s; /* closed once it has answered */
 }
 
 static int parse_positive(const char *flag, const char *v, long *out)
@@ -504,7 +631,7 @@ static int parse_positive(const char *flag, const char *v, long *out)
 	char *end;
 	errno = 0;
 	long x = strtol(v, &end, 10);
-	if (errno || end == v || *end || x <= 0) {
+	if (errno || end == v || *end || x <= 0 || x > 1000000000) {
 		fprintf(stderr,
 		        "tide run: %s wants a positive number, got '%s' (see `tide run --help`)\n",
 		        flag, v);
@@ -514,16 +641,37 @@ static int parse_positive(const char *flag, const char *v, long *out)
 	return 0;
 }
 
+/* Flags win over the configuration file, which wins over the defaults. */
+static void overlay(struct settings *dst, const struct settings *src)
+{
+	if (src->url)
+		dst->url = src->url;
+	if (src->log_format)
+		dst->log_format = src->log_format;
+	if (src->log_level)
+		dst->log_level = src->log_level;
+	if (src->sql_role)
+		dst->sql_role = src->sql_role;
+	if (src->batch)
+		dst->batch = src->batch;
+	if (src->poll)
+		dst->poll = src->poll;
+	if (src->lease)
+		dst->lease = src->lease;
+	if (src->cpu)
+		dst->cpu = src->cpu;
+	if (src->memory_mb)
+		dst->memory_mb = src->memory_mb;
+}
+
 int tide_daemon_main(int argc, char **argv)
 {
 	static struct run r; /* the loop's handles point into it until the end */
 	memset(&r, 0, sizeof(r));
-	r.d.batch_size = 500;
-	r.d.poll_ms = 1000;
-	r.d.lease_ms = 10000;
-	r.d.cpu_ms = 1000;
-	const char *config = NULL, *url = NULL, *log_format = NULL;
-	long batch = 0, poll = 0, lease = 0, cpu = 0;
+	struct settings set = {.batch = 500, .poll = 1000, .lease = 10000, .cpu = 1000,
+	                       .memory_mb = TIDE_VM_DEFAULT_MEMORY >> 20};
+	struct settings flags = {0};
+	const char *config = NULL;
 	static const struct option opts[] = {
 	        {"config", required_argument, NULL, 'c'},
 	        {"database", required_argument, NULL, 'd'},
@@ -531,7 +679,10 @@ int tide_daemon_main(int argc, char **argv)
 	        {"poll-ms", required_argument, NULL, 'p'},
 	        {"lease-ms", required_argument, NULL, 'l'},
 	        {"cpu-ms", required_argument, NULL, 'u'},
+	        {"memory-mb", required_argument, NULL, 'm'},
+	        {"sql-role", required_argument, NULL, 'r'},
 	        {"log-format", required_argument, NULL, 'f'},
+	        {"log-level", required_argument, NULL, 'v'},
 	        {"help", no_argument, NULL, 'h'},
 	        {NULL, 0, NULL, 0},
 	};
@@ -539,26 +690,18 @@ int tide_daemon_main(int argc, char **argv)
 	optind = 1;
 	int o;
 	while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		int bad = 0;
 		switch (o) {
 		case 'c': config = optarg; break;
-		case 'd': url = optarg; break;
-		case 'b':
-			if (parse_positive("--batch-size", optarg, &batch))
-				return 2;
-			break;
-		case 'p':
-			if (parse_positive("--poll-ms", optarg, &poll))
-				return 2;
-			break;
-		case 'l':
-			if (parse_positive("--lease-ms", optarg, &lease))
-				return 2;
-			break;
-		case 'u':
-			if (parse_positive("--cpu-ms", optarg, &cpu))
-				return 2;
-			break;
-		case 'f': log_format = optarg; break;
+		case 'd': flags.url = optarg; break;
+		case 'b': bad = parse_positive("--batch-size", optarg, &flags.batch); break;
+		case 'p': bad = parse_positive("--poll-ms", optarg, &flags.poll); break;
+		case 'l': bad = parse_positive("--lease-ms", optarg, &flags.lease); break;
+		case 'u': bad = parse_positive("--cpu-ms", optarg, &flags.cpu); break;
+		case 'm': bad = parse_positive("--memory-mb", optarg, &flags.memory_mb); break;
+		case 'r': flags.sql_role = optarg; break;
+		case 'f': flags.log_format = optarg; break;
+		case 'v': flags.log_level = optarg; break;
 		case 'h': fputs(usage_run, stdout); return 0;
 		case ':':
 			fprintf(stderr,
@@ -570,30 +713,39 @@ int tide_daemon_main(int argc, char **argv)
 			        argv[optind - 1]);
 			return 2;
 		}
+		if (bad)
+			return 2;
 	}
 	const char *env_url = getenv("TIDE_DATABASE_URL");
 	if (!env_url || !env_url[0])
 		env_url = getenv("DATABASE_URL");
-	r.d.url = env_url && env_url[0] ? env_url : NULL;
-	if (config && load_config(&r, config, &log_format) != 0)
+	set.url = env_url && env_url[0] ? env_url : NULL;
+	struct settings file = {0};
+	if (config && load_config(&r, config, &file) != 0)
 		return 2;
-	if (url)
-		r.d.url = url;
-	if (batch)
-		r.d.batch_size = (int)batch;
-	if (poll)
-		r.d.poll_ms = (unsigned)poll;
-	if (lease)
-		r.d.lease_ms = (unsigned)lease;
-	if (cpu)
-		r.d.cpu_ms = (unsigned)cpu;
+	overlay(&set, &file);
+	overlay(&set, &flags);
 	for (int i = optind; i < argc && r.ndirs < MAX_DIRS; i++)
 		r.dirs[r.ndirs++] = argv[i];
-	if (log_format && strcmp(log_format, "json") == 0)
+	if (set.log_format && strcmp(set.log_format, "json") == 0)
 		tide_log_set_format(TIDE_LOG_JSON);
-	else if (log_format && strcmp(log_format, "text") != 0) {
+	else if (set.log_format && strcmp(set.log_format, "text") != 0) {
 		fprintf(stderr, "tide run: --log-format wants text or json, got '%s'\n",
-		        log_format);
+		        set.log_format);
+		return 2;
+	}
+	if (set.log_level && tide_log_set_level(set.log_level) != 0) {
+		fprintf(stderr, "tide run: --log-level wants debug, info, warn or error, got '%s'\n",
+		        set.log_level);
+		return 2;
+	}
+	if (set.memory_mb > 4096) {
+		fprintf(stderr, "tide run: --memory-mb wants at most 4096, got %ld\n",
+		        set.memory_mb);
+		return 2;
+	}
+	if (set.sql_role && (!set.sql_role[0] || strlen(set.sql_role) > 63)) {
+		fprintf(stderr, "tide run: --sql-role wants a role name of 1 to 63 bytes\n");
 		return 2;
 	}
 	if (r.ndirs == 0) {
@@ -607,7 +759,7 @@ int tide_daemon_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!r.d.url) {
+	if (!set.url) {
 		fprintf(stderr, "tide run: no database given: pass --database URL or set "
 		                "TIDE_DATABASE_URL (see `tide run --help`)\n");
 		return 2;
@@ -617,8 +769,24 @@ int tide_daemon_main(int argc, char **argv)
 	gethostname(host, sizeof(host) - 1);
 	uv_loop_init(&r.loop);
 	r.d.loop = &r.loop;
+	r.d.url = set.url;
 	snprintf(r.d.owner, sizeof(r.d.owner), "tide:%s:%d:%08x", host, (int)getpid(),
 	         (unsigned)(uv_hrtime() & 0xffffffffu));
+	srand((unsigned)uv_hrtime());
+	tide_set_application_name("tide run");
+	r.d.popts = (struct tide_processor_opts){
+	        .loop = &r.loop,
+	        .url = set.url,
+	        .owner = r.d.owner,
+	        .sql_role = set.sql_role,
+	        .batch_size = (int)set.batch,
+	        .poll_ms = (unsigned)set.poll,
+	        .lease_ms = (unsigned)set.lease,
+	        .cpu_ms = (unsigned)set.cpu,
+	        .memory = (size_t)set.memory_mb << 20,
+	        .on_stopped = processor_stopped,
+	        .arg = &r,
+	};
 	uv_timer_init(&r.loop, &r.debounce);
 	r.debounce.data = &r;
 	uv_timer_init(&r.loop, &r.listen_retry);
@@ -636,7 +804,7 @@ int tide_daemon_main(int argc, char **argv)
 	static uv_timer_t probe;
 	uv_timer_init(&r.loop, &probe);
 	probe.data = &r;
-	uv_timer_start(&probe, on_listen_probe, r.d.poll_ms, r.d.poll_ms);
+	uv_timer_start(&probe, on_listen_probe, set.poll, set.poll);
 	uv_unref((uv_handle_t *)&probe);
 
 	struct tide_store *boot = NULL;

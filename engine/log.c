@@ -10,10 +10,34 @@
 #include <time.h>
 
 static enum tide_log_format format = TIDE_LOG_TEXT;
+static int threshold = 1; /* info */
 
 void tide_log_set_format(enum tide_log_format f)
 {
 	format = f;
+}
+
+static int rank(const char *level)
+{
+	static const char *const levels[] = {"debug", "info", "warn", "error"};
+	for (int i = 0; i < 4; i++)
+		if (strcmp(level, levels[i]) == 0)
+			return i;
+	return -1;
+}
+
+int tide_log_set_level(const char *level)
+{
+	int r = rank(level);
+	if (r < 0)
+		return -1;
+	threshold = r;
+	return 0;
+}
+
+bool tide_log_enabled(const char *level)
+{
+	return rank(level) >= threshold;
 }
 
 static void timestamp(char *buf, size_t n)
@@ -55,6 +79,8 @@ static void append_text(char **p, char *end, const char *key, const char *val)
 
 void tide_log(const char *level, const char *event, ...)
 {
+	if (!tide_log_enabled(level))
+		return;
 	char ts[40];
 	timestamp(ts, sizeof(ts));
 	va_list ap;

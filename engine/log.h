@@ -8,6 +8,11 @@ enum tide_log_format { TIDE_LOG_TEXT, TIDE_LOG_JSON };
 
 void tide_log_set_format(enum tide_log_format f);
 
+/* Lines below this level ("debug", "info", "warn", "error") are dropped; default info.
+ * Returns -1 for an unknown level. */
+int tide_log_set_level(const char *level);
+bool tide_log_enabled(const char *level);
+
 /* tide_log("info", "processor.started", "processor", id, "generation", "1", NULL):
  * string key/value pairs, NULL-terminated. A NULL value is skipped. */
 void tide_log(const char *level, const char *event, ...) __attribute__((sentinel));

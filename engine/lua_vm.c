@@ -167,16 +167,27 @@ static int l_timed_out(lua_State *L)
 }
 
 /* The sandbox's pcall, xpcall and coroutine.resume: the originals, except that a CPU
- * timeout keeps propagating. Written in Lua so that handlers may yield through them. */
-static const char safe_calls[] = "local pcall, xpcall, resume, timed_out, error = ...\n"
-                                 "local function check(...)\n"
-                                 "  local m = timed_out()\n"
-                                 "  if m then error(m, 0) end\n"
-                                 "  return ...\n"
-                                 "end\n"
-                                 "return function(f, ...) return check(pcall(f, ...)) end,\n"
-                                 "       function(f, h, ...) return check(xpcall(f, h, ...)) end,\n"
-                                 "       function(co, ...) return check(resume(co, ...)) end\n";
+ * timeout keeps propagating. Written in Lua so that handlers may yield through them.
+ * xpcall's message handler runs after the failed call has unwound, as an ordinary
+ * (guarded) call: run as a real error handler, a handler that loops would be re-entered
+ * by every timeout error raised inside it and never stop. Scripts have no debug library,
+ * so running it later hides nothing from them. */
+static const char safe_calls[] =
+        "local pcall, resume, timed_out, error, select = ...\n"
+        "local function check(...)\n"
+        "  local m = timed_out()\n"
+        "  if m then error(m, 0) end\n"
+        "  return ...\n"
+        "end\n"
+        "local function handled(h, ok, ...)\n"
+        "  if ok then return true, ... end\n"
+        "  local m = timed_out()\n"
+        "  if m then error(m, 0) end\n"
+        "  return false, select(2, check(pcall(h, (...))))\n"
+        "end\n"
+        "return function(f, ...) return check(pcall(f, ...)) end,\n"
+        "       function(f, h, ...) return handled(h, pcall(f, ...)) end,\n"
+        "       function(co, ...) return check(resume(co, ...)) end\n";
 
 static int l_undefined_global(lua_State *L)
 {
@@ -283,12 +294,12 @@ static int build_sandbox(lua_State *L)
 	if (luaL_loadbuffer(L, safe_calls, sizeof(safe_calls) - 1, "=[tide sandbox]") != 0)
 		return lua_error(L);
 	lua_getglobal(L, "pcall");
-	lua_getglobal(L, "xpcall");
 	lua_getglobal(L, "coroutine");
 	lua_getfield(L, -1, "resume");
 	lua_remove(L, -2);
 	lua_pushcfunction(L, l_timed_out);
 	lua_getglobal(L, "error");
+	lua_getglobal(L, "select");
 	lua_call(L, 5, 3);
 	lua_getfield(L, env, "coroutine");
 	lua_insert(L, -2);
@@ -380,95 +391,190 @@ lua_State *tide_vm_state(struct tide_vm *vm)
 	return vm->L;
 }
 
-static int load(struct tide_vm *vm, const char *path, const char *source, size_t len,
-                bool processor, char *err, size_t n)
+struct load_args {
+	struct tide_vm *vm;
+	const char *path, *source;
+	size_t len;
+	bool processor;
+	int ref;
+	char *err;
+	size_t n;
+};
+
+/* Runs under lua_cpcall: every allocation of loading is protected. */
+static int do_load(lua_State *L)
 {
-	lua_State *L = vm->L;
-	int top = lua_gettop(L);
+	struct load_args *a = lua_touserdata(L, 1);
+	char chunk[512];
+	snprintf(chunk, sizeof(chunk), "@%s", a->path);
+	lua_pushcfunction(L, l_guarded_call);
+	if (luaL_loadbuffer(L, a->source, a->len, chunk) != 0) {
+		snprintf(a->err, a->n, "%s", lua_tostring(L, -1));
+		return 0;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->vm->env_ref);
+	lua_setfenv(L, -2);
+	int base = lua_gettop(L) - 2;
+	lua_call(L, 1, LUA_MULTRET);
+	if (!lua_toboolean(L, base + 1)) {
+		snprintf(a->err, a->n, "%s", lua_tostring(L, base + 2));
+		return 0;
+	}
+	if (!lua_istable(L, base + 2)) {
+		snprintf(a->err, a->n, "%s: %s", a->path,
+		         a->processor ? "the script must return a processor, e.g. "
+		                        "`return tide.decider { ... }`"
+		                      : "the file must return a table");
+		return 0;
+	}
+	if (a->processor) {
+		/* Raw: a metatable on what the script returned must not run its code here,
+		 * outside the CPU guard. */
+		lua_pushliteral(L, "kind");
+		lua_rawget(L, base + 2);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			snprintf(a->err, a->n,
+			         "%s: the script returned a plain table; build it with "
+			         "tide.decider, tide.projection or tide.reactor",
+			         a->path);
+			return 0;
+		}
+		lua_pop(L, 1);
+	}
+	lua_pushvalue(L, base + 2);
+	a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static int load(struct tide_vm *vm, const char *path, const char *source, size_t len,
+                bool processor, int *ref, char *err, size_t n)
+{
+	*ref = LUA_NOREF;
 	if (len > 0 && source[0] == '\x1b') {
 		snprintf(err, n, "%s: precompiled bytecode is not accepted; give the Lua source",
 		         path);
 		return TIDE_EINVAL;
 	}
-	char chunk[512];
-	snprintf(chunk, sizeof(chunk), "@%s", path);
-	lua_pushcfunction(L, l_guarded_call);
-	if (luaL_loadbuffer(L, source, len, chunk) != 0) {
-		snprintf(err, n, "%s", lua_tostring(L, -1));
-		lua_settop(L, top);
-		return TIDE_EINVAL;
-	}
-	lua_rawgeti(L, LUA_REGISTRYINDEX, vm->env_ref);
-	lua_setfenv(L, -2);
-	if (lua_pcall(L, 1, LUA_MULTRET, 0) != 0) {
+	err[0] = '\0';
+	struct load_args a = {vm, path, source, len, processor, LUA_NOREF, err, n};
+	if (lua_cpcall(vm->L, do_load, &a) != 0) {
 		snprintf(err, n, "%s: %s", path,
-		         lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-		lua_settop(L, top);
+		         lua_tostring(vm->L, -1) ? lua_tostring(vm->L, -1) : "error");
+		lua_pop(vm->L, 1);
+		lua_gc(vm->L, LUA_GCCOLLECT, 0);
 		return TIDE_EINVAL;
 	}
-	if (!lua_toboolean(L, top + 1)) {
-		snprintf(err, n, "%s", lua_tostring(L, top + 2));
-		lua_settop(L, top);
+	if (a.ref == LUA_NOREF) {
+		if (!err[0])
+			snprintf(err, n, "%s: cannot load the script", path);
 		return TIDE_EINVAL;
 	}
-	if (!lua_istable(L, top + 2)) {
-		snprintf(err, n, "%s: %s", path,
-		         processor ? "the script must return a processor, e.g. "
-		                     "`return tide.decider { ... }`"
-		                   : "the file must return a table");
-		lua_settop(L, top);
-		return TIDE_EINVAL;
-	}
-	if (!processor) {
-		lua_replace(L, top + 1);
-		lua_settop(L, top + 1);
-		return 0;
-	}
-	lua_getfield(L, top + 2, "kind");
-	if (!lua_isstring(L, -1)) {
-		snprintf(err, n,
-		         "%s: the script returned a plain table; build it with tide.decider, "
-		         "tide.projection or tide.reactor",
-		         path);
-		lua_settop(L, top);
-		return TIDE_EINVAL;
-	}
-	lua_pop(L, 1);
-	lua_replace(L, top + 1);
-	lua_settop(L, top + 1);
+	*ref = a.ref;
 	return 0;
 }
 
-int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, char *err,
-                 size_t n)
+int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, int *ref,
+                 char *err, size_t n)
 {
-	return load(vm, path, source, len, true, err, n);
+	return load(vm, path, source, len, true, ref, err, n);
 }
 
 int tide_vm_load_table(struct tide_vm *vm, const char *path, const char *source, size_t len,
-                       char *err, size_t n)
+                       int *ref, char *err, size_t n)
 {
-	return load(vm, path, source, len, false, err, n);
+	return load(vm, path, source, len, false, ref, err, n);
 }
 
-int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, char *err, size_t n)
+static int protected_call(struct tide_vm *vm, lua_CFunction f, void *ud, bool guard,
+                          struct tide_vm_error *e)
+{
+	lua_State *L = vm->L;
+	bool outer = guard && vm->deadline_ns == 0;
+	if (outer)
+		guard_arm(vm);
+	int rc = lua_cpcall(L, f, ud);
+	bool timed_out = outer ? guard_disarm(vm) : guard && vm->timed_out;
+	if (rc == 0)
+		return 0;
+	memset(e, 0, sizeof(*e));
+	if (rc == LUA_ERRMEM) {
+		lua_pop(L, 1);
+		lua_gc(L, LUA_GCCOLLECT, 0);
+		snprintf(e->kind, sizeof(e->kind), "memory");
+		snprintf(e->message, sizeof(e->message), "script ran out of memory (limit %d KiB)",
+		         (int)(vm->limit / 1024));
+		return -1;
+	}
+	snprintf(e->kind, sizeof(e->kind), timed_out ? "timeout" : "error");
+	if (timed_out)
+		snprintf(e->message, sizeof(e->message),
+		         "script exceeded its CPU time limit of %u ms", vm->cpu_ms);
+	else
+		snprintf(e->message, sizeof(e->message), "%s",
+		         lua_tostring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
+	lua_pop(L, 1);
+	return -1;
+}
+
+int tide_vm_protected(struct tide_vm *vm, lua_CFunction f, void *ud, struct tide_vm_error *e)
+{
+	return protected_call(vm, f, ud, true, e);
+}
+
+int tide_vm_cpcall(struct tide_vm *vm, lua_CFunction f, void *ud, struct tide_vm_error *e)
+{
+	return protected_call(vm, f, ud, false, e);
+}
+
+struct describe {
+	lua_State *co;
+	struct tide_vm_error *e;
+};
+
+static int describe_error(lua_State *L)
+{
+	struct describe *d = lua_touserdata(L, 1);
+	const char *msg = lua_tostring(d->co, -1);
+	if (!msg)
+		msg = lua_type(d->co, -1) == LUA_TNONE ? "error" : luaL_typename(d->co, -1);
+	luaL_traceback(L, d->co, msg, 0);
+	const char *tb = lua_tostring(L, -1);
+	snprintf(d->e->traceback, sizeof(d->e->traceback), "%s", tb);
+	const char *nl = strchr(msg, '\n');
+	snprintf(d->e->message, sizeof(d->e->message), "%.*s",
+	         nl ? (int)(nl - msg) : (int)strlen(msg), msg);
+	return 0;
+}
+
+int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, struct tide_vm_error *e)
 {
 	guard_arm(vm);
 	int rc = lua_resume(co, nargs);
 	bool timed_out = guard_disarm(vm);
 	if (rc == 0 || rc == LUA_YIELD)
 		return rc;
-	if (rc == LUA_ERRMEM)
-		snprintf(err, n, "script ran out of memory (limit %d KiB)",
+	memset(e, 0, sizeof(*e));
+	if (rc == LUA_ERRMEM) {
+		snprintf(e->kind, sizeof(e->kind), "memory");
+		snprintf(e->message, sizeof(e->message), "script ran out of memory (limit %d KiB)",
 		         (int)(vm->limit / 1024));
-	else if (timed_out)
-		snprintf(err, n, "script exceeded its CPU time limit of %u ms", vm->cpu_ms);
-	else {
-		const char *msg = lua_tostring(co, -1);
-		luaL_traceback(vm->L, co, msg ? msg : "error", 0);
-		snprintf(err, n, "%s", lua_tostring(vm->L, -1));
+		return -1;
+	}
+	snprintf(e->kind, sizeof(e->kind), timed_out ? "timeout" : "error");
+	/* Describing the failure allocates: lift the cap for it (it is the runtime's own
+	 * small allocation, no script code runs), and never unprotected. */
+	size_t limit = vm->limit;
+	vm->limit = 0;
+	struct describe d = {co, e};
+	if (lua_cpcall(vm->L, describe_error, &d) != 0) {
+		snprintf(e->message, sizeof(e->message), "script failed (cannot describe it: %s)",
+		         lua_tostring(vm->L, -1));
 		lua_pop(vm->L, 1);
 	}
+	vm->limit = limit;
+	if (timed_out)
+		snprintf(e->message, sizeof(e->message),
+		         "script exceeded its CPU time limit of %u ms", vm->cpu_ms);
 	return -1;
 }
 

@@ -25,18 +25,36 @@ void tide_vm_close(struct tide_vm *vm);
 lua_State *tide_vm_state(struct tide_vm *vm);
 
 /* Runs a script's source (chunk named after path) in the sandbox under the CPU guard and
- * pushes the processor table it returned. On failure pushes nothing and err says
+ * anchors the processor table it returned in the registry (*ref). On failure err says
  * "file:line: what". */
 TIDE_MUST_CHECK int tide_vm_load(struct tide_vm *vm, const char *path, const char *source,
-                                 size_t len, char *err, size_t n);
+                                 size_t len, int *ref, char *err, size_t n);
 
 /* Like tide_vm_load for files that return any table (the daemon's configuration). */
 TIDE_MUST_CHECK int tide_vm_load_table(struct tide_vm *vm, const char *path, const char *source,
-                                       size_t len, char *err, size_t n);
+                                       size_t len, int *ref, char *err, size_t n);
+
+/* A script's failure: kind is "error", "timeout" or "memory"; message is one line;
+ * traceback names the script's file and line ("" when there is none). */
+struct tide_vm_error {
+	char kind[16];
+	char message[1024];
+	char traceback[4096];
+};
 
 /* Resumes coroutine co (a thread of this VM) under the CPU guard. Returns 0 when it
- * finished, LUA_YIELD when it yielded, -1 on error with err = message and traceback. */
-int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, char *err, size_t n);
+ * finished, LUA_YIELD when it yielded, -1 on error (described in *e). */
+int tide_vm_resume(struct tide_vm *vm, lua_State *co, int nargs, struct tide_vm_error *e);
+
+/* Runs f(L) with ud as its light userdata argument under lua_cpcall and the CPU guard:
+ * what C does with a script's values (reading its settings, converting results) is
+ * protected from memory errors and from script code run by metamethods. Returns 0, or -1
+ * with *e filled. */
+int tide_vm_protected(struct tide_vm *vm, lua_CFunction f, void *ud, struct tide_vm_error *e);
+
+/* The same without the CPU guard, for C that drives script code through the runtime's
+ * own guarded calls and waits on the database in between (`tide handle`). */
+int tide_vm_cpcall(struct tide_vm *vm, lua_CFunction f, void *ud, struct tide_vm_error *e);
 
 size_t tide_vm_memory(const struct tide_vm *vm);
 

@@ -208,8 +208,8 @@ static void connect_step(struct tide_pg *pg)
 	}
 }
 
-int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode, tide_pg_ready_cb cb,
-                 void *arg, struct tide_pg **out)
+int tide_pg_open(uv_loop_t *loop, const char *conninfo, const char *application_name,
+                 enum tide_pg_mode mode, tide_pg_ready_cb cb, void *arg, struct tide_pg **out)
 {
 	*out = NULL;
 	struct tide_pg *pg = calloc(1, sizeof(*pg));
@@ -240,7 +240,10 @@ int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode, 
 			pg->password = strdup(o->val);
 	PQconninfoFree(opts);
 
-	pg->conn = PQconnectStart(conninfo);
+	/* The URL is expanded as dbname; a name it gives wins over the fallback. */
+	const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+	const char *const vals[] = {conninfo, application_name ? application_name : "tide", NULL};
+	pg->conn = PQconnectStartParams(keys, vals, 1);
 	if (!pg->conn) {
 		snprintf(pg->error, sizeof(pg->error), "out of memory connecting to the database");
 		uv_timer_start(&pg->timer, on_timer, 0, 0);
@@ -252,7 +255,7 @@ int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode, 
 		return 0;
 	}
 	uv_timer_start(&pg->timer, on_timer, TIDE_PG_CONNECT_TIMEOUT_MS, 0);
-	/* PQconnectStart behaves as if PQconnectPoll had asked to write. */
+	/* PQconnectStartParams behaves as if PQconnectPoll had asked to write. */
 	if (watch(pg, UV_WRITABLE) != 0) {
 		set_error(pg, "cannot watch the database socket");
 		uv_timer_start(&pg->timer, on_timer, 0, 0);

@@ -39,7 +39,9 @@ enum tide_pg_mode {
 	TIDE_PG_SIMPLE,   /* multi-statement scripts, one at a time */
 };
 
-TIDE_MUST_CHECK int tide_pg_open(uv_loop_t *loop, const char *conninfo, enum tide_pg_mode mode,
+/* application_name: what pg_stat_activity shows unless the URL names one (NULL: "tide"). */
+TIDE_MUST_CHECK int tide_pg_open(uv_loop_t *loop, const char *conninfo,
+                                 const char *application_name, enum tide_pg_mode mode,
                                  tide_pg_ready_cb cb, void *arg, struct tide_pg **out);
 
 /* Pipeline mode: runs stmt with text parameters (copied at once). */

@@ -1,17 +1,32 @@
-/* processor.h — one processor of the daemon: its script generations (VMs), its lease,
- * and its consumer loop over the global log (claim → read → batch → commit → read …). */
+/* processor.h — one processor of the daemon: a script file whose generations the loader
+ * (loader.c) loads off the loop and whose events the consumer (consumer.c) processes. */
 #ifndef TIDE_PROCESSOR_H
 #define TIDE_PROCESSOR_H
 
 #include <stdbool.h>
-#include <stdint.h>
-
-#include "daemon.h"
+#include <stddef.h>
+#include <uv.h>
 
 struct tide_processor;
 
-/* A processor for the script at path, named id; starts loading it at once. */
-struct tide_processor *tide_processor_new(struct tide_daemon *d, const char *id, const char *path);
+struct tide_processor_opts {
+	uv_loop_t *loop;
+	const char *url;      /* not copied: outlives the processor */
+	const char *owner;    /* the daemon's lease owner id */
+	const char *sql_role; /* the role scripts' SQL runs as, or NULL */
+	int batch_size;
+	unsigned poll_ms, lease_ms, cpu_ms;
+	size_t memory; /* bytes a script's VM may use; 0: the default */
+	/* Fires once, on a later loop turn than tide_processor_stop, when the processor has
+	 * released its lease and closed everything; free it then. */
+	void (*on_stopped)(struct tide_processor *p, void *arg);
+	void *arg;
+};
+
+/* A processor for the script at path, named id; starts loading it at once. NULL when out
+ * of memory. */
+struct tide_processor *tide_processor_new(const struct tide_processor_opts *o, const char *id,
+                                          const char *path);
 
 /* Loads the file again (off the loop) if its content changed, or always when force;
  * a good load replaces the running generation between batches. */
@@ -20,7 +35,10 @@ void tide_processor_reload(struct tide_processor *p, bool force);
 /* New events may be there: read now if idle. */
 void tide_processor_wake(struct tide_processor *p);
 
-/* Finish the batch in flight, release the lease, close; then tell the daemon. */
+/* `tide dlq retry` queued dead letters of this processor. */
+void tide_processor_check_retries(struct tide_processor *p);
+
+/* Finish the batch in flight, release the lease, close; then on_stopped. */
 void tide_processor_stop(struct tide_processor *p);
 
 void tide_processor_free(struct tide_processor *p);

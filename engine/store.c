@@ -39,13 +39,15 @@ static const struct tide_pg_stmt stmt_read_backward = {
         5,
 };
 
-/* The gap-safe global read: see DESIGN.md "Reading" and tide_read_all() in
- * sql/0002_tide_store.sql. Rows of transactions at or above the snapshot's xmin may still
- * be joined by rows with lower global positions. */
+/* The gap-safe global read: see DESIGN.md "Reading" and tide_read_all() in sql/. Rows of
+ * transactions at or above the snapshot's xmin may still be joined by rows with lower
+ * global positions. With a type filter ($5) the function ends with a marker row (stream_id
+ * NULL) at the last row it walked, so the cursor moves past the rows left out. */
 static const struct tide_pg_stmt stmt_read_all = {
         "tide_read_all",
-        "SELECT " MESSAGE_COLUMNS " FROM tide_read_all($1::xid8, $2::bigint, $3::bigint, $4)",
-        4,
+        "SELECT " MESSAGE_COLUMNS
+        " FROM tide_read_all($1::xid8, $2::bigint, $3::bigint, $4, $5::text[])",
+        5,
 };
 
 /* The global read stops below the oldest running transaction that wrote something (its
@@ -61,6 +63,8 @@ const struct tide_pg_stmt tide_stmt_held_back = {
         0,
 };
 
+static char tide_application_name[64] = "tide";
+
 struct call {
 	struct tide_store *store;
 	union {
@@ -70,6 +74,7 @@ struct call {
 	void *arg;
 	int64_t expected;
 	struct tide_cursor after;
+	bool global; /* a read of the global log */
 };
 
 const char *tide_strerror(int code)
@@ -118,8 +123,8 @@ static void on_open(struct tide_pg *pg, int status, const char *err, void *arg)
 		store->open_cb(store, status, err, store->open_arg);
 }
 
-int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg,
-                    struct tide_store **out)
+int tide_store_open_named(uv_loop_t *loop, const char *url, const char *application_name,
+                          tide_open_cb cb, void *arg, struct tide_store **out)
 {
 	*out = NULL;
 	struct tide_store *store = calloc(1, sizeof(*store));
@@ -129,12 +134,14 @@ int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg
 	store->open_cb = cb;
 	store->open_arg = arg;
 	snprintf(store->partition, sizeof(store->partition), "%s", TIDE_DEFAULT_PARTITION);
+	snprintf(store->application_name, sizeof(store->application_name), "%s",
+	         application_name ? application_name : tide_application_name);
 	store->url = strdup(url ? url : "");
 	if (!store->url) {
 		free(store);
 		return TIDE_ENOMEM;
 	}
-	int rc = tide_pg_open(loop, store->url, TIDE_PG_PIPELINE, on_open, store, &store->pg);
+	int rc = tide_pg_open(loop, store->url, store->application_name, TIDE_PG_PIPELINE, on_open, store, &store->pg);
 	if (rc) {
 		free(store->url);
 		free(store);
@@ -142,6 +149,18 @@ int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg
 	}
 	*out = store;
 	return 0;
+}
+
+int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg,
+                    struct tide_store **out)
+{
+	return tide_store_open_named(loop, url, NULL, cb, arg, out);
+}
+
+void tide_set_application_name(const char *name)
+{
+	snprintf(tide_application_name, sizeof(tide_application_name), "%s",
+	         name && name[0] ? name : "tide");
 }
 
 void tide_store_close(struct tide_store *store)
@@ -382,23 +401,28 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 		free(c);
 		return;
 	}
+	int count = 0;
 	for (int i = 0; i < rows; i++) {
-		m[i].stream_id = PQgetvalue(res, i, 0);
-		m[i].stream_position = to_i64(PQgetvalue(res, i, 1));
-		m[i].global_position = to_i64(PQgetvalue(res, i, 2));
-		m[i].transaction_id = strtoull(PQgetvalue(res, i, 3), NULL, 10);
-		m[i].type = PQgetvalue(res, i, 4);
-		m[i].data = PQgetvalue(res, i, 5);
-		m[i].metadata = PQgetvalue(res, i, 6);
-		m[i].message_id = PQgetvalue(res, i, 7);
-		m[i].created = PQgetvalue(res, i, 8);
+		struct tide_cursor at = {strtoull(PQgetvalue(res, i, 3), NULL, 10),
+		                         to_i64(PQgetvalue(res, i, 2))};
+		r.next = at;
+		if (PQgetisnull(res, i, 0))
+			continue; /* the marker of a filtered read */
+		m[count].stream_id = PQgetvalue(res, i, 0);
+		m[count].stream_position = to_i64(PQgetvalue(res, i, 1));
+		m[count].global_position = at.global_position;
+		m[count].transaction_id = at.transaction_id;
+		m[count].type = PQgetvalue(res, i, 4);
+		m[count].data = PQgetvalue(res, i, 5);
+		m[count].metadata = PQgetvalue(res, i, 6);
+		m[count].message_id = PQgetvalue(res, i, 7);
+		m[count].created = PQgetvalue(res, i, 8);
+		count++;
 	}
-	if (rows) {
-		r.next.transaction_id = m[rows - 1].transaction_id;
-		r.next.global_position = m[rows - 1].global_position;
-	}
+	if (!c->global)
+		r.next = c->after; /* only the global read has a cursor */
 	r.messages = m;
-	r.count = (size_t)rows;
+	r.count = (size_t)count;
 	c->cb.read(0, NULL, &r, c->arg);
 	free(m);
 	free(c);
@@ -445,24 +469,68 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 int tide_store_read_all(struct tide_store *store, const struct tide_cursor *after, int64_t max,
                         tide_read_cb cb, void *arg)
 {
+	return tide_store_read_all_types(store, after, max, NULL, 0, cb, arg);
+}
+
+/* types as a PostgreSQL text[] literal: {"A","B"} with " and \ escaped. */
+static char *types_literal(const char *const *types, size_t n)
+{
+	size_t len = 3;
+	for (size_t i = 0; i < n; i++)
+		len += 2 * strlen(types[i]) + 3;
+	char *s = malloc(len), *o = s;
+	if (!s)
+		return NULL;
+	*o++ = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			*o++ = ',';
+		*o++ = '"';
+		for (const char *c = types[i]; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				*o++ = '\\';
+			*o++ = *c;
+		}
+		*o++ = '"';
+	}
+	*o++ = '}';
+	*o = '\0';
+	return s;
+}
+
+int tide_store_read_all_types(struct tide_store *store, const struct tide_cursor *after,
+                              int64_t max, const char *const *types, size_t ntypes,
+                              tide_read_cb cb, void *arg)
+{
 	if (max < 0)
 		return fail(store, TIDE_EINVAL, "max must not be negative");
+	for (size_t i = 0; i < ntypes; i++)
+		if (!types[i] || !types[i][0])
+			return fail(store, TIDE_EINVAL, "event type %zu of the filter is empty", i + 1);
 	if (!store_usable(store))
 		return TIDE_ECONN;
-	struct call *c = calloc(1, sizeof(*c));
-	if (!c)
+	char *filter = NULL;
+	if (ntypes > 0 && !(filter = types_literal(types, ntypes)))
 		return fail(store, TIDE_ENOMEM, "out of memory");
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c) {
+		free(filter);
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	}
 	c->store = store;
 	c->cb.read = cb;
 	c->arg = arg;
+	c->global = true;
 	if (after)
 		c->after = *after;
 	char xid[24], pos[24], lim[24];
 	snprintf(xid, sizeof(xid), "%" PRIu64, c->after.transaction_id);
 	snprintf(pos, sizeof(pos), "%" PRId64, c->after.global_position);
 	snprintf(lim, sizeof(lim), "%" PRId64, max > 0 ? max : 1000);
-	const char *values[4] = {xid, pos, lim, store->partition};
-	return send_read(store, &stmt_read_all, values, c);
+	const char *values[5] = {xid, pos, lim, store->partition, filter};
+	int rc = send_read(store, &stmt_read_all, values, c);
+	free(filter);
+	return rc;
 }
 
 void tide_cursor_format(const struct tide_cursor *c, char buf[48])

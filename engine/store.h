@@ -14,6 +14,7 @@ struct tide_store {
 	struct tide_pg *pg; /* pipelined connection for appends and reads */
 	char *url;
 	char partition[128]; /* the emt_* partition value every call uses */
+	char application_name[64];
 	tide_open_cb open_cb;
 	void *open_arg;
 	char error[640];
@@ -22,6 +23,12 @@ struct tide_store {
 /* The backend whose open transaction holds every consumer back (for 5 s or more):
  * pid, user, application, state, seconds open; no row when there is none. */
 extern const struct tide_pg_stmt tide_stmt_held_back;
+
+/* tide_store_open with the name pg_stat_activity shows for the connection (e.g. the
+ * processor's), unless the URL names one. */
+TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
+                                          const char *application_name, tide_open_cb cb,
+                                          void *arg, struct tide_store **out);
 
 /* The reply's message, with a hint when the tide schema is missing. */
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);

@@ -299,11 +299,12 @@ return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms =
     assert.are.equal("stopped|true", S.psql(url, "SELECT status || '|' || (owner IS NULL) FROM tide_processors WHERE processor_id = 'seen'"))
   end)
 
-  it("runs reactors once per event, and holds a failing one where it failed", function()
+  it("runs reactors once per event, and holds a failing one where it failed (on_error = retry)", function()
     local reactor = [[
 local tide = require "tide"
 return tide.reactor {
   events = { "CartConfirmed" },
+  on_error = "retry",
   handle = function(e, ctx)
     if e.data.bad and %s then error("cannot notify " .. e.stream_id) end
     ctx.append("notifications-" .. e.stream_id, { { type = "Notify", data = { cart = e.stream_id } } })

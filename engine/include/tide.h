@@ -126,6 +126,10 @@ typedef void (*tide_migrate_cb)(int status, const char *err, size_t applied, voi
 TIDE_MUST_CHECK int tide_store_open(uv_loop_t *loop, const char *url, tide_open_cb cb, void *arg,
                                     struct tide_store **out);
 
+/* The name later connections show in pg_stat_activity unless their URL names one
+ * (application_name); default "tide". Copied; at most 63 bytes are kept. */
+void tide_set_application_name(const char *name);
+
 /* Fails every pending request with TIDE_ECLOSED, closes the connection and frees the
  * store once its libuv handles are closed (the loop must run for that). */
 void tide_store_close(struct tide_store *store);
@@ -157,6 +161,15 @@ TIDE_MUST_CHECK int tide_store_read_stream(struct tide_store *store, const char 
  * cursor sees every message exactly once even when appends commit out of order. */
 TIDE_MUST_CHECK int tide_store_read_all(struct tide_store *store, const struct tide_cursor *after,
                                         int64_t max, tide_read_cb cb, void *arg);
+
+/* Like tide_store_read_all, but only messages of the given types (n >= 1 non-empty
+ * names; n == 0: all). The filter runs on the server: other messages never leave it. It
+ * walks at most max messages of the log per call, so a call may return fewer than max
+ * (even none) while more follow; result->next then still moves past the walked ones. */
+TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
+                                              const struct tide_cursor *after, int64_t max,
+                                              const char *const *types, size_t n,
+                                              tide_read_cb cb, void *arg);
 
 /* Applies pending schema migrations in one transaction on a connection of its own:
  * idempotent, serialized between processes by an advisory lock, and safe on a database

@@ -2,6 +2,7 @@
 -- reactor) and the JSON null sentinel. Pure Lua: usable from plain busted, with no
 -- database and no C module.
 local error, type, pairs, setmetatable, tostring = error, type, pairs, setmetatable, tostring
+local floor = math.floor
 
 local M = {}
 
@@ -54,6 +55,64 @@ local function check_partition(spec, kind)
   end
 end
 
+-- What a projection or reactor does when handling an event keeps failing (engine/consumer.c):
+-- on_error = "dead_letter" (default: park it in tide_dead_letters and go on), "skip" (go on
+-- without it), "stop" (halt until the script changes) or "retry" (forever); max_attempts
+-- (default 5) tries per event first, backoff_ms (default 500) doubling between them.
+local ON_ERROR = { dead_letter = true, skip = true, stop = true, retry = true }
+local DEFAULTS = { on_error = "dead_letter", max_attempts = 5, backoff_ms = 500 }
+M.failure_defaults = DEFAULTS
+
+local function whole(x, lo, hi)
+  return type(x) == "number" and x == floor(x) and x >= lo and x <= hi
+end
+
+local function check_policy(spec, kind)
+  if spec.on_error ~= nil and not ON_ERROR[spec.on_error] then
+    error(kind .. ": 'on_error' must be \"dead_letter\", \"skip\", \"stop\" or \"retry\", got "
+      .. tostring(spec.on_error), 3)
+  end
+  if spec.max_attempts ~= nil and not whole(spec.max_attempts, 1, 1000) then
+    error(kind .. ": 'max_attempts' must be a whole number from 1 to 1000", 3)
+  end
+  if spec.backoff_ms ~= nil and not whole(spec.backoff_ms, 0, 3600000) then
+    error(kind .. ": 'backoff_ms' must be a whole number of milliseconds (0 to 3600000)", 3)
+  end
+end
+
+-- The daemon's settings of a processor, checked (a script may return a table built by hand):
+-- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms }.
+function M.settings(p)
+  if type(p) ~= "table" or type(p.kind) ~= "string" then
+    error("the script must return a processor built with tide.projection or tide.reactor", 0)
+  end
+  if p.kind == "decider" then return { kind = "decider" } end
+  if p.kind ~= "projection" and p.kind ~= "reactor" then
+    error("unknown processor kind '" .. p.kind .. "'", 0)
+  end
+  local version = p.version
+  if version == nil then version = 1 end
+  if not whole(version, 1, 2147483647) then error("version must be a whole number >= 1", 0) end
+  local partition = p.partition
+  if partition == nil then partition = "emt:default" end
+  if type(partition) ~= "string" or partition == "" then
+    error("partition must be a non-empty name", 0)
+  end
+  check_policy(p, p.kind)
+  local types
+  if p.events ~= nil then
+    check_events(p, p.kind)
+    types = {}
+    for i = 1, #p.events do types[i] = p.events[i] end
+  end
+  return {
+    kind = p.kind, version = version, partition = partition, types = types,
+    on_error = p.on_error or DEFAULTS.on_error,
+    max_attempts = p.max_attempts or DEFAULTS.max_attempts,
+    backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,
+  }
+end
+
 -- decider { initial, evolve, decide, stream_type? }
 function M.decider(spec)
   check_spec(spec, "tide.decider")
@@ -74,6 +133,7 @@ function M.projection(spec)
   check_spec(spec, "tide.projection")
   check_events(spec, "tide.projection")
   check_partition(spec, "tide.projection")
+  check_policy(spec, "tide.projection")
   if spec.collection ~= nil then
     if type(spec.collection) ~= "string" or not spec.collection:match("^[%a_][%w_]*$") then
       error("tide.projection: 'collection' must be a name of letters, digits and _", 2)
@@ -98,6 +158,7 @@ function M.reactor(spec)
   check_spec(spec, "tide.reactor")
   check_events(spec, "tide.reactor")
   check_partition(spec, "tide.reactor")
+  check_policy(spec, "tide.reactor")
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
   return spec

@@ -10,7 +10,8 @@ local array = model.array
 local M = {}
 
 -- Wraps the C transaction handle: misuse and failed queries raise, as the script expects.
-function M.sql_handle(raw, query, exec)
+-- raw_query yields until the rows are there; raw_result then hands them over.
+function M.sql_handle(raw, query, exec, result)
   local handle = {}
   function handle:exec(q, ...)
     if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
@@ -19,8 +20,10 @@ function M.sql_handle(raw, query, exec)
   end
   function handle:query(q, ...)
     if type(q) ~= "string" then error("sql:query wants the SQL text first", 2) end
-    local rows, err = query(raw, q, ...)
-    if not rows then error(err, 2) end
+    local _, err = query(raw, q, ...)
+    if err ~= nil then error(err, 2) end
+    local rows, rerr = result(raw)
+    if not rows then error(rerr, 2) end
     return rows
   end
   return handle

@@ -1,0 +1,1099 @@
+/* consumer.c — the processing loop of one processor: claim the lease (and the checkpoint)
+ * → read the gap-safe global log after it → record the attempt → run the batch in the
+ * script (batch.c), committing its effects and the checkpoint together → read again; idle,
+ * it waits for a wake-up or the poll timer. States change only through enter().
+ *
+ * Failures. An attempt is recorded durably before the script runs, so an event whose
+ * handling kills the whole process is counted as well as one that raises. A batch that
+ * fails is then taken again one event at a time to find the culprit; an event that keeps
+ * failing is retried with backoff (jittered, doubling from backoff_ms, at most 30 s) up to
+ * max_attempts, then the policy applies: dead_letter parks it in tide_dead_letters and
+ * moves the checkpoint past it in one transaction; skip moves past it; stop halts the
+ * processor until a new script is loaded; retry never gives up. Losing the connection or
+ * the lease is not the script's doing: such a try does not count, and the consumer
+ * reconnects (with capped backoff) and goes on from the committed checkpoint. */
+#include "consumer.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batch.h"
+#include "lease.h"
+#include "log.h"
+#include "store.h"
+
+#define RETRY_MS       1000  /* after a failure that is not the script's */
+#define MAX_BACKOFF_MS 30000 /* between tries of a failing event, and between connects */
+#define CONNECT_MS     250   /* the first reconnect delay; doubles */
+
+/* The events of one batch, turned into Lua tables (or why they could not be). */
+struct events {
+	bool held;
+	int ref;
+	char err[512]; /* when they could not be handed to the script */
+	int64_t count;
+	struct tide_cursor next; /* the cursor after them */
+};
+
+struct tide_consumer {
+	struct tide_consumer_opts o;
+	char *owner, *id, *script, *sql_role;
+	enum tide_consumer_state state;
+	struct tide_generation cur, pending;
+	bool has_pending;
+	int generation;
+	struct tide_store *store;
+	struct tide_lease lease;
+	uv_timer_t timer;
+	struct tide_cursor cursor; /* the committed checkpoint */
+	bool setup_pending, reset_pending, fresh_generation;
+	bool stop_requested, wake_pending, leased;
+	bool halted; /* on_error = "stop" gave up; a new generation lifts it */
+	uint64_t renewed_at, backoff_until;
+	/* The last attempt, as recorded. */
+	struct {
+		bool known;
+		struct tide_cursor at;
+		int attempts, events;
+		char error[1024];
+	} attempt;
+	bool interrupted; /* the last try was cut off (connection, lease): it does not count */
+	int single_left;  /* events still to be taken one at a time (finding a culprit) */
+	int reconnects;   /* failed connects in a row */
+	int failures;     /* failed tries in a row */
+	struct events batch, ahead;
+	bool ahead_inflight, ahead_discard;
+	int64_t retries;     /* dead letters queued for a retry (from the last claim) */
+	int64_t dead_letter; /* the one being retried */
+	int64_t busy_events;
+	uint64_t busy_since_ns;
+	char last_error[1024];
+	char status[16];
+};
+
+static void claim(struct tide_consumer *c);
+static void read_log(struct tide_consumer *c);
+static void next_step(struct tide_consumer *c);
+static void release(struct tide_consumer *c);
+static void connect_store(struct tide_consumer *c);
+static void begin_attempt(struct tide_consumer *c);
+
+const char *tide_consumer_state_name(enum tide_consumer_state s)
+{
+	static const char *const names[] = {
+	        "new",     "broken",  "connecting", "claiming", "waiting",
+	        "reading", "recording", "running",  "parking",  "retrying",
+	        "idle",    "backoff", "halted",     "releasing", "stopped",
+	};
+	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+/* --- states, status, timer ------------------------------------------------------------- */
+
+static void enter(struct tide_consumer *c, enum tide_consumer_state s)
+{
+	if (c->state == s)
+		return;
+	if (tide_log_enabled("debug"))
+		tide_log("debug", "consumer.state", "processor", c->id, "from",
+		         tide_consumer_state_name(c->state), "to", tide_consumer_state_name(s),
+		         (char *)NULL);
+	c->state = s;
+}
+
+/* Says what `tide status` shows: running, failed, halted, waiting (stopped: release). */
+static void report(struct tide_consumer *c, const char *status)
+{
+	if (status != c->status)
+		snprintf(c->status, sizeof(c->status), "%s", status);
+	tide_lease_report(&c->lease, status, c->last_error, c->script, c->generation);
+}
+
+static void set_error(struct tide_consumer *c, const char *err)
+{
+	snprintf(c->last_error, sizeof(c->last_error), "%s", err ? err : "");
+}
+
+static uint64_t now_ms(struct tide_consumer *c)
+{
+	return uv_now(c->o.loop);
+}
+
+static bool renewal_due(struct tide_consumer *c)
+{
+	return c->leased && now_ms(c) - c->renewed_at >= c->o.lease_ms / 3;
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Wakes the consumer after ms, or earlier when the lease needs renewing. */
+static void arm(struct tide_consumer *c, uint64_t ms)
+{
+	if (c->leased) {
+		uint64_t since = now_ms(c) - c->renewed_at, third = c->o.lease_ms / 3;
+		uint64_t renew = since >= third ? 0 : third - since;
+		if (renew < ms)
+			ms = renew;
+	}
+	uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* Full jitter over the upper half: d/2 .. d. */
+static uint64_t jitter(uint64_t d)
+{
+	return d / 2 + (uint64_t)((double)(d - d / 2) * ((double)rand() / RAND_MAX));
+}
+
+static uint64_t doubling(uint64_t base, int n)
+{
+	uint64_t d = base;
+	for (int i = 1; i < n && d < MAX_BACKOFF_MS; i++)
+		d *= 2;
+	return d < MAX_BACKOFF_MS ? d : MAX_BACKOFF_MS;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	struct tide_consumer *c = t->data;
+	switch (c->state) {
+	case TIDE_CONSUMER_CONNECTING: connect_store(c); break;
+	case TIDE_CONSUMER_WAITING:
+	case TIDE_CONSUMER_HALTED: claim(c); break;
+	case TIDE_CONSUMER_BROKEN:
+		report(c, "failed"); /* the heartbeat of a script that does not load */
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		break;
+	case TIDE_CONSUMER_IDLE:
+	case TIDE_CONSUMER_BACKOFF:
+		if (renewal_due(c))
+			claim(c); /* renews the lease; on_claim goes on where we were */
+		else
+			next_step(c);
+		break;
+	default: break;
+	}
+}
+
+/* --- events in hand --------------------------------------------------------------------- */
+
+static void events_drop(struct tide_consumer *c, struct events *e)
+{
+	if (e->held && e->ref != LUA_NOREF && c->cur.vm)
+		tide_batch_events_free(c->cur.vm, e->ref);
+	memset(e, 0, sizeof(*e));
+	e->ref = LUA_NOREF;
+}
+
+/* Takes a read's messages into the running generation's VM. A failure is kept, to be
+ * reported as the script's when the batch is tried. */
+static void events_take(struct tide_consumer *c, struct events *e, const struct tide_read_result *r)
+{
+	events_drop(c, e);
+	e->held = true;
+	e->count = (int64_t)r->count;
+	e->next = r->next;
+	if (r->count > 0 &&
+	    tide_batch_events(c->cur.vm, r, &e->ref, e->err, sizeof(e->err)) != 0)
+		e->ref = LUA_NOREF;
+	else if (r->count == 0)
+		e->ref = LUA_NOREF;
+}
+
+static void drop_ahead(struct tide_consumer *c)
+{
+	if (c->ahead_inflight)
+		c->ahead_discard = true;
+	events_drop(c, &c->ahead);
+}
+
+/* --- generations ------------------------------------------------------------------------ */
+
+/* Takes the pending generation, between batches. True when the lease must be claimed again
+ * (a new version has its own checkpoint; a new partition its own log). */
+static bool swap_generation(struct tide_consumer *c)
+{
+	if (!c->has_pending)
+		return false;
+	drop_ahead(c); /* its events live in the VM that goes */
+	events_drop(c, &c->batch);
+	bool had = c->cur.vm != NULL;
+	int old_version = c->cur.version;
+	char old_partition[sizeof(c->cur.partition)];
+	memcpy(old_partition, c->cur.partition, sizeof(old_partition));
+	tide_generation_free(&c->cur);
+	c->cur = c->pending;
+	memset(&c->pending, 0, sizeof(c->pending));
+	c->has_pending = false;
+	c->generation++;
+	c->setup_pending = true;
+	c->fresh_generation = true;
+	c->lease.kind = c->cur.kind;
+	c->lease.partition = c->cur.partition;
+	c->lease.version = c->cur.version;
+	char gen[16];
+	snprintf(gen, sizeof(gen), "%d", c->generation);
+	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", c->id, "kind",
+	         c->cur.kind, "generation", gen, "script", c->script, "on_error",
+	         tide_on_error_name(c->cur.on_error), (char *)NULL);
+	if (had && strcmp(old_partition, c->cur.partition) != 0) {
+		tide_log("info", "processor.repartitioned", "processor", c->id, "partition",
+		         c->cur.partition, "reason",
+		         "partition changed: going on from its own checkpoint there", (char *)NULL);
+		return true;
+	}
+	if (had && old_version != c->cur.version) {
+		char v[16];
+		snprintf(v, sizeof(v), "%d", c->cur.version);
+		tide_log("info", "processor.rebuild", "processor", c->id, "version", v, "reason",
+		         "version changed: checkpoint and target reset, replaying from the start",
+		         (char *)NULL);
+		return true;
+	}
+	if (!had)
+		return true; /* the first generation: claim */
+	report(c, c->halted ? "halted" : c->failures ? "failed" : "running");
+	return false;
+}
+
+/* --- connection ------------------------------------------------------------------------- */
+
+/* The connection is gone (a restarted server, a killed backend): drop it, reconnect with
+ * backoff, and claim again; the checkpoint in the database says where to go on. */
+static void lost(struct tide_consumer *c, const char *why)
+{
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	tide_log("warn", "connection.lost", "processor", c->id, "error", why, (char *)NULL);
+	drop_ahead(c);
+	events_drop(c, &c->batch);
+	tide_store_close(c->store);
+	c->store = NULL;
+	c->lease.pg = NULL;
+	c->leased = false;
+	c->interrupted = true;
+	enter(c, TIDE_CONSUMER_CONNECTING);
+	uv_timer_start(&c->timer, on_timer, jitter(CONNECT_MS), 0);
+}
+
+static void on_open(struct tide_store *s, int status, const char *err, void *arg)
+{
+	(void)s;
+	struct tide_consumer *c = arg;
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (status) {
+		c->reconnects++;
+		uint64_t delay = jitter(doubling(CONNECT_MS, c->reconnects));
+		char n[16], ms[24];
+		snprintf(n, sizeof(n), "%d", c->reconnects);
+		snprintf(ms, sizeof(ms), "%" PRIu64, delay);
+		/* The first failures, then one line a minute or so: an outage is not a flood. */
+		if (c->reconnects <= 3 || delay >= MAX_BACKOFF_MS / 2)
+			tide_log("warn", "connect.failed", "processor", c->id, "error", err, "attempt",
+			         n, "retry_in_ms", ms, (char *)NULL);
+		tide_store_close(c->store);
+		c->store = NULL;
+		c->lease.pg = NULL;
+		uv_timer_start(&c->timer, on_timer, delay, 0);
+		return;
+	}
+	if (c->reconnects > 0)
+		tide_log("info", "connect.restored", "processor", c->id, (char *)NULL);
+	c->reconnects = 0;
+	c->lease.pg = c->store->pg;
+	if (!c->cur.vm && !c->has_pending) {
+		enter(c, TIDE_CONSUMER_BROKEN);
+		report(c, "failed"); /* broken from the start: show why */
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	swap_generation(c);
+	claim(c);
+}
+
+static void connect_store(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_CONNECTING);
+	if (tide_store_open_named(c->o.loop, c->o.url, c->id, on_open, c, &c->store) != 0) {
+		c->store = NULL;
+		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+	}
+}
+
+/* --- the lease ---------------------------------------------------------------------------- */
+
+static bool is_state(const char *sqlstate, const char *code)
+{
+	return sqlstate && strcmp(sqlstate, code) == 0;
+}
+
+static void on_claim(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (reply->status == TIDE_ECONN) {
+		lost(c, reply->err);
+		return;
+	}
+	if (reply->status) {
+		set_error(c, reply->err);
+		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+		return;
+	}
+	struct tide_claim cl;
+	tide_lease_parse_claim(reply->res, &cl);
+	if (!cl.acquired) {
+		c->leased = false;
+		if (c->state != TIDE_CONSUMER_WAITING)
+			tide_log("info", "processor.waiting", "processor", c->id, "reason",
+			         "another daemon holds the lease", (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	bool was_waiting = !c->leased;
+	c->leased = true;
+	c->renewed_at = now_ms(c);
+	c->cursor = cl.checkpoint;
+	c->retries = cl.retries;
+	c->attempt.known = cl.has_attempt && cl.attempts > 0;
+	c->attempt.at = cl.at;
+	c->attempt.attempts = cl.attempts;
+	c->attempt.events = cl.events;
+	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", cl.error);
+	if (cl.rebuilt)
+		c->reset_pending = true;
+	if (was_waiting) {
+		char cur[48];
+		tide_cursor_format(&c->cursor, cur);
+		tide_log("info", "processor.started", "processor", c->id, "partition",
+		         c->cur.partition, "checkpoint", cur, (char *)NULL);
+		if (c->attempt.known && c->attempt.attempts > 0) {
+			char n[16], at[48];
+			snprintf(n, sizeof(n), "%d", c->attempt.attempts);
+			tide_cursor_format(&c->attempt.at, at);
+			tide_log("warn", "processor.unfinished_attempt", "processor", c->id, "at", at,
+			         "attempts", n, "reason",
+			         c->attempt.error[0] ? c->attempt.error
+			                             : "the process ended while handling it",
+			         (char *)NULL);
+		}
+		report(c, "running");
+	}
+	if (swap_generation(c)) {
+		claim(c);
+		return;
+	}
+	if (c->halted && !c->fresh_generation) {
+		enter(c, TIDE_CONSUMER_HALTED);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	if (c->halted) {
+		c->halted = false;
+		tide_log("info", "processor.resumed", "processor", c->id, "reason",
+		         "a new script: trying the event it halted on again", (char *)NULL);
+	}
+	if (c->backoff_until > now_ms(c)) {
+		enter(c, TIDE_CONSUMER_BACKOFF);
+		arm(c, c->backoff_until - now_ms(c));
+		return;
+	}
+	next_step(c);
+}
+
+static void claim(struct tide_consumer *c)
+{
+	if (!c->store || !tide_pg_ready(c->store->pg)) {
+		lost(c, c->store ? tide_pg_error(c->store->pg) : "not connected");
+		return;
+	}
+	/* The partition is the script's: reads follow it from this claim on. */
+	if (tide_store_set_partition(c->store, c->cur.partition) != 0) {
+		set_error(c, tide_store_error(c->store)); /* the loader checked: not expected */
+		enter(c, TIDE_CONSUMER_WAITING);
+		report(c, "failed");
+		uv_timer_start(&c->timer, on_timer, MAX_BACKOFF_MS, 0);
+		return;
+	}
+	/* Also when renewing: a wake-up must not start a read while the claim is out. */
+	enter(c, TIDE_CONSUMER_CLAIMING);
+	if (tide_lease_claim(&c->lease, on_claim, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+/* --- stopping ----------------------------------------------------------------------------- */
+
+static void timer_closed(uv_handle_t *h)
+{
+	struct tide_consumer *c = h->data;
+	c->o.on_stopped(c->o.arg);
+}
+
+static void finish_stop(struct tide_consumer *c)
+{
+	if (c->state == TIDE_CONSUMER_STOPPED)
+		return;
+	enter(c, TIDE_CONSUMER_STOPPED);
+	drop_ahead(c);
+	events_drop(c, &c->batch);
+	tide_store_close(c->store);
+	c->store = NULL;
+	c->lease.pg = NULL;
+	uv_close((uv_handle_t *)&c->timer, timer_closed);
+}
+
+static void on_released(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (reply->status && reply->status != TIDE_ECLOSED)
+		tide_log("warn", "release.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+	finish_stop(c);
+}
+
+static void release(struct tide_consumer *c)
+{
+	if (c->state == TIDE_CONSUMER_RELEASING || c->state == TIDE_CONSUMER_STOPPED)
+		return;
+	uv_timer_stop(&c->timer);
+	enter(c, TIDE_CONSUMER_RELEASING);
+	if (!c->store || !tide_pg_ready(c->store->pg) ||
+	    tide_lease_release(&c->lease, on_released, c) != 0)
+		finish_stop(c);
+}
+
+/* --- giving up on an event ------------------------------------------------------------------ */
+
+static void halt(struct tide_consumer *c, const char *err)
+{
+	tide_log("error", "processor.halted", "processor", c->id, "error", err, "reason",
+	         "on_error = \"stop\": it waits for a new script (save the file) or a restart",
+	         (char *)NULL);
+	set_error(c, err);
+	events_drop(c, &c->batch);
+	enter(c, TIDE_CONSUMER_HALTED);
+	c->halted = true;
+	c->fresh_generation = false;
+	report(c, "halted");
+	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+}
+
+static void backoff(struct tide_consumer *c, uint64_t ms)
+{
+	c->backoff_until = now_ms(c) + ms;
+	enter(c, TIDE_CONSUMER_BACKOFF);
+	arm(c, ms);
+}
+
+/* Moved past the event (parked or skipped): go on after it. */
+static void on_parked(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (reply->status == TIDE_ECONN) {
+		lost(c, reply->err);
+		return;
+	}
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (reply->status) {
+		tide_log("error", "park.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+		events_drop(c, &c->batch);
+		if (is_state(reply->sqlstate, "55006") || is_state(reply->sqlstate, "40001")) {
+			c->leased = false;
+			claim(c);
+		} else {
+			backoff(c, RETRY_MS); /* tried again: the attempt count still says so */
+		}
+		return;
+	}
+	char at[48], n[16];
+	tide_cursor_format(&c->batch.next, at);
+	snprintf(n, sizeof(n), "%d", c->attempt.attempts);
+	bool parked = c->cur.on_error == TIDE_ON_ERROR_DEAD_LETTER;
+	tide_log(parked ? "error" : "warn", parked ? "processor.dead_lettered" : "processor.skipped",
+	         "processor", c->id, "event", at, "attempts", n, "error", c->attempt.error,
+	         (char *)NULL);
+	c->cursor = c->batch.next;
+	c->attempt.known = false;
+	c->failures = 0;
+	c->backoff_until = 0;
+	if (c->single_left > 0)
+		c->single_left--;
+	events_drop(c, &c->batch);
+	set_error(c, "");
+	report(c, "running");
+	next_step(c);
+}
+
+/* The event in hand failed max_attempts times: apply the policy. */
+static void give_up(struct tide_consumer *c, const char *err, const char *traceback)
+{
+	if (c->cur.on_error == TIDE_ON_ERROR_STOP) {
+		halt(c, err);
+		return;
+	}
+	if (c->batch.count != 1) {
+		/* Nothing to park (the script's setup failed): try again later. */
+		backoff(c, jitter(MAX_BACKOFF_MS));
+		return;
+	}
+	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", err);
+	enter(c, TIDE_CONSUMER_PARKING);
+	if (tide_lease_park(&c->lease, c->cursor, c->batch.next,
+	                    c->cur.on_error == TIDE_ON_ERROR_DEAD_LETTER, c->attempt.attempts, err,
+	                    traceback, on_parked, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+/* The try in hand failed, and it was the script's doing. */
+static void failed(struct tide_consumer *c, const char *err, const char *traceback)
+{
+	c->failures++;
+	set_error(c, err);
+	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", err);
+	tide_lease_attempt_failed(&c->lease, c->cursor, err, traceback);
+	char n[16], events[24];
+	snprintf(n, sizeof(n), "%d", c->attempt.attempts);
+	snprintf(events, sizeof(events), "%" PRId64, c->batch.count);
+	tide_log("error", "batch.failed", "processor", c->id, "attempt", n, "events", events,
+	         "error", err, (char *)NULL);
+	if (c->batch.count > 1) {
+		/* Which event? Take them one at a time; the others go through. */
+		c->single_left = (int)c->batch.count;
+		tide_log("info", "processor.isolating", "processor", c->id, "events", events,
+		         (char *)NULL);
+		events_drop(c, &c->batch);
+		report(c, "failed");
+		next_step(c);
+		return;
+	}
+	if (c->cur.on_error != TIDE_ON_ERROR_RETRY && c->attempt.attempts >= c->cur.max_attempts) {
+		give_up(c, err, traceback);
+		return;
+	}
+	events_drop(c, &c->batch);
+	report(c, "failed");
+	backoff(c, jitter(doubling(c->cur.backoff_ms ? c->cur.backoff_ms : 1, c->attempt.attempts)));
+}
+
+/* --- batches -------------------------------------------------------------------------------- */
+
+static void on_ahead(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	(void)err;
+	struct tide_consumer *c = arg;
+	c->ahead_inflight = false;
+	if (!status && !c->ahead_discard && !c->stop_requested)
+		events_take(c, &c->ahead, r);
+	c->ahead_discard = false;
+}
+
+/* A full batch suggests more is waiting: ask for the next one now, so that PostgreSQL
+ * reads it while the script runs this one. Sent before the batch's BEGIN, it is a
+ * statement of its own; rows of this batch's transaction (a reactor's appends) are not
+ * in it, and come with a later read, as their transaction id is above the cursor. */
+static void read_ahead(struct tide_consumer *c)
+{
+	if (tide_store_read_all_types(c->store, &c->batch.next, c->o.batch_size,
+	                              (const char *const *)c->cur.types, c->cur.ntypes, on_ahead,
+	                              c) == 0)
+		c->ahead_inflight = true;
+}
+
+/* A backlog of at least this many events is done: say how fast it went. */
+#define BACKLOG_EVENTS 1000
+static void caught_up(struct tide_consumer *c)
+{
+	if (c->busy_events >= BACKLOG_EVENTS) {
+		double s = (double)(uv_hrtime() - c->busy_since_ns) / 1e9;
+		char n[24], secs[24], rate[24], cur[48];
+		snprintf(n, sizeof(n), "%" PRId64, c->busy_events);
+		snprintf(secs, sizeof(secs), "%.3f", s);
+		snprintf(rate, sizeof(rate), "%.0f", s > 0 ? (double)c->busy_events / s : 0.0);
+		tide_cursor_format(&c->cursor, cur);
+		tide_log("info", "processor.caught_up", "processor", c->id, "events", n, "seconds",
+		         secs, "events_per_second", rate, "checkpoint", cur, (char *)NULL);
+	}
+	c->busy_events = 0;
+}
+
+static bool transient(const char *sqlstate)
+{
+	/* Not the script's doing: lost lease or checkpoint, deadlock, server going away. */
+	static const char *const codes[] = {"55006", "40001", "40P01", "57P01",
+	                                    "57P02", "57P03", "53300", NULL};
+	if (!sqlstate || !sqlstate[0])
+		return false;
+	if (strncmp(sqlstate, "08", 2) == 0)
+		return true;
+	for (const char *const *s = codes; *s; s++)
+		if (strcmp(sqlstate, *s) == 0)
+			return true;
+	return false;
+}
+
+static void on_batch(const struct tide_batch_outcome *o, void *arg)
+{
+	struct tide_consumer *c = arg;
+	bool dead_letter = c->dead_letter != 0;
+	int64_t dl = c->dead_letter;
+	c->dead_letter = 0;
+	if (o->status == 0) {
+		c->batch.ref = LUA_NOREF; /* the batch took the events */
+		c->setup_pending = c->reset_pending = false;
+		c->renewed_at = now_ms(c);
+		c->interrupted = false;
+		if (dead_letter) {
+			char id[24];
+			snprintf(id, sizeof(id), "%" PRId64, dl);
+			tide_log("info", "dead_letter.retried", "processor", c->id, "dead_letter", id,
+			         (char *)NULL);
+			if (c->retries > 0)
+				c->retries--;
+			events_drop(c, &c->batch);
+			next_step(c);
+			return;
+		}
+		c->cursor = c->batch.next;
+		c->attempt.known = false;
+		c->busy_events += c->batch.count;
+		c->backoff_until = 0;
+		if (c->single_left > 0)
+			c->single_left--;
+		if (c->failures > 0) {
+			c->failures = 0;
+			set_error(c, "");
+			tide_log("info", "processor.recovered", "processor", c->id, (char *)NULL);
+			report(c, "running");
+		}
+		events_drop(c, &c->batch);
+		if (c->ahead.held && !c->has_pending && !c->stop_requested && c->single_left == 0 &&
+		    (c->ahead.count > 0 || c->ahead.next.global_position != c->cursor.global_position)) {
+			c->batch = c->ahead;
+			memset(&c->ahead, 0, sizeof(c->ahead));
+			c->ahead.ref = LUA_NOREF;
+			begin_attempt(c);
+			return;
+		}
+		drop_ahead(c);
+		next_step(c);
+		return;
+	}
+	c->batch.ref = LUA_NOREF;
+	drop_ahead(c); /* it follows a checkpoint that did not move */
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (o->status == TIDE_ECONN) {
+		lost(c, o->err);
+		return;
+	}
+	if (!o->script && transient(o->sqlstate)) {
+		c->interrupted = true;
+		events_drop(c, &c->batch);
+		tide_log("warn", "batch.interrupted", "processor", c->id, "error", o->err,
+		         (char *)NULL);
+		if (is_state(o->sqlstate, "55006") || is_state(o->sqlstate, "40001")) {
+			c->leased = false;
+			claim(c); /* lease lost or checkpoint moved: find out where we stand */
+		} else {
+			backoff(c, jitter(RETRY_MS));
+		}
+		return;
+	}
+	if (dead_letter) {
+		char id[24];
+		snprintf(id, sizeof(id), "%" PRId64, dl);
+		tide_log("error", "dead_letter.retry_failed", "processor", c->id, "dead_letter", id,
+		         "error", o->err, (char *)NULL);
+		tide_lease_dead_letter_failed(&c->lease, dl, o->err, o->traceback);
+		if (c->retries > 0)
+			c->retries--;
+		events_drop(c, &c->batch);
+		next_step(c);
+		return;
+	}
+	failed(c, o->err, o->traceback);
+}
+
+static void run_batch(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_RUNNING);
+	struct tide_batch_spec spec = {
+	        .loop = c->o.loop,
+	        .vm = c->cur.vm,
+	        .processor_ref = c->cur.ref,
+	        .pg = c->store->pg,
+	        .events_ref = c->batch.ref,
+	        .setup = c->setup_pending,
+	        .reset = c->reset_pending,
+	        .role = c->sql_role,
+	};
+	if (c->dead_letter) {
+		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
+	} else {
+		tide_lease_commit(&c->lease, c->cursor, c->batch.next, &spec);
+		if (c->batch.count >= c->o.batch_size && c->single_left == 0)
+			read_ahead(c);
+	}
+	tide_batch_run(&spec, on_batch, c);
+}
+
+/* An empty list for a batch with no events (setup, or moving past filtered-out ones). */
+static int empty_events(struct tide_consumer *c, struct events *e)
+{
+	struct tide_read_result none = {0};
+	return tide_batch_events(c->cur.vm, &none, &e->ref, e->err, sizeof(e->err));
+}
+
+static void on_recorded(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (reply->status == TIDE_ECONN) {
+		lost(c, reply->err);
+		return;
+	}
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (reply->status) {
+		events_drop(c, &c->batch);
+		tide_log("error", "attempt.record_failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+		if (is_state(reply->sqlstate, "55006")) {
+			c->leased = false;
+			claim(c);
+		} else {
+			backoff(c, RETRY_MS);
+		}
+		return;
+	}
+	c->attempt.known = true;
+	c->attempt.at = c->cursor;
+	c->attempt.attempts = atoi(PQgetvalue(reply->res, 0, 0));
+	c->attempt.events = (int)c->batch.count;
+	c->interrupted = false;
+	c->fresh_generation = false;
+	if (c->batch.ref == LUA_NOREF && c->batch.count > 0) {
+		failed(c, c->batch.err, "");
+		return;
+	}
+	if (c->batch.ref == LUA_NOREF && empty_events(c, &c->batch) != 0) {
+		failed(c, c->batch.err, "");
+		return;
+	}
+	run_batch(c);
+}
+
+/* The batch in hand is about to run: first the policy's view of earlier tries here, then
+ * the attempt is recorded, and only then does the script run. */
+static void begin_attempt(struct tide_consumer *c)
+{
+	int before = c->attempt.known && c->attempt.at.transaction_id == c->cursor.transaction_id &&
+	                             c->attempt.at.global_position == c->cursor.global_position
+	                     ? c->attempt.attempts
+	                     : 0;
+	if (before > 0 && !c->interrupted && c->batch.count > 1 && c->single_left == 0) {
+		/* The last try from here failed or never finished (the process died in it):
+		 * take its events one at a time. */
+		c->single_left = c->attempt.events > 1 ? c->attempt.events : (int)c->batch.count;
+		char n[16];
+		snprintf(n, sizeof(n), "%d", c->single_left);
+		tide_log("info", "processor.isolating", "processor", c->id, "events", n,
+		         (char *)NULL);
+		events_drop(c, &c->batch);
+		read_log(c);
+		return;
+	}
+	if (c->batch.count == 1 && before >= c->cur.max_attempts && !c->interrupted &&
+	    !c->fresh_generation && c->cur.on_error != TIDE_ON_ERROR_RETRY) {
+		const char *err = c->attempt.error[0] ? c->attempt.error
+		                                      : "the process ended while handling the event";
+		char msg[1100];
+		snprintf(msg, sizeof(msg), "%s", err);
+		give_up(c, msg, "");
+		return;
+	}
+	enter(c, TIDE_CONSUMER_RECORDING);
+	if (tide_lease_attempt(&c->lease, c->cursor, (int)c->batch.count, c->interrupted,
+	                       on_recorded, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (status == TIDE_ECONN) {
+		lost(c, err);
+		return;
+	}
+	if (status) {
+		set_error(c, err);
+		tide_log("error", "read.failed", "processor", c->id, "error", err, (char *)NULL);
+		report(c, "failed");
+		backoff(c, RETRY_MS);
+		return;
+	}
+	if (swap_generation(c)) {
+		claim(c);
+		return;
+	}
+	bool moved = r->next.transaction_id != c->cursor.transaction_id ||
+	             r->next.global_position != c->cursor.global_position;
+	if (r->count == 0 && !moved && !c->setup_pending && !c->reset_pending) {
+		caught_up(c);
+		enter(c, TIDE_CONSUMER_IDLE);
+		if (c->wake_pending) {
+			c->wake_pending = false;
+			read_log(c);
+			return;
+		}
+		uint64_t renew = c->o.lease_ms / 3;
+		arm(c, c->o.poll_ms < renew ? c->o.poll_ms : renew);
+		return;
+	}
+	events_take(c, &c->batch, r);
+	begin_attempt(c);
+}
+
+static void read_log(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_READING);
+	c->wake_pending = false;
+	if (c->busy_events == 0)
+		c->busy_since_ns = uv_hrtime();
+	int max = c->single_left > 0 ? 1 : c->o.batch_size;
+	int rc = tide_store_read_all_types(c->store, &c->cursor, max,
+	                                   (const char *const *)c->cur.types, c->cur.ntypes,
+	                                   on_read, c);
+	if (rc == TIDE_ECONN) {
+		lost(c, tide_store_error(c->store));
+	} else if (rc) {
+		set_error(c, tide_store_error(c->store));
+		backoff(c, RETRY_MS);
+	}
+}
+
+/* --- dead letters queued for a retry ----------------------------------------------------- */
+
+static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (reply->status == TIDE_ECONN) {
+		lost(c, reply->err);
+		return;
+	}
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (reply->status || PQntuples(reply->res) == 0) {
+		if (reply->status)
+			tide_log("error", "dead_letter.read_failed", "processor", c->id, "error",
+			         reply->err, (char *)NULL);
+		c->retries = 0;
+		next_step(c);
+		return;
+	}
+	struct tide_message m;
+	c->dead_letter = tide_lease_dead_letter_message(reply->res, &m);
+	struct tide_read_result r = {.messages = &m, .count = 1, .next = c->cursor};
+	events_take(c, &c->batch, &r);
+	if (c->batch.ref == LUA_NOREF) {
+		char id[24];
+		snprintf(id, sizeof(id), "%" PRId64, c->dead_letter);
+		tide_lease_dead_letter_failed(&c->lease, c->dead_letter, c->batch.err, NULL);
+		tide_log("error", "dead_letter.retry_failed", "processor", c->id, "dead_letter", id,
+		         "error", c->batch.err, (char *)NULL);
+		c->dead_letter = 0;
+		if (c->retries > 0)
+			c->retries--;
+		events_drop(c, &c->batch);
+		next_step(c);
+		return;
+	}
+	run_batch(c);
+}
+
+static void take_dead_letter(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_RETRYING);
+	if (tide_lease_dead_letter_next(&c->lease, on_dead_letter, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+/* --- between batches ------------------------------------------------------------------------ */
+
+/* What to do when nothing is in flight. */
+static void next_step(struct tide_consumer *c)
+{
+	if (c->stop_requested) {
+		release(c);
+		return;
+	}
+	if (swap_generation(c)) {
+		claim(c);
+		return;
+	}
+	if (c->retries > 0 && c->single_left == 0) {
+		take_dead_letter(c);
+		return;
+	}
+	read_log(c);
+}
+
+/* --- life ------------------------------------------------------------------------------------ */
+
+struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
+{
+	struct tide_consumer *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->o = *o;
+	c->owner = strdup(o->owner);
+	c->id = strdup(o->id);
+	c->script = strdup(o->script ? o->script : "");
+	c->sql_role = o->sql_role ? strdup(o->sql_role) : NULL;
+	if (!c->owner || !c->id || !c->script || (o->sql_role && !c->sql_role)) {
+		free(c->owner);
+		free(c->id);
+		free(c->script);
+		free(c->sql_role);
+		free(c);
+		return NULL;
+	}
+	c->state = TIDE_CONSUMER_NEW;
+	c->batch.ref = c->ahead.ref = LUA_NOREF;
+	c->lease.id = c->id;
+	c->lease.owner = c->owner;
+	c->lease.kind = "unknown";
+	c->lease.partition = TIDE_DEFAULT_PARTITION;
+	c->lease.version = 1;
+	c->lease.ttl_ms = o->lease_ms;
+	uv_timer_init(o->loop, &c->timer);
+	c->timer.data = c;
+	return c;
+}
+
+void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generation *g)
+{
+	if (c->has_pending)
+		tide_generation_free(&c->pending);
+	c->pending = *g;
+	memset(g, 0, sizeof(*g));
+	c->has_pending = true;
+	c->last_error[0] = '\0';
+	switch (c->state) {
+	case TIDE_CONSUMER_NEW: connect_store(c); break;
+	case TIDE_CONSUMER_BROKEN:
+		uv_timer_stop(&c->timer);
+		swap_generation(c);
+		claim(c);
+		break;
+	case TIDE_CONSUMER_IDLE:
+	case TIDE_CONSUMER_WAITING:
+	case TIDE_CONSUMER_BACKOFF:
+	case TIDE_CONSUMER_HALTED:
+		uv_timer_stop(&c->timer);
+		c->backoff_until = 0;
+		swap_generation(c);
+		claim(c); /* renews the lease, reads the checkpoint of this version */
+		break;
+	default: break; /* what is in flight finishes first (next_step, on_read) */
+	}
+}
+
+void tide_consumer_set_broken(struct tide_consumer *c, const char *err)
+{
+	set_error(c, err);
+	if (c->state == TIDE_CONSUMER_NEW)
+		connect_store(c);
+	else if (c->state == TIDE_CONSUMER_BROKEN)
+		report(c, "failed");
+}
+
+void tide_consumer_note_error(struct tide_consumer *c, const char *err)
+{
+	set_error(c, err);
+	if (c->store && c->status[0])
+		report(c, c->status);
+}
+
+void tide_consumer_wake(struct tide_consumer *c)
+{
+	if (c->state == TIDE_CONSUMER_IDLE) {
+		uv_timer_stop(&c->timer);
+		read_log(c);
+	} else {
+		c->wake_pending = true;
+	}
+}
+
+void tide_consumer_check_retries(struct tide_consumer *c)
+{
+	if (c->retries == 0)
+		c->retries = 1; /* a look costs one query; tide_dead_letter_next tells the truth */
+	if (c->state == TIDE_CONSUMER_IDLE) {
+		uv_timer_stop(&c->timer);
+		next_step(c);
+	}
+}
+
+void tide_consumer_stop(struct tide_consumer *c)
+{
+	if (c->stop_requested)
+		return;
+	c->stop_requested = true;
+	switch (c->state) {
+	case TIDE_CONSUMER_CLAIMING:
+	case TIDE_CONSUMER_READING:
+	case TIDE_CONSUMER_RECORDING:
+	case TIDE_CONSUMER_RUNNING:
+	case TIDE_CONSUMER_PARKING:
+	case TIDE_CONSUMER_RETRYING: break; /* the reply in flight ends it */
+	case TIDE_CONSUMER_CONNECTING:
+		if (!c->store)
+			release(c); /* waiting for the timer: nothing in flight */
+		break;
+	default: release(c); break;
+	}
+}
+
+void tide_consumer_free(struct tide_consumer *c)
+{
+	tide_generation_free(&c->cur);
+	if (c->has_pending)
+		tide_generation_free(&c->pending);
+	free(c->owner);
+	free(c->id);
+	free(c->script);
+	free(c->sql_role);
+	free(c);
+}
+
+enum tide_consumer_state tide_consumer_state(const struct tide_consumer *c)
+{
+	return c->state;
+}

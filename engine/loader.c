@@ -1,0 +1,231 @@
+/* loader.c — loads a processor script into a fresh VM on libuv's thread pool: reads the
+ * file, skips content that is already running (or known to fail), runs the script in the
+ * sandbox, and reads its settings through the runtime (tide.model.settings), under the
+ * CPU guard and inside a protected call, so that a hostile script can neither hang the
+ * loader nor crash it. */
+#include "loader.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batch.h"
+
+struct load_job {
+	uv_work_t req;
+	char *path, *id;
+	struct tide_load_request r;
+	tide_load_cb cb;
+	void *arg;
+	struct tide_load_result result;
+	char err[1024];
+};
+
+const char *tide_on_error_name(enum tide_on_error e)
+{
+	switch (e) {
+	case TIDE_ON_ERROR_SKIP: return "skip";
+	case TIDE_ON_ERROR_STOP: return "stop";
+	case TIDE_ON_ERROR_RETRY: return "retry";
+	default: return "dead_letter";
+	}
+}
+
+void tide_generation_free(struct tide_generation *g)
+{
+	tide_vm_close(g->vm);
+	for (size_t i = 0; i < g->ntypes; i++)
+		free(g->types[i]);
+	free(g->types);
+	memset(g, 0, sizeof(*g));
+}
+
+static uint64_t fnv1a(const char *s, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+	return h;
+}
+
+static char *read_all(const char *path, size_t *len, char *err, size_t n)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t cap = 0;
+	*len = 0;
+	for (;;) {
+		if (*len + 4096 > cap) {
+			char *nb = realloc(buf, cap = cap * 2 + 8192);
+			if (!nb) {
+				free(buf);
+				fclose(f);
+				snprintf(err, n, "out of memory reading %s", path);
+				return NULL;
+			}
+			buf = nb;
+		}
+		size_t got = fread(buf + *len, 1, cap - *len, f);
+		*len += got;
+		if (got == 0)
+			break;
+	}
+	bool bad = ferror(f);
+	fclose(f);
+	if (bad) {
+		snprintf(err, n, "cannot read %s", path);
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+static const char *raw_string(lua_State *L, int t, const char *key)
+{
+	lua_pushstring(L, key);
+	lua_rawget(L, t);
+	const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+	lua_pop(L, 1); /* the string stays alive: the table holds it */
+	return s;
+}
+
+static lua_Number raw_number(lua_State *L, int t, const char *key)
+{
+	lua_pushstring(L, key);
+	lua_rawget(L, t);
+	lua_Number x = lua_tonumber(L, -1);
+	lua_pop(L, 1);
+	return x;
+}
+
+/* Under tide_vm_protected: settings = runtime.processor_settings(processor). */
+static int read_settings(lua_State *L)
+{
+	struct load_job *j = lua_touserdata(L, 1);
+	struct tide_generation *g = &j->result.gen;
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "processor_settings");
+	lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
+	lua_call(L, 1, 1);
+	int t = lua_gettop(L);
+	snprintf(g->kind, sizeof(g->kind), "%s", raw_string(L, t, "kind"));
+	if (strcmp(g->kind, "decider") == 0)
+		return 0;
+	g->version = (int)raw_number(L, t, "version");
+	const char *partition = raw_string(L, t, "partition");
+	if (strlen(partition) > TIDE_MAX_PARTITION_BYTES)
+		return luaL_error(L, "partition must be at most %d bytes, got %d",
+		                  TIDE_MAX_PARTITION_BYTES, (int)strlen(partition));
+	snprintf(g->partition, sizeof(g->partition), "%s", partition);
+	const char *on_error = raw_string(L, t, "on_error");
+	g->on_error = strcmp(on_error, "skip") == 0    ? TIDE_ON_ERROR_SKIP
+	              : strcmp(on_error, "stop") == 0  ? TIDE_ON_ERROR_STOP
+	              : strcmp(on_error, "retry") == 0 ? TIDE_ON_ERROR_RETRY
+	                                               : TIDE_ON_ERROR_DEAD_LETTER;
+	g->max_attempts = (int)raw_number(L, t, "max_attempts");
+	g->backoff_ms = (unsigned)raw_number(L, t, "backoff_ms");
+	lua_pushliteral(L, "types");
+	lua_rawget(L, t);
+	if (lua_istable(L, -1)) {
+		size_t n = lua_objlen(L, -1);
+		g->types = calloc(n ? n : 1, sizeof(char *));
+		if (!g->types)
+			return luaL_error(L, "out of memory");
+		for (size_t i = 0; i < n; i++) {
+			lua_rawgeti(L, -1, (int)i + 1);
+			size_t len;
+			const char *type = lua_tolstring(L, -1, &len);
+			if (!type || !len || len > TIDE_MAX_NAME_BYTES || strlen(type) != len)
+				return luaL_error(L, "events: type %d is not a valid event type name",
+				                  (int)i + 1);
+			g->types[g->ntypes] = strdup(type);
+			if (!g->types[g->ntypes])
+				return luaL_error(L, "out of memory");
+			g->ntypes++;
+			lua_pop(L, 1);
+		}
+	}
+	lua_pushstring(L, j->id);
+	lua_setfield(L, LUA_REGISTRYINDEX, "tide.processor_id");
+	tide_batch_init_vm(g->vm);
+	return 0;
+}
+
+static void load_work(uv_work_t *req)
+{
+	struct load_job *j = req->data;
+	struct tide_load_result *r = &j->result;
+	r->outcome = TIDE_LOAD_FAILED;
+	r->err = j->err;
+	size_t len;
+	char *buf = read_all(j->path, &len, j->err, sizeof(j->err));
+	if (!buf)
+		return;
+	r->hash = fnv1a(buf, len);
+	if (!j->r.force && (r->hash == j->r.known_hash || r->hash == j->r.failed_hash)) {
+		r->outcome = TIDE_LOAD_UNCHANGED;
+		free(buf);
+		return;
+	}
+	struct tide_generation *g = &r->gen;
+	g->hash = r->hash;
+	struct tide_vm_opts opts = {.cpu_ms = j->r.cpu_ms, .memory_limit = j->r.memory};
+	if (tide_vm_open(&opts, &g->vm, j->err, sizeof(j->err)) != 0) {
+		free(buf);
+		return;
+	}
+	int rc = tide_vm_load(g->vm, j->path, buf, len, &g->ref, j->err, sizeof(j->err));
+	free(buf);
+	struct tide_vm_error e;
+	if (rc == 0 && tide_vm_protected(g->vm, read_settings, j, &e) != 0) {
+		snprintf(j->err, sizeof(j->err), "%.400s: %.600s", j->path, e.message);
+		rc = -1;
+	}
+	if (rc != 0) {
+		tide_generation_free(g);
+		return;
+	}
+	if (strcmp(g->kind, "decider") == 0) {
+		tide_generation_free(g);
+		r->outcome = TIDE_LOAD_INERT;
+		return;
+	}
+	r->outcome = TIDE_LOAD_OK;
+}
+
+static void load_done(uv_work_t *req, int status)
+{
+	(void)status;
+	struct load_job *j = req->data;
+	j->cb(&j->result, j->arg);
+	if (j->result.outcome == TIDE_LOAD_OK && j->result.gen.vm)
+		tide_generation_free(&j->result.gen); /* the callback did not take it */
+	free(j->path);
+	free(j->id);
+	free(j);
+}
+
+int tide_load(uv_loop_t *loop, const struct tide_load_request *req, tide_load_cb cb, void *arg)
+{
+	struct load_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return TIDE_ENOMEM;
+	j->req.data = j;
+	j->r = *req;
+	j->path = strdup(req->path);
+	j->id = strdup(req->id);
+	j->cb = cb;
+	j->arg = arg;
+	if (!j->path || !j->id || uv_queue_work(loop, &j->req, load_work, load_done) != 0) {
+		free(j->path);
+		free(j->id);
+		free(j);
+		return TIDE_ENOMEM;
+	}
+	return 0;
+}
