@@ -42,10 +42,10 @@ struct tide_batch {
 	bool starting;   /* inside tide_batch_run */
 	bool started;    /* the coroutine has been resumed once */
 	bool over;       /* COMMIT's or ROLLBACK's reply came, or could not be sent */
-	bool failed;    /* something failed: the transaction is rolled back */
-	bool script;    /* ... and it was the script */
-	bool query_out; /* the coroutine waits for a query */
-	bool conn_lost; /* a reply said the connection is gone */
+	bool failed;     /* something failed: the transaction is rolled back */
+	bool script;     /* ... and it was the script */
+	bool query_out;  /* the coroutine waits for a query */
+	bool conn_lost;  /* a reply said the connection is gone */
 	int status;
 	char err[1024];
 	char result_err[1024];
@@ -164,7 +164,7 @@ static void on_end(const struct tide_pg_reply *reply, void *arg)
 
 /* Sends one statement of the batch's transaction; false when the connection is gone. */
 static bool send_stmt(struct tide_batch *b, const char *sql, int n, const char *const *v,
-                 tide_pg_reply_cb cb)
+                      tide_pg_reply_cb cb)
 {
 	if (tide_pg_exec_sql(b->pg, sql, n, v, cb, b) != 0) {
 		fail_batch(b, tide_pg_error(b->pg), NULL);
@@ -184,7 +184,7 @@ static void end_transaction(struct tide_batch *b)
 		const char *v[1] = {b->role};
 		sent = (!b->role || send_stmt(b, "SELECT tide_role_end($1)", 1, v, on_exec)) &&
 		       (!b->close_sql || send_stmt(b, b->close_sql, b->close_nargs,
-		                              (const char *const *)b->close_args, on_exec)) &&
+		                                   (const char *const *)b->close_args, on_exec)) &&
 		       send_stmt(b, "COMMIT", 0, NULL, on_end);
 	}
 	if (!sent) {
@@ -330,7 +330,8 @@ static int params(lua_State *L, const char **values, char **owned, char (*nums)[
 			size_t len;
 			values[i] = lua_tolstring(L, idx, &len);
 			if (strlen(values[i]) != len) {
-				snprintf(err, n, "$%d: a SQL parameter cannot hold a NUL byte", i + 1);
+				snprintf(err, n, "$%d: a SQL parameter cannot hold a NUL byte",
+				         i + 1);
 				lua_pop(L, 1);
 				return -1;
 			}

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_dlq.h"
 #include "daemon.h"
 #include "json.h"
 #include "lua_json.h"
@@ -34,6 +35,7 @@ static const char usage_main[] =
         "  check       load processor scripts in the sandbox and report problems\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
         "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
+        "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
         "Run `tide COMMAND --help` for a command's options.\n";
@@ -110,12 +112,15 @@ static const char usage_check[] =
 static const char usage_status[] =
         "usage: tide status [--json] [--database URL]\n"
         "\n"
-        "One row per processor known to the database: id, kind, state (running, failed,\n"
-        "waiting, stopped), checkpoint (XID:POS), lag in events and seconds, script\n"
-        "generation, owner and last error; a processor of another partition than emt:default\n"
-        "shows as ID@PARTITION. --json prints one JSON object per processor. When a transaction\n"
-        "open for more than 5 s holds every consumer back, a warning on stderr names its "
-        "backend.\n";
+        "One row per processor known to the database: id, kind, state, checkpoint (XID:POS),\n"
+        "lag in events and seconds, script generation, dead letters, owner and last error.\n"
+        "States: running; failed (retrying a failing event, or its script does not load);\n"
+        "halted (on_error = \"stop\" gave up: waits for a new script); waiting (another\n"
+        "daemon holds it); stopped; expired (the daemon looking after it stopped doing so\n"
+        "without saying: it died or lost the database). A processor of another partition\n"
+        "than emt:default shows as ID@PARTITION. --json prints one JSON object per\n"
+        "processor. When a transaction open for more than 5 s holds every consumer back, a\n"
+        "warning on stderr names its backend.\n";
 
 int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
@@ -502,6 +507,8 @@ int tide_cli_main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "run") == 0)
 		return tide_daemon_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)
+		return tide_cli_dlq_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);

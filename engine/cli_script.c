@@ -57,8 +57,7 @@ static int status_of(const char *kind)
 
 /* A fresh sandboxed VM with the script's processor table anchored at *ref; NULL (with
  * err) when the file cannot be read or the script does not load. */
-static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, char *err,
-                                   size_t n)
+static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, char *err, size_t n)
 {
 	size_t len;
 	char *src = read_file(path, &len, err, n);
@@ -123,7 +122,7 @@ int tide_cli_run_check(struct cli *cli)
 struct script_run {
 	struct cli *cli;
 	int ref;
-	int status;  /* 0, or the TIDE_E* status of the failure */
+	int status;    /* 0, or the TIDE_E* status of the failure */
 	bool rejected; /* the decider refused the command */
 	char message[1024];
 	char *json; /* the output line (cJSON allocator) */
@@ -220,7 +219,8 @@ int tide_cli_run_script(struct cli *cli)
 	struct tide_vm_error e;
 	if (tide_vm_cpcall(vm, run_script, &s, &e) != 0) {
 		/* Misuse raises (bad arguments); a memory error is the script's VM running out. */
-		tide_cli_fail(cli, strcmp(e.kind, "memory") == 0 ? TIDE_EDB : TIDE_EINVAL, e.message);
+		tide_cli_fail(cli, strcmp(e.kind, "memory") == 0 ? TIDE_EDB : TIDE_EINVAL,
+		              e.message);
 		tide_vm_close(vm);
 		return cli->exit_code;
 	}

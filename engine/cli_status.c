@@ -7,11 +7,15 @@
 #include "cli_common.h"
 #include "store.h"
 
+/* A processor no daemon has looked after since its heartbeat (seen_until) passed shows as
+ * "expired": its daemon died or lost the database, and its last word is stale. */
 static const struct tide_pg_stmt stmt_status = {
         "tide_status",
         "WITH p AS ("
-        " SELECT t.processor_id, t.kind, t.status, t.generation, t.owner, t.last_error, t.script,"
+        " SELECT t.processor_id, t.kind, t.generation, t.owner, t.last_error, t.script,"
         "  t.partition,"
+        "  CASE WHEN t.status <> 'stopped' AND coalesce(t.seen_until, t.lease_until) < now()"
+        "   THEN 'expired' ELSE t.status END AS status,"
         "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
         "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
         " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
@@ -19,7 +23,9 @@ static const struct tide_pg_stmt stmt_status = {
         " SELECT p.processor_id, p.kind, p.status, p.xid::text || ':' || p.pos, lag.n,"
         "  coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3),"
         "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, ''),"
-        "  p.partition"
+        "  p.partition,"
+        "  (SELECT count(*) FROM tide_dead_letters d WHERE d.processor_id = p.processor_id"
+        "    AND d.partition = p.partition)"
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
         "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
         "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
@@ -55,14 +61,14 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 	PGresult *res = reply->res;
 	static const char *keys[] = {"id",         "kind",        "state",      "checkpoint",
 	                             "lag_events", "lag_seconds", "generation", "owner",
-	                             "last_error", "script",      "partition"};
+	                             "last_error", "script",      "partition",  "dead_letters"};
 	int rows = PQntuples(res);
 	if (cli->json) {
 		for (int r = 0; r < rows; r++) {
 			cJSON *o = cJSON_CreateObject();
-			for (int c = 0; c < 11; c++) {
+			for (int c = 0; c < 12; c++) {
 				const char *v = PQgetvalue(res, r, c);
-				if (c == 4 || c == 5 || c == 6)
+				if (c == 4 || c == 5 || c == 6 || c == 11)
 					cJSON_AddRawToObject(o, keys[c], v);
 				else if (c == 8 && !v[0])
 					cJSON_AddNullToObject(o, keys[c]);
@@ -74,8 +80,8 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 	} else if (rows == 0) {
 		printf("no processors yet: start some with `tide run DIR`\n");
 	} else {
-		printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", "PROCESSOR", "KIND", "STATE",
-		       "CHECKPOINT", "LAG", "LAG(s)", "GEN", "LAST ERROR");
+		printf("%-24s %-10s %-8s %-22s %10s %10s %4s %5s  %s\n", "PROCESSOR", "KIND",
+		       "STATE", "CHECKPOINT", "LAG", "LAG(s)", "GEN", "DLQ", "LAST ERROR");
 		for (int r = 0; r < rows; r++) {
 			char err[200];
 			snprintf(err, sizeof(err), "%s", PQgetvalue(res, r, 8));
@@ -88,10 +94,10 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 				snprintf(id, sizeof(id), "%s", PQgetvalue(res, r, 0));
 			else
 				snprintf(id, sizeof(id), "%s@%s", PQgetvalue(res, r, 0), part);
-			printf("%-24s %-10s %-8s %-22s %10s %10s %4s  %s\n", id,
+			printf("%-24s %-10s %-8s %-22s %10s %10s %4s %5s  %s\n", id,
 			       PQgetvalue(res, r, 1), PQgetvalue(res, r, 2), PQgetvalue(res, r, 3),
 			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
-			       err[0] ? err : "-");
+			       PQgetvalue(res, r, 11), err[0] ? err : "-");
 		}
 	}
 	if (tide_pg_exec(cli->store->pg, &tide_stmt_held_back, NULL, on_blocker, cli) != 0)

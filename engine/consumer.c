@@ -48,9 +48,11 @@ struct tide_consumer {
 	struct tide_lease lease;
 	uv_timer_t timer;
 	struct tide_cursor cursor; /* the committed checkpoint */
-	bool setup_pending, reset_pending, fresh_generation;
+	bool setup_pending, reset_pending;
+	char script_hash[17]; /* of the running generation, as attempts record it */
 	bool stop_requested, wake_pending, leased;
-	bool halted; /* on_error = "stop" gave up; a new generation lifts it */
+	bool halted;            /* on_error = "stop" gave up ... */
+	char halted_script[17]; /* ... with this script: another one lifts it */
 	uint64_t renewed_at, backoff_until;
 	/* The last attempt, as recorded. */
 	struct {
@@ -58,6 +60,7 @@ struct tide_consumer {
 		struct tide_cursor at;
 		int attempts, events;
 		char error[1024];
+		char script[17]; /* which script made the tries */
 	} attempt;
 	bool interrupted; /* the last try was cut off (connection, lease): it does not count */
 	int single_left;  /* events still to be taken one at a time (finding a culprit) */
@@ -65,7 +68,7 @@ struct tide_consumer {
 	int failures;     /* failed tries in a row */
 	struct events batch, ahead;
 	bool ahead_inflight, ahead_discard;
-	int64_t retries;     /* dead letters queued for a retry (from the last claim) */
+	int64_t retries;     /* dead letters queued for a retry: look until none is left */
 	int64_t dead_letter; /* the one being retried */
 	int64_t busy_events;
 	uint64_t busy_since_ns;
@@ -83,9 +86,9 @@ static void begin_attempt(struct tide_consumer *c);
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
 	static const char *const names[] = {
-	        "new",     "broken",  "connecting", "claiming", "waiting",
-	        "reading", "recording", "running",  "parking",  "retrying",
-	        "idle",    "backoff", "halted",     "releasing", "stopped",
+	        "new",     "broken",    "connecting", "claiming",  "waiting",
+	        "reading", "recording", "running",    "parking",   "retrying",
+	        "idle",    "backoff",   "halted",     "releasing", "stopped",
 	};
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -194,8 +197,7 @@ static void events_take(struct tide_consumer *c, struct events *e, const struct 
 	e->held = true;
 	e->count = (int64_t)r->count;
 	e->next = r->next;
-	if (r->count > 0 &&
-	    tide_batch_events(c->cur.vm, r, &e->ref, e->err, sizeof(e->err)) != 0)
+	if (r->count > 0 && tide_batch_events(c->cur.vm, r, &e->ref, e->err, sizeof(e->err)) != 0)
 		e->ref = LUA_NOREF;
 	else if (r->count == 0)
 		e->ref = LUA_NOREF;
@@ -228,14 +230,14 @@ static bool swap_generation(struct tide_consumer *c)
 	c->has_pending = false;
 	c->generation++;
 	c->setup_pending = true;
-	c->fresh_generation = true;
+	snprintf(c->script_hash, sizeof(c->script_hash), "%016" PRIx64, c->cur.hash);
 	c->lease.kind = c->cur.kind;
 	c->lease.partition = c->cur.partition;
 	c->lease.version = c->cur.version;
 	char gen[16];
 	snprintf(gen, sizeof(gen), "%d", c->generation);
-	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", c->id, "kind",
-	         c->cur.kind, "generation", gen, "script", c->script, "on_error",
+	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", c->id,
+	         "kind", c->cur.kind, "generation", gen, "script", c->script, "on_error",
 	         tide_on_error_name(c->cur.on_error), (char *)NULL);
 	if (had && strcmp(old_partition, c->cur.partition) != 0) {
 		tide_log("info", "processor.repartitioned", "processor", c->id, "partition",
@@ -295,8 +297,8 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 		snprintf(ms, sizeof(ms), "%" PRIu64, delay);
 		/* The first failures, then one line a minute or so: an outage is not a flood. */
 		if (c->reconnects <= 3 || delay >= MAX_BACKOFF_MS / 2)
-			tide_log("warn", "connect.failed", "processor", c->id, "error", err, "attempt",
-			         n, "retry_in_ms", ms, (char *)NULL);
+			tide_log("warn", "connect.failed", "processor", c->id, "error", err,
+			         "attempt", n, "retry_in_ms", ms, (char *)NULL);
 		tide_store_close(c->store);
 		c->store = NULL;
 		c->lease.pg = NULL;
@@ -373,6 +375,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	c->attempt.attempts = cl.attempts;
 	c->attempt.events = cl.events;
 	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", cl.error);
+	snprintf(c->attempt.script, sizeof(c->attempt.script), "%s", cl.script);
 	if (cl.rebuilt)
 		c->reset_pending = true;
 	if (was_waiting) {
@@ -384,8 +387,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 			char n[16], at[48];
 			snprintf(n, sizeof(n), "%d", c->attempt.attempts);
 			tide_cursor_format(&c->attempt.at, at);
-			tide_log("warn", "processor.unfinished_attempt", "processor", c->id, "at", at,
-			         "attempts", n, "reason",
+			tide_log("warn", "processor.unfinished_attempt", "processor", c->id, "at",
+			         at, "attempts", n, "reason",
 			         c->attempt.error[0] ? c->attempt.error
 			                             : "the process ended while handling it",
 			         (char *)NULL);
@@ -396,7 +399,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		claim(c);
 		return;
 	}
-	if (c->halted && !c->fresh_generation) {
+	if (c->halted && strcmp(c->halted_script, c->script_hash) == 0) {
 		enter(c, TIDE_CONSUMER_HALTED);
 		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 		return;
@@ -486,7 +489,7 @@ static void halt(struct tide_consumer *c, const char *err)
 	events_drop(c, &c->batch);
 	enter(c, TIDE_CONSUMER_HALTED);
 	c->halted = true;
-	c->fresh_generation = false;
+	memcpy(c->halted_script, c->script_hash, sizeof(c->halted_script));
 	report(c, "halted");
 	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 }
@@ -526,9 +529,9 @@ static void on_parked(const struct tide_pg_reply *reply, void *arg)
 	tide_cursor_format(&c->batch.next, at);
 	snprintf(n, sizeof(n), "%d", c->attempt.attempts);
 	bool parked = c->cur.on_error == TIDE_ON_ERROR_DEAD_LETTER;
-	tide_log(parked ? "error" : "warn", parked ? "processor.dead_lettered" : "processor.skipped",
-	         "processor", c->id, "event", at, "attempts", n, "error", c->attempt.error,
-	         (char *)NULL);
+	tide_log(parked ? "error" : "warn",
+	         parked ? "processor.dead_lettered" : "processor.skipped", "processor", c->id,
+	         "event", at, "attempts", n, "error", c->attempt.error, (char *)NULL);
 	c->cursor = c->batch.next;
 	c->attempt.known = false;
 	c->failures = 0;
@@ -589,7 +592,8 @@ static void failed(struct tide_consumer *c, const char *err, const char *traceba
 	}
 	events_drop(c, &c->batch);
 	report(c, "failed");
-	backoff(c, jitter(doubling(c->cur.backoff_ms ? c->cur.backoff_ms : 1, c->attempt.attempts)));
+	backoff(c,
+	        jitter(doubling(c->cur.backoff_ms ? c->cur.backoff_ms : 1, c->attempt.attempts)));
 }
 
 /* --- batches -------------------------------------------------------------------------------- */
@@ -662,10 +666,8 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		if (dead_letter) {
 			char id[24];
 			snprintf(id, sizeof(id), "%" PRId64, dl);
-			tide_log("info", "dead_letter.retried", "processor", c->id, "dead_letter", id,
-			         (char *)NULL);
-			if (c->retries > 0)
-				c->retries--;
+			tide_log("info", "dead_letter.retried", "processor", c->id, "dead_letter",
+			         id, (char *)NULL);
 			events_drop(c, &c->batch);
 			next_step(c);
 			return;
@@ -684,7 +686,8 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		}
 		events_drop(c, &c->batch);
 		if (c->ahead.held && !c->has_pending && !c->stop_requested && c->single_left == 0 &&
-		    (c->ahead.count > 0 || c->ahead.next.global_position != c->cursor.global_position)) {
+		    (c->ahead.count > 0 ||
+		     c->ahead.next.global_position != c->cursor.global_position)) {
 			c->batch = c->ahead;
 			memset(&c->ahead, 0, sizeof(c->ahead));
 			c->ahead.ref = LUA_NOREF;
@@ -724,8 +727,6 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		tide_log("error", "dead_letter.retry_failed", "processor", c->id, "dead_letter", id,
 		         "error", o->err, (char *)NULL);
 		tide_lease_dead_letter_failed(&c->lease, dl, o->err, o->traceback);
-		if (c->retries > 0)
-			c->retries--;
 		events_drop(c, &c->batch);
 		next_step(c);
 		return;
@@ -791,7 +792,7 @@ static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 	c->attempt.attempts = atoi(PQgetvalue(reply->res, 0, 0));
 	c->attempt.events = (int)c->batch.count;
 	c->interrupted = false;
-	c->fresh_generation = false;
+	memcpy(c->attempt.script, c->script_hash, sizeof(c->attempt.script));
 	if (c->batch.ref == LUA_NOREF && c->batch.count > 0) {
 		failed(c, c->batch.err, "");
 		return;
@@ -823,10 +824,14 @@ static void begin_attempt(struct tide_consumer *c)
 		read_log(c);
 		return;
 	}
+	/* A script other than the one that made the tries (a fix, saved or restarted with)
+	 * gets one try of its own first. */
+	bool same_script = strcmp(c->attempt.script, c->script_hash) == 0;
 	if (c->batch.count == 1 && before >= c->cur.max_attempts && !c->interrupted &&
-	    !c->fresh_generation && c->cur.on_error != TIDE_ON_ERROR_RETRY) {
-		const char *err = c->attempt.error[0] ? c->attempt.error
-		                                      : "the process ended while handling the event";
+	    same_script && c->cur.on_error != TIDE_ON_ERROR_RETRY) {
+		const char *err = c->attempt.error[0]
+		                          ? c->attempt.error
+		                          : "the process ended while handling the event";
 		char msg[1100];
 		snprintf(msg, sizeof(msg), "%s", err);
 		give_up(c, msg, "");
@@ -834,7 +839,7 @@ static void begin_attempt(struct tide_consumer *c)
 	}
 	enter(c, TIDE_CONSUMER_RECORDING);
 	if (tide_lease_attempt(&c->lease, c->cursor, (int)c->batch.count, c->interrupted,
-	                       on_recorded, c) != 0)
+	                       c->script_hash, on_recorded, c) != 0)
 		lost(c, tide_pg_error(c->store->pg));
 }
 
@@ -928,8 +933,6 @@ static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 		tide_log("error", "dead_letter.retry_failed", "processor", c->id, "dead_letter", id,
 		         "error", c->batch.err, (char *)NULL);
 		c->dead_letter = 0;
-		if (c->retries > 0)
-			c->retries--;
 		events_drop(c, &c->batch);
 		next_step(c);
 		return;

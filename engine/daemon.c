@@ -41,8 +41,8 @@ struct run {
 	uv_timer_t debounce, listen_retry, drain_deadline;
 	uv_signal_t sigterm, sigint, sighup;
 	struct tide_store *listen;
-	char held_by[16];      /* pid of the backend last reported holding the log back */
-	uint64_t held_told_at; /* when that was said (uv_now) */
+	char held_by[16];             /* pid of the backend last reported holding the log back */
+	uint64_t held_told_at;        /* when that was said (uv_now) */
 	struct tide_store *bootstrap; /* asks who scripts' SQL runs as */
 	bool force_reload;
 	int exit_code;
@@ -566,7 +566,8 @@ static void check_privileges(struct run *r, const struct tide_pg_reply *reply)
 {
 	if (reply->status) {
 		if (reply->status != TIDE_ECLOSED)
-			tide_log("warn", "daemon.privileges_unknown", "error", reply->err, (char *)NULL);
+			tide_log("warn", "daemon.privileges_unknown", "error", reply->err,
+			         (char *)NULL);
 		return;
 	}
 	PGresult *res = reply->res;
@@ -586,12 +587,13 @@ static void check_privileges(struct run *r, const struct tide_pg_reply *reply)
 		         "the role scripts' SQL runs as is a superuser: it contains nothing",
 		         (char *)NULL);
 	else if (superuser && !role)
-		tide_log("warn", "daemon.superuser",
-		         "effect",
-		         "connected as a superuser with no sql_role: processor scripts' SQL may read "
+		tide_log("warn", "daemon.superuser", "effect",
+		         "connected as a superuser with no sql_role: processor scripts' SQL may "
+		         "read "
 		         "and write any table, read server files and run programs on the database "
 		         "server (COPY ... TO PROGRAM)",
-		         "fix", "set sql_role (or --sql-role) to a role without superuser", (char *)NULL);
+		         "fix", "set sql_role (or --sql-role) to a role without superuser",
+		         (char *)NULL);
 	else if (superuser)
 		tide_log("warn", "daemon.superuser", "sql_role", role, "effect",
 		         "scripts' SQL runs as sql_role; a script that switches its role back is "
@@ -668,7 +670,10 @@ int tide_daemon_main(int argc, char **argv)
 {
 	static struct run r; /* the loop's handles point into it until the end */
 	memset(&r, 0, sizeof(r));
-	struct settings set = {.batch = 500, .poll = 1000, .lease = 10000, .cpu = 1000,
+	struct settings set = {.batch = 500,
+	                       .poll = 1000,
+	                       .lease = 10000,
+	                       .cpu = 1000,
 	                       .memory_mb = TIDE_VM_DEFAULT_MEMORY >> 20};
 	struct settings flags = {0};
 	const char *config = NULL;
@@ -735,7 +740,8 @@ int tide_daemon_main(int argc, char **argv)
 		return 2;
 	}
 	if (set.log_level && tide_log_set_level(set.log_level) != 0) {
-		fprintf(stderr, "tide run: --log-level wants debug, info, warn or error, got '%s'\n",
+		fprintf(stderr,
+		        "tide run: --log-level wants debug, info, warn or error, got '%s'\n",
 		        set.log_level);
 		return 2;
 	}

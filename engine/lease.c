@@ -31,7 +31,7 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	static const struct tide_pg_stmt stmt = {
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt, attempt_at,"
-	        " attempt_events, attempts, attempt_error, retries"
+	        " attempt_events, attempts, attempt_error, attempt_script, retries"
 	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6)",
 	        6,
 	};
@@ -45,19 +45,20 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->error = "";
+	out->error = out->script = "";
 	if (PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't')
 		return;
 	out->acquired = true;
 	out->checkpoint.transaction_id = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
 	out->checkpoint.global_position = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
 	out->rebuilt = PQgetvalue(res, 0, 3)[0] == 't';
-	out->has_attempt = !PQgetisnull(res, 0, 4) &&
-	                   tide_cursor_parse(PQgetvalue(res, 0, 4), &out->at) == 0;
+	out->has_attempt =
+	        !PQgetisnull(res, 0, 4) && tide_cursor_parse(PQgetvalue(res, 0, 4), &out->at) == 0;
 	out->events = atoi(PQgetvalue(res, 0, 5));
 	out->attempts = atoi(PQgetvalue(res, 0, 6));
 	out->error = PQgetvalue(res, 0, 7);
-	out->retries = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+	out->script = PQgetvalue(res, 0, 8);
+	out->retries = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
 }
 
 int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
@@ -90,22 +91,30 @@ void tide_lease_report(const struct tide_lease *l, const char *status, const cha
 	fmt_int(version, sizeof(version), l->version ? l->version : 1);
 	fmt_int(gen, sizeof(gen), generation);
 	fmt_int(ttl, sizeof(ttl), l->ttl_ms);
-	const char *v[10] = {l->id,  l->kind[0] ? l->kind : "unknown", version,  status,
-	                     gen,    error && error[0] ? error : NULL,  script,   l->owner,
-	                     l->partition[0] ? l->partition : TIDE_DEFAULT_PARTITION, ttl};
+	const char *v[10] = {l->id,
+	                     l->kind[0] ? l->kind : "unknown",
+	                     version,
+	                     status,
+	                     gen,
+	                     error && error[0] ? error : NULL,
+	                     script,
+	                     l->owner,
+	                     l->partition[0] ? l->partition : TIDE_DEFAULT_PARTITION,
+	                     ttl};
 	if (tide_pg_exec(l->pg, &stmt, v, on_logged, "status.failed") != 0)
 		tide_log("warn", "status.failed", "processor", l->id, (char *)NULL);
 }
 
 int tide_lease_attempt(const struct tide_lease *l, struct tide_cursor at, int events, bool replace,
-                       tide_pg_reply_cb cb, void *arg)
+                       const char *script, tide_pg_reply_cb cb, void *arg)
 {
 	static const struct tide_pg_stmt stmt = {
-	        "tide_attempt", "SELECT tide_processor_attempt($1, $2, $3, $4::int, $5::boolean)", 5};
+	        "tide_attempt",
+	        "SELECT tide_processor_attempt($1, $2, $3, $4::int, $5::boolean, $6)", 6};
 	char at_text[48], n[16];
 	fmt_cursor(at_text, sizeof(at_text), at);
 	fmt_int(n, sizeof(n), events);
-	const char *v[5] = {l->id, l->owner, at_text, n, replace ? "true" : "false"};
+	const char *v[6] = {l->id, l->owner, at_text, n, replace ? "true" : "false", script};
 	return tide_pg_exec(l->pg, &stmt, v, cb, arg);
 }
 
@@ -113,7 +122,8 @@ void tide_lease_attempt_failed(const struct tide_lease *l, struct tide_cursor at
                                const char *traceback)
 {
 	static const struct tide_pg_stmt stmt = {
-	        "tide_attempt_failed", "SELECT tide_processor_attempt_failed($1, $2, $3, $4, $5)", 5};
+	        "tide_attempt_failed", "SELECT tide_processor_attempt_failed($1, $2, $3, $4, $5)",
+	        5};
 	char at_text[48];
 	fmt_cursor(at_text, sizeof(at_text), at);
 	const char *v[5] = {l->id, l->owner, at_text, error,

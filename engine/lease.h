@@ -30,7 +30,8 @@ struct tide_claim {
 	struct tide_cursor at;
 	int attempts, events;
 	const char *error;
-	int64_t retries; /* dead letters queued for a retry */
+	const char *script; /* the hash of the script that made the tries (maybe "") */
+	int64_t retries;    /* dead letters queued for a retry */
 };
 
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
@@ -43,9 +44,11 @@ TIDE_MUST_CHECK int tide_lease_release(const struct tide_lease *l, tide_pg_reply
 void tide_lease_report(const struct tide_lease *l, const char *status, const char *error,
                        const char *script, int generation);
 
-/* Records a try of `events` events after `at`; the reply's one value is the try's number. */
+/* Records a try of `events` events after `at` by the script whose hash is given; the reply's
+ * one value is the try's number. */
 TIDE_MUST_CHECK int tide_lease_attempt(const struct tide_lease *l, struct tide_cursor at,
-                                       int events, bool replace, tide_pg_reply_cb cb, void *arg);
+                                       int events, bool replace, const char *script,
+                                       tide_pg_reply_cb cb, void *arg);
 /* What the try at `at` died of; failures are only logged. */
 void tide_lease_attempt_failed(const struct tide_lease *l, struct tide_cursor at, const char *error,
                                const char *traceback);

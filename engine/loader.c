@@ -141,7 +141,8 @@ static int read_settings(lua_State *L)
 			size_t len;
 			const char *type = lua_tolstring(L, -1, &len);
 			if (!type || !len || len > TIDE_MAX_NAME_BYTES || strlen(type) != len)
-				return luaL_error(L, "events: type %d is not a valid event type name",
+				return luaL_error(L,
+				                  "events: type %d is not a valid event type name",
 				                  (int)i + 1);
 			g->types[g->ntypes] = strdup(type);
 			if (!g->types[g->ntypes])

@@ -535,8 +535,13 @@ static int describe_error(lua_State *L)
 {
 	struct describe *d = lua_touserdata(L, 1);
 	const char *msg = lua_tostring(d->co, -1);
-	if (!msg)
-		msg = lua_type(d->co, -1) == LUA_TNONE ? "error" : luaL_typename(d->co, -1);
+	char what[64];
+	if (!msg) {
+		/* Not a string: say what it was, and run none of its metamethods. */
+		snprintf(what, sizeof(what), "the script raised a %s value, not a message",
+		         luaL_typename(d->co, -1));
+		msg = what;
+	}
 	luaL_traceback(L, d->co, msg, 0);
 	const char *tb = lua_tostring(L, -1);
 	snprintf(d->e->traceback, sizeof(d->e->traceback), "%s", tb);

@@ -95,12 +95,13 @@ static void load_done(struct tide_load_result *r, void *arg)
 		p->failed_hash = r->hash;
 		p->showing_error = true;
 		if (p->state == P_ACTIVE) {
-			tide_log("error", "processor.reload_failed", "processor", p->id, "error", r->err,
-			         "keeping", "the running generation keeps serving", (char *)NULL);
+			tide_log("error", "processor.reload_failed", "processor", p->id, "error",
+			         r->err, "keeping", "the running generation keeps serving",
+			         (char *)NULL);
 			tide_consumer_note_error(p->consumer, r->err);
 		} else {
-			tide_log("error", "processor.load_failed", "processor", p->id, "error", r->err,
-			         (char *)NULL);
+			tide_log("error", "processor.load_failed", "processor", p->id, "error",
+			         r->err, (char *)NULL);
 			set_state(p, P_BROKEN);
 			tide_consumer_set_broken(p->consumer, r->err);
 		}

@@ -141,7 +141,8 @@ int tide_store_open_named(uv_loop_t *loop, const char *url, const char *applicat
 		free(store);
 		return TIDE_ENOMEM;
 	}
-	int rc = tide_pg_open(loop, store->url, store->application_name, TIDE_PG_PIPELINE, on_open, store, &store->pg);
+	int rc = tide_pg_open(loop, store->url, store->application_name, TIDE_PG_PIPELINE, on_open,
+	                      store, &store->pg);
 	if (rc) {
 		free(store->url);
 		free(store);
@@ -499,14 +500,15 @@ static char *types_literal(const char *const *types, size_t n)
 }
 
 int tide_store_read_all_types(struct tide_store *store, const struct tide_cursor *after,
-                              int64_t max, const char *const *types, size_t ntypes,
-                              tide_read_cb cb, void *arg)
+                              int64_t max, const char *const *types, size_t ntypes, tide_read_cb cb,
+                              void *arg)
 {
 	if (max < 0)
 		return fail(store, TIDE_EINVAL, "max must not be negative");
 	for (size_t i = 0; i < ntypes; i++)
 		if (!types[i] || !types[i][0])
-			return fail(store, TIDE_EINVAL, "event type %zu of the filter is empty", i + 1);
+			return fail(store, TIDE_EINVAL, "event type %zu of the filter is empty",
+			            i + 1);
 	if (!store_usable(store))
 		return TIDE_ECONN;
 	char *filter = NULL;

@@ -5,50 +5,10 @@ local q = S.q
 
 local why = S.missing()
 
-local daemons = {}
-local function start(url, dir, extra)
-  local log = dir .. "/daemon-" .. (#daemons + 1) .. ".log"
-  local r = S.sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", q(S.bin), q(dir),
-    q(url), extra or "", q(log)))
-  local pid = r.out:match("%d+")
-  daemons[#daemons + 1] = pid
-  return pid, log
-end
-local function alive(pid) return S.sh("kill -0 " .. pid).code == 0 end
-local function read(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function stop(pid)
-  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-  S.wait_for(function() return not alive(pid) end, 15, "the daemon to exit")
-end
-local function kill9(pid) os.execute("kill -9 " .. pid .. " 2>/dev/null; sleep 0.05") end
-local function scalar(url, sql) return tonumber(S.psql(url, sql)) end
-local function checkpoint(url, id)
-  return scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. id .. "'")
-end
-local function last_position(url) return scalar(url, "SELECT coalesce(max(global_position), 0) FROM emt_messages") end
-local function caught_up(url, id, seconds)
-  S.wait_for(function() return checkpoint(url, id) >= last_position(url) end, seconds or 60, id .. " to catch up")
-end
--- tide status --json by processor id; a null last_error becomes nil.
-local function status(url)
-  local out = {}
-  for _, row in ipairs(S.lines(S.tide("status --json --database " .. q(url)).out)) do
-    if type(row.last_error) ~= "string" then row.last_error = nil end
-    out[row.id] = row
-  end
-  return out
-end
-local function load_events(url, n, streams, type_)
-  S.psql(url, string.format([[SELECT count(*) FROM (SELECT tide_append('s-' || (i %% %d), 'any',
-    jsonb_build_array(jsonb_build_object('type', '%s', 'data', jsonb_build_object('by', 1 + i %% 3))))
-    FROM generate_series(1, %d) i) x]], streams, type_ or "Added", n))
-end
+local D = require "spec.daemon"
+local start, alive, read, stop, kill9, scalar = D.start, D.alive, D.read, D.stop, D.kill9, D.scalar
+local checkpoint, last_position, caught_up, status = D.checkpoint, D.last_position, D.caught_up, D.status
+local load_events = D.load_events
 
 local TOTALS = [[
 local tide = require "tide"
@@ -65,20 +25,7 @@ return tide.projection {
   end,
 }
 ]]
--- One row per message, tagged: a duplicate would violate the primary key and fail the batch.
-local function seen_script(tag)
-  return string.format([[
-local tide = require "tide"
-return tide.projection {
-  setup = function(sql) sql:exec("CREATE TABLE IF NOT EXISTS seen (message_id text PRIMARY KEY, pos bigint, tag text)") end,
-  handle = function(events, sql)
-    for _, e in ipairs(events) do
-      sql:exec("INSERT INTO seen (message_id, pos, tag) VALUES ($1, $2, $3)", e.message_id, e.global_position, %q)
-    end
-  end,
-}
-]], tag)
-end
+local seen_script = D.seen_script
 
 local function matches_fold(url)
   return S.psql(url, [[
@@ -99,8 +46,7 @@ describe("tide run", function()
     dir = S.mkdtemp()
   end)
   after_each(function()
-    for _, pid in ipairs(daemons) do kill9(pid) end
-    daemons = {}
+    D.kill_all()
     if url then S.drop_db(url) end
   end)
 
@@ -256,7 +202,7 @@ return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms =
     local log = dir .. "/cfg.log"
     local pid = S.sh(string.format("env -u TIDE_DATABASE_URL -u DATABASE_URL %s run --config %s >%s 2>&1 & echo $!",
       q(S.bin), q(dir .. "/tide.conf.lua"), q(log))).out:match("%d+")
-    daemons[#daemons + 1] = pid
+    D.track(pid)
     for i = 1, 20 do S.tide("append cfg-" .. (i % 3) .. " T '{}' --database " .. q(url)) end
     caught_up(url, "seen")
     assert.are.equal(20, scalar(url, "SELECT count(*) FROM seen WHERE tag = 'cfg'"))

@@ -4,7 +4,8 @@
 -- transaction, and a processor that declares its event types reads only those.
 
 -- The attempt under way: attempts counts the tries of the events that follow the
--- checkpoint attempt_at ('XID:POS'), attempt_events how many events the last try held.
+-- checkpoint attempt_at ('XID:POS'), attempt_events how many events the last try held,
+-- attempt_script which script made it (a hash of its content: a new script gets a try).
 -- seen_until is a heartbeat: past it, no daemon looks after the processor any more.
 ALTER TABLE tide_processors
     ADD COLUMN IF NOT EXISTS attempt_at        text,
@@ -12,6 +13,7 @@ ALTER TABLE tide_processors
     ADD COLUMN IF NOT EXISTS attempts          int NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS attempt_error     text,
     ADD COLUMN IF NOT EXISTS attempt_traceback text,
+    ADD COLUMN IF NOT EXISTS attempt_script    text,
     ADD COLUMN IF NOT EXISTS seen_until        timestamptz;
 
 -- Events a processor gave up on (on_error = 'dead_letter'), with a copy of the event so
@@ -104,7 +106,7 @@ CREATE OR REPLACE FUNCTION tide_processor_claim(
     p_id text, p_kind text, p_version int, p_owner text, p_ttl_ms int, p_partition text
 ) RETURNS TABLE (acquired boolean, transaction_id xid8, global_position bigint, rebuilt boolean,
                  attempt_at text, attempt_events int, attempts int, attempt_error text,
-                 retries bigint)
+                 attempt_script text, retries bigint)
 LANGUAGE plpgsql AS $tide_processor_claim$
 DECLARE
     v_old_version   int;
@@ -134,7 +136,7 @@ BEGIN
         WHERE p.owner IS NULL OR p.owner = excluded.owner OR p.lease_until < now();
     IF NOT FOUND THEN
         RETURN QUERY SELECT false, NULL::xid8, NULL::bigint, false, NULL::text, 0, 0,
-                            NULL::text, 0::bigint;
+                            NULL::text, NULL::text, 0::bigint;
         RETURN;
     END IF;
     INSERT INTO emt_processors AS e (processor_id, partition, version, status,
@@ -146,7 +148,7 @@ BEGIN
     RETURN QUERY
         SELECT true, e.last_processed_transaction_id, e.last_processed_checkpoint::bigint,
                v_old_version IS NOT NULL AND v_old_version <> p_version,
-               t.attempt_at, t.attempt_events, t.attempts, t.attempt_error,
+               t.attempt_at, t.attempt_events, t.attempts, t.attempt_error, t.attempt_script,
                (SELECT count(*) FROM tide_dead_letters d
                  WHERE d.processor_id = p_id AND d.partition = p_partition
                    AND d.status = 'retry')
@@ -157,13 +159,13 @@ END;
 $tide_processor_claim$;
 
 -- Records, before the script runs, that this owner tries the p_events events after the
--- checkpoint p_at once more, and returns how many tries that makes. p_replace: the last
+-- checkpoint p_at once more, with the script p_script, and returns how many tries that makes. p_replace: the last
 -- try here was cut off by a lost connection or lease (not the script's doing), so this
 -- one takes its place. Committed without waiting for the disk: it must survive the
 -- daemon's death, which it does once the server has it; a crash of the server itself
 -- at worst forgets one try.
 CREATE OR REPLACE FUNCTION tide_processor_attempt(
-    p_id text, p_owner text, p_at text, p_events int, p_replace boolean
+    p_id text, p_owner text, p_at text, p_events int, p_replace boolean, p_script text
 ) RETURNS int
 LANGUAGE plpgsql AS $tide_processor_attempt$
 DECLARE
@@ -179,7 +181,8 @@ BEGIN
            attempt_traceback = CASE WHEN p.attempt_at IS DISTINCT FROM p_at THEN NULL
                                     ELSE p.attempt_traceback END,
            attempt_at = p_at,
-           attempt_events = p_events
+           attempt_events = p_events,
+           attempt_script = p_script
      WHERE p.processor_id = p_id AND p.owner = p_owner
     RETURNING p.attempts INTO v_attempts;
     IF NOT FOUND THEN
@@ -216,7 +219,7 @@ BEGIN
     UPDATE tide_processors
        SET lease_until = v_until, seen_until = v_until, updated_at = now(),
            attempt_at = NULL, attempts = 0, attempt_events = 0, attempt_error = NULL,
-           attempt_traceback = NULL
+           attempt_traceback = NULL, attempt_script = NULL
      WHERE processor_id = p_id AND owner = p_owner;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'processor % is no longer leased to %', p_id, p_owner

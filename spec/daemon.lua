@@ -1,0 +1,94 @@
+-- spec/daemon.lua — what the specs that run `tide run` share: starting daemons as real
+-- processes (and killing them afterwards), reading their logs, checkpoints, status and
+-- tables, loading events, and a projection that records every event it sees once.
+local S = require "spec.support"
+local q = S.q
+
+local D = {}
+local daemons = {}
+
+-- Starts `tide run DIR` against url; returns its pid and log path.
+function D.start(url, dir, extra)
+  local log = dir .. "/daemon-" .. (#daemons + 1) .. ".log"
+  local r = S.sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", q(S.bin), q(dir),
+    q(url), extra or "", q(log)))
+  local pid = r.out:match("%d+")
+  daemons[#daemons + 1] = pid
+  return pid, log
+end
+
+-- Remembers a daemon started another way, so that kill_all ends it too.
+function D.track(pid) daemons[#daemons + 1] = pid end
+
+function D.alive(pid) return S.sh("kill -0 " .. pid).code == 0 end
+
+function D.read(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function D.stop(pid)
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  S.wait_for(function() return not D.alive(pid) end, 15, "the daemon to exit")
+end
+
+function D.kill9(pid) os.execute("kill -9 " .. pid .. " 2>/dev/null; sleep 0.05") end
+
+-- For after_each: no daemon outlives its test.
+function D.kill_all()
+  for _, pid in ipairs(daemons) do D.kill9(pid) end
+  daemons = {}
+end
+
+function D.scalar(url, sql) return tonumber(S.psql(url, sql)) end
+
+function D.checkpoint(url, id)
+  return D.scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. id .. "'")
+end
+
+function D.last_position(url)
+  return D.scalar(url, "SELECT coalesce(max(global_position), 0) FROM emt_messages")
+end
+
+function D.caught_up(url, id, seconds)
+  S.wait_for(function() return D.checkpoint(url, id) >= D.last_position(url) end, seconds or 60, id .. " to catch up")
+end
+
+-- tide status --json by processor id; a null last_error becomes nil.
+function D.status(url)
+  local out = {}
+  for _, row in ipairs(S.lines(S.tide("status --json --database " .. q(url)).out)) do
+    if type(row.last_error) ~= "string" then row.last_error = nil end
+    out[row.id] = row
+  end
+  return out
+end
+
+-- n events in `streams` streams of type type_ (default Added), data { by = 1..3 }.
+function D.load_events(url, n, streams, type_)
+  S.psql(url, string.format([[SELECT count(*) FROM (SELECT tide_append('s-' || (i %% %d), 'any',
+    jsonb_build_array(jsonb_build_object('type', '%s', 'data', jsonb_build_object('by', 1 + i %% 3))))
+    FROM generate_series(1, %d) i) x]], streams, type_ or "Added", n))
+end
+
+-- One row per message, tagged: a duplicate would violate the primary key and fail the
+-- batch. extra is inserted into the table (e.g. on_error settings).
+function D.seen_script(tag, extra, table_)
+  return string.format([[
+local tide = require "tide"
+return tide.projection {
+  %s
+  setup = function(sql) sql:exec("CREATE TABLE IF NOT EXISTS %s (message_id text PRIMARY KEY, pos bigint, tag text)") end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      sql:exec("INSERT INTO %s (message_id, pos, tag) VALUES ($1, $2, $3)", e.message_id, e.global_position, %q)
+    end
+  end,
+}
+]], extra or "", table_ or "seen", table_ or "seen", tag)
+end
+
+return D
