@@ -51,14 +51,17 @@ static const char usage_append[] =
         "\n"
         "Appends one event and prints {\"next_expected_version\": N, \"global_positions\": [..]}.\n"
         "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
-        "128 KiB; stdin takes an event up to the limit). STREAM and TYPE: 1 to 1024 bytes of\n"
-        "UTF-8; data and metadata: at most 16 MiB together, nested at most 128 deep.\n"
+        "128 KiB; stdin takes an event up to the limit below).\n"
         "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
-        "  --partition P   the Emmett partition (tenant) to work in (default emt:default;\n"
-        "                  1 to 41 bytes)\n"
+        "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
         "Exits 2 on bad input and 3 on a version conflict, writing nothing.\n";
+
+/* Printed after usage_append, from the limits of tide.h. */
+static const char limits_append[] =
+        "Limits: STREAM and TYPE 1 to %d bytes of UTF-8, P 1 to %d; data and metadata\n"
+        "together at most %u MiB of JSON, nested at most %d deep.\n";
 
 static const char usage_read[] =
         "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--partition P]\n"
@@ -498,6 +501,9 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 			                            argv[optind - 1]);
 		if (opt == OPT_HELP) {
 			fputs(cmd->usage, stdout);
+			if (cmd->usage == usage_append)
+				printf(limits_append, TIDE_MAX_NAME_BYTES, TIDE_MAX_PARTITION_BYTES,
+				       TIDE_MAX_EVENT_BYTES >> 20, TIDE_MAX_JSON_DEPTH);
 			return -1;
 		}
 		if (opt == OPT_DATABASE) {

@@ -119,6 +119,14 @@ describe("hostile input", function()
     assert.are.equal("0/0", rows())
   end
 
+  it("tide append --help says DATA_JSON may be - (stdin) and gives the limits", function()
+    local r = S.tide("append --help")
+    assert.are.equal(0, r.code)
+    assert.truthy(r.out:find("DATA_JSON is a JSON object, or - to read it from stdin", 1, true), r.out)
+    assert.truthy(r.out:find("STREAM and TYPE 1 to 1024 bytes of UTF-8, P 1 to 41", 1, true), r.out)
+    assert.truthy(r.out:find("at most 16 MiB of JSON, nested at most 128 deep", 1, true), r.out)
+  end)
+
   describe("the CLI refuses with exit 2, one line, nothing written:", function()
     local long = ("s"):rep(1025)
     local cases = {
