@@ -249,7 +249,8 @@ static void push_row(lua_State *L, PGresult *res, int r)
 		case 114:
 		case 3802: /* json, jsonb */
 			if (tide_lua_push_json_text(L, v, (size_t)PQgetlength(res, r, c)) != 0)
-				lua_pushstring(L, v);
+				luaL_error(L, "column %s: JSON nested more than %d levels deep",
+				           PQfname(res, c), TIDE_MAX_JSON_DEPTH);
 			break;
 		default: lua_pushlstring(L, v, (size_t)PQgetlength(res, r, c)); break;
 		}
@@ -460,7 +461,13 @@ static int build_events(lua_State *L)
 	size_t n = b->read ? b->read->count : 0;
 	lua_createtable(L, (int)n, 0);
 	for (size_t i = 0; i < n; i++) {
-		tide_lua_push_message(L, &b->read->messages[i], false);
+		const struct tide_message *m = &b->read->messages[i];
+		if (!tide_lua_push_message(L, m, false))
+			return luaL_error(L,
+			                  "the event at global position %f (stream position %f) is "
+			                  "nested more than %d levels deep",
+			                  (double)m->global_position, (double)m->stream_position,
+			                  TIDE_MAX_JSON_DEPTH);
 		lua_rawseti(L, -2, (int)i + 1);
 	}
 	b->ref = luaL_ref(L, LUA_REGISTRYINDEX);

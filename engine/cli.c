@@ -52,11 +52,18 @@ static const char usage_append[] =
         "                   [--partition P] [--database URL]\n"
         "\n"
         "Appends one event and prints {\"next_expected_version\": N, \"global_positions\": [..]}.\n"
+        "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
+        "128 KiB; stdin takes an event up to the limit below).\n"
         "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
         "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
-        "Exits 3 on a version conflict, writing nothing.\n";
+        "Exits 2 on bad input and 3 on a version conflict, writing nothing.\n";
+
+/* Printed after usage_append, from the limits of tide.h. */
+static const char limits_append[] =
+        "Limits: STREAM and TYPE 1 to %d bytes of UTF-8, P 1 to %d; data and metadata\n"
+        "together at most %u MiB of JSON, nested at most %d deep.\n";
 
 static const char usage_read[] =
         "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--partition P]\n"
@@ -124,12 +131,14 @@ static const char usage_status[] =
 
 int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
 {
+	/* Arguments are echoed in messages: keep a newline in one from breaking the line. */
+	char msg[900], clean[900];
 	va_list ap;
-	fprintf(stderr, "tide %s: ", cli->cmd);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, " (see `tide %s --help`)\n", cli->cmd);
+	tide_pg_redact(NULL, msg, clean, sizeof(clean));
+	fprintf(stderr, "tide %s: %s (see `tide %s --help`)\n", cli->cmd, clean, cli->cmd);
 	return EXIT_USAGE;
 }
 
@@ -376,6 +385,113 @@ static int parse_expected(struct cli *cli, const char *v)
 	return 0;
 }
 
+static int check_partition(struct cli *cli, const char *p)
+{
+	char err[200];
+	size_t len = strlen(p);
+	if (len > TIDE_MAX_PARTITION_BYTES)
+		return tide_cli_usage_error(
+		        cli,
+		        "--partition wants at most %d bytes (PostgreSQL's 63-byte "
+		        "table names must hold emt_messages_<P>_archived), got %zu",
+		        TIDE_MAX_PARTITION_BYTES, len);
+	if (tide_check_name("partition name", p, len, TIDE_MAX_PARTITION_BYTES, err, sizeof(err)))
+		return tide_cli_usage_error(cli, "--partition wants a name: %s", err);
+	cli->partition = p;
+	return 0;
+}
+
+static int check_name(struct cli *cli, const char *what, const char *name)
+{
+	char err[200];
+	if (tide_check_name(what, name, strlen(name), TIDE_MAX_NAME_BYTES, err, sizeof(err)))
+		return tide_cli_usage_error(cli, "%s", err);
+	return 0;
+}
+
+/* The data of `append DATA_JSON` when it is "-": all of stdin, refused as soon as it passes
+ * what is left of the event's size limit (never read whole into memory). */
+static char *stdin_data;
+
+static int read_stdin_data(struct cli *cli, size_t left, size_t *len)
+{
+	size_t cap = 1 << 16, n = 0;
+	char *buf = malloc(cap + 1);
+	while (buf) {
+		if (n == cap) {
+			if (cap > left)
+				break;
+			cap = cap * 2 > left + 1 ? left + 1 : cap * 2;
+			char *nb = realloc(buf, cap + 1);
+			if (!nb) {
+				free(buf);
+				buf = NULL;
+				break;
+			}
+			buf = nb;
+		}
+		size_t got = fread(buf + n, 1, cap - n, stdin);
+		n += got;
+		if (got == 0)
+			break;
+	}
+	if (!buf) {
+		fprintf(stderr, "tide %s: out of memory reading DATA_JSON from stdin\n", cli->cmd);
+		return 1;
+	}
+	if (ferror(stdin)) {
+		free(buf);
+		return tide_cli_usage_error(cli, "cannot read DATA_JSON from stdin: %s",
+		                            strerror(errno));
+	}
+	if (n > left) {
+		free(buf);
+		return tide_cli_usage_error(cli,
+		                            "the event is too large: DATA_JSON from stdin and "
+		                            "--metadata are more than %u bytes of JSON; at most %u "
+		                            "(%u MiB) are allowed",
+		                            TIDE_MAX_EVENT_BYTES, TIDE_MAX_EVENT_BYTES,
+		                            TIDE_MAX_EVENT_BYTES >> 20);
+	}
+	buf[n] = '\0';
+	stdin_data = buf;
+	*len = n;
+	return 0;
+}
+
+/* STREAM TYPE DATA_JSON and --metadata, checked before anything connects. */
+static int check_event(struct cli *cli)
+{
+	char err[640];
+	int rc = check_name(cli, "event type", cli->event.type);
+	if (rc)
+		return rc;
+	size_t meta_len = cli->event.metadata ? strlen(cli->event.metadata) : 0;
+	size_t data_len = 0;
+	if (strcmp(cli->event.data, "-") == 0) {
+		size_t left = meta_len < TIDE_MAX_EVENT_BYTES ? TIDE_MAX_EVENT_BYTES - meta_len : 0;
+		if ((rc = read_stdin_data(cli, left, &data_len)))
+			return rc;
+		cli->event.data = stdin_data;
+	} else {
+		data_len = strlen(cli->event.data);
+	}
+	if (data_len + meta_len > TIDE_MAX_EVENT_BYTES)
+		return tide_cli_usage_error(cli,
+		                            "the event is too large: DATA_JSON and --metadata are "
+		                            "%zu bytes of JSON; at most %u (%u MiB) are allowed",
+		                            data_len + meta_len, TIDE_MAX_EVENT_BYTES,
+		                            TIDE_MAX_EVENT_BYTES >> 20);
+	if (tide_json_check_object_n(cli->event.data, data_len, "DATA_JSON", err, sizeof(err)) ||
+	    (cli->event.metadata && tide_json_check_object_n(cli->event.metadata, meta_len,
+	                                                     "--metadata", err, sizeof(err))))
+		return tide_cli_usage_error(cli, "%s", err);
+	if (cli->event.message_id && !tide_uuid_valid(cli->event.message_id))
+		return tide_cli_usage_error(cli, "--id wants a UUID, got '%s'",
+		                            cli->event.message_id);
+	return 0;
+}
+
 static int parse_args(struct cli *cli, const struct command *cmd, int argc, char **argv,
                       bool *print)
 {
@@ -390,6 +506,9 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 			                            argv[optind - 1]);
 		if (opt == OPT_HELP) {
 			fputs(cmd->usage, stdout);
+			if (cmd->usage == usage_append)
+				printf(limits_append, TIDE_MAX_NAME_BYTES, TIDE_MAX_PARTITION_BYTES,
+				       TIDE_MAX_EVENT_BYTES >> 20, TIDE_MAX_JSON_DEPTH);
 			return -1;
 		}
 		if (opt == OPT_DATABASE) {
@@ -411,13 +530,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
 		case OPT_BACKWARD: cli->read.backward = 1; break;
 		case OPT_JSON: cli->json = true; break;
-		case OPT_PARTITION:
-			if (!optarg[0] || strlen(optarg) > 127)
-				rc = tide_cli_usage_error(
-				        cli, "--partition wants a name of 1 to 127 bytes, got '%s'",
-				        optarg);
-			cli->partition = optarg;
-			break;
+		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;
@@ -459,9 +572,10 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		cli->script = pos[0];
 		cli->stream = pos[1];
 		cli->command_json = cmd->positionals == 3 ? pos[2] : NULL;
-		char err[200];
-		if (!cli->stream[0])
-			return tide_cli_usage_error(cli, "the stream name is empty");
+		char err[640];
+		int rc = check_name(cli, "stream name", cli->stream);
+		if (rc)
+			return rc;
 		if (cli->command_json &&
 		    tide_json_check_object(cli->command_json, "COMMAND_JSON", err, sizeof(err)))
 			return tide_cli_usage_error(cli, "%s", err);
@@ -469,22 +583,14 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	}
 	if (cmd->positionals >= 1) {
 		cli->stream = pos[0];
-		if (!cli->stream[0])
-			return tide_cli_usage_error(cli, "the stream name is empty");
+		int rc = check_name(cli, "stream name", cli->stream);
+		if (rc)
+			return rc;
 	}
 	if (cmd->positionals == 3) {
 		cli->event.type = pos[1];
 		cli->event.data = pos[2];
-		char err[200];
-		if (!cli->event.type[0])
-			return tide_cli_usage_error(cli, "the event type is empty");
-		if (tide_json_check_object(cli->event.data, "DATA_JSON", err, sizeof(err)) ||
-		    (cli->event.metadata &&
-		     tide_json_check_object(cli->event.metadata, "--metadata", err, sizeof(err))))
-			return tide_cli_usage_error(cli, "%s", err);
-		if (cli->event.message_id && !tide_uuid_valid(cli->event.message_id))
-			return tide_cli_usage_error(cli, "--id wants a UUID, got '%s'",
-			                            cli->event.message_id);
+		return check_event(cli);
 	}
 	return 0;
 }
@@ -503,6 +609,53 @@ static void on_open(struct tide_store *store, int status, const char *err, void 
 	cli->run(cli);
 }
 
+static int run_command(struct cli *cli, const struct command *cmd, bool print)
+{
+	if (print) {
+		char *script = tide_migrate_script();
+		if (!script) {
+			fprintf(stderr, "tide migrate: out of memory\n");
+			return 1;
+		}
+		fputs(script, stdout);
+		free(script);
+		return 0;
+	}
+
+	if (cmd->positionals < 0)
+		return tide_cli_run_check(cli);
+
+	if (!cli->url || !cli->url[0])
+		cli->url = getenv("TIDE_DATABASE_URL");
+	if (!cli->url || !cli->url[0])
+		cli->url = getenv("DATABASE_URL");
+	if (!cli->url || !cli->url[0]) {
+		return tide_cli_usage_error(cli, "no database given: pass --database URL or set "
+		                                 "TIDE_DATABASE_URL");
+	}
+
+	if (!cmd->run)
+		return tide_cli_run_script(cli);
+
+	uv_loop_init(&cli->loop);
+	if (tide_store_open(&cli->loop, cli->url, on_open, cli, &cli->store)) {
+		fprintf(stderr, "tide %s: out of memory\n", cli->cmd);
+		return 1;
+	}
+	if (cli->partition && tide_store_set_partition(cli->store, cli->partition)) {
+		tide_cli_fail(cli, TIDE_EINVAL, tide_store_error(cli->store));
+		tide_cli_done(cli);
+	}
+	uv_run(&cli->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&cli->loop);
+	if (fflush(stdout) != 0 && cli->exit_code == 0) {
+		fprintf(stderr, "tide %s: cannot write the output: %s\n", cli->cmd,
+		        strerror(errno));
+		return 1;
+	}
+	return cli->exit_code;
+}
+
 int tide_cli_main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "run") == 0)
@@ -519,7 +672,9 @@ int tide_cli_main(int argc, char **argv)
 		if (strcmp(argv[1], commands[i].name) == 0)
 			cmd = &commands[i];
 	if (!cmd) {
-		fprintf(stderr, "tide: unknown command '%s' (see `tide --help`)\n", argv[1]);
+		char name[200];
+		tide_pg_redact(NULL, argv[1], name, sizeof(name));
+		fprintf(stderr, "tide: unknown command '%s' (see `tide --help`)\n", name);
 		return EXIT_USAGE;
 	}
 
@@ -527,46 +682,12 @@ int tide_cli_main(int argc, char **argv)
 	        .cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .retries = 5, .run = cmd->run};
 	bool print = false;
 	int rc = parse_args(&cli, cmd, argc - 1, argv + 1, &print);
-	if (rc)
+	if (rc) {
+		free(stdin_data);
 		return rc < 0 ? 0 : rc;
-
-	if (print) {
-		char *script = tide_migrate_script();
-		if (!script) {
-			fprintf(stderr, "tide migrate: out of memory\n");
-			return 1;
-		}
-		fputs(script, stdout);
-		free(script);
-		return 0;
 	}
-
-	if (cmd->positionals < 0)
-		return tide_cli_run_check(&cli);
-
-	if (!cli.url || !cli.url[0])
-		cli.url = getenv("TIDE_DATABASE_URL");
-	if (!cli.url || !cli.url[0])
-		cli.url = getenv("DATABASE_URL");
-	if (!cli.url || !cli.url[0]) {
-		return tide_cli_usage_error(&cli, "no database given: pass --database URL or set "
-		                                  "TIDE_DATABASE_URL");
-	}
-
-	if (!cmd->run)
-		return tide_cli_run_script(&cli);
-
-	uv_loop_init(&cli.loop);
-	if (tide_store_open(&cli.loop, cli.url, on_open, &cli, &cli.store) ||
-	    (cli.partition && tide_store_set_partition(cli.store, cli.partition))) {
-		fprintf(stderr, "tide %s: out of memory\n", cli.cmd);
-		return 1;
-	}
-	uv_run(&cli.loop, UV_RUN_DEFAULT);
-	uv_loop_close(&cli.loop);
-	if (fflush(stdout) != 0 && cli.exit_code == 0) {
-		fprintf(stderr, "tide %s: cannot write the output: %s\n", cli.cmd, strerror(errno));
-		return 1;
-	}
-	return cli.exit_code;
+	rc = run_command(&cli, cmd, print);
+	free(stdin_data);
+	stdin_data = NULL;
+	return rc;
 }

@@ -6,8 +6,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 0 when text is a JSON object; otherwise TIDE_EINVAL and a message naming `what`. */
+/* 0 when text[0..len) is exactly one JSON object (whitespace around it, nothing else) that
+ * every path of tide can carry: strict JSON syntax as PostgreSQL's jsonb reads it; at most
+ * TIDE_MAX_JSON_DEPTH nested objects and arrays; strings and keys valid UTF-8, with no
+ * NUL byte, no \u0000 (jsonb cannot store it) and no unpaired surrogate; numbers within a
+ * double's range (neither infinity nor a non-zero that reads back as 0) and with at most
+ * as many digits after the point as PostgreSQL's numeric keeps. Otherwise TIDE_EINVAL and
+ * one line in err that starts with `what` and names the problem and its byte (from 1). */
+int tide_json_check_object_n(const char *text, size_t len, const char *what, char *err, size_t n);
+
+/* The same for a NUL-terminated text. */
 int tide_json_check_object(const char *text, const char *what, char *err, size_t n);
+
+/* n when text[0..n) is valid UTF-8 (no overlong forms, surrogates or code points above
+ * U+10FFFF, as PostgreSQL wants), else the offset of the first byte that is not. */
+size_t tide_utf8_check(const char *text, size_t n);
+
+/* Up to max bytes of text for a message, in dst: whole UTF-8 characters, any other byte
+ * (control characters, invalid UTF-8) as '?', "..." when cut, so a message stays one
+ * printable line. */
+void tide_snippet(char *dst, size_t dstlen, const char *text, size_t len, size_t max);
 
 /* Adds an exact 64-bit integer (cJSON's own numbers are doubles). */
 cJSON *tide_json_add_i64(cJSON *obj, const char *key, int64_t v);

@@ -1,14 +1,17 @@
 /* lua_json.c — JSON ⇄ Lua values through cJSON: objects ⇄ tables, arrays ⇄ sequences
  * (marked with tide.model.array_mt so that empty ones stay arrays), null ⇄ tide.null.
- * Encoding checks what JSON cannot hold (NaN, infinities, invalid UTF-8, functions,
- * sparse or mixed tables, cycles) and says where: "data.items[2]: ...". */
+ * Encoding checks what JSON cannot hold (NaN, infinities, invalid UTF-8, NUL bytes,
+ * functions, sparse or mixed tables, nesting beyond TIDE_MAX_JSON_DEPTH, cycles) and says
+ * where: "data.items[2]: ...". Both directions stop at TIDE_MAX_JSON_DEPTH, the depth the
+ * store accepts, so whatever was appended can be read back into Lua. */
 #include "lua_json.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#define MAX_DEPTH 128
+#include "json.h"
+#include "tide.h"
 
 /* Registry keys for the marker values, taken from tide.model at init. */
 static const char KEY_NULL[] = "tide.json.null";
@@ -31,8 +34,12 @@ int tide_lua_json_init(lua_State *L)
 	return 0;
 }
 
-static void push_value(lua_State *L, const cJSON *v)
+/* Pushes v; false (with the stack as it was, partly built tables dropped by the caller)
+ * when it is nested deeper than TIDE_MAX_JSON_DEPTH. */
+static bool push_value(lua_State *L, const cJSON *v, int depth)
 {
+	if ((cJSON_IsObject(v) || cJSON_IsArray(v)) && depth >= TIDE_MAX_JSON_DEPTH)
+		return false;
 	luaL_checkstack(L, 4, "JSON too deeply nested");
 	if (cJSON_IsObject(v)) {
 		lua_createtable(L, 0, 4);
@@ -43,7 +50,8 @@ static void push_value(lua_State *L, const cJSON *v)
 		}
 		for (; c; c = c->next) {
 			lua_pushstring(L, c->string);
-			push_value(L, c);
+			if (!push_value(L, c, depth + 1))
+				return false;
 			lua_rawset(L, -3);
 		}
 	} else if (cJSON_IsArray(v)) {
@@ -51,7 +59,8 @@ static void push_value(lua_State *L, const cJSON *v)
 		lua_createtable(L, n, 0);
 		int i = 1;
 		for (const cJSON *c = v->child; c; c = c->next) {
-			push_value(L, c);
+			if (!push_value(L, c, depth + 1))
+				return false;
 			lua_rawseti(L, -2, i++);
 		}
 		lua_getfield(L, LUA_REGISTRYINDEX, KEY_ARRAY);
@@ -65,11 +74,42 @@ static void push_value(lua_State *L, const cJSON *v)
 	} else {
 		lua_getfield(L, LUA_REGISTRYINDEX, KEY_NULL);
 	}
+	return true;
 }
 
-void tide_lua_push_json(lua_State *L, const cJSON *v)
+int tide_lua_push_json(lua_State *L, const cJSON *v)
 {
-	push_value(L, v);
+	int top = lua_gettop(L);
+	if (!push_value(L, v, 0)) {
+		lua_settop(L, top);
+		return TIDE_LUA_JSON_TOO_DEEP;
+	}
+	return 0;
+}
+
+/* Whether text opens more than TIDE_MAX_JSON_DEPTH objects and arrays at once: why a text
+ * that cJSON refused (it stops at 1000 levels) failed, when it did for that. */
+static bool nested_too_deeply(const char *text, size_t len)
+{
+	int depth = 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len; i++) {
+		char c = text[i];
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == '{' || c == '[') {
+			if (++depth > TIDE_MAX_JSON_DEPTH)
+				return true;
+		} else if (c == '}' || c == ']') {
+			depth--;
+		}
+	}
+	return false;
 }
 
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
@@ -81,50 +121,58 @@ int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 		lua_setmetatable(L, -2);
 		return 0;
 	}
-	cJSON *v = cJSON_ParseWithLength(text, len);
+	/* cJSON stops at its own nesting limit (1000), so a deeper text cannot exhaust the
+	 * C stack; what it leaves after the value must be whitespace. */
+	const char *end = NULL;
+	cJSON *v = memchr(text, '\0', len) ? NULL : cJSON_ParseWithLengthOpts(text, len, &end, 0);
 	if (!v)
-		return -1;
-	push_value(L, v);
+		return nested_too_deeply(text, len) ? TIDE_LUA_JSON_TOO_DEEP : TIDE_LUA_JSON_BAD;
+	while (end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+		end++;
+	int rc = end == text + len ? tide_lua_push_json(L, v) : TIDE_LUA_JSON_BAD;
 	cJSON_Delete(v);
-	return 0;
+	return rc;
 }
 
 struct enc {
 	lua_State *L;
 	char *err;
 	size_t errlen;
+	int why;          /* TIDE_LUA_JSON_* of the failure */
+	size_t bytes;     /* a lower bound of the text's length so far */
+	size_t max_bytes; /* 0: no limit */
+	size_t root;      /* the length of the caller's path ("event 1 data") */
 	char path[256];
 };
 
-static bool utf8_valid(const unsigned char *s, size_t n)
+static cJSON *enc_fail(struct enc *e, int why, const char *what)
 {
-	size_t i = 0;
-	while (i < n) {
-		unsigned char c = s[i];
-		size_t len = c < 0x80         ? 1
-		             : (c >> 5) == 6  ? 2
-		             : (c >> 4) == 14 ? 3
-		             : (c >> 3) == 30 ? 4
-		                              : 0;
-		if (!len || i + len > n)
-			return false;
-		unsigned cp = len == 1 ? c : c & (0x7f >> len);
-		for (size_t k = 1; k < len; k++) {
-			if ((s[i + k] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (s[i + k] & 0x3f);
-		}
-		if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-		    (len == 4 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		i += len;
+	e->why = why;
+	snprintf(e->err, e->errlen, "%s: %s", e->path[0] ? e->path : "value", what);
+	return NULL;
+}
+
+/* Counts n more bytes of output; false once the limit is passed, before anything of that
+ * size is copied (a 100 MB string is refused without a second 100 MB). */
+static bool enc_grow(struct enc *e, size_t n)
+{
+	e->bytes += n;
+	if (e->max_bytes && e->bytes > e->max_bytes) {
+		e->why = TIDE_LUA_JSON_TOO_LARGE;
+		snprintf(e->err, e->errlen, "%s: more than %zu bytes of JSON",
+		         e->path[0] ? e->path : "value", e->max_bytes);
+		return false;
 	}
 	return true;
 }
 
-static cJSON *enc_fail(struct enc *e, const char *what)
+/* Strings and keys: valid UTF-8 without NUL bytes, as the store wants them. */
+static const char *check_text(const char *s, size_t len)
 {
-	snprintf(e->err, e->errlen, "%s: %s", e->path[0] ? e->path : "value", what);
+	if (memchr(s, '\0', len))
+		return "string contains a NUL byte";
+	if (tide_utf8_check(s, len) < len)
+		return "string is not valid UTF-8";
 	return NULL;
 }
 
@@ -151,8 +199,17 @@ static bool has_metatable(lua_State *L, int idx, const char *key)
 static cJSON *encode_table(struct enc *e, int idx, int depth)
 {
 	lua_State *L = e->L;
-	if (depth > MAX_DEPTH)
-		return enc_fail(e, "nested too deeply (or a cycle)");
+	if (depth >= TIDE_MAX_JSON_DEPTH) {
+		char what[96];
+		snprintf(
+		        what, sizeof(what),
+		        "nested too deeply: more than %d levels of objects and arrays (or a cycle)",
+		        TIDE_MAX_JSON_DEPTH);
+		e->path[e->root] = '\0'; /* a path 128 keys long says less than its start */
+		return enc_fail(e, TIDE_LUA_JSON_INVALID, what);
+	}
+	if (!enc_grow(e, 2))
+		return NULL;
 	/* Count keys: a table is an array when its keys are exactly 1..n. */
 	size_t n = 0, max = 0;
 	bool other = false;
@@ -172,9 +229,11 @@ static cJSON *encode_table(struct enc *e, int idx, int depth)
 	}
 	bool array = n > 0 ? !other : has_metatable(L, idx, KEY_ARRAY);
 	if (array && max != n)
-		return enc_fail(e, "a list with holes cannot be encoded as JSON (use tide.null)");
+		return enc_fail(e, TIDE_LUA_JSON_MISUSE,
+		                "a list with holes cannot be encoded as JSON (use tide.null)");
 	if (!array && n > 0 && max > 0)
-		return enc_fail(e, "a table with both list items and named keys cannot be encoded");
+		return enc_fail(e, TIDE_LUA_JSON_MISUSE,
+		                "a table with both list items and named keys cannot be encoded");
 	size_t plen = strlen(e->path);
 	if (array) {
 		cJSON *arr = cJSON_CreateArray();
@@ -198,9 +257,20 @@ static cJSON *encode_table(struct enc *e, int idx, int depth)
 		if (lua_type(L, -2) != LUA_TSTRING) {
 			lua_pop(L, 2);
 			cJSON_Delete(obj);
-			return enc_fail(e, "object keys must be strings");
+			return enc_fail(e, TIDE_LUA_JSON_MISUSE, "object keys must be strings");
 		}
-		const char *key = lua_tostring(L, -2);
+		size_t klen;
+		const char *key = lua_tolstring(L, -2, &klen);
+		const char *bad = check_text(key, klen);
+		if (bad || !enc_grow(e, klen + 4)) {
+			lua_pop(L, 2);
+			cJSON_Delete(obj);
+			if (!bad)
+				return NULL;
+			char what[64];
+			snprintf(what, sizeof(what), "a key: %s", bad);
+			return enc_fail(e, TIDE_LUA_JSON_INVALID, what);
+		}
 		snprintf(e->path + plen, sizeof(e->path) - plen, "%s%s", plen ? "." : "", key);
 		cJSON *item = encode(e, lua_gettop(L), depth + 1);
 		lua_pop(L, 1);
@@ -219,14 +289,15 @@ static cJSON *encode(struct enc *e, int idx, int depth)
 {
 	lua_State *L = e->L;
 	switch (lua_type(L, idx)) {
-	case LUA_TNIL: return cJSON_CreateNull();
-	case LUA_TBOOLEAN: return cJSON_CreateBool(lua_toboolean(L, idx));
+	case LUA_TNIL: return enc_grow(e, 4) ? cJSON_CreateNull() : NULL;
+	case LUA_TBOOLEAN: return enc_grow(e, 5) ? cJSON_CreateBool(lua_toboolean(L, idx)) : NULL;
 	case LUA_TNUMBER: {
 		lua_Number x = lua_tonumber(L, idx);
 		if (isnan(x))
-			return enc_fail(e, "NaN cannot be encoded as JSON");
+			return enc_fail(e, TIDE_LUA_JSON_INVALID, "NaN cannot be encoded as JSON");
 		if (isinf(x))
-			return enc_fail(e, "infinity cannot be encoded as JSON");
+			return enc_fail(e, TIDE_LUA_JSON_INVALID,
+			                "infinity cannot be encoded as JSON");
 		/* cJSON prints 15 significant digits when they compare "close enough", which
 		 * loses integers near 2^53: print exactly, as an integer when it is one. */
 		char buf[32];
@@ -234,52 +305,73 @@ static cJSON *encode(struct enc *e, int idx, int depth)
 			snprintf(buf, sizeof(buf), "%.0f", x);
 		else
 			snprintf(buf, sizeof(buf), "%.17g", x);
-		return cJSON_CreateRaw(buf);
+		return enc_grow(e, strlen(buf) + 1) ? cJSON_CreateRaw(buf) : NULL;
 	}
 	case LUA_TSTRING: {
 		size_t len;
 		const char *s = lua_tolstring(L, idx, &len);
-		if (!utf8_valid((const unsigned char *)s, len))
-			return enc_fail(e, "string is not valid UTF-8");
-		if (memchr(s, '\0', len))
-			return enc_fail(e, "string contains a NUL byte");
+		if (!enc_grow(e, len + 3))
+			return NULL;
+		const char *bad = check_text(s, len);
+		if (bad)
+			return enc_fail(e, TIDE_LUA_JSON_INVALID, bad);
 		return cJSON_CreateString(s);
 	}
 	case LUA_TTABLE:
 		if (is_marker(L, idx, KEY_NULL))
-			return cJSON_CreateNull();
+			return enc_grow(e, 4) ? cJSON_CreateNull() : NULL;
 		return encode_table(e, idx, depth);
 	default: {
 		char what[64];
 		snprintf(what, sizeof(what), "a %s cannot be encoded as JSON",
 		         lua_typename(L, lua_type(L, idx)));
-		return enc_fail(e, what);
+		return enc_fail(e, TIDE_LUA_JSON_MISUSE, what);
 	}
 	}
+}
+
+static cJSON *to_json(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
+                      char *err, size_t errlen)
+{
+	struct enc e = {.L = L, .err = err, .errlen = errlen, .max_bytes = max_bytes};
+	err[0] = '\0';
+	snprintf(e.path, sizeof(e.path), "%s", path ? path : "");
+	e.root = strlen(e.path);
+	luaL_checkstack(L, TIDE_MAX_JSON_DEPTH * 2 + 8, "JSON too deeply nested");
+	if (idx < 0)
+		idx = lua_gettop(L) + idx + 1;
+	cJSON *v = encode(&e, idx, 0);
+	if (!v && !err[0]) {
+		e.why = TIDE_LUA_JSON_NOMEM;
+		snprintf(err, errlen, "out of memory encoding JSON");
+	}
+	if (why)
+		*why = v ? 0 : e.why;
+	return v;
 }
 
 cJSON *tide_lua_to_json(lua_State *L, int idx, const char *path, char *err, size_t errlen)
 {
-	struct enc e = {.L = L, .err = err, .errlen = errlen};
-	snprintf(e.path, sizeof(e.path), "%s", path ? path : "");
-	luaL_checkstack(L, MAX_DEPTH * 2 + 8, "JSON too deeply nested");
-	if (idx < 0)
-		idx = lua_gettop(L) + idx + 1;
-	cJSON *v = encode(&e, idx, 0);
-	if (!v && !err[0])
-		snprintf(err, errlen, "out of memory encoding JSON");
-	return v;
+	return to_json(L, idx, path, 0, NULL, err, errlen);
 }
 
-char *tide_lua_to_json_text(lua_State *L, int idx, const char *path, char *err, size_t errlen)
+char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
+                      char *err, size_t errlen)
 {
-	err[0] = '\0';
-	cJSON *v = tide_lua_to_json(L, idx, path, err, errlen);
+	cJSON *v = to_json(L, idx, path, max_bytes, why, err, errlen);
 	if (!v)
 		return NULL;
 	char *s = cJSON_PrintUnformatted(v);
 	cJSON_Delete(v);
-	if (!s)
+	if (!s) {
+		if (why)
+			*why = TIDE_LUA_JSON_NOMEM;
 		snprintf(err, errlen, "out of memory encoding JSON");
+	}
 	return s;
+}
+
+char *tide_lua_to_json_text(lua_State *L, int idx, const char *path, char *err, size_t errlen)
+{
+	return tide_lua_encode(L, idx, path, 0, NULL, err, errlen);
 }

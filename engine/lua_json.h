@@ -11,14 +11,35 @@
  * Returns 0, or -1 with the error on the stack. */
 int tide_lua_json_init(lua_State *L);
 
-void tide_lua_push_json(lua_State *L, const cJSON *v);
+/* Why a conversion failed: the content is invalid (NaN, infinity, invalid UTF-8, a NUL
+ * byte, nesting deeper than TIDE_MAX_JSON_DEPTH), it is too large, the Lua value has a
+ * shape JSON cannot take (a function, a list with holes, non-string keys: misuse), or
+ * memory ran out; in decoding, the text is not JSON or is nested too deeply. */
+enum {
+	TIDE_LUA_JSON_INVALID = 1,
+	TIDE_LUA_JSON_TOO_LARGE,
+	TIDE_LUA_JSON_MISUSE,
+	TIDE_LUA_JSON_NOMEM,
+	TIDE_LUA_JSON_BAD = -1,
+	TIDE_LUA_JSON_TOO_DEEP = -2,
+};
 
-/* Parses text and pushes the value; -1 (nothing pushed) when text is not JSON. */
+/* Pushes v; TIDE_LUA_JSON_TOO_DEEP (nothing pushed) beyond TIDE_MAX_JSON_DEPTH. */
+int tide_lua_push_json(lua_State *L, const cJSON *v);
+
+/* Parses text (exactly one JSON value, whitespace around it) and pushes the value; 0, or
+ * TIDE_LUA_JSON_BAD / TIDE_LUA_JSON_TOO_DEEP with nothing pushed. */
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len);
 
 /* Encodes the value at idx; NULL with a message naming the place ("path.to[2]: ...")
  * when it cannot be JSON. path names the value in messages ("data"). */
 cJSON *tide_lua_to_json(lua_State *L, int idx, const char *path, char *err, size_t errlen);
 char *tide_lua_to_json_text(lua_State *L, int idx, const char *path, char *err, size_t errlen);
+
+/* The same as text, refusing (TIDE_LUA_JSON_TOO_LARGE) as soon as the text would pass
+ * max_bytes (0: no limit) — before copying what makes it too large. *why (may be NULL)
+ * is 0 or the TIDE_LUA_JSON_* of the failure. The text is freed with cJSON_free. */
+char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
+                      char *err, size_t errlen);
 
 #endif

@@ -1,14 +1,18 @@
 /* lua_store.c — the store as a Lua object (tide.core.connect): each store runs a private
  * libuv loop until its request completes, so a Lua host gets plain blocking calls and
  * never has to run a loop itself. Runtime failures return nil, err (err.kind says which:
- * "conflict", "connection", "database", "invalid"); misuse raises. */
+ * "conflict", "connection", "database", "invalid" — the last for content the store
+ * refuses: a bad name, data it cannot carry); misuse (a wrong Lua type) raises. Strings
+ * are taken with their length: one with a NUL byte is refused, never cut short. */
 #include "lua_store.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "lua_json.h"
+#include "store.h"
 #include "tide.h"
 
 #define STORE_MT "tide.store"
@@ -76,23 +80,36 @@ static void on_open(struct tide_store *st, int status, const char *err, void *ar
 		snprintf(w->err, sizeof(w->err), "%s", err);
 }
 
-static int l_store_gc(lua_State *L)
+static void close_store(struct lstore *s)
 {
-	struct lstore *s = luaL_checkudata(L, 1, STORE_MT);
 	if (s->store) {
 		tide_store_close(s->store);
 		s->store = NULL;
 		uv_run(&s->loop, UV_RUN_DEFAULT);
 		uv_loop_close(&s->loop);
 	}
+}
+
+static int l_store_gc(lua_State *L)
+{
+	close_store(luaL_checkudata(L, 1, STORE_MT));
 	return 0;
 }
 
 /* connect(url [, partition]) → store | nil, err */
 static int l_connect(lua_State *L)
 {
-	const char *url = luaL_checkstring(L, 1);
-	const char *partition = luaL_optstring(L, 2, TIDE_DEFAULT_PARTITION);
+	size_t url_len, part_len = 0;
+	const char *url = luaL_checklstring(L, 1, &url_len);
+	const char *partition = luaL_optlstring(L, 2, TIDE_DEFAULT_PARTITION, &part_len);
+	if (strlen(url) != url_len)
+		return tide_lua_push_error(L, "invalid", "the database URL contains a NUL byte");
+	if (strlen(partition) != part_len) {
+		char err[200];
+		tide_check_name("partition name", partition, part_len, TIDE_MAX_PARTITION_BYTES,
+		                err, sizeof(err));
+		return tide_lua_push_error(L, "invalid", err);
+	}
 	struct lstore *s = lua_newuserdata(L, sizeof(*s));
 	memset(s, 0, sizeof(*s));
 	uv_loop_init(&s->loop);
@@ -101,30 +118,34 @@ static int l_connect(lua_State *L)
 	struct wait w = {0};
 	if (tide_store_open(&s->loop, url, on_open, &w, &s->store))
 		return luaL_error(L, "out of memory");
-	if (tide_store_set_partition(s->store, partition) != 0)
-		return luaL_error(L, "%s", tide_store_error(s->store));
-	run_until(s, &w.done);
-	if (w.status) {
-		tide_store_close(s->store);
-		s->store = NULL;
-		uv_run(&s->loop, UV_RUN_DEFAULT);
-		uv_loop_close(&s->loop);
-		char msg[760];
-		snprintf(msg, sizeof(msg), "cannot connect to the database: %s", w.err);
-		return tide_lua_push_error(L, kind_of(w.status), msg);
+	int rc = tide_store_set_partition(s->store, partition);
+	if (rc)
+		snprintf(w.err, sizeof(w.err), "%s", tide_store_error(s->store));
+	else
+		run_until(s, &w.done);
+	if (rc || w.status) {
+		close_store(s); /* the userdata stays, inert, until collected */
+		/* The message is the connection's own ("connection to server ... failed: ...",
+		 * "invalid database URL: ..."); callers add what they were doing. */
+		return tide_lua_push_error(L, kind_of(rc ? rc : w.status), w.err);
 	}
 	return 1;
 }
 
-void tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
+bool tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
 {
+	bool ok = true;
 	lua_createtable(L, 0, 10);
 	lua_pushstring(L, m->type);
 	lua_setfield(L, -2, "type");
 	if (tide_lua_push_json_text(L, m->data, strlen(m->data)) == 0)
 		lua_setfield(L, -2, "data");
+	else
+		ok = false;
 	if (tide_lua_push_json_text(L, m->metadata, strlen(m->metadata)) == 0)
 		lua_setfield(L, -2, "metadata");
+	else
+		ok = false;
 	lua_pushstring(L, m->stream_id);
 	lua_setfield(L, -2, "stream_id");
 	lua_pushnumber(L, (lua_Number)m->stream_position);
@@ -142,6 +163,52 @@ void tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with
 		lua_pushstring(L, c);
 		lua_setfield(L, -2, "cursor");
 	}
+	return ok;
+}
+
+/* A stored event deeper than a Lua state takes: only another writer (Emmett, SQL by hand)
+ * can have stored it, since the store refuses such data on the way in. */
+static void cannot_decode(struct wait *w, const struct tide_message *m)
+{
+	char stream[160];
+	tide_snippet(stream, sizeof(stream), m->stream_id, strlen(m->stream_id), 100);
+	w->status = TIDE_EINVAL;
+	snprintf(w->err, sizeof(w->err),
+	         "the event at global position %" PRId64 " (stream %s, position %" PRId64
+	         ") cannot be read into Lua: its data or metadata is nested more than %d levels "
+	         "deep",
+	         m->global_position, stream, m->stream_position, TIDE_MAX_JSON_DEPTH);
+}
+
+/* The events of a read as a Lua table (and the next cursor), anchored in the registry. Run
+ * under lua_cpcall from the read's callback: a memory error there must not unwind through
+ * the loop that delivers the callback. */
+struct read_build {
+	const struct tide_read_result *r;
+	bool with_cursor;
+	int events_ref, cursor_ref;
+	const struct tide_message *undecodable;
+};
+
+static int build_read(lua_State *L)
+{
+	struct read_build *b = lua_touserdata(L, 1);
+	lua_createtable(L, (int)b->r->count, 0);
+	for (size_t i = 0; i < b->r->count; i++) {
+		if (!tide_lua_push_message(L, &b->r->messages[i], b->with_cursor)) {
+			b->undecodable = &b->r->messages[i];
+			return 0;
+		}
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	b->events_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	if (b->with_cursor) {
+		char c[48];
+		tide_cursor_format(&b->r->next, c);
+		lua_pushstring(L, c);
+		b->cursor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	}
+	return 0;
 }
 
 static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
@@ -154,16 +221,25 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	lua_State *L = w->L;
-	lua_createtable(L, (int)r->count, 0);
-	for (size_t i = 0; i < r->count; i++) {
-		tide_lua_push_message(L, &r->messages[i], w->with_cursor);
-		lua_rawseti(L, -2, (int)i + 1);
+	struct read_build b = {r, w->with_cursor, LUA_NOREF, LUA_NOREF, NULL};
+	if (lua_cpcall(L, build_read, &b) != 0) {
+		w->status = TIDE_ENOMEM;
+		snprintf(w->err, sizeof(w->err), "cannot read the events into Lua: %s",
+		         lua_tostring(L, -1));
+		lua_pop(L, 1);
+		luaL_unref(L, LUA_REGISTRYINDEX, b.events_ref);
+		return;
 	}
+	if (b.undecodable) {
+		cannot_decode(w, b.undecodable);
+		return;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b.events_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, b.events_ref);
 	w->nret = 1;
 	if (w->with_cursor) {
-		char c[48];
-		tide_cursor_format(&r->next, c);
-		lua_pushstring(L, c);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b.cursor_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, b.cursor_ref);
 		w->nret = 2;
 	}
 }
@@ -192,7 +268,8 @@ static int finish(lua_State *L, struct wait *w)
 static int l_read(lua_State *L)
 {
 	struct lstore *s = check_store(L);
-	const char *stream = luaL_checkstring(L, 2);
+	size_t stream_len;
+	const char *stream = luaL_checklstring(L, 2, &stream_len);
 	struct tide_read_opts o = {0};
 	if (!lua_isnoneornil(L, 3)) {
 		luaL_checktype(L, 3, LUA_TTABLE);
@@ -202,6 +279,12 @@ static int l_read(lua_State *L)
 		lua_getfield(L, 3, "backward");
 		o.backward = lua_toboolean(L, -1);
 		lua_pop(L, 1);
+	}
+	char err[200];
+	if (strlen(stream) != stream_len) {
+		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, err,
+		                sizeof(err));
+		return tide_lua_push_error(L, "invalid", err);
 	}
 	struct wait w = {.L = L};
 	int rc = tide_store_read_stream(s->store, stream, &o, on_read, &w);
@@ -280,12 +363,72 @@ static int64_t parse_expected(lua_State *L, int t)
 	return v;
 }
 
+/* Encodes event i's data or metadata (the table on top) within what is left of the event's
+ * size limit. NULL with either `invalid` (content the store refuses) or `misuse` set. */
+static char *encode_field(lua_State *L, size_t i, const char *field, size_t *left, char *invalid,
+                          char *misuse, size_t n)
+{
+	char path[48], err[400];
+	snprintf(path, sizeof(path), "event %zu %s", i, field);
+	if (!lua_istable(L, -1)) {
+		snprintf(misuse, n, "%s must be a table", path);
+		return NULL;
+	}
+	/* The limit counts escapes only once the text is printed; 1 when nothing is left
+	 * (0 would mean no limit). */
+	int why = 0;
+	char *text = tide_lua_encode(L, -1, path, *left ? *left : 1, &why, err, sizeof(err));
+	size_t len = text ? strlen(text) : 0;
+	if (text && len <= *left) {
+		*left -= len;
+		return text;
+	}
+	if (text) {
+		cJSON_free(text);
+		why = TIDE_LUA_JSON_TOO_LARGE;
+	}
+	if (why == TIDE_LUA_JSON_TOO_LARGE)
+		snprintf(invalid, n,
+		         "event %zu is too large: its data and metadata are more than %u bytes of "
+		         "JSON; at most %u (%u MiB) are allowed",
+		         i, TIDE_MAX_EVENT_BYTES, TIDE_MAX_EVENT_BYTES, TIDE_MAX_EVENT_BYTES >> 20);
+	else
+		snprintf(why == TIDE_LUA_JSON_INVALID ? invalid : misuse, n, "%s", err);
+	return NULL;
+}
+
+/* A string field of event i (the table at t) as a name: NULL when absent; a name with a
+ * NUL byte sets `invalid`, a value that is not a string sets `misuse`. */
+static const char *event_string(lua_State *L, int t, size_t i, const char *field, const char *what,
+                                bool required, char *invalid, char *misuse, size_t n)
+{
+	lua_getfield(L, t, field);
+	int type = lua_type(L, -1);
+	size_t len = 0;
+	const char *v = type == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+	lua_pop(L, 1); /* the string stays alive: the event table refers to it */
+	if (type == LUA_TNIL && !required)
+		return NULL;
+	if (type == LUA_TNIL)
+		snprintf(misuse, n, "event %zu has no %s", i, field);
+	else if (type != LUA_TSTRING)
+		snprintf(misuse, n, "event %zu: %s must be a string, got a %s", i, field,
+		         lua_typename(L, type));
+	else if (strlen(v) != len)
+		snprintf(invalid, n, "the %s of event %zu contains a NUL byte (at byte %zu)", what,
+		         i, strlen(v) + 1);
+	else
+		return v;
+	return NULL;
+}
+
 /* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
  * | nil, err. An event is { type, data, metadata?, id? }; data/metadata are tables. */
 static int l_append(lua_State *L)
 {
 	struct lstore *s = check_store(L);
-	const char *stream = luaL_checkstring(L, 2);
+	size_t stream_len;
+	const char *stream = luaL_checklstring(L, 2, &stream_len);
 	luaL_checktype(L, 3, LUA_TTABLE);
 	int64_t expected = TIDE_EXPECT_ANY;
 	if (!lua_isnoneornil(L, 4)) {
@@ -298,27 +441,31 @@ static int l_append(lua_State *L)
 	struct tide_event *ev = calloc(n, sizeof(*ev));
 	char **texts = calloc(n * 2, sizeof(char *));
 	int nret = 0;
-	char err[400] = "";
+	char misuse[700] = "", invalid[700] = "";
 	if (!ev || !texts) {
-		snprintf(err, sizeof(err), "out of memory");
+		snprintf(misuse, sizeof(misuse), "out of memory");
+		goto done;
+	}
+	if (strlen(stream) != stream_len) {
+		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
+		                sizeof(invalid));
 		goto done;
 	}
 	for (size_t i = 0; i < n; i++) {
 		lua_rawgeti(L, 3, (int)i + 1);
 		if (!lua_istable(L, -1)) {
-			snprintf(err, sizeof(err), "event %zu is not a table", i + 1);
+			snprintf(misuse, sizeof(misuse), "event %zu is not a table", i + 1);
 			lua_pop(L, 1);
 			goto done;
 		}
 		int t = lua_gettop(L);
-		lua_getfield(L, t, "type");
-		ev[i].type = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-		lua_pop(L, 1); /* the string stays alive: it is referenced by the event table */
-		if (!ev[i].type || !ev[i].type[0]) {
-			snprintf(err, sizeof(err), "event %zu has no type", i + 1);
+		ev[i].type = event_string(L, t, i + 1, "type", "type", true, invalid, misuse,
+		                          sizeof(invalid));
+		if (!ev[i].type) {
 			lua_pop(L, 1);
 			goto done;
 		}
+		size_t left = TIDE_MAX_EVENT_BYTES;
 		const char *fields[2] = {"data", "metadata"};
 		for (int k = 0; k < 2; k++) {
 			lua_getfield(L, t, fields[k]);
@@ -327,15 +474,8 @@ static int l_append(lua_State *L)
 				lua_newtable(L);
 			}
 			if (!lua_isnil(L, -1)) {
-				char path[48];
-				snprintf(path, sizeof(path), "event %zu %s", i + 1, fields[k]);
-				if (!lua_istable(L, -1)) {
-					snprintf(err, sizeof(err), "%s must be a table", path);
-					lua_pop(L, 2);
-					goto done;
-				}
-				texts[i * 2 + k] =
-				        tide_lua_to_json_text(L, -1, path, err, sizeof(err));
+				texts[i * 2 + k] = encode_field(L, i + 1, fields[k], &left, invalid,
+				                                misuse, sizeof(invalid));
 				if (!texts[i * 2 + k]) {
 					lua_pop(L, 2);
 					goto done;
@@ -345,9 +485,11 @@ static int l_append(lua_State *L)
 		}
 		ev[i].data = texts[i * 2];
 		ev[i].metadata = texts[i * 2 + 1];
-		lua_getfield(L, t, "id");
-		ev[i].message_id = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-		lua_pop(L, 2);
+		ev[i].message_id = event_string(L, t, i + 1, "id", "message id", false, invalid,
+		                                misuse, sizeof(invalid));
+		lua_pop(L, 1);
+		if (misuse[0] || invalid[0])
+			goto done;
 	}
 	struct append_wait a = {.w = {.L = L}};
 	int rc = tide_store_append(s->store, stream, ev, n, expected, on_append, &a);
@@ -385,8 +527,10 @@ done:
 		free(texts[i]);
 	free(texts);
 	free(ev);
-	if (err[0])
-		return luaL_error(L, "append: %s", err);
+	if (misuse[0])
+		return luaL_error(L, "append: %s", misuse);
+	if (invalid[0])
+		return tide_lua_push_error(L, "invalid", invalid);
 	return nret;
 }
 
@@ -426,7 +570,15 @@ static int l_json_decode(lua_State *L)
 {
 	size_t len;
 	const char *s = luaL_checklstring(L, 1, &len);
-	if (tide_lua_push_json_text(L, s, len) != 0)
+	int rc = tide_lua_push_json_text(L, s, len);
+	if (rc == TIDE_LUA_JSON_TOO_DEEP) {
+		char msg[120];
+		snprintf(msg, sizeof(msg),
+		         "the JSON is nested too deeply: more than %d levels of objects and arrays",
+		         TIDE_MAX_JSON_DEPTH);
+		return tide_lua_push_error(L, "invalid", msg);
+	}
+	if (rc != 0)
 		return tide_lua_push_error(L, "invalid", "not valid JSON");
 	return 1;
 }

@@ -15,7 +15,9 @@ int tide_lua_push_error(lua_State *L, const char *kind, const char *message);
 
 struct tide_message;
 /* Pushes one stored message as an event table (type, data, metadata, stream_id, ...;
- * with_cursor adds "cursor" = "XID:POS"). */
-void tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor);
+ * with_cursor adds "cursor" = "XID:POS"). false when data or metadata could not be
+ * decoded (nested deeper than TIDE_MAX_JSON_DEPTH: written by another client); the table
+ * is pushed all the same, without that field. */
+bool tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor);
 
 #endif

@@ -73,6 +73,16 @@ void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t
 {
 	if (n == 0)
 		return;
+	/* Callers may redact in place; "***" can be longer than what it hides. */
+	char *copy = NULL;
+	if (msg == dst) {
+		copy = strdup(msg);
+		if (!copy) {
+			dst[0] = '\0';
+			return;
+		}
+		msg = copy;
+	}
 	size_t o = 0;
 	const char *pw = pg ? pg->password : NULL;
 	size_t pwlen = pw ? strlen(pw) : 0;
@@ -97,11 +107,24 @@ void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t
 				continue;
 			}
 		}
-		dst[o++] = *p++;
+		/* One line: libpq's "...failed: ...\n\tIs the server running...?" becomes
+		 * "...failed: ... Is the server running...?". */
+		if (strchr("\n\r\t\v\f", *p)) {
+			while (o > 0 && dst[o - 1] == ' ')
+				o--;
+			while (*p && strchr(" \n\r\t\v\f", *p))
+				p++;
+			if (o > 0 && *p)
+				dst[o++] = ' ';
+			continue;
+		}
+		unsigned char c = (unsigned char)*p++;
+		dst[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
 	}
-	while (o > 0 && (dst[o - 1] == '\n' || dst[o - 1] == ' '))
+	while (o > 0 && dst[o - 1] == ' ')
 		o--;
 	dst[o] = '\0';
+	free(copy);
 }
 
 static void set_error(struct tide_pg *pg, const char *msg)
@@ -171,7 +194,7 @@ static void on_timer(uv_timer_t *t)
 	if (pg->connected || pg->closing)
 		return;
 	finish_connect(pg, TIDE_ECONN,
-	               pg->error[0] ? pg->error : "timed out connecting to the database");
+	               pg->error[0] ? pg->error : "the server did not answer within 10 s");
 }
 
 /* Server notices ("relation already exists, skipping") are not errors: keep them off

@@ -64,8 +64,9 @@ void tide_pg_close(struct tide_pg *pg);
 bool tide_pg_ready(const struct tide_pg *pg);
 const char *tide_pg_error(const struct tide_pg *pg);
 
-/* Copies msg into dst (size n), replacing the URL's password wherever it appears and
- * dropping a trailing newline. */
+/* Copies msg into dst (size n; msg may be dst) as one line: the URL's password replaced
+ * wherever it appears, each run of whitespace with a newline or tab in it turned into one
+ * space, other control characters into '?', no trailing space. */
 void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t n);
 
 #endif

@@ -173,14 +173,44 @@ void tide_store_close(struct tide_store *store)
 	free(store);
 }
 
+int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err, size_t n)
+{
+	if (!name || len == 0) {
+		snprintf(err, n, "the %s is empty", what);
+		return TIDE_EINVAL;
+	}
+	const char *nul = memchr(name, '\0', len);
+	if (nul) {
+		snprintf(err, n, "the %s contains a NUL byte (at byte %zu)", what,
+		         (size_t)(nul - name) + 1);
+		return TIDE_EINVAL;
+	}
+	if (len > max) {
+		snprintf(err, n, "the %s is %zu bytes long; at most %zu are allowed", what, len,
+		         max);
+		return TIDE_EINVAL;
+	}
+	size_t bad = tide_utf8_check(name, len);
+	if (bad < len) {
+		snprintf(err, n, "the %s is not valid UTF-8 (at byte %zu)", what, bad + 1);
+		return TIDE_EINVAL;
+	}
+	return 0;
+}
+
 int tide_store_set_partition(struct tide_store *store, const char *partition)
 {
-	if (!partition || !partition[0])
-		return fail(store, TIDE_EINVAL, "the partition name is empty");
-	if (strlen(partition) >= sizeof(store->partition))
-		return fail(store, TIDE_EINVAL, "the partition name is longer than %zu bytes",
-		            sizeof(store->partition) - 1);
-	snprintf(store->partition, sizeof(store->partition), "%s", partition);
+	size_t len = partition ? strlen(partition) : 0;
+	if (len > TIDE_MAX_PARTITION_BYTES)
+		return fail(store, TIDE_EINVAL,
+		            "the partition name is %zu bytes long; at most %d are allowed "
+		            "(PostgreSQL's 63-byte table names must hold "
+		            "emt_messages_<partition>_archived)",
+		            len, TIDE_MAX_PARTITION_BYTES);
+	if (tide_check_name("partition name", partition, len, TIDE_MAX_PARTITION_BYTES,
+	                    store->error, sizeof(store->error)))
+		return TIDE_EINVAL;
+	memcpy(store->partition, partition, len + 1);
 	return 0;
 }
 
@@ -199,52 +229,67 @@ static int64_t to_i64(const char *s)
 	return strtoll(s, NULL, 10);
 }
 
-/* Builds the messages JSON array for tide_append(); NULL (with store->error) on bad input. */
-static char *encode_events(struct tide_store *store, const struct tide_event *events, size_t n)
+/* Checks every event before anything is built or sent: TIDE_EINVAL with store->error. */
+static int check_events(struct tide_store *store, const struct tide_event *events, size_t n)
 {
-	cJSON *arr = cJSON_CreateArray();
-	if (!arr)
-		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		const struct tide_event *e = &events[i];
-		if (!e->type || !e->type[0]) {
-			fail(store, TIDE_EINVAL, "event %zu has no type", i + 1);
-			goto fail;
-		}
-		char what[40], err[160];
+		char what[40];
+		snprintf(what, sizeof(what), "type of event %zu", i + 1);
+		if (tide_check_name(what, e->type, e->type ? strlen(e->type) : 0,
+		                    TIDE_MAX_NAME_BYTES, store->error, sizeof(store->error)))
+			return TIDE_EINVAL;
+		size_t data_len = e->data ? strlen(e->data) : 0;
+		size_t meta_len = e->metadata ? strlen(e->metadata) : 0;
+		if (data_len + meta_len > TIDE_MAX_EVENT_BYTES)
+			return fail(
+			        store, TIDE_EINVAL,
+			        "event %zu is too large: its data and metadata are %zu bytes of "
+			        "JSON; at most %u (%u MiB) are allowed",
+			        i + 1, data_len + meta_len, TIDE_MAX_EVENT_BYTES,
+			        TIDE_MAX_EVENT_BYTES >> 20);
 		snprintf(what, sizeof(what), "data of event %zu", i + 1);
-		if (tide_json_check_object(e->data, what, err, sizeof(err))) {
-			fail(store, TIDE_EINVAL, "%s", err);
-			goto fail;
-		}
+		if (tide_json_check_object_n(e->data, data_len, what, store->error,
+		                             sizeof(store->error)))
+			return TIDE_EINVAL;
 		snprintf(what, sizeof(what), "metadata of event %zu", i + 1);
-		if (e->metadata && tide_json_check_object(e->metadata, what, err, sizeof(err))) {
-			fail(store, TIDE_EINVAL, "%s", err);
-			goto fail;
-		}
+		if (e->metadata && tide_json_check_object_n(e->metadata, meta_len, what,
+		                                            store->error, sizeof(store->error)))
+			return TIDE_EINVAL;
 		if (e->message_id && !tide_uuid_valid(e->message_id)) {
-			fail(store, TIDE_EINVAL, "message id of event %zu is not a UUID: %s", i + 1,
-			     e->message_id);
-			goto fail;
+			char shown[80];
+			tide_snippet(shown, sizeof(shown), e->message_id, strlen(e->message_id),
+			             40);
+			return fail(store, TIDE_EINVAL,
+			            "the message id of event %zu is not a UUID: %s", i + 1, shown);
 		}
+	}
+	return 0;
+}
+
+/* The messages JSON array for tide_append() (checked events); NULL when out of memory. */
+static char *encode_events(const struct tide_event *events, size_t n)
+{
+	cJSON *arr = cJSON_CreateArray();
+	for (size_t i = 0; arr && i < n; i++) {
+		const struct tide_event *e = &events[i];
 		cJSON *o = cJSON_CreateObject();
-		if (!o || !cJSON_AddItemToArray(arr, o) ||
-		    !cJSON_AddStringToObject(o, "type", e->type) ||
+		if (!o || !cJSON_AddItemToArray(arr, o)) {
+			cJSON_Delete(o);
+			cJSON_Delete(arr);
+			return NULL;
+		}
+		if (!cJSON_AddStringToObject(o, "type", e->type) ||
 		    !cJSON_AddRawToObject(o, "data", e->data) ||
 		    (e->metadata && !cJSON_AddRawToObject(o, "metadata", e->metadata)) ||
 		    (e->message_id && !cJSON_AddStringToObject(o, "id", e->message_id))) {
-			fail(store, TIDE_ENOMEM, "out of memory");
-			goto fail;
+			cJSON_Delete(arr); /* o is in it */
+			return NULL;
 		}
 	}
-	char *json = cJSON_PrintUnformatted(arr);
+	char *json = arr ? cJSON_PrintUnformatted(arr) : NULL;
 	cJSON_Delete(arr);
-	if (!json)
-		fail(store, TIDE_ENOMEM, "out of memory");
 	return json;
-fail:
-	cJSON_Delete(arr);
-	return NULL;
 }
 
 bool tide_uuid_valid(const char *s)
@@ -351,17 +396,20 @@ static bool store_usable(struct tide_store *store)
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
-	if (!stream || !stream[0])
-		return fail(store, TIDE_EINVAL, "the stream name is empty");
+	if (tide_check_name("stream name", stream, stream ? strlen(stream) : 0, TIDE_MAX_NAME_BYTES,
+	                    store->error, sizeof(store->error)))
+		return TIDE_EINVAL;
 	if (n == 0 || !events)
 		return fail(store, TIDE_EINVAL, "no events to append");
 	if (expected < TIDE_EXPECT_STREAM_EXISTS)
 		return fail(store, TIDE_EINVAL, "invalid expected version %" PRId64, expected);
+	if (check_events(store, events, n))
+		return TIDE_EINVAL;
 	if (!store_usable(store))
 		return TIDE_ECONN;
-	char *json = encode_events(store, events, n);
+	char *json = encode_events(events, n);
 	if (!json)
-		return store->error[0] ? TIDE_EINVAL : TIDE_ENOMEM;
+		return fail(store, TIDE_ENOMEM, "out of memory");
 	struct call *c = calloc(1, sizeof(*c));
 	if (!c) {
 		free(json);
@@ -446,8 +494,9 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 	static const struct tide_read_opts all = {0};
 	if (!opts)
 		opts = &all;
-	if (!stream || !stream[0])
-		return fail(store, TIDE_EINVAL, "the stream name is empty");
+	if (tide_check_name("stream name", stream, stream ? strlen(stream) : 0, TIDE_MAX_NAME_BYTES,
+	                    store->error, sizeof(store->error)))
+		return TIDE_EINVAL;
 	if (opts->from < 0 || opts->to < 0 || opts->max < 0)
 		return fail(store, TIDE_EINVAL, "from, to and max must not be negative");
 	if (!store_usable(store))

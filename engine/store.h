@@ -13,7 +13,7 @@ struct tide_store {
 	uv_loop_t *loop;
 	struct tide_pg *pg; /* pipelined connection for appends and reads */
 	char *url;
-	char partition[128]; /* the emt_* partition value every call uses */
+	char partition[TIDE_MAX_PARTITION_BYTES + 1]; /* the emt_* partition every call uses */
 	char application_name[64];
 	tide_open_cb open_cb;
 	void *open_arg;
@@ -34,6 +34,12 @@ TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
 
 bool tide_uuid_valid(const char *s);
+
+/* 0 when name[0..len) is a name tide stores (a stream, an event type, a partition):
+ * 1..max bytes of valid UTF-8 without NUL bytes. Otherwise TIDE_EINVAL and one line in
+ * err that names it by `what` ("stream name"). */
+int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err,
+                    size_t n);
 
 /* "any", "no_stream", "stream_exists" or the number. */
 void tide_expected_format(int64_t expected, char *buf, size_t n);

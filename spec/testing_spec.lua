@@ -113,7 +113,9 @@ describe("processor constructors", function()
 
   it("take a partition name, and refuse anything else there", function()
     assert.are.equal("tenant-a", tide.reactor { partition = "tenant-a", handle = function() end }.partition)
-    for _, bad in ipairs({ "", 42, string.rep("p", 128) }) do
+    -- The length limit is the store's (TIDE_MAX_PARTITION_BYTES, checked in C where the
+    -- name is used); the constructors refuse what is not a name at all.
+    for _, bad in ipairs({ "", 42, {} }) do
       assert.has_error(function() tide.projection { partition = bad, handle = function() end } end)
       assert.has_error(function() tide.reactor { partition = bad, handle = function() end } end)
     end

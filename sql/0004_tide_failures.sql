@@ -332,3 +332,31 @@ LANGUAGE sql AS $tide_processor_release$
                               last_updated = now()
      WHERE processor_id = p_id AND processor_instance_id = p_owner;
 $tide_processor_release$;
+
+-- Partition values with a backslash: pg_get_expr writes the bound as a standard string
+-- ('a\b'), format('%L') does not (E'a\\b'), so 0002's check refused the second append to
+-- such a partition. The same function, comparing the bound as PostgreSQL prints it.
+CREATE OR REPLACE FUNCTION tide_ensure_partition(p_partition text) RETURNS void
+LANGUAGE plpgsql AS $tide_ensure_partition$
+DECLARE
+    v_name  text := regexp_replace('emt_messages_' || p_partition, '[^a-zA-Z0-9_]', '_', 'g');
+    v_bound text;
+BEGIN
+    IF p_partition = 'emt:default' THEN
+        RETURN;
+    END IF;
+    IF p_partition = '' THEN
+        RAISE EXCEPTION 'the partition name is empty' USING ERRCODE = '22023';
+    END IF;
+    SELECT pg_get_expr(c.relpartbound, c.oid) INTO v_bound
+      FROM pg_class c WHERE c.oid = to_regclass(quote_ident(v_name));
+    IF v_bound IS NULL THEN
+        -- Two first appends to one new partition: the second waits, then skips creating.
+        PERFORM pg_advisory_xact_lock(hashtext('tide_ensure_partition'));
+        PERFORM tide_add_partition(p_partition);
+    ELSIF v_bound <> 'FOR VALUES IN (''' || replace(p_partition, '''', '''''') || ''')' THEN
+        RAISE EXCEPTION 'partition % cannot have tables of its own: % already holds %',
+            p_partition, v_name, v_bound USING ERRCODE = '22023';
+    END IF;
+END;
+$tide_ensure_partition$;

@@ -35,15 +35,20 @@ enum {
 	TIDE_ECLOSED = -6, /* the store was closed before the request completed */
 };
 
-/* What tide accepts, checked once on the way in, so that every later path (the store,
- * the CLI, a script's VM, a document projection) can carry whatever was accepted.
- * Names are stream ids and event types: valid UTF-8 without NUL bytes. The partition
- * limit comes from PostgreSQL's 63-byte identifiers: Emmett names a partition's tables
- * emt_messages_<partition>_archived. */
+/* What tide accepts, checked once on the way in (tide_store_append(), whoever calls it:
+ * the CLI, the Lua module, a C host), so that every later path (jsonb, the CLI's output,
+ * a script's VM, a document projection) can carry whatever was accepted.
+ * Names are stream ids, event types and partitions: 1 to the limit bytes of valid UTF-8
+ * without NUL bytes. A stream id is part of the primary-key index, which holds at most
+ * ~2.7 kB per entry. The partition limit comes from PostgreSQL's 63-byte identifiers:
+ * Emmett names a partition's tables emt_messages_<partition>_archived. An event's data
+ * and metadata are each one JSON object: strict JSON that jsonb reads, strings valid
+ * UTF-8 without \u0000 or unpaired surrogates, numbers that a double holds (no 1e400),
+ * nested at most TIDE_MAX_JSON_DEPTH deep (LuaJIT's decoder and encoder stop there). */
 #define TIDE_MAX_NAME_BYTES      1024
 #define TIDE_MAX_PARTITION_BYTES 41
 #define TIDE_MAX_EVENT_BYTES     (16u << 20) /* data + metadata as JSON text */
-#define TIDE_MAX_JSON_DEPTH      128          /* nested objects and arrays */
+#define TIDE_MAX_JSON_DEPTH      128         /* nested objects and arrays */
 
 /* A readable name for a TIDE_E* code ("conflict", "connection", ...). */
 const char *tide_strerror(int code);
@@ -56,8 +61,9 @@ const char *tide_strerror(int code);
 
 struct tide_store;
 
-/* One event to append. data and metadata are JSON texts and must be objects;
- * metadata and message_id may be NULL (message_id is then a generated UUID).
+/* One event to append. type is a name (see the limits above); data and metadata are JSON
+ * texts and must be objects, together at most TIDE_MAX_EVENT_BYTES; metadata and
+ * message_id may be NULL (message_id is then a generated UUID; when given, a UUID).
  * The strings are copied before tide_store_append() returns. */
 struct tide_event {
 	const char *type;
@@ -136,7 +142,8 @@ void tide_store_close(struct tide_store *store);
 
 /* The partition (Emmett's `partition` column: a tenant, say) that every later append and
  * read of this store works in; the default is TIDE_DEFAULT_PARTITION. Appending to a new
- * partition creates its tables. The name is copied; TIDE_EINVAL when empty or too long. */
+ * partition creates its tables. The name is copied; TIDE_EINVAL (message in
+ * tide_store_error()) unless it is 1..TIDE_MAX_PARTITION_BYTES bytes of valid UTF-8. */
 #define TIDE_DEFAULT_PARTITION "emt:default"
 TIDE_MUST_CHECK int tide_store_set_partition(struct tide_store *store, const char *partition);
 const char *tide_store_partition(const struct tide_store *store);
@@ -145,12 +152,16 @@ const char *tide_store_partition(const struct tide_store *store);
 const char *tide_store_error(const struct tide_store *store);
 
 /* Appends n >= 1 events to one stream in one transaction and one round trip.
- * Returns TIDE_EINVAL (and calls nothing) when the input is bad: cb is not called. */
+ * Returns TIDE_EINVAL when the input is bad — the stream name or a type is empty, longer
+ * than TIDE_MAX_NAME_BYTES or not valid UTF-8; data or metadata fails the JSON rules
+ * above; an event is larger than TIDE_MAX_EVENT_BYTES; a message id is not a UUID —
+ * with the message in tide_store_error(); then nothing is sent and cb is not called. */
 TIDE_MUST_CHECK int tide_store_append(struct tide_store *store, const char *stream,
                                       const struct tide_event *events, size_t n, int64_t expected,
                                       tide_append_cb cb, void *arg);
 
-/* Reads one stream. opts may be NULL (everything, oldest first). */
+/* Reads one stream. opts may be NULL (everything, oldest first). TIDE_EINVAL (cb not
+ * called) when the stream name breaks the rules of tide_store_append(). */
 TIDE_MUST_CHECK int tide_store_read_stream(struct tide_store *store, const char *stream,
                                            const struct tide_read_opts *opts, tide_read_cb cb,
                                            void *arg);

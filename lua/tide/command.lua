@@ -98,8 +98,10 @@ function M.handle(store, decider, stream, command, opts, call)
       store:sleep(random() * min(250, backoff * 2 ^ (attempt - 1)))
     end
   end
-  return fail("conflict", "version conflict after " .. (retries + 1) .. " attempts: " ..
-    tostring(last_conflict), { expected = last_conflict.expected, actual = last_conflict.actual })
+  -- The store's message starts "version conflict: "; say it once.
+  local detail = tostring(last_conflict):gsub("^version conflict: ", "")
+  return fail("conflict", "version conflict after " .. (retries + 1) .. " attempts: " .. detail,
+    { expected = last_conflict.expected, actual = last_conflict.actual })
 end
 
 return M

@@ -51,12 +51,13 @@ local function load_core()
 end
 
 -- tide.connect(url [, { partition = name }]) → store | nil, err. Every call of the store
--- works in that partition (Emmett's tenant column; default "emt:default").
+-- works in that partition (Emmett's tenant column; default "emt:default"). A partition name
+-- the store cannot use (too long, not UTF-8) is nil, err with err.kind == "invalid".
 function M.connect(url, opts)
   if type(url) ~= "string" or url == "" then error("tide.connect wants a database URL", 2) end
   local partition = opts and opts.partition
   if not model.valid_partition(partition) then
-    error("tide.connect: partition must be a non-empty name of at most 127 bytes", 2)
+    error("tide.connect: partition must be a non-empty string", 2)
   end
   local raw, err = load_core().connect(url, partition)
   if not raw then return nil, err end

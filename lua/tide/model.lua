@@ -43,15 +43,17 @@ local function check_spec(spec, kind)
   if type(spec) ~= "table" then error(kind .. " wants a table, got " .. type(spec), 3) end
 end
 
--- An Emmett partition (a tenant, say): a non-empty name tide can store; nil is the default.
+-- An Emmett partition (a tenant, say): a non-empty string; nil is the default. What else a
+-- name must be (its length, valid UTF-8) the store checks in C, where the limit lives
+-- (TIDE_MAX_PARTITION_BYTES), when the name is used.
 function M.valid_partition(p)
-  return p == nil or (type(p) == "string" and p ~= "" and #p <= 127)
+  return p == nil or (type(p) == "string" and p ~= "")
 end
 
 -- The partition whose events a processor reads; default emt:default.
 local function check_partition(spec, kind)
   if not M.valid_partition(spec.partition) then
-    error(kind .. ": 'partition' must be a non-empty name of at most 127 bytes", 3)
+    error(kind .. ": 'partition' must be a non-empty string", 3)
   end
 end
 

@@ -373,6 +373,17 @@ static void follow_concurrent_writers(void)
 }
 
 /* Bad input through the API: an error code and message, nothing written, no callback. */
+/* "{}" and spaces: a JSON object of exactly n bytes. */
+static char *padded_object(size_t n)
+{
+	char *s = malloc(n + 1);
+	CHECK(s);
+	memset(s, ' ', n);
+	memcpy(s, "{}", 2);
+	s[n] = '\0';
+	return s;
+}
+
 static void invalid_input(void)
 {
 	struct tide_store *s = test_store();
@@ -398,9 +409,63 @@ static void invalid_input(void)
 	CHECK_EQ_I64(tide_store_append(s, "", &ok, 1, TIDE_EXPECT_ANY, on_append, &a), TIDE_EINVAL);
 	CHECK_EQ_I64(tide_store_append(s, "bad-1", &ok, 0, TIDE_EXPECT_ANY, on_append, &a),
 	             TIDE_EINVAL);
+
+	/* What jsonb, the CLI or a script could not carry is refused here, whoever calls. */
+	static char long_name[TIDE_MAX_NAME_BYTES + 2];
+	memset(long_name, 's', TIDE_MAX_NAME_BYTES + 1);
+	struct {
+		const char *stream;
+		struct tide_event e;
+		const char *want;
+	} bad_events[] = {
+	        {long_name, ok, "the stream name is 1025 bytes long"},
+	        {"bad-\xff", ok, "the stream name is not valid UTF-8 (at byte 5)"},
+	        {"bad-1",
+	         {.type = "T\xc3", .data = "{}"},
+	         "the type of event 1 is not valid UTF-8"},
+	        {"bad-1", {.type = long_name, .data = "{}"}, "the type of event 1 is 1025 bytes"},
+	        {"bad-1",
+	         {.type = "T", .data = "{\"a\":1} x"},
+	         "data of event 1 is not valid JSON"},
+	        {"bad-1", {.type = "T", .data = "{\"a\":\"\\u0000\"}"}, "contains \\u0000"},
+	        {"bad-1", {.type = "T", .data = "{\"a\":1e400}"}, "number out of range"},
+	        {"bad-1",
+	         {.type = "T", .data = "{}", .metadata = "{\"a\":\"\\udfff\"}"},
+	         "metadata of event 1 contains an unpaired surrogate"},
+	};
+	for (size_t i = 0; i < sizeof(bad_events) / sizeof(bad_events[0]); i++) {
+		CHECK_EQ_I64(tide_store_append(s, bad_events[i].stream, &bad_events[i].e, 1,
+		                               TIDE_EXPECT_ANY, on_append, &a),
+		             TIDE_EINVAL);
+		if (!strstr(tide_store_error(s), bad_events[i].want)) {
+			fprintf(stderr, "case %zu: '%s'\n", i, tide_store_error(s));
+			CHECK(0);
+		}
+	}
+	struct got g = {0};
+	CHECK_EQ_I64(tide_store_read_stream(s, long_name, NULL, on_read, &g), TIDE_EINVAL);
+	CHECK(strstr(tide_store_error(s), "the stream name is 1025 bytes long"));
+
+	/* Too large: data and metadata together, exactly the limit is accepted. */
+	size_t half = TIDE_MAX_EVENT_BYTES / 2;
+	char *data = padded_object(half), *meta = padded_object(half);
+	char *meta1 = padded_object(half + 1);
+	struct tide_event over = {.type = "T", .data = data, .metadata = meta1};
+	CHECK_EQ_I64(tide_store_append(s, "big-1", &over, 1, TIDE_EXPECT_ANY, on_append, &a),
+	             TIDE_EINVAL);
+	CHECK(strstr(tide_store_error(s), "event 1 is too large: its data and metadata are "
+	                                  "16777217 bytes"));
 	uv_run(test_loop, UV_RUN_NOWAIT);
 	CHECK(!a.done);
+	struct tide_event fits = {.type = "T", .data = data, .metadata = meta};
+	CHECK_EQ_I64(tide_store_append(s, "big-1", &fits, 1, TIDE_EXPECT_ANY, on_append, &a), 0);
+	test_wait(&a.done);
+	CHECK_EQ_I64(a.status, 0);
+	free(data);
+	free(meta);
+	free(meta1);
 	CHECK_EQ_I64(count_rows("bad-1"), 0);
+	CHECK_EQ_I64(count_rows("big-1"), 1);
 	test_close(s);
 }
 
@@ -454,6 +519,13 @@ static void partitions(void)
 	struct tide_store *d = test_store(), *t = test_store();
 	CHECK(tide_store_set_partition(t, "") == TIDE_EINVAL);
 	CHECK(strstr(tide_store_error(t), "empty") != NULL);
+	char name[TIDE_MAX_PARTITION_BYTES + 2];
+	memset(name, 'p', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	CHECK(tide_store_set_partition(t, name) == TIDE_EINVAL); /* one byte too long */
+	CHECK(strstr(tide_store_error(t), "is 42 bytes long; at most 41") != NULL);
+	CHECK(tide_store_set_partition(t, "t\xe9") == TIDE_EINVAL);
+	CHECK(strstr(tide_store_error(t), "not valid UTF-8") != NULL);
 	CHECK(strcmp(tide_store_partition(t), TIDE_DEFAULT_PARTITION) == 0);
 	CHECK(tide_store_set_partition(t, "tenant-7") == 0);
 	CHECK(strcmp(tide_store_partition(t), "tenant-7") == 0);
