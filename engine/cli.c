@@ -1,7 +1,8 @@
 /* cli.c — the `tide` command line: parses arguments, runs one store operation on a
  * private libuv loop and prints its outcome (JSON lines on stdout, one error line on
  * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 4 command rejected
- * by a decider, 1 otherwise. */
+ * by a decider, 5 outcome unknown (the connection was lost after an append was sent),
+ * 1 otherwise. */
 #include "cli.h"
 
 #include "cli_common.h"
@@ -38,7 +39,11 @@ static const char usage_main[] =
         "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
-        "Run `tide COMMAND --help` for a command's options.\n";
+        "Run `tide COMMAND --help` for a command's options.\n"
+        "\n"
+        "Exit codes: 0 ok, 1 failed, 2 bad usage or input (nothing written), 3 version\n"
+        "conflict, 4 command rejected by the decider, 5 outcome unknown: the connection was\n"
+        "lost after an append was sent, so it may or may not be in the log (read to check).\n";
 
 static const char usage_migrate[] =
         "usage: tide migrate [--print] [--database URL]\n"
@@ -58,7 +63,8 @@ static const char usage_append[] =
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
         "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
-        "Exits 2 on bad input and 3 on a version conflict, writing nothing.\n";
+        "Exits 2 on bad input and 3 on a version conflict, writing nothing; 5 when the\n"
+        "connection was lost after the event was sent (it may or may not be in the log).\n";
 
 /* Printed after usage_append, from the limits of tide.h. */
 static const char limits_append[] =
@@ -129,35 +135,6 @@ static const char usage_status[] =
         "processor. When a transaction open for more than 5 s holds every consumer back, a\n"
         "warning on stderr names its backend.\n";
 
-int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
-{
-	/* Arguments are echoed in messages: keep a newline in one from breaking the line. */
-	char msg[900], clean[900];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	tide_pg_redact(NULL, msg, clean, sizeof(clean));
-	fprintf(stderr, "tide %s: %s (see `tide %s --help`)\n", cli->cmd, clean, cli->cmd);
-	return EXIT_USAGE;
-}
-
-void tide_cli_fail(struct cli *cli, int status, const char *err)
-{
-	char clean[700];
-	tide_pg_redact(NULL, err ? err : tide_strerror(status), clean, sizeof(clean));
-	fprintf(stderr, "tide %s: %s\n", cli->cmd, clean);
-	cli->exit_code = status == TIDE_ECONFLICT ? EXIT_CONFLICT
-	                 : status == TIDE_EINVAL  ? EXIT_USAGE
-	                                          : 1;
-}
-
-void tide_cli_done(struct cli *cli)
-{
-	tide_store_close(cli->store);
-	cli->store = NULL;
-}
-
 static int parse_count(struct cli *cli, const char *flag, const char *text, int64_t *out)
 {
 	char *end;
@@ -168,17 +145,6 @@ static int parse_count(struct cli *cli, const char *flag, const char *text, int6
 		                            text);
 	*out = v;
 	return 0;
-}
-
-void tide_cli_print_line(cJSON *o)
-{
-	char *s = cJSON_PrintUnformatted(o);
-	if (s) {
-		fputs(s, stdout);
-		fputc('\n', stdout);
-		free(s);
-	}
-	cJSON_Delete(o);
 }
 
 /* One event as a JSON object; JSON columns are spliced in as they came from PostgreSQL. */

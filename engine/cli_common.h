@@ -1,7 +1,8 @@
 /* cli_common.h — what the files of the `tide` command line share: the state of one
- * invocation and the helpers that report its outcome. cli.c parses and runs the store
- * commands; cli_script.c runs Lua scripts (handle, aggregate, check); cli_status.c shows
- * the daemon's processors. */
+ * invocation and the helpers that report its outcome (cli_common.c). cli.c parses and runs
+ * the store commands and calls the others; cli_script.c runs Lua scripts (handle,
+ * aggregate, check); cli_status.c shows the daemon's processors; cli_dlq.c the dead
+ * letters. None of them calls back into cli.c. */
 #ifndef TIDE_CLI_COMMON_H
 #define TIDE_CLI_COMMON_H
 
@@ -11,7 +12,7 @@
 
 #include "tide.h"
 
-enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4 };
+enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4, EXIT_UNKNOWN = 5 };
 
 struct cli {
 	const char *cmd;

@@ -52,6 +52,8 @@ static int status_of(const char *kind)
 		return TIDE_EINVAL;
 	if (strcmp(kind, "connection") == 0)
 		return TIDE_ECONN;
+	if (strcmp(kind, "unknown") == 0)
+		return TIDE_EUNKNOWN;
 	return TIDE_EDB;
 }
 

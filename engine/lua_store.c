@@ -50,6 +50,26 @@ static const char *kind_of(int status)
 	return tide_strerror(status);
 }
 
+static void on_open(struct tide_store *st, int status, const char *err, void *arg);
+
+/* After a lost connection the next call connects again; 0, or nil, err pushed (2). */
+static int ensure_connected(lua_State *L, struct lstore *s)
+{
+	if (tide_store_connected(s->store))
+		return 0;
+	uv_run(&s->loop, UV_RUN_NOWAIT); /* lets the lost connection's requests fail */
+	struct wait w = {0};
+	if (tide_store_reconnect(s->store, on_open, &w) != 0)
+		return tide_lua_push_error(L, "connection", tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status) {
+		char msg[760];
+		snprintf(msg, sizeof(msg), "cannot connect to the database again: %s", w.err);
+		return tide_lua_push_error(L, "connection", msg);
+	}
+	return 0;
+}
+
 /* Pushes nil, err where err = { kind, message } with __tostring = message. */
 int tide_lua_push_error(lua_State *L, const char *kind, const char *message)
 {
@@ -268,6 +288,9 @@ static int finish(lua_State *L, struct wait *w)
 static int l_read(lua_State *L)
 {
 	struct lstore *s = check_store(L);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
 	size_t stream_len;
 	const char *stream = luaL_checklstring(L, 2, &stream_len);
 	struct tide_read_opts o = {0};
@@ -298,6 +321,9 @@ static int l_read(lua_State *L)
 static int l_read_all(lua_State *L)
 {
 	struct lstore *s = check_store(L);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
 	struct tide_cursor after = {0, 0};
 	if (!lua_isnoneornil(L, 2) && tide_cursor_parse(luaL_checkstring(L, 2), &after))
 		return luaL_error(L, "bad cursor '%s' (want \"XID:POS\")", lua_tostring(L, 2));
@@ -427,6 +453,9 @@ static const char *event_string(lua_State *L, int t, size_t i, const char *field
 static int l_append(lua_State *L)
 {
 	struct lstore *s = check_store(L);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
 	size_t stream_len;
 	const char *stream = luaL_checklstring(L, 2, &stream_len);
 	luaL_checktype(L, 3, LUA_TTABLE);

@@ -21,6 +21,7 @@ struct request {
 	char sqlstate[6];
 	const struct tide_pg_stmt *prepared; /* statement this request prepares, if any */
 	int cached; /* index of the cached text statement it prepares, or -1 */
+	bool sent;  /* all of it went to the kernel: the server may have acted on it */
 };
 
 struct cached_stmt {
@@ -45,6 +46,7 @@ struct tide_pg {
 	tide_pg_notify_cb notify_cb;
 	void *notify_arg;
 	struct request *head, *tail; /* requests sent (pipeline) or queued (simple), in order */
+	struct request *unsent;      /* the first request not yet wholly flushed, or NULL */
 	const struct tide_pg_stmt *stmts[TIDE_PG_MAX_STMTS];
 	int nstmts;
 	struct cached_stmt cached[TIDE_PG_MAX_CACHED];
@@ -286,6 +288,14 @@ int tide_pg_open(uv_loop_t *loop, const char *conninfo, const char *application_
 	return 0;
 }
 
+/* libpq's output buffer is empty: every request queued so far is on its way. */
+static void flushed(struct tide_pg *pg)
+{
+	for (struct request *rq = pg->unsent; rq; rq = rq->next)
+		rq->sent = true;
+	pg->unsent = NULL;
+}
+
 static void flush(struct tide_pg *pg)
 {
 	int r = PQflush(pg->conn);
@@ -293,6 +303,8 @@ static void flush(struct tide_pg *pg)
 		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 		return;
 	}
+	if (r == 0)
+		flushed(pg);
 	if (watch(pg, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
 		fail_all(pg, TIDE_ECONN, "cannot watch the database socket");
 }
@@ -303,12 +315,15 @@ static void complete(struct tide_pg *pg)
 	pg->head = rq->next;
 	if (!pg->head)
 		pg->tail = NULL;
+	if (pg->unsent == rq)
+		pg->unsent = rq->next;
 	pg->script_sent = false;
 	struct tide_pg_reply reply = {
 	        .status = rq->status,
 	        .err = rq->status ? rq->err : NULL,
 	        .sqlstate = rq->sqlstate,
 	        .res = rq->status ? NULL : rq->res,
+	        .sent = rq->sent,
 	};
 	if (rq->status && rq->cached >= 0 && pg->cached[rq->cached].sql) {
 		free(pg->cached[rq->cached].sql); /* prepare it again next time */
@@ -477,6 +492,8 @@ static struct request *enqueue(struct tide_pg *pg, tide_pg_reply_cb cb, void *ar
 	else
 		pg->head = rq;
 	pg->tail = rq;
+	if (!pg->unsent)
+		pg->unsent = rq;
 	return rq;
 }
 
@@ -522,6 +539,8 @@ static int sent(struct tide_pg *pg, bool ok)
 		fail_later(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 		return 0;
 	}
+	if (r == 0)
+		flushed(pg);
 	if (watch(pg, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
 		fail_later(pg, TIDE_ECONN, "cannot watch the database socket");
 	return 0;
@@ -644,6 +663,11 @@ void tide_pg_close(struct tide_pg *pg)
 bool tide_pg_ready(const struct tide_pg *pg)
 {
 	return pg->connected && !pg->closing;
+}
+
+bool tide_pg_idle(const struct tide_pg *pg)
+{
+	return !pg->head && !pg->failing;
 }
 
 const char *tide_pg_error(const struct tide_pg *pg)

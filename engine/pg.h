@@ -27,6 +27,8 @@ struct tide_pg_reply {
 	const char *err;
 	const char *sqlstate;
 	PGresult *res;
+	/* The request had wholly gone to the server: on TIDE_ECONN it may have taken effect. */
+	bool sent;
 };
 
 typedef void (*tide_pg_reply_cb)(const struct tide_pg_reply *reply, void *arg);
@@ -62,6 +64,9 @@ void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg);
 void tide_pg_close(struct tide_pg *pg);
 
 bool tide_pg_ready(const struct tide_pg *pg);
+
+/* No request is queued or waiting to be failed. */
+bool tide_pg_idle(const struct tide_pg *pg);
 const char *tide_pg_error(const struct tide_pg *pg);
 
 /* Copies msg into dst (size n; msg may be dst) as one line: the URL's password replaced

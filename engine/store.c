@@ -87,7 +87,8 @@ const char *tide_strerror(int code)
 	case TIDE_EDB: return "database";
 	case TIDE_ENOMEM: return "memory";
 	case TIDE_ECLOSED: return "closed";
-	default: return "unknown";
+	case TIDE_EUNKNOWN: return "unknown";
+	default: return "error";
 	}
 }
 
@@ -219,6 +220,45 @@ const char *tide_store_partition(const struct tide_store *store)
 	return store->partition;
 }
 
+bool tide_store_connected(const struct tide_store *store)
+{
+	return tide_pg_ready(store->pg);
+}
+
+static void on_reopen(struct tide_pg *pg, int status, const char *err, void *arg)
+{
+	(void)pg;
+	struct tide_store *store = arg;
+	store->reconnecting = false;
+	if (status)
+		snprintf(store->error, sizeof(store->error), "%s", err);
+	else
+		store->error[0] = '\0';
+	tide_open_cb cb = store->reopen_cb;
+	store->reopen_cb = NULL;
+	if (cb)
+		cb(store, status, err, store->reopen_arg);
+}
+
+int tide_store_reconnect(struct tide_store *store, tide_open_cb cb, void *arg)
+{
+	if (store->reconnecting || tide_pg_ready(store->pg))
+		return fail(store, TIDE_EINVAL, "the store is connected or connecting");
+	if (!tide_pg_idle(store->pg))
+		return fail(store, TIDE_EINVAL, "requests of the lost connection are still failing");
+	struct tide_pg *fresh = NULL;
+	int rc = tide_pg_open(store->loop, store->url, store->application_name, TIDE_PG_PIPELINE,
+	                      on_reopen, store, &fresh);
+	if (rc)
+		return fail(store, rc, "out of memory");
+	tide_pg_close(store->pg);
+	store->pg = fresh;
+	store->reconnecting = true;
+	store->reopen_cb = cb;
+	store->reopen_arg = arg;
+	return 0;
+}
+
 const char *tide_store_error(const struct tide_store *store)
 {
 	return store->error;
@@ -336,6 +376,16 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	struct call *c = arg;
 	struct tide_append_result r = {.expected = c->expected, .actual = -1};
 	char buf[640];
+	if (reply->status == TIDE_ECONN && reply->sent) {
+		/* The append reached the server and its answer did not come back. */
+		snprintf(buf, sizeof(buf),
+		         "the connection was lost after the append was sent, so it may or may not "
+		         "have been committed (read the stream to find out): %s",
+		         reply->err);
+		c->cb.append(TIDE_EUNKNOWN, buf, NULL, c->arg);
+		free(c);
+		return;
+	}
 	if (reply->status) {
 		c->cb.append(reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL,
 		             c->arg);

@@ -17,6 +17,9 @@ struct tide_store {
 	char application_name[64];
 	tide_open_cb open_cb;
 	void *open_arg;
+	bool reconnecting;
+	tide_open_cb reopen_cb;
+	void *reopen_arg;
 	char error[640];
 };
 

@@ -11,6 +11,7 @@
 #ifndef TIDE_H
 #define TIDE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -33,6 +34,9 @@ enum {
 	TIDE_EDB = -4,       /* the database refused the request */
 	TIDE_ENOMEM = -5,
 	TIDE_ECLOSED = -6, /* the store was closed before the request completed */
+	/* The connection was lost after an append was sent: it may or may not have been
+	 * committed. Read the stream to find out before trying again. */
+	TIDE_EUNKNOWN = -7,
 };
 
 /* What tide accepts, checked once on the way in (tide_store_append(), whoever calls it:
@@ -147,6 +151,15 @@ void tide_store_close(struct tide_store *store);
 #define TIDE_DEFAULT_PARTITION "emt:default"
 TIDE_MUST_CHECK int tide_store_set_partition(struct tide_store *store, const char *partition);
 const char *tide_store_partition(const struct tide_store *store);
+
+/* True while the store's connection is up. After a lost connection (TIDE_ECONN or
+ * TIDE_EUNKNOWN) requests fail with TIDE_ECONN until tide_store_reconnect succeeds. */
+bool tide_store_connected(const struct tide_store *store);
+
+/* Connects again after the connection was lost, keeping the partition; cb fires once, on a
+ * later loop turn (status 0: connected). Returns TIDE_EINVAL while requests of the old
+ * connection are still being failed, or while already connecting. */
+TIDE_MUST_CHECK int tide_store_reconnect(struct tide_store *store, tide_open_cb cb, void *arg);
 
 /* The last connection-level error message, or "" (owned by the store). */
 const char *tide_store_error(const struct tide_store *store);

@@ -1,0 +1,52 @@
+/* cli_common.c — what the commands of the `tide` command line share: reporting an
+ * outcome (one line on stderr and the exit code for its status), printing JSON lines,
+ * ending a command. */
+#include "cli_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "pg.h"
+#include "store.h"
+
+int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
+{
+	/* Arguments are echoed in messages: keep a newline in one from breaking the line. */
+	char msg[900], clean[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	tide_pg_redact(NULL, msg, clean, sizeof(clean));
+	fprintf(stderr, "tide %s: %s (see `tide %s --help`)\n", cli->cmd, clean, cli->cmd);
+	return EXIT_USAGE;
+}
+
+void tide_cli_fail(struct cli *cli, int status, const char *err)
+{
+	char clean[700];
+	tide_pg_redact(NULL, err ? err : tide_strerror(status), clean, sizeof(clean));
+	fprintf(stderr, "tide %s: %s\n", cli->cmd, clean);
+	cli->exit_code = status == TIDE_ECONFLICT  ? EXIT_CONFLICT
+	                 : status == TIDE_EINVAL   ? EXIT_USAGE
+	                 : status == TIDE_EUNKNOWN ? EXIT_UNKNOWN
+	                                           : 1;
+}
+
+void tide_cli_done(struct cli *cli)
+{
+	tide_store_close(cli->store);
+	cli->store = NULL;
+}
+
+void tide_cli_print_line(cJSON *o)
+{
+	char *s = cJSON_PrintUnformatted(o);
+	if (s) {
+		fputs(s, stdout);
+		fputc('\n', stdout);
+		free(s);
+	}
+	cJSON_Delete(o);
+}
