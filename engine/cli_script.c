@@ -78,7 +78,8 @@ static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, 
 	return vm;
 }
 
-/* The kind of the processor at ref ("decider", ...), read raw. */
+/* The processor at ref, checked as `tide run` checks it (tide.model.settings, under the CPU
+ * guard: a metatable on what the script returned may run its code); its kind. */
 struct kind_read {
 	int ref;
 	char kind[32];
@@ -87,7 +88,10 @@ struct kind_read {
 static int read_kind(lua_State *L)
 {
 	struct kind_read *k = lua_touserdata(L, 1);
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "processor_settings");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, k->ref);
+	lua_call(L, 1, 1);
 	lua_pushliteral(L, "kind");
 	lua_rawget(L, -2);
 	snprintf(k->kind, sizeof(k->kind), "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
@@ -102,7 +106,7 @@ int tide_cli_run_check(struct cli *cli)
 		struct kind_read k = {0};
 		struct tide_vm_error e;
 		struct tide_vm *vm = load_script(cli, cli->scripts[i], &k.ref, err, sizeof(err));
-		if (vm && tide_vm_cpcall(vm, read_kind, &k, &e) != 0) {
+		if (vm && tide_vm_protected(vm, read_kind, &k, &e) != 0) {
 			snprintf(err, sizeof(err), "%.900s: %s", cli->scripts[i], e.message);
 			tide_vm_close(vm);
 			vm = NULL;

@@ -98,6 +98,13 @@ describe("the sandbox", function()
     { "xpcall with a handler", "xpcall(function() while true do end end, function(m) return m end)" },
     { "a loop inside a coroutine", "local co = coroutine.create(function() while true do end end) coroutine.resume(co)" },
     { "a loop inside coroutine.wrap under pcall", "pcall(coroutine.wrap(function() while true do end end))" },
+    { "xpcall whose message handler loops too", "xpcall(function() while true do end end, function() while true do end end)" },
+    { "a backtracking pattern in string.find", "local s = ('a'):rep(300) s:find('.-.-.-.-.-b')" },
+    { "a backtracking pattern in gsub through the string metatable", "local s = ('a'):rep(300) s:gsub('.-.-.-.-.-b', 'x')" },
+    { "string.match with nested optional items", "string.match(('a'):rep(40), ('a?'):rep(40) .. ('a'):rep(40))" },
+    { "gmatch over a long subject", "for _ in (('a'):rep(2000)):gmatch('a-a-a-a-b') do end" },
+    { "a loop in a metamethod of the returned processor",
+      "if true then return setmetatable({ kind = 'projection' }, { __index = function() while true do end end }) end" },
   }
   for _, l in ipairs(loops) do
     it("stops " .. l[1], function()
