@@ -322,7 +322,9 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 static void connect_store(struct tide_consumer *c)
 {
 	enter(c, TIDE_CONSUMER_CONNECTING);
-	if (tide_store_open_named(c->o.loop, c->o.url, c->id, on_open, c, &c->store) != 0) {
+	char name[64]; /* what pg_stat_activity shows for it */
+	snprintf(name, sizeof(name), "tide run: %s", c->id);
+	if (tide_store_open_named(c->o.loop, c->o.url, name, on_open, c, &c->store) != 0) {
 		c->store = NULL;
 		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
 	}

@@ -431,7 +431,11 @@ static int do_load(lua_State *L)
 	int base = lua_gettop(L) - 2;
 	lua_call(L, 1, LUA_MULTRET);
 	if (!lua_toboolean(L, base + 1)) {
-		snprintf(a->err, a->n, "%s", lua_tostring(L, base + 2));
+		/* A script error names file:line already; the guard's limits do not. */
+		const char *kind = lua_tostring(L, base + 3);
+		bool located = kind && strcmp(kind, "error") == 0;
+		snprintf(a->err, a->n, "%s%s%s", located ? "" : a->path, located ? "" : ": ",
+		         lua_tostring(L, base + 2));
 		return 0;
 	}
 	if (!lua_istable(L, base + 2)) {
