@@ -385,7 +385,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		tide_cursor_format(&c->cursor, cur);
 		tide_log("info", "processor.started", "processor", c->id, "partition",
 		         c->cur.partition, "checkpoint", cur, (char *)NULL);
-		if (c->attempt.known && c->attempt.attempts > 0) {
+		if (c->attempt.known && c->attempt.attempts > 0 && !c->interrupted) {
 			char n[16], at[48];
 			snprintf(n, sizeof(n), "%d", c->attempt.attempts);
 			tide_cursor_format(&c->attempt.at, at);
@@ -829,7 +829,8 @@ static void begin_attempt(struct tide_consumer *c)
 	/* A script other than the one that made the tries (a fix, saved or restarted with)
 	 * gets one try of its own first. */
 	bool same_script = strcmp(c->attempt.script, c->script_hash) == 0;
-	if (c->batch.count == 1 && before >= c->cur.max_attempts && !c->interrupted &&
+	bool alone = c->attempt.events == 1; /* the tries here were of this event alone */
+	if (c->batch.count == 1 && before >= c->cur.max_attempts && alone && !c->interrupted &&
 	    same_script && c->cur.on_error != TIDE_ON_ERROR_RETRY) {
 		const char *err = c->attempt.error[0]
 		                          ? c->attempt.error

@@ -245,7 +245,8 @@ int tide_store_reconnect(struct tide_store *store, tide_open_cb cb, void *arg)
 	if (store->reconnecting || tide_pg_ready(store->pg))
 		return fail(store, TIDE_EINVAL, "the store is connected or connecting");
 	if (!tide_pg_idle(store->pg))
-		return fail(store, TIDE_EINVAL, "requests of the lost connection are still failing");
+		return fail(store, TIDE_EINVAL,
+		            "requests of the lost connection are still failing");
 	struct tide_pg *fresh = NULL;
 	int rc = tide_pg_open(store->loop, store->url, store->application_name, TIDE_PG_PIPELINE,
 	                      on_reopen, store, &fresh);
