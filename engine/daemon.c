@@ -372,11 +372,22 @@ static void stop_all(struct run *r, const char *why)
 	maybe_exit(r);
 }
 
+static void count_handle(uv_handle_t *h, void *arg)
+{
+	(void)h;
+	(*(int *)arg)++;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
 	struct run *r = h->data;
 	if (signum == SIGHUP) {
-		tide_log("info", "daemon.reload", "signal", "SIGHUP", (char *)NULL);
+		/* The loop's handle count: scripts/soak watches it for leaks. */
+		int handles = 0;
+		uv_walk(r->d.loop, count_handle, &handles);
+		char n[16];
+		snprintf(n, sizeof(n), "%d", handles);
+		tide_log("info", "daemon.reload", "signal", "SIGHUP", "handles", n, (char *)NULL);
 		r->force_reload = true;
 		uv_timer_start(&r->debounce, on_debounce, 0, 0);
 		return;

@@ -665,6 +665,11 @@ bool tide_pg_ready(const struct tide_pg *pg)
 	return pg->connected && !pg->closing;
 }
 
+bool tide_pg_flushed(const struct tide_pg *pg)
+{
+	return !pg->unsent;
+}
+
 bool tide_pg_idle(const struct tide_pg *pg)
 {
 	return !pg->head && !pg->failing;

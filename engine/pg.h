@@ -65,6 +65,9 @@ void tide_pg_close(struct tide_pg *pg);
 
 bool tide_pg_ready(const struct tide_pg *pg);
 
+/* Every request so far has wholly gone to the kernel (the server's receive queue). */
+bool tide_pg_flushed(const struct tide_pg *pg);
+
 /* No request is queued or waiting to be failed. */
 bool tide_pg_idle(const struct tide_pg *pg);
 const char *tide_pg_error(const struct tide_pg *pg);
