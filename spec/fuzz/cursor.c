@@ -12,8 +12,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void die(const char *what, const char *input, const char *formatted)
 {
-	fprintf(stderr, "cursor: %s\n  input: \"%s\"\n  formatted: \"%s\"\n", what, input,
-	        formatted);
+	fprintf(stderr, "cursor: %s\n  input: \"", what);
+	for (const unsigned char *c = (const unsigned char *)input; *c; c++)
+		fprintf(stderr, *c >= 0x20 && *c < 0x7f && *c != '\\' ? "%c" : "\\x%02x", *c);
+	fprintf(stderr, "\"\n  formatted: \"%s\"\n", formatted);
 	abort();
 }
 

@@ -13,6 +13,15 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static void die(const char *what, const char *text, const char *err)
+{
+	fprintf(stderr, "json_check: %s: \"", what);
+	for (const unsigned char *c = (const unsigned char *)text; *c; c++)
+		fprintf(stderr, *c >= 0x20 && *c < 0x7f && *c != '\\' ? "%c" : "\\x%02x", *c);
+	fprintf(stderr, err[0] ? "\" (%s)\n" : "\"\n", err);
+	abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *text = malloc(size + 1);
@@ -26,19 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cJSON *v = cJSON_ParseWithOpts(text, NULL, 1);
 	int object = v && cJSON_IsObject(v);
 	cJSON_Delete(v);
-	if (rc == 0 && !object) {
-		fprintf(stderr, "json_check: accepted text that is not one JSON object: \"%s\"\n",
-		        text);
-		abort();
-	}
-	if (rc != 0 && object) {
-		fprintf(stderr, "json_check: refused a JSON object: \"%s\" (%s)\n", text, err);
-		abort();
-	}
-	if (rc != 0 && (rc != TIDE_EINVAL || strncmp(err, "data ", 5) != 0)) {
-		fprintf(stderr, "json_check: refusal %d without naming the input: %s\n", rc, err);
-		abort();
-	}
+	if (rc == 0 && !object)
+		die("accepted text that is not one JSON object", text, err);
+	if (rc != 0 && object)
+		die("refused a JSON object", text, err);
+	if (rc != 0 && (rc != TIDE_EINVAL || strncmp(err, "data ", 5) != 0))
+		die("a refusal that is not TIDE_EINVAL naming the input", text, err);
 	free(text);
 	return 0;
 }

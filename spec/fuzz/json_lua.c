@@ -30,9 +30,13 @@ static struct tide_vm *vm;
 
 static void die(const struct trip *t, const char *what)
 {
-	fprintf(stderr, "json_lua: %s\n  input (%zu bytes): %.*s\n  first: %s\n  second: %s\n",
-	        what, t->len, (int)(t->len < 2000 ? t->len : 2000), t->text,
-	        t->first ? t->first : "-", t->second ? t->second : "-");
+	fprintf(stderr, "json_lua: %s\n  input (%zu bytes): ", what, t->len);
+	for (size_t i = 0; i < t->len && i < 2000; i++) {
+		unsigned char c = (unsigned char)t->text[i];
+		fprintf(stderr, c >= 0x20 && c < 0x7f && c != '\\' ? "%c" : "\\x%02x", c);
+	}
+	fprintf(stderr, "\n  first: %s\n  second: %s\n", t->first ? t->first : "-",
+	        t->second ? t->second : "-");
 	if (t->err[0])
 		fprintf(stderr, "  error: %s\n", t->err);
 	abort();
