@@ -87,6 +87,21 @@ int tide_lua_push_json(lua_State *L, const cJSON *v)
 	return 0;
 }
 
+struct tree {
+	const cJSON *v;
+	int ref; /* the value built, anchored in the registry */
+	int rc;
+};
+
+static int push_tree(lua_State *L)
+{
+	struct tree *t = lua_touserdata(L, 1);
+	t->rc = tide_lua_push_json(L, t->v);
+	if (t->rc == 0)
+		t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
 /* Whether text opens more than TIDE_MAX_JSON_DEPTH objects and arrays at once: why a text
  * that cJSON refused (it stops at 1000 levels) failed, when it did for that. */
 static bool nested_too_deeply(const char *text, size_t len)
@@ -129,9 +144,22 @@ int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 		return nested_too_deeply(text, len) ? TIDE_LUA_JSON_TOO_DEEP : TIDE_LUA_JSON_BAD;
 	while (end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
 		end++;
-	int rc = end == text + len ? tide_lua_push_json(L, v) : TIDE_LUA_JSON_BAD;
+	if (end != text + len) {
+		cJSON_Delete(v);
+		return TIDE_LUA_JSON_BAD;
+	}
+	/* Building the tables may raise (the VM's memory cap): build them in a protected call,
+	 * free the tree whatever happens, then raise on. */
+	struct tree t = {v, LUA_NOREF, 0};
+	int status = lua_cpcall(L, push_tree, &t);
 	cJSON_Delete(v);
-	return rc;
+	if (status != 0)
+		return lua_error(L); /* the error cpcall left on the stack */
+	if (t.rc == 0) {
+		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, t.ref);
+	}
+	return t.rc;
 }
 
 struct enc {

@@ -45,6 +45,12 @@ end
 
 function D.scalar(url, sql) return tonumber(S.psql(url, sql)) end
 
+-- The rows of a table, or nil while it does not exist (a processor creates it).
+function D.count(url, table_)
+  local ok, n = pcall(S.psql, url, "SELECT count(*) FROM " .. table_)
+  return ok and tonumber(n) or nil
+end
+
 function D.checkpoint(url, id)
   return D.scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. id .. "'")
 end

@@ -25,7 +25,8 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 		a->expected = r->expected;
 		a->actual = r->actual;
 		a->count = r->count < 8 ? r->count : 8;
-		memcpy(a->positions, r->global_positions, a->count * sizeof(int64_t));
+		if (a->count) /* no positions on a conflict (NULL) */
+			memcpy(a->positions, r->global_positions, a->count * sizeof(int64_t));
 	}
 }
 
