@@ -376,6 +376,12 @@ static int sql_call(lua_State *L, bool query)
 		return luaL_error(L, "this sql handle belongs to a batch that is over");
 	if (b->query_out)
 		return luaL_error(L, "another query is still running");
+	/* A query waits by yielding the batch's coroutine: from a coroutine of the script's
+	 * own, the yield would land in the script instead, and the batch would end with the
+	 * query still out. */
+	if (query && L != b->co)
+		return luaL_error(L, "sql:query cannot run inside a coroutine the handler created "
+		                     "(sql:exec can)");
 	if (strlen(sql) != len)
 		return luaL_error(L, "the SQL text contains a NUL byte");
 	const char *values[MAX_PARAMS];

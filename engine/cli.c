@@ -591,11 +591,8 @@ static int run_command(struct cli *cli, const struct command *cmd, bool print)
 	if (cmd->positionals < 0)
 		return tide_cli_run_check(cli);
 
-	if (!cli->url || !cli->url[0])
-		cli->url = getenv("TIDE_DATABASE_URL");
-	if (!cli->url || !cli->url[0])
-		cli->url = getenv("DATABASE_URL");
-	if (!cli->url || !cli->url[0]) {
+	cli->url = tide_cli_database_url(cli->url);
+	if (!cli->url) {
 		return tide_cli_usage_error(cli, "no database given: pass --database URL or set "
 		                                 "TIDE_DATABASE_URL");
 	}
@@ -648,12 +645,11 @@ int tide_cli_main(int argc, char **argv)
 	        .cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .retries = 5, .run = cmd->run};
 	bool print = false;
 	int rc = parse_args(&cli, cmd, argc - 1, argv + 1, &print);
-	if (rc) {
-		free(stdin_data);
-		return rc < 0 ? 0 : rc;
-	}
-	rc = run_command(&cli, cmd, print);
-	free(stdin_data);
+	if (rc == 0)
+		rc = run_command(&cli, cmd, print);
+	else if (rc < 0)
+		rc = 0;   /* --help */
+	free(stdin_data); /* and forget it: a process may run more than one command (fuzz_args) */
 	stdin_data = NULL;
 	return rc;
 }

@@ -50,3 +50,12 @@ void tide_cli_print_line(cJSON *o)
 	}
 	cJSON_Delete(o);
 }
+
+const char *tide_cli_database_url(const char *given)
+{
+	const char *sources[] = {given, getenv("TIDE_DATABASE_URL"), getenv("DATABASE_URL")};
+	for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++)
+		if (sources[i] && sources[i][0])
+			return sources[i];
+	return NULL;
+}

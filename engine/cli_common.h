@@ -49,6 +49,10 @@ void tide_cli_fail(struct cli *cli, int status, const char *err);
 /* Closes the store; the loop then ends. */
 void tide_cli_done(struct cli *cli);
 
+/* The database URL: the one given (--database), else TIDE_DATABASE_URL, else DATABASE_URL;
+ * NULL when there is none. */
+const char *tide_cli_database_url(const char *given);
+
 /* Prints o as one line of JSON and frees it. */
 void tide_cli_print_line(cJSON *o);
 

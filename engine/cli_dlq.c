@@ -12,6 +12,7 @@
 
 #include <cJSON.h>
 
+#include "cli_common.h"
 #include "json.h"
 #include "store.h"
 
@@ -325,11 +326,8 @@ int tide_cli_dlq_main(int argc, char **argv)
 			p += sprintf(p, "%s%s", i ? "," : "", d.ids[i]);
 		strcpy(p, "}");
 	}
-	if (!d.url || !d.url[0])
-		d.url = getenv("TIDE_DATABASE_URL");
-	if (!d.url || !d.url[0])
-		d.url = getenv("DATABASE_URL");
-	if (!d.url || !d.url[0]) {
+	d.url = tide_cli_database_url(d.url);
+	if (!d.url) {
 		free(d.id_array);
 		return usage_error("no database given: pass --database URL or set %s",
 		                   "TIDE_DATABASE_URL");

@@ -6,40 +6,9 @@
 #include <string.h>
 
 #include "cli_common.h"
+#include "file.h"
 #include "lua_json.h"
 #include "lua_vm.h"
-
-static char *read_file(const char *path, size_t *len, char *err, size_t n)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t cap = 0;
-	*len = 0;
-	for (;;) {
-		if (*len + 4096 > cap) {
-			char *nb = realloc(buf, cap = cap * 2 + 8192);
-			if (!nb)
-				break;
-			buf = nb;
-		}
-		size_t got = fread(buf + *len, 1, cap - *len, f);
-		*len += got;
-		if (got == 0)
-			break;
-	}
-	bool bad = ferror(f) || !buf;
-	fclose(f);
-	if (bad) {
-		snprintf(err, n, "cannot read %s", path);
-		free(buf);
-		return NULL;
-	}
-	return buf;
-}
 
 /* The exit status for an error kind of the runtime (err.kind). */
 static int status_of(const char *kind)
@@ -62,7 +31,7 @@ static int status_of(const char *kind)
 static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, char *err, size_t n)
 {
 	size_t len;
-	char *src = read_file(path, &len, err, n);
+	char *src = tide_file_read(path, &len, err, n);
 	if (!src)
 		return NULL;
 	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};

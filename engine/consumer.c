@@ -282,6 +282,21 @@ static void lost(struct tide_consumer *c, const char *why)
 	uv_timer_start(&c->timer, on_timer, jitter(CONNECT_MS), 0);
 }
 
+/* The guard of every reply: a lost connection, or a stop asked for meanwhile, ends what
+ * was going on. True when the caller goes on with the reply. */
+static bool carry_on(struct tide_consumer *c, int status, const char *err)
+{
+	if (status == TIDE_ECONN) {
+		lost(c, err); /* or release, when stopping */
+		return false;
+	}
+	if (c->stop_requested) {
+		release(c);
+		return false;
+	}
+	return true;
+}
+
 static void on_open(struct tide_store *s, int status, const char *err, void *arg)
 {
 	(void)s;
@@ -341,14 +356,8 @@ static bool is_state(const char *sqlstate, const char *code)
 static void on_claim(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
-	if (c->stop_requested) {
-		release(c);
+	if (!carry_on(c, reply->status, reply->err))
 		return;
-	}
-	if (reply->status == TIDE_ECONN) {
-		lost(c, reply->err);
-		return;
-	}
 	if (reply->status) {
 		set_error(c, reply->err);
 		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
@@ -508,14 +517,8 @@ static void backoff(struct tide_consumer *c, uint64_t ms)
 static void on_parked(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
-	if (reply->status == TIDE_ECONN) {
-		lost(c, reply->err);
+	if (!carry_on(c, reply->status, reply->err))
 		return;
-	}
-	if (c->stop_requested) {
-		release(c);
-		return;
-	}
 	if (reply->status) {
 		tide_log("error", "park.failed", "processor", c->id, "error", reply->err,
 		         (char *)NULL);
@@ -800,14 +803,8 @@ static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 			         reply->err, (char *)NULL);
 		return;
 	}
-	if (reply->status == TIDE_ECONN) {
-		lost(c, reply->err);
+	if (!carry_on(c, reply->status, reply->err))
 		return;
-	}
-	if (c->stop_requested) {
-		release(c);
-		return;
-	}
 	if (reply->status) {
 		events_drop(c, &c->batch);
 		tide_log("error", "attempt.record_failed", "processor", c->id, "error", reply->err,
@@ -887,14 +884,8 @@ static void begin_attempt(struct tide_consumer *c)
 static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
 {
 	struct tide_consumer *c = arg;
-	if (c->stop_requested) {
-		release(c);
+	if (!carry_on(c, status, err))
 		return;
-	}
-	if (status == TIDE_ECONN) {
-		lost(c, err);
-		return;
-	}
 	if (status) {
 		set_error(c, err);
 		tide_log("error", "read.failed", "processor", c->id, "error", err, (char *)NULL);
@@ -947,14 +938,8 @@ static void read_log(struct tide_consumer *c)
 static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
-	if (reply->status == TIDE_ECONN) {
-		lost(c, reply->err);
+	if (!carry_on(c, reply->status, reply->err))
 		return;
-	}
-	if (c->stop_requested) {
-		release(c);
-		return;
-	}
 	if (reply->status || PQntuples(reply->res) == 0) {
 		if (reply->status)
 			tide_log("error", "dead_letter.read_failed", "processor", c->id, "error",

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli_common.h"
+#include "file.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "processor.h"
@@ -397,27 +399,6 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* --- configuration -------------------------------------------------------------------- */
 
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf) {
-		buf[n] = '\0';
-		*len = (size_t)n;
-	}
-	return buf;
-}
-
 static char *keep(struct run *r, const char *s)
 {
 	char *c = strdup(s);
@@ -503,13 +484,12 @@ static int read_config(lua_State *L)
 static int load_config(struct run *r, const char *path, struct settings *s)
 {
 	size_t len;
-	char *src = slurp(path, &len);
+	char err[1024];
+	char *src = tide_file_read(path, &len, err, sizeof(err));
 	if (!src) {
-		fprintf(stderr, "tide run: cannot read the configuration %s: %s\n", path,
-		        strerror(errno));
+		fprintf(stderr, "tide run: %s (the configuration file)\n", err);
 		return -1;
 	}
-	char err[1024];
 	struct tide_vm *vm = NULL;
 	struct config_read c = {.r = r, .path = path, .s = s};
 	int rc = tide_vm_open(NULL, &vm, err, sizeof(err));
@@ -732,10 +712,7 @@ int tide_daemon_main(int argc, char **argv)
 		if (bad)
 			return 2;
 	}
-	const char *env_url = getenv("TIDE_DATABASE_URL");
-	if (!env_url || !env_url[0])
-		env_url = getenv("DATABASE_URL");
-	set.url = env_url && env_url[0] ? env_url : NULL;
+	set.url = tide_cli_database_url(NULL); /* the environment's, under file and flags */
 	struct settings file = {0};
 	if (config && load_config(&r, config, &file) != 0)
 		return 2;

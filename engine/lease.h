@@ -37,8 +37,7 @@ struct tide_claim {
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
 void tide_lease_parse_claim(PGresult *res, struct tide_claim *out);
 
-TIDE_MUST_CHECK int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb,
-                                       void *arg);
+TIDE_MUST_CHECK int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
 
 /* Writes the status `tide status` shows (and a heartbeat); failures are only logged. */
 void tide_lease_report(const struct tide_lease *l, const char *status, const char *error,
@@ -61,8 +60,8 @@ void tide_lease_commit(const struct tide_lease *l, struct tide_cursor from, stru
  * park is set. */
 TIDE_MUST_CHECK int tide_lease_park(const struct tide_lease *l, struct tide_cursor from,
                                     struct tide_cursor to, bool park, int attempts,
-                                    const char *error, const char *traceback,
-                                    tide_pg_reply_cb cb, void *arg);
+                                    const char *error, const char *traceback, tide_pg_reply_cb cb,
+                                    void *arg);
 
 /* The next dead letter queued for a retry: no row, or one row (id, then the message's
  * columns in the order of tide_lease_dead_letter_message). */

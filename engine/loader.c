@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "file.h"
 
 struct load_job {
 	uv_work_t req;
@@ -39,50 +40,6 @@ void tide_generation_free(struct tide_generation *g)
 		free(g->types[i]);
 	free(g->types);
 	memset(g, 0, sizeof(*g));
-}
-
-static uint64_t fnv1a(const char *s, size_t n)
-{
-	uint64_t h = 1469598103934665603ull;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-	return h;
-}
-
-static char *read_all(const char *path, size_t *len, char *err, size_t n)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t cap = 0;
-	*len = 0;
-	for (;;) {
-		if (*len + 4096 > cap) {
-			char *nb = realloc(buf, cap = cap * 2 + 8192);
-			if (!nb) {
-				free(buf);
-				fclose(f);
-				snprintf(err, n, "out of memory reading %s", path);
-				return NULL;
-			}
-			buf = nb;
-		}
-		size_t got = fread(buf + *len, 1, cap - *len, f);
-		*len += got;
-		if (got == 0)
-			break;
-	}
-	bool bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		snprintf(err, n, "cannot read %s", path);
-		free(buf);
-		return NULL;
-	}
-	return buf;
 }
 
 static const char *raw_string(lua_State *L, int t, const char *key)
@@ -164,10 +121,10 @@ static void load_work(uv_work_t *req)
 	r->outcome = TIDE_LOAD_FAILED;
 	r->err = j->err;
 	size_t len;
-	char *buf = read_all(j->path, &len, j->err, sizeof(j->err));
+	char *buf = tide_file_read(j->path, &len, j->err, sizeof(j->err));
 	if (!buf)
 		return;
-	r->hash = fnv1a(buf, len);
+	r->hash = tide_hash(buf, len);
 	if (!j->r.force && (r->hash == j->r.known_hash || r->hash == j->r.failed_hash)) {
 		r->outcome = TIDE_LOAD_UNCHANGED;
 		free(buf);

@@ -186,7 +186,8 @@ int tide_store_migrate(struct tide_store *store, tide_migrate_cb cb, void *arg)
 		return TIDE_ENOMEM;
 	m->cb = cb;
 	m->arg = arg;
-	int rc = tide_pg_open(store->loop, store->url, store->application_name, TIDE_PG_SIMPLE, on_connected, m, &m->pg);
+	int rc = tide_pg_open(store->loop, store->url, store->application_name, TIDE_PG_SIMPLE,
+	                      on_connected, m, &m->pg);
 	if (rc) {
 		free(m);
 		return rc;

@@ -3,6 +3,8 @@
  * PQconsumeInput → PQisBusy → PQgetResult, never blocking the loop thread. */
 #include "pg.h"
 
+#include "file.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +24,9 @@ struct request {
 	const struct tide_pg_stmt *prepared; /* statement this request prepares, if any */
 	int cached; /* index of the cached text statement it prepares, or -1 */
 	bool sent;  /* all of it went to the kernel: the server may have acted on it */
+	/* It prepares a statement: the first result is the prepare's, and whether it worked
+	 * says whether the statement exists on the server, whatever happens after. */
+	bool awaits_parse, parsed;
 };
 
 struct cached_stmt {
@@ -325,13 +330,16 @@ static void complete(struct tide_pg *pg)
 	        .res = rq->status ? NULL : rq->res,
 	        .sent = rq->sent,
 	};
-	if (rq->status && rq->cached >= 0 && pg->cached[rq->cached].sql) {
-		free(pg->cached[rq->cached].sql); /* prepare it again next time */
+	/* A prepare that failed left no statement on the server: prepare it again next time.
+	 * (One that worked stays, even when running it failed: preparing it again under the
+	 * same name would fail with "already exists".) */
+	bool unprepared = rq->status && !rq->parsed;
+	if (unprepared && rq->cached >= 0 && pg->cached[rq->cached].sql) {
+		free(pg->cached[rq->cached].sql);
 		pg->cached[rq->cached].sql = NULL;
 		pg->cached[rq->cached].hash = 0;
 	}
-	if (rq->status && rq->prepared) {
-		/* The statement may not exist on the server: prepare it again next time. */
+	if (unprepared && rq->prepared) {
 		for (int i = 0; i < pg->nstmts; i++)
 			if (pg->stmts[i] == rq->prepared)
 				pg->stmts[i] = pg->stmts[--pg->nstmts];
@@ -386,6 +394,14 @@ static void send_script(struct tide_pg *pg)
 
 static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 {
+	if (rq->awaits_parse) {
+		rq->awaits_parse = false;
+		rq->parsed = PQresultStatus(r) == PGRES_COMMAND_OK;
+		if (rq->parsed) {
+			PQclear(r);
+			return;
+		}
+	}
 	switch (PQresultStatus(r)) {
 	case PGRES_FATAL_ERROR:
 	case PGRES_NONFATAL_ERROR:
@@ -564,6 +580,7 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 	bool ok = true;
 	if (!is_prepared(pg, stmt)) {
 		ok = PQsendPrepare(pg->conn, stmt->name, stmt->sql, stmt->nparams, NULL);
+		rq->awaits_parse = ok;
 		if (ok && pg->nstmts < TIDE_PG_MAX_STMTS) {
 			pg->stmts[pg->nstmts++] = stmt;
 			rq->prepared = stmt;
@@ -572,14 +589,6 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 	/* libpq copies the parameters into its output buffer here. */
 	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL, 0);
 	return sent(pg, ok);
-}
-
-static uint64_t text_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ull;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ull;
-	return h;
 }
 
 int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,
@@ -591,7 +600,7 @@ int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const cha
 		return rc;
 	/* Scripts repeat the same few statements: prepare each once per connection (named by
 	 * its slot), so PostgreSQL parses and plans it once. */
-	uint64_t h = text_hash(sql);
+	uint64_t h = tide_hash(sql, strlen(sql));
 	int slot = -1, free_slot = -1;
 	for (int i = 0; i < pg->ncached && slot < 0; i++) {
 		if (pg->cached[i].sql && pg->cached[i].hash == h &&
@@ -609,6 +618,7 @@ int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const cha
 		snprintf(name, sizeof(name), "tide_sql_%d", slot);
 		ok = pg->cached[slot].sql && PQsendPrepare(pg->conn, name, sql, nparams, NULL);
 		rq->cached = slot;
+		rq->awaits_parse = true;
 	}
 	if (slot >= 0) {
 		snprintf(name, sizeof(name), "tide_sql_%d", slot);

@@ -377,7 +377,12 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	struct call *c = arg;
 	struct tide_append_result r = {.expected = c->expected, .actual = -1};
 	char buf[640];
-	if (reply->status == TIDE_ECONN && reply->sent) {
+	/* The server going away answers with an error of its own (57P01 on a fast shutdown or
+	 * pg_terminate_backend): whether the append committed first is as unknown then. */
+	bool lost = reply->status == TIDE_ECONN ||
+	            (reply->status == TIDE_EDB && (strncmp(reply->sqlstate, "57P0", 4) == 0 ||
+	                                           strncmp(reply->sqlstate, "08", 2) == 0));
+	if (lost && reply->sent) {
 		/* The append reached the server and its answer did not come back. */
 		snprintf(buf, sizeof(buf),
 		         "the connection was lost after the append was sent, so it may or may not "

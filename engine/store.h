@@ -30,8 +30,8 @@ extern const struct tide_pg_stmt tide_stmt_held_back;
 /* tide_store_open with the name pg_stat_activity shows for the connection (e.g. the
  * processor's), unless the URL names one. */
 TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
-                                          const char *application_name, tide_open_cb cb,
-                                          void *arg, struct tide_store **out);
+                                          const char *application_name, tide_open_cb cb, void *arg,
+                                          struct tide_store **out);
 
 /* The reply's message, with a hint when the tide schema is missing. */
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);

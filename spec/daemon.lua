@@ -80,6 +80,32 @@ function D.load_events(url, n, streams, type_)
     FROM generate_series(1, %d) i) x]], streams, type_ or "Added", n))
 end
 
+-- A projection summing data.by and counting events per stream, of type Added, in totals.
+D.TOTALS = [[
+local tide = require "tide"
+return tide.projection {
+  events = { "Added" },
+  setup = function(sql)
+    sql:exec("CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY, n bigint NOT NULL, events bigint NOT NULL)")
+  end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      sql:exec("INSERT INTO totals (id, n, events) VALUES ($1, $2, 1) ON CONFLICT (id) DO UPDATE SET n = totals.n + $2, events = totals.events + 1",
+               e.stream_id, e.data.by)
+    end
+  end,
+}
+]]
+
+-- How many rows of totals differ from a fold of the log from scratch ("0": none).
+function D.rows_off_the_fold(url)
+  return S.psql(url, [[
+    SELECT count(*) FROM (SELECT stream_id, sum((message_data->>'by')::bigint) AS n, count(*) AS events
+                            FROM emt_messages WHERE message_type = 'Added' GROUP BY stream_id) f
+    FULL JOIN totals t ON t.id = f.stream_id
+    WHERE t.n IS DISTINCT FROM f.n OR t.events IS DISTINCT FROM f.events]])
+end
+
 -- One row per message, tagged: a duplicate would violate the primary key and fail the
 -- batch. extra is inserted into the table (e.g. on_error settings).
 function D.seen_script(tag, extra, table_)

@@ -10,30 +10,10 @@ local start, alive, read, stop, kill9, scalar = D.start, D.alive, D.read, D.stop
 local checkpoint, last_position, caught_up, status = D.checkpoint, D.last_position, D.caught_up, D.status
 local load_events = D.load_events
 
-local TOTALS = [[
-local tide = require "tide"
-return tide.projection {
-  events = { "Added" },
-  setup = function(sql)
-    sql:exec("CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY, n bigint NOT NULL, events bigint NOT NULL)")
-  end,
-  handle = function(events, sql)
-    for _, e in ipairs(events) do
-      sql:exec("INSERT INTO totals (id, n, events) VALUES ($1, $2, 1) ON CONFLICT (id) DO UPDATE SET n = totals.n + $2, events = totals.events + 1",
-               e.stream_id, e.data.by)
-    end
-  end,
-}
-]]
+local TOTALS = D.TOTALS
 local seen_script = D.seen_script
 
-local function matches_fold(url)
-  return S.psql(url, [[
-    SELECT count(*) FROM (SELECT stream_id, sum((message_data->>'by')::bigint) AS n, count(*) AS events
-                            FROM emt_messages WHERE message_type = 'Added' GROUP BY stream_id) f
-    FULL JOIN totals t ON t.id = f.stream_id
-    WHERE t.n IS DISTINCT FROM f.n OR t.events IS DISTINCT FROM f.events]])
-end
+local matches_fold = D.rows_off_the_fold
 
 describe("tide run", function()
   if why then
@@ -217,7 +197,8 @@ return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms =
     assert.is_true(lines >= 4)
     local r = S.tide("run --config " .. q(dir .. "/missing.lua"))
     assert.are.equal(2, r.code)
-    assert.truthy(r.err:find("cannot read the configuration", 1, true), r.err)
+    assert.truthy(r.err:find("cannot read " .. dir .. "/missing.lua", 1, true), r.err)
+    assert.truthy(r.err:find("(the configuration file)", 1, true), r.err)
     S.write(dir .. "/bad.lua", "return { batch_size = -1 }")
     r = S.tide("run --config " .. q(dir .. "/bad.lua") .. " " .. q(procs))
     assert.are.equal(2, r.code)

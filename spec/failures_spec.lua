@@ -220,6 +220,10 @@ return tide.projection {
     { "an xpcall whose handler loops", "xpcall(function() while true do end end, function() while true do end end)" },
     { "an error object with a looping __tostring", "error(setmetatable({}, { __tostring = function() while true do end end }))" },
     { "coroutine.yield at the top of the handler", "coroutine.yield()" },
+    { "a query that fails on the server (then the batch must still roll back)",
+      "sql:query('SELECT 1/0 AS x')" },
+    { "sql:query inside a coroutine the handler made",
+      "local co = coroutine.wrap(function() return sql:query('SELECT 1 AS x') end) local rows = co() if rows then error('no') end" },
   }
   for _, r in ipairs(runaways) do
     it("stops " .. r[1] .. " and keeps the daemon responsive", function()

@@ -27,10 +27,17 @@ static void die(const char *what, const char *text, const char *err)
 /* The reasons to refuse an object cJSON takes (see engine/json.c and tide.h's limits). */
 static int documented(const char *err)
 {
-	static const char *const reasons[] = {
-	        "\\u0000", "surrogate", "nested too deeply", "out of range", "UTF-8",
-	        "control character", "digits after the decimal point", "too large", "NUL byte",
-	        "not valid JSON", NULL};
+	static const char *const reasons[] = {"\\u0000",
+	                                      "surrogate",
+	                                      "nested too deeply",
+	                                      "out of range",
+	                                      "UTF-8",
+	                                      "control character",
+	                                      "digits after the decimal point",
+	                                      "too large",
+	                                      "NUL byte",
+	                                      "not valid JSON",
+	                                      NULL};
 	for (const char *const *r = reasons; *r; r++)
 		if (strstr(err, *r))
 			return 1;
