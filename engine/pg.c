@@ -441,12 +441,19 @@ static void read_results(struct tide_pg *pg)
 		fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 		return;
 	}
+	int nulls = 0; /* PQgetResult's NULLs in a row */
 	while (pg->head && pg->conn && !pg->closing) {
 		if (pg->mode == TIDE_PG_SIMPLE && !pg->script_sent)
 			break;
 		if (PQisBusy(pg->conn))
 			break;
 		PGresult *r = PQgetResult(pg->conn);
+		/* One NULL ends a command's results; a second in a row means nothing more is
+		 * there yet — or, on a connection the server dropped in the middle of a
+		 * pipeline, ever: asking again would spin forever. */
+		nulls = r ? 0 : nulls + 1;
+		if (nulls == 2)
+			break; /* the socket's next event (EOF, if that) tells the rest */
 		if (pg->mode == TIDE_PG_SIMPLE) {
 			if (!r) {
 				complete(pg);
