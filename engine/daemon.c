@@ -58,7 +58,8 @@ static const char usage_run[] =
         "                [--log-format text|json] [--log-level L] DIR...\n"
         "\n"
         "Runs every *.lua file of the directories as a processor (tide.projection or\n"
-        "tide.reactor; the id is the file name without .lua) until SIGTERM or SIGINT.\n"
+        "tide.reactor; the id is the file name without .lua; *_spec.lua files are tests\n"
+        "and left alone) until SIGTERM or SIGINT.\n"
         "New events wake it through LISTEN/NOTIFY within milliseconds; it also polls.\n"
         "A saved file is reloaded between batches if it loads cleanly (else the running\n"
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
@@ -127,11 +128,14 @@ static void processor_stopped(struct tide_processor *p, void *arg)
 	maybe_exit(r);
 }
 
-/* The processor id of a file: its name without ".lua"; NULL for other files. */
+/* The processor id of a file: its name without ".lua"; false for other files, hidden ones
+ * and specs (NAME_spec.lua: busted's tests, kept beside the scripts they test). */
 static bool id_of(const char *name, char *id, size_t n)
 {
 	size_t len = strlen(name);
 	if (len <= 4 || strcmp(name + len - 4, ".lua") != 0 || name[0] == '.')
+		return false;
+	if (len > 9 && strcmp(name + len - 9, "_spec.lua") == 0)
 		return false;
 	snprintf(id, n, "%.*s", (int)(len - 4), name);
 	return true;
