@@ -66,9 +66,9 @@ struct tide_consumer {
 	/* Attempt records whose batch already runs (or ran): their replies come first, in
 	 * order, before that of a record the consumer waits for. */
 	int overlapped;
-	int single_left;  /* events still to be taken one at a time (finding a culprit) */
-	int reconnects;   /* failed connects in a row */
-	int failures;     /* failed tries in a row */
+	int single_left; /* events still to be taken one at a time (finding a culprit) */
+	int reconnects;  /* failed connects in a row */
+	int failures;    /* failed tries in a row */
 	struct events batch, ahead;
 	bool ahead_inflight, ahead_discard;
 	int64_t retries;     /* dead letters queued for a retry: look until none is left */
@@ -313,7 +313,7 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 		char n[16], ms[24];
 		snprintf(n, sizeof(n), "%d", c->reconnects);
 		snprintf(ms, sizeof(ms), "%" PRIu64, delay);
-		/* The first failures, then one line a minute or so: an outage is not a flood. */
+		/* The first failures, then a line every 15-30 s: an outage is not a flood. */
 		if (c->reconnects <= 3 || delay >= MAX_BACKOFF_MS / 2)
 			tide_log("warn", "connect.failed", "processor", c->id, "error", err,
 			         "attempt", n, "retry_in_ms", ms, (char *)NULL);

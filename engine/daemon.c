@@ -43,6 +43,7 @@ struct run {
 	uv_timer_t debounce, listen_retry, drain_deadline;
 	uv_signal_t sigterm, sigint, sighup;
 	struct tide_store *listen;
+	int listen_failures;          /* LISTEN failures in a row */
 	char held_by[16];             /* pid of the backend last reported holding the log back */
 	uint64_t held_told_at;        /* when that was said (uv_now) */
 	struct tide_store *bootstrap; /* asks who scripts' SQL runs as */
@@ -247,19 +248,33 @@ static void on_listen_retry(uv_timer_t *t)
 	listen_start(r);
 }
 
+/* LISTEN failed (or its connection did): processors poll meanwhile; try again with a
+ * delay doubling from 1 s to 30 s, saying so the first times and then every 30 s. */
+static void listen_failed(struct run *r, const char *err)
+{
+	unsigned delay = 1000u << (r->listen_failures < 5 ? r->listen_failures : 5);
+	if (delay > 30000)
+		delay = 30000;
+	if (r->listen_failures < 3 || delay >= 30000)
+		tide_log("warn", "listen.failed", "error", err, "fallback", "polling",
+		         (char *)NULL);
+	r->listen_failures++;
+	tide_store_close(r->listen);
+	r->listen = NULL;
+	if (!r->d.stopping)
+		uv_timer_start(&r->listen_retry, on_listen_retry, delay, 0);
+}
+
 static void on_listening(const struct tide_pg_reply *reply, void *arg)
 {
 	struct run *r = arg;
 	if (reply->status == TIDE_ECLOSED)
 		return;
 	if (reply->status) {
-		tide_log("warn", "listen.failed", "error", reply->err, "fallback", "polling",
-		         (char *)NULL);
-		tide_store_close(r->listen);
-		r->listen = NULL;
-		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+		listen_failed(r, reply->err);
 		return;
 	}
+	r->listen_failures = 0;
 	tide_log("info", "listen.ready", "channel", "tide_messages", (char *)NULL);
 	/* Anything appended while we were not listening: catch up now. */
 	wake_all(r);
@@ -269,12 +284,7 @@ static void on_listen_open(struct tide_store *s, int status, const char *err, vo
 {
 	struct run *r = arg;
 	if (status) {
-		tide_log("warn", "listen.failed", "error", err, "fallback", "polling",
-		         (char *)NULL);
-		tide_store_close(s);
-		r->listen = NULL;
-		if (!r->d.stopping)
-			uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
+		listen_failed(r, err);
 		return;
 	}
 	static const struct tide_pg_stmt listen_messages = {"tide_listen", "LISTEN tide_messages",
@@ -282,11 +292,8 @@ static void on_listen_open(struct tide_store *s, int status, const char *err, vo
 	static const struct tide_pg_stmt listen_dlq = {"tide_listen_dlq", "LISTEN tide_dlq", 0};
 	tide_pg_on_notify(s->pg, on_notify, r);
 	if (tide_pg_exec(s->pg, &listen_dlq, NULL, NULL, NULL) != 0 ||
-	    tide_pg_exec(s->pg, &listen_messages, NULL, on_listening, r) != 0) {
-		tide_store_close(s);
-		r->listen = NULL;
-		uv_timer_start(&r->listen_retry, on_listen_retry, 1000, 0);
-	}
+	    tide_pg_exec(s->pg, &listen_messages, NULL, on_listening, r) != 0)
+		listen_failed(r, tide_pg_error(s->pg));
 }
 
 static void listen_start(struct run *r)

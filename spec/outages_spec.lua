@@ -143,6 +143,27 @@ describe("tide under a PostgreSQL outage", function()
     assert.truthy(log:find("connection.lost", 1, true), "the daemon never noticed")
   end)
 
+  it("backs off while the database refuses connections, one log line per try at most, and comes back", function()
+    S.write(dir .. "/seen.lua", D.seen_script("a"))
+    local pid, log = D.start(url, dir, "--poll-ms 200")
+    S.tide("append b-1 T '{}' --database " .. q(url))
+    D.caught_up(url, "seen")
+    local db = url:match("^postgresql:///([^?]+)")
+    S.psql(S.url_for("postgres"), "ALTER DATABASE " .. db .. " ALLOW_CONNECTIONS false")
+    S.psql(S.url_for("postgres"), "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" .. db .. "'")
+    S.sleep(8)
+    local _, failures = D.read(log):gsub("event=connect%.failed processor=seen", "")
+    S.psql(S.url_for("postgres"), "ALTER DATABASE " .. db .. " ALLOW_CONNECTIONS true")
+    -- Once a second (as before) would be 8 lines; capped doubling from 250 ms logs the first
+    -- three tries, then one every 15-30 s.
+    assert.is_true(failures >= 1 and failures <= 4, failures .. " connect.failed lines in 8 s")
+    S.tide("append b-1 T '{}' --database " .. q(url))
+    D.caught_up(url, "seen", 40)
+    assert.truthy(D.read(log):find("event=connect.restored processor=seen", 1, true))
+    assert.are.equal(2, D.count(url, "seen"))
+    D.stop(pid)
+  end)
+
   it("loses and doubles nothing when the daemon's connections are terminated", function()
     local log = outage(url, dir, function()
       for _ = 1, 3 do

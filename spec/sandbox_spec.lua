@@ -126,6 +126,36 @@ describe("the sandbox", function()
     assert.are.equal(0, r.code, r.err)
   end)
 
+  it("keeps the runtime working when a script tampers with what tide gives it", function()
+    -- A decider that rewires tide.* and the metatables of tide.null and tide.array: the
+    -- runtime holds its own references and reads values raw, so none of it runs.
+    local path = script("tamper", [[
+local tide = require "tide"
+local loop = function() while true do end end
+local null, array = tide.null, tide.array
+local null_mt, array_mt = getmetatable(tide.null), getmetatable(tide.array())
+null_mt.__index, null_mt.__tostring, null_mt.__eq = loop, loop, loop
+array_mt.__index, array_mt.__newindex, array_mt.__len = loop, loop, loop
+local d = tide.decider {
+  initial = function() return { n = 0 } end,
+  evolve = function(s, e) return { n = s.n + 1 } end,
+  decide = function(cmd, s) return { { type = "Tampered", data = { none = null, list = array() } } } end,
+}
+tide.decider, tide.projection, tide.array, tide.null = loop, loop, loop, loop
+return d
+]])
+    local r = S.tide("check " .. q(path))
+    assert.are.equal(0, r.code, r.err)
+    local why = S.missing()
+    if why then return pending(why) end
+    local url = S.fresh_db()
+    r = S.tide("handle " .. q(path) .. " t-1 '{\"type\":\"Go\"}' --cpu-ms 500 --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    assert.are.same({ none = nil, list = {} }, { none = nil, list = S.json(r.out).events[1].data.list })
+    assert.are.equal('{"list": [], "none": null}', S.psql(url, "SELECT message_data::text FROM emt_messages"))
+    S.drop_db(url)
+  end)
+
   it("refuses precompiled bytecode and scripts that return no processor", function()
     local bc = dir .. "/bytecode.lua"
     assert.are.equal(0, S.sh("luajit -b -e 'return 1' " .. q(bc)).code)
