@@ -192,8 +192,8 @@ TIDE_MUST_CHECK int tide_store_read_all(struct tide_store *store, const struct t
  * (even none) while more follow; result->next then still moves past the walked ones. */
 TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
                                               const struct tide_cursor *after, int64_t max,
-                                              const char *const *types, size_t n,
-                                              tide_read_cb cb, void *arg);
+                                              const char *const *types, size_t n, tide_read_cb cb,
+                                              void *arg);
 
 /* Applies pending schema migrations in one transaction on a connection of its own:
  * idempotent, serialized between processes by an advisory lock, and safe on a database
