@@ -56,6 +56,7 @@ struct tide_batch {
 	 * arriving later (the statement is pipelined) names the script line and the SQL. */
 	struct exec_site *sites;
 	size_t nsites, cap_sites, exec_replies;
+	bool trace_sql;
 	const char *query_sql; /* the query out (alive on the waiting coroutine's stack) */
 	bool query_failed;     /* a query failed: its error is raised in the script */
 	char query_err[1024];  /* ... and the batch fails with it even if the script goes on */
@@ -290,7 +291,8 @@ static bool note_site(lua_State *L, struct tide_batch *b, const char *sql, size_
 	site->source = NULL;
 	site->line = 0;
 	lua_Debug ar;
-	for (int level = 1; lua_getstack(L, level, &ar); level++) {
+	/* Level 1 is tide's sql:exec wrapper. */
+	for (int level = 2; lua_getstack(L, level, &ar); level++) {
 		if (!lua_getinfo(L, "Sl", &ar) || ar.source[0] != '@' || ar.currentline <= 0)
 			continue;
 		site->source = ar.source;
@@ -484,7 +486,7 @@ static int sql_call(lua_State *L, bool query)
 	int count = params(L, values, owned, nums, err, sizeof(err));
 	if (count < 0)
 		return luaL_error(L, "%s", err);
-	if (!query && !note_site(L, b, sql, len)) {
+	if (!query && b->trace_sql && !note_site(L, b, sql, len)) {
 		for (int i = 0; i < count; i++)
 			cJSON_free(owned[i]);
 		return luaL_error(L, "not enough memory");
@@ -494,7 +496,7 @@ static int sql_call(lua_State *L, bool query)
 	for (int i = 0; i < count; i++)
 		cJSON_free(owned[i]);
 	if (rc) {
-		if (!query)
+		if (!query && b->trace_sql)
 			b->nsites--; /* no reply will come */
 		lua_pushnil(L);
 		lua_pushstring(L, tide_pg_error(b->pg));
@@ -658,6 +660,7 @@ void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *
 	b->cb = cb;
 	b->arg = arg;
 	b->co_ref = b->handle_ref = b->result_ref = LUA_NOREF;
+	b->trace_sql = spec->trace_sql;
 	b->starting = true;
 	bool ok = true;
 	b->role = dup_or_null(spec->role, &ok);

@@ -18,6 +18,10 @@ struct tide_batch_spec {
 	int events_ref; /* from tide_batch_events(); the batch takes it */
 	bool setup;     /* run the processor's setup first */
 	bool reset;     /* clear its target first (rebuild) */
+	/* Record where each sql:exec comes from, so that a statement's error (which arrives
+	 * after the script went on) names the script line and the statement. It costs a
+	 * little per statement: the consumer asks for it when finding a failing event. */
+	bool trace_sql;
 	/* The script's SQL runs as this role (SET LOCAL ROLE); before the closing statement
 	 * the batch checks that the script did not change it, and resets it. NULL: the
 	 * connecting user. */

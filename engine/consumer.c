@@ -804,6 +804,8 @@ static void run_batch(struct tide_consumer *c)
 	        .setup = c->setup_pending,
 	        .reset = c->reset_pending,
 	        .role = c->sql_role,
+	        /* A lone event, or one being tried again: an SQL error names its line. */
+	        .trace_sql = c->batch.count <= 1 || c->single_left > 0 || c->dead_letter != 0,
 	};
 	if (c->dead_letter) {
 		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
