@@ -116,11 +116,12 @@ static const char usage_aggregate[] =
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
 
 static const char usage_check[] =
-        "usage: tide check SCRIPT... [--cpu-ms N]\n"
+        "usage: tide check (SCRIPT|DIR)... [--cpu-ms N]\n"
         "\n"
         "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
-        "and prints \"ok SCRIPT (kind)\" or the error with its file and line. Needs no\n"
-        "database. Exits 1 when any script fails.\n";
+        "and prints \"ok SCRIPT (kind)\" or the error with its file and line. A DIR stands\n"
+        "for its *.lua files. Specs (*_spec.lua, see `tide test`) are skipped with a line on\n"
+        "stderr. Needs no database. Exits 1 when any script fails.\n";
 
 static const char usage_status[] =
         "usage: tide status [--json] [--database URL]\n"
@@ -519,7 +520,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	int npos = argc - optind;
 	if (cmd->positionals < 0) { /* check: SCRIPT... */
 		if (npos == 0)
-			return tide_cli_usage_error(cli, "missing arguments: SCRIPT...");
+			return tide_cli_usage_error(cli, "missing arguments: SCRIPT... or DIR...");
 		cli->scripts = argv + optind;
 		cli->nscripts = npos;
 		return 0;

@@ -136,7 +136,7 @@ static bool id_of(const char *name, char *id, size_t n)
 	size_t len = strlen(name);
 	if (len <= 4 || strcmp(name + len - 4, ".lua") != 0 || name[0] == '.')
 		return false;
-	if (len > 9 && strcmp(name + len - 9, "_spec.lua") == 0)
+	if (tide_file_is_spec(name))
 		return false;
 	snprintf(id, n, "%.*s", (int)(len - 4), name);
 	return true;
