@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli_dlq.h"
+#include "cli_test.h"
 #include "daemon.h"
 #include "json.h"
 #include "lua_json.h"
@@ -34,6 +35,7 @@ static const char usage_main[] =
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
         "  check       load processor scripts in the sandbox and report problems\n"
+        "  test        run the busted specs (*_spec.lua) of a directory with tide's runtime\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
         "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
         "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
@@ -626,6 +628,8 @@ int tide_cli_main(int argc, char **argv)
 		return tide_daemon_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)
 		return tide_cli_dlq_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "test") == 0)
+		return tide_cli_test_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);
