@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli_dlq.h"
+#include "cli_init.h"
 #include "cli_test.h"
 #include "daemon.h"
 #include "json.h"
@@ -28,6 +29,7 @@ static const char usage_main[] =
         "usage: tide COMMAND [OPTIONS]\n"
         "\n"
         "commands:\n"
+        "  init        write a runnable skeleton: scripts, their specs, settings\n"
         "  migrate     create or update the schema (Emmett-compatible tables + tide's own)\n"
         "  append      append an event to a stream\n"
         "  read        read the events of one stream\n"
@@ -630,6 +632,8 @@ int tide_cli_main(int argc, char **argv)
 		return tide_cli_dlq_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "test") == 0)
 		return tide_cli_test_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "init") == 0)
+		return tide_cli_init_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);
