@@ -81,7 +81,10 @@ static bool check_script(struct cli *cli, const char *path)
 		vm = NULL;
 	}
 	if (!vm) {
-		fprintf(stderr, "tide check: %s\n", err);
+		/* An error raised by `return tide.reactor { ... }` (a tail call) has no file:line
+		 * of the script: name the file anyway. */
+		bool named = strstr(err, path) != NULL;
+		fprintf(stderr, "tide check: %s%s%s\n", named ? "" : path, named ? "" : ": ", err);
 		return false;
 	}
 	printf("ok %s (%s)\n", path, k.kind);
