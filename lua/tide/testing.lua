@@ -421,6 +421,9 @@ local function recording_ctx(partition, appends, logs)
       if type(e) ~= "table" or type(e.type) ~= "string" or e.type == "" then
         error("ctx.append: event " .. i .. " has no type", 2)
       end
+      if type(e.data) ~= "table" then -- the store's column is NOT NULL: the batch would fail
+        error("ctx.append: event " .. i .. " (" .. e.type .. ") needs data, a table", 2)
+      end
     end
     local expected = opts and opts.expected or "any"
     local part = opts and opts.partition or partition
