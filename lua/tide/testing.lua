@@ -1,5 +1,5 @@
--- tide.testing: given/when/then for deciders and projections, for plain busted with no
--- database and no C module.
+-- tide.testing: given/when/then for deciders, projections and reactors, for plain busted
+-- with no database and no C module (`tide test DIR` runs a directory's specs).
 --
 --   local given = require("tide.testing").decider(cart)
 --   given({ { type = "CartOpened", data = { customer = "ada" } } })
@@ -10,6 +10,15 @@
 --
 --   local p = require("tide.testing").projection(cart_summary)
 --   p.given(events).then_document("cart-1", doc)   .then_no_document(id)   .then_state(all)
+--
+--   local s = require("tide.testing").sql_projection(product_sales)     -- handle / handle_event
+--   s.given(events, "cart-1").query_returns("SELECT ...", rows)
+--     .then_statements({ { "INSERT INTO cart_lines", "cart-1", "tea", 2, 4.5 }, "DELETE FROM" })
+--   s.given(events).then_no_statements()   s.setup().then_statements(...)   .then_fails(pattern)
+--
+--   local r = require("tide.testing").reactor(notify_on_confirm)
+--   r.given(events, "cart-1").then_appends({ { stream = "notifications-cart-1", events = {...} } })
+--     .then_logs({ "notified" })   .then_no_appends()   .then_fails(pattern)
 local model = require "tide.model"
 local type, pairs, ipairs, tostring, error, pcall, select = type, pairs, ipairs, tostring, error, pcall, select
 local sort, concat, format = table.sort, table.concat, string.format
