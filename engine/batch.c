@@ -52,6 +52,20 @@ struct tide_batch {
 	char sqlstate[6];
 	char traceback[4096];
 	struct sql_handle *handle;
+	/* Where each sql:exec in flight came from, in the order of their replies: an error
+	 * arriving later (the statement is pipelined) names the script line and the SQL. */
+	struct exec_site *sites;
+	size_t nsites, cap_sites, exec_replies;
+	const char *query_sql; /* the query out (alive on the waiting coroutine's stack) */
+	bool query_failed;     /* a query failed: its error is raised in the script */
+	char query_err[1024];  /* ... and the batch fails with it even if the script goes on */
+};
+
+#define SITE_SQL_BYTES 160
+struct exec_site {
+	const char *source; /* the script's chunk name ("@path"), alive with its function */
+	int line;
+	char sql[SITE_SQL_BYTES];
 };
 
 struct sql_handle {
@@ -66,7 +80,8 @@ static void fail_batch(struct tide_batch *b, const char *err, const char *sqlsta
 {
 	if (!b->err[0]) {
 		snprintf(b->err, sizeof(b->err), "%s", err);
-		snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", sqlstate ? sqlstate : "");
+		if (sqlstate || !b->query_failed)
+			snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", sqlstate ? sqlstate : "");
 	}
 	b->failed = true;
 }
@@ -74,7 +89,9 @@ static void fail_batch(struct tide_batch *b, const char *err, const char *sqlsta
 static void fail_script(struct tide_batch *b, const char *err, const char *traceback)
 {
 	if (!b->err[0]) {
-		b->script = true;
+		/* An error a failed query raised in the script is the query's (its SQLSTATE
+		 * says whether it was the script's doing), told with the script's line. */
+		b->script = !b->query_failed;
 		snprintf(b->traceback, sizeof(b->traceback), "%s", traceback ? traceback : "");
 	}
 	fail_batch(b, err, NULL);
@@ -82,6 +99,7 @@ static void fail_script(struct tide_batch *b, const char *err, const char *trace
 
 static void batch_free(struct tide_batch *b)
 {
+	free(b->sites);
 	free(b->role);
 	free(b->close_sql);
 	for (int i = 0; i < b->close_nargs; i++)
@@ -208,6 +226,8 @@ static void resume(struct tide_batch *b)
 		            "");
 	else if (rc != 0)
 		fail_script(b, e.message, e.traceback);
+	if (b->failed && !b->err[0]) /* the script caught its query's error */
+		fail_batch(b, b->query_err, NULL);
 	/* Replies of pipelined execs arrive before COMMIT's: end now, in order. */
 	end_transaction(b);
 }
@@ -218,6 +238,67 @@ static void on_exec(const struct tide_pg_reply *reply, void *arg)
 	b->outstanding--;
 	note_reply(b, reply);
 	try_finish(b);
+}
+
+/* The statement, on one line and cut at n - 1 bytes (with "..." when cut). */
+static void statement_shown(const char *sql, size_t len, char *out, size_t n)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < len && j + 1 < n; i++)
+		out[j++] = sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r' ? ' ' : sql[i];
+	out[j] = '\0';
+	if (len >= n && n > 4)
+		memcpy(out + n - 4, "...", 4);
+}
+
+/* The reply to one of the script's sql:exec: an error names where it came from. */
+static void on_script_exec(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_batch *b = arg;
+	size_t i = b->exec_replies++;
+	if (reply->status && reply->status != TIDE_ECONN && reply->status != TIDE_ECLOSED &&
+	    i < b->nsites && !b->err[0]) {
+		const struct exec_site *site = &b->sites[i];
+		char err[sizeof(b->err)];
+		if (site->source)
+			snprintf(err, sizeof(err), "%s:%d: sql:exec failed: %s (statement: %s)",
+			         site->source[0] == '@' ? site->source + 1 : site->source,
+			         site->line, reply->err, site->sql);
+		else
+			snprintf(err, sizeof(err), "%s (statement: %s)", reply->err, site->sql);
+		struct tide_pg_reply named = *reply;
+		named.err = err;
+		on_exec(&named, arg);
+		return;
+	}
+	on_exec(reply, arg);
+}
+
+/* Records where an sql:exec comes from: the innermost frame of the script itself (not of
+ * tide's runtime, whose chunks are named "=[tide ...]"). */
+static bool note_site(lua_State *L, struct tide_batch *b, const char *sql, size_t len)
+{
+	if (b->nsites == b->cap_sites) {
+		size_t cap = b->cap_sites ? b->cap_sites * 2 : 64;
+		struct exec_site *s = realloc(b->sites, cap * sizeof(*s));
+		if (!s)
+			return false;
+		b->sites = s;
+		b->cap_sites = cap;
+	}
+	struct exec_site *site = &b->sites[b->nsites++];
+	site->source = NULL;
+	site->line = 0;
+	lua_Debug ar;
+	for (int level = 1; lua_getstack(L, level, &ar); level++) {
+		if (!lua_getinfo(L, "Sl", &ar) || ar.source[0] != '@' || ar.currentline <= 0)
+			continue;
+		site->source = ar.source;
+		site->line = ar.currentline;
+		break;
+	}
+	statement_shown(sql, len, site->sql, sizeof(site->sql));
+	return true;
 }
 
 static void note_reply(struct tide_batch *b, const struct tide_pg_reply *reply)
@@ -283,8 +364,20 @@ static void on_query(const struct tide_pg_reply *reply, void *arg)
 	b->query_out = false;
 	b->result_err[0] = '\0';
 	if (reply->status) {
-		note_reply(b, reply);
-		snprintf(b->result_err, sizeof(b->result_err), "%s", reply->err);
+		/* Raised in the script, at its line; the batch fails with it in any case. */
+		if (reply->status == TIDE_ECONN || reply->status == TIDE_ECLOSED)
+			b->conn_lost = true;
+		b->failed = true;
+		if (!b->query_failed && !b->err[0])
+			snprintf(b->sqlstate, sizeof(b->sqlstate), "%s",
+			         reply->sqlstate ? reply->sqlstate : "");
+		b->query_failed = true;
+		char shown[SITE_SQL_BYTES];
+		statement_shown(b->query_sql, strlen(b->query_sql), shown, sizeof(shown));
+		snprintf(b->result_err, sizeof(b->result_err), "sql:query failed: %s (statement: %s)",
+		         reply->err, shown);
+		if (!b->query_err[0])
+			snprintf(b->query_err, sizeof(b->query_err), "%s", b->result_err);
 	} else {
 		lua_State *L = tide_vm_state(b->vm);
 		struct rows_build rb = {reply->res, LUA_NOREF};
@@ -391,10 +484,18 @@ static int sql_call(lua_State *L, bool query)
 	int count = params(L, values, owned, nums, err, sizeof(err));
 	if (count < 0)
 		return luaL_error(L, "%s", err);
-	int rc = tide_pg_exec_sql(b->pg, sql, count, values, query ? on_query : on_exec, b);
+	if (!query && !note_site(L, b, sql, len)) {
+		for (int i = 0; i < count; i++)
+			cJSON_free(owned[i]);
+		return luaL_error(L, "not enough memory");
+	}
+	int rc = tide_pg_exec_sql(b->pg, sql, count, values, query ? on_query : on_script_exec,
+	                          b);
 	for (int i = 0; i < count; i++)
 		cJSON_free(owned[i]);
 	if (rc) {
+		if (!query)
+			b->nsites--; /* no reply will come */
 		lua_pushnil(L);
 		lua_pushstring(L, tide_pg_error(b->pg));
 		return 2;
@@ -405,6 +506,7 @@ static int sql_call(lua_State *L, bool query)
 		return 1;
 	}
 	b->query_out = true;
+	b->query_sql = sql;
 	return lua_yield(L, 0);
 }
 

@@ -40,6 +40,7 @@ static const char usage_main[] =
         "  test        run the busted specs (*_spec.lua) of a directory with tide's runtime\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
         "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
+        "  forget      remove a processor that is gone: its status, checkpoints, dead letters\n"
         "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
@@ -139,6 +140,15 @@ static const char usage_status[] =
         "than emt:default shows as ID@PARTITION. --json prints one JSON object per\n"
         "processor. When a transaction open for more than 5 s holds every consumer back, a\n"
         "warning on stderr names its backend.\n";
+
+static const char usage_forget[] =
+        "usage: tide forget PROCESSOR [--database URL]\n"
+        "\n"
+        "Removes what the database keeps about a processor (its id as `tide status` shows\n"
+        "it, APP/NAME): its status row, its checkpoints (every version and partition) and\n"
+        "its dead letters, so that a deleted script stops showing with a growing lag, or a\n"
+        "script starts afresh. What the processor built (its tables, its documents) stays.\n"
+        "Refused while a daemon runs the processor: stop it or remove its script first.\n";
 
 static int parse_count(struct cli *cli, const char *flag, const char *text, int64_t *out)
 {
@@ -331,6 +341,7 @@ static const struct command commands[] = {
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
+        {"forget", usage_forget, tide_cli_run_forget, 1, " "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -554,7 +565,8 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	}
 	if (cmd->positionals >= 1) {
 		cli->stream = pos[0];
-		int rc = check_name(cli, "stream name", cli->stream);
+		bool processor = cmd->run == tide_cli_run_forget;
+		int rc = check_name(cli, processor ? "processor id" : "stream name", cli->stream);
 		if (rc)
 			return rc;
 	}

@@ -1,7 +1,7 @@
 /* cli_common.h — what the files of the `tide` command line share: the state of one
  * invocation and the helpers that report its outcome (cli_common.c). cli.c parses and runs
  * the store commands and calls the others; cli_script.c runs Lua scripts (handle,
- * aggregate, check); cli_status.c shows the daemon's processors; cli_dlq.c the dead
+ * aggregate, check); cli_status.c shows the daemon's processors and forgets one; cli_dlq.c the dead
  * letters. None of them calls back into cli.c. */
 #ifndef TIDE_CLI_COMMON_H
 #define TIDE_CLI_COMMON_H
@@ -21,7 +21,7 @@ struct cli {
 	uv_loop_t loop;
 	struct tide_store *store;
 	int exit_code;
-	/* append */
+	/* append; read; forget: the processor id */
 	const char *stream;
 	struct tide_event event;
 	int64_t expected;
@@ -59,5 +59,6 @@ void tide_cli_print_line(cJSON *o);
 int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
 int tide_cli_run_check(struct cli *cli);
 void tide_cli_run_status(struct cli *cli);
+void tide_cli_run_forget(struct cli *cli);
 
 #endif

@@ -31,7 +31,7 @@ static const char usage[] =
         "            once more (the script may have been fixed meanwhile); one that fails\n"
         "            again stays parked with the new error\n"
         "  discard   delete them\n"
-        "  --processor P  only the dead letters of processor P\n"
+        "  --processor P  only the dead letters of processor P (APP/NAME, or NAME of any app)\n"
         "  --all          every dead letter (of P, with --processor)\n";
 
 struct dlq {
@@ -205,13 +205,18 @@ static void on_changed(const struct tide_pg_reply *reply, void *arg)
 	done(d);
 }
 
+/* --processor P: the id APP/NAME, or NAME alone (of whichever app). */
+#define OF_PROCESSOR                                                                               \
+	"($1::text IS NULL OR processor_id = $1"                                                   \
+	" OR right(processor_id, length($1) + 1) = '/' || $1)"
+
 static void run(struct dlq *d)
 {
 	const char *v[2] = {d->processor, d->id_array};
 	if (strcmp(d->sub, "list") == 0) {
 		exec(d,
 		     "SELECT " COLUMNS " FROM tide_dead_letters"
-		     " WHERE $1::text IS NULL OR processor_id = $1 ORDER BY id",
+		     " WHERE " OF_PROCESSOR " ORDER BY id",
 		     1, v, on_list);
 	} else if (strcmp(d->sub, "show") == 0) {
 		const char *id[1] = {d->ids[0]};
@@ -221,7 +226,7 @@ static void run(struct dlq *d)
 		/* One statement: queue them, and wake the daemons running their processors. */
 		exec(d,
 		     "WITH q AS (UPDATE tide_dead_letters SET status = 'retry'"
-		     "  WHERE ($1::text IS NULL OR processor_id = $1)"
+		     "  WHERE " OF_PROCESSOR
 		     "   AND ($2::bigint[] IS NULL OR id = ANY ($2::bigint[]))"
 		     "  RETURNING processor_id),"
 		     " w AS (SELECT pg_notify('tide_dlq', p) FROM (SELECT DISTINCT processor_id AS "
@@ -232,7 +237,7 @@ static void run(struct dlq *d)
 	} else {
 		exec(d,
 		     "WITH q AS (DELETE FROM tide_dead_letters"
-		     "  WHERE ($1::text IS NULL OR processor_id = $1)"
+		     "  WHERE " OF_PROCESSOR
 		     "   AND ($2::bigint[] IS NULL OR id = ANY ($2::bigint[])) RETURNING id)"
 		     " SELECT count(*) FROM q",
 		     2, v, on_changed);

@@ -35,11 +35,15 @@ struct events {
 	char err[512]; /* when they could not be handed to the script */
 	int64_t count;
 	struct tide_cursor next; /* the cursor after them */
+	/* The first of them, to name the event that failed when it is alone. */
+	char stream_id[160], type[96];
+	int64_t stream_position, global_position;
 };
 
 struct tide_consumer {
 	struct tide_consumer_opts o;
-	char *owner, *id, *script, *sql_role;
+	char *owner, *id, *script, *sql_role, *app, *name, *given;
+	bool refused; /* the id belongs to another script: said once */
 	enum tide_consumer_state state;
 	struct tide_generation cur, pending;
 	bool has_pending;
@@ -114,7 +118,7 @@ static void report(struct tide_consumer *c, const char *status)
 {
 	if (status != c->status)
 		snprintf(c->status, sizeof(c->status), "%s", status);
-	tide_lease_report(&c->lease, status, c->last_error, c->script, c->generation);
+	tide_lease_report(&c->lease, status, c->last_error, c->generation);
 }
 
 static void set_error(struct tide_consumer *c, const char *err)
@@ -200,6 +204,13 @@ static void events_take(struct tide_consumer *c, struct events *e, const struct 
 	e->held = true;
 	e->count = (int64_t)r->count;
 	e->next = r->next;
+	if (r->count > 0) {
+		const struct tide_message *m = &r->messages[0];
+		snprintf(e->stream_id, sizeof(e->stream_id), "%s", m->stream_id);
+		snprintf(e->type, sizeof(e->type), "%s", m->type);
+		e->stream_position = m->stream_position;
+		e->global_position = m->global_position;
+	}
 	if (r->count > 0 && tide_batch_events(c->cur.vm, r, &e->ref, e->err, sizeof(e->err)) != 0)
 		e->ref = LUA_NOREF;
 	else if (r->count == 0)
@@ -242,6 +253,8 @@ static bool swap_generation(struct tide_consumer *c)
 	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", c->id,
 	         "kind", c->cur.kind, "generation", gen, "script", c->script, "on_error",
 	         tide_on_error_name(c->cur.on_error), (char *)NULL);
+	if (had) /* the status shows the generation the log just named */
+		report(c, c->halted ? "halted" : c->failures ? "failed" : "running");
 	if (had && strcmp(old_partition, c->cur.partition) != 0) {
 		tide_log("info", "processor.repartitioned", "processor", c->id, "partition",
 		         c->cur.partition, "reason",
@@ -256,10 +269,7 @@ static bool swap_generation(struct tide_consumer *c)
 		         (char *)NULL);
 		return true;
 	}
-	if (!had)
-		return true; /* the first generation: claim */
-	report(c, c->halted ? "halted" : c->failures ? "failed" : "running");
-	return false;
+	return !had; /* the first generation: claim */
 }
 
 /* --- connection ------------------------------------------------------------------------- */
@@ -370,6 +380,21 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	}
 	struct tide_claim cl;
 	tide_lease_parse_claim(reply->res, &cl);
+	if (cl.refused) {
+		c->leased = false;
+		if (!c->refused)
+			tide_log("error", "processor.refused", "processor", c->id, "error",
+			         cl.refused, (char *)NULL);
+		c->refused = true;
+		set_error(c, cl.refused);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms, 0);
+		return;
+	}
+	if (c->refused) {
+		c->refused = false;
+		tide_log("info", "processor.accepted", "processor", c->id, (char *)NULL);
+	}
 	if (!cl.acquired) {
 		c->leased = false;
 		if (c->state != TIDE_CONSUMER_WAITING)
@@ -494,12 +519,13 @@ static void release(struct tide_consumer *c)
 
 /* --- giving up on an event ------------------------------------------------------------------ */
 
-static void halt(struct tide_consumer *c, const char *err)
+/* The last error (naming the event) stays what the status shows. */
+static void halt(struct tide_consumer *c)
 {
-	tide_log("error", "processor.halted", "processor", c->id, "error", err, "reason",
+	tide_log("error", "processor.halted", "processor", c->id, "error", c->last_error,
+	         "reason",
 	         "on_error = \"stop\": it waits for a new script (save the file) or a restart",
 	         (char *)NULL);
-	set_error(c, err);
 	events_drop(c, &c->batch);
 	enter(c, TIDE_CONSUMER_HALTED);
 	c->halted = true;
@@ -556,7 +582,9 @@ static void on_parked(const struct tide_pg_reply *reply, void *arg)
 static void give_up(struct tide_consumer *c, const char *err, const char *traceback)
 {
 	if (c->cur.on_error == TIDE_ON_ERROR_STOP) {
-		halt(c, err);
+		if (!c->last_error[0]) /* given up on at a restart, without running it */
+			set_error(c, err);
+		halt(c);
 		return;
 	}
 	if (c->batch.count != 1) {
@@ -572,18 +600,40 @@ static void give_up(struct tide_consumer *c, const char *err, const char *traceb
 		lost(c, tide_pg_error(c->store->pg));
 }
 
-/* The try in hand failed, and it was the script's doing. */
+/* The try in hand failed, and it was the script's doing. The log names the event (when it
+ * was alone in the batch) and carries the whole traceback; the status, the error with the
+ * event in front. */
 static void failed(struct tide_consumer *c, const char *err, const char *traceback)
 {
 	c->failures++;
-	set_error(c, err);
-	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", err);
-	tide_lease_attempt_failed(&c->lease, c->cursor, err, traceback);
-	char n[16], events[24];
+	char n[16], events[24], spos[24], gpos[24], shown[sizeof(c->last_error)];
 	snprintf(n, sizeof(n), "%d", c->attempt.attempts);
 	snprintf(events, sizeof(events), "%" PRId64, c->batch.count);
-	tide_log("error", "batch.failed", "processor", c->id, "attempt", n, "events", events,
-	         "error", err, (char *)NULL);
+	if (c->batch.count == 1) {
+		struct events *e = &c->batch;
+		snprintf(spos, sizeof(spos), "%" PRId64, e->stream_position);
+		snprintf(gpos, sizeof(gpos), "%" PRId64, e->global_position);
+		snprintf(shown, sizeof(shown), "event %s of stream %s (global position %s, %s): %s",
+		         spos, e->stream_id, gpos, e->type, err);
+		tide_log("error", "batch.failed", "processor", c->id, "attempt", n, "stream",
+		         e->stream_id, "stream_position", spos, "global_position", gpos, "type",
+		         e->type, "error", err, "traceback", traceback ? traceback : "",
+		         (char *)NULL);
+	} else {
+		char at[48];
+		tide_cursor_format(&c->cursor, at);
+		if (c->batch.count == 0)
+			snprintf(shown, sizeof(shown), "%s", err); /* its setup */
+		else
+			snprintf(shown, sizeof(shown), "a batch of %s events after %s: %s", events,
+			         at, err);
+		tide_log("error", "batch.failed", "processor", c->id, "attempt", n, "events",
+		         events, "after", at, "error", err, "traceback",
+		         traceback ? traceback : "", (char *)NULL);
+	}
+	set_error(c, shown);
+	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", err);
+	tide_lease_attempt_failed(&c->lease, c->cursor, err, traceback);
 	if (c->batch.count > 1) {
 		/* Which event? Take them one at a time; the others go through. */
 		c->single_left = (int)c->batch.count;
@@ -997,6 +1047,17 @@ static void next_step(struct tide_consumer *c)
 
 /* --- life ------------------------------------------------------------------------------------ */
 
+static void consumer_free_strings(struct tide_consumer *c)
+{
+	free(c->owner);
+	free(c->id);
+	free(c->script);
+	free(c->given);
+	free(c->app);
+	free(c->name);
+	free(c->sql_role);
+}
+
 struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 {
 	struct tide_consumer *c = calloc(1, sizeof(*c));
@@ -1006,18 +1067,24 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 	c->owner = strdup(o->owner);
 	c->id = strdup(o->id);
 	c->script = strdup(o->script ? o->script : "");
+	c->given = strdup(o->given ? o->given : c->script ? c->script : "");
+	c->app = strdup(o->app ? o->app : "");
+	c->name = strdup(o->name ? o->name : o->id);
 	c->sql_role = o->sql_role ? strdup(o->sql_role) : NULL;
-	if (!c->owner || !c->id || !c->script || (o->sql_role && !c->sql_role)) {
-		free(c->owner);
-		free(c->id);
-		free(c->script);
-		free(c->sql_role);
+	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name ||
+	    (o->sql_role && !c->sql_role)) {
+		consumer_free_strings(c);
 		free(c);
 		return NULL;
 	}
 	c->state = TIDE_CONSUMER_NEW;
 	c->batch.ref = c->ahead.ref = LUA_NOREF;
 	c->lease.id = c->id;
+	c->lease.app = c->app;
+	c->lease.name = c->name;
+	c->lease.script = c->script;
+	c->lease.given = c->given;
+	c->lease.takeover = o->takeover;
 	c->lease.owner = c->owner;
 	c->lease.kind = "unknown";
 	c->lease.partition = TIDE_DEFAULT_PARTITION;
@@ -1117,10 +1184,7 @@ void tide_consumer_free(struct tide_consumer *c)
 	tide_generation_free(&c->cur);
 	if (c->has_pending)
 		tide_generation_free(&c->pending);
-	free(c->owner);
-	free(c->id);
-	free(c->script);
-	free(c->sql_role);
+	consumer_free_strings(c);
 	free(c);
 }
 

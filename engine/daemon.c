@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,10 @@ struct run {
 	struct tide_daemon d;
 	uv_loop_t loop;
 	const char *dirs[MAX_DIRS];
+	const char *apps[MAX_DIRS]; /* the app of each directory's processors */
 	int ndirs;
+	const char *takeover[MAX_DIRS]; /* --take-over: processor ids */
+	int ntakeover;
 	uv_fs_event_t watch[MAX_DIRS];
 	int nwatch;
 	uv_timer_t debounce, listen_retry, drain_deadline;
@@ -49,25 +53,33 @@ struct run {
 	struct tide_store *bootstrap; /* asks who scripts' SQL runs as */
 	bool force_reload;
 	int exit_code;
-	char *config_strings[MAX_DIRS + 8];
+	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
 };
 
 static const char usage_run[] =
-        "usage: tide run [--config FILE] [--database URL] [--batch-size N] [--poll-ms N]\n"
-        "                [--lease-ms N] [--cpu-ms N] [--memory-mb N] [--sql-role ROLE]\n"
-        "                [--log-format text|json] [--log-level L] DIR...\n"
+        "usage: tide run [--config FILE] [--database URL] [--app NAME] [--take-over ID]...\n"
+        "                [--batch-size N] [--poll-ms N] [--lease-ms N] [--cpu-ms N]\n"
+        "                [--memory-mb N] [--sql-role ROLE] [--log-format text|json]\n"
+        "                [--log-level L] DIR...\n"
         "\n"
         "Runs every *.lua file of the directories as a processor (tide.projection or\n"
-        "tide.reactor; the id is the file name without .lua; *_spec.lua files are tests\n"
-        "and left alone) until SIGTERM or SIGINT.\n"
+        "tide.reactor; *_spec.lua files are tests and left alone) until SIGTERM or SIGINT.\n"
+        "A processor's id is APP/NAME: NAME is the file name without .lua, APP the\n"
+        "app's name (--app, else the directory's name). A processor whose id was\n"
+        "claimed by another script (or kind) is refused, naming both scripts, unless\n"
+        "--take-over ID lets this script take it over with its checkpoint.\n"
         "New events wake it through LISTEN/NOTIFY within milliseconds; it also polls.\n"
         "A saved file is reloaded between batches if it loads cleanly (else the running\n"
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
         "a deleted file stops its processor, a new one starts one; SIGHUP reloads all.\n"
-        "  --config FILE      a Lua file returning { database, batch_size, poll_interval_ms,\n"
-        "                     lease_ms, cpu_ms, memory_mb, sql_role, log_format,\n"
-        "                     log_level, directories = {...} }\n"
+        "  --config FILE      a Lua file returning { database, app, batch_size,\n"
+        "                     poll_interval_ms, lease_ms, cpu_ms, memory_mb, sql_role,\n"
+        "                     log_format, log_level, directories = {...} }\n"
+        "  --app NAME         the app the processors belong to (default: the name of\n"
+        "                     each directory); 1 to 64 bytes, no '/'\n"
+        "  --take-over ID     let this daemon's script take processor ID (APP/NAME) over\n"
+        "                     from the script that claimed it before (repeatable)\n"
         "  --batch-size N     events per batch (default 500)\n"
         "  --poll-ms N        poll interval when idle (default 1000)\n"
         "  --lease-ms N       processor lease; another daemon takes over after it\n"
@@ -129,17 +141,25 @@ static void processor_stopped(struct tide_processor *p, void *arg)
 	maybe_exit(r);
 }
 
-/* The processor id of a file: its name without ".lua"; false for other files, hidden ones
- * and specs (NAME_spec.lua: busted's tests, kept beside the scripts they test). */
-static bool id_of(const char *name, char *id, size_t n)
+/* The name of a processor's file: its name without ".lua"; false for other files, hidden
+ * ones and specs (NAME_spec.lua: busted's tests, kept beside the scripts they test). */
+static bool name_of(const char *file, char *name, size_t n)
 {
-	size_t len = strlen(name);
-	if (len <= 4 || strcmp(name + len - 4, ".lua") != 0 || name[0] == '.')
+	size_t len = strlen(file);
+	if (len <= 4 || strcmp(file + len - 4, ".lua") != 0 || file[0] == '.')
 		return false;
-	if (tide_file_is_spec(name))
+	if (tide_file_is_spec(file))
 		return false;
-	snprintf(id, n, "%.*s", (int)(len - 4), name);
+	snprintf(name, n, "%.*s", (int)(len - 4), file);
 	return true;
+}
+
+static bool taken_over(struct run *r, const char *id)
+{
+	for (int i = 0; i < r->ntakeover; i++)
+		if (strcmp(r->takeover[i], id) == 0)
+			return true;
+	return false;
 }
 
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
@@ -147,7 +167,7 @@ static void rescan(struct run *r, bool force)
 {
 	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p)) {
 		struct stat st;
-		if (stat(tide_processor_path(p), &st) != 0) {
+		if (stat(tide_processor_path(p), &st) != 0 && !tide_processor_stopping(p)) {
 			tide_log("info", "processor.removed", "processor", tide_processor_id(p),
 			         "script", tide_processor_path(p), (char *)NULL);
 			tide_processor_stop(p);
@@ -162,21 +182,29 @@ static void rescan(struct run *r, bool force)
 		}
 		struct dirent *e;
 		while ((e = readdir(dir))) {
-			char id[256], path[4096];
-			if (!id_of(e->d_name, id, sizeof(id)))
+			char name[256], id[512], path[4096];
+			if (!name_of(e->d_name, name, sizeof(name)))
 				continue;
+			snprintf(id, sizeof(id), "%s/%s", r->apps[i], name);
 			snprintf(path, sizeof(path), "%s/%s", r->dirs[i], e->d_name);
 			struct tide_processor *p = find(r, id);
 			if (p && strcmp(tide_processor_path(p), path) != 0) {
 				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
-				         path, (char *)NULL);
+				         path, "running", tide_processor_path(p), (char *)NULL);
 				continue;
 			}
 			if (p) {
 				tide_processor_reload(p, force);
 				continue;
 			}
-			p = tide_processor_new(&r->d.popts, id, path);
+			struct tide_processor_identity who = {
+			        .id = id,
+			        .app = r->apps[i],
+			        .name = name,
+			        .path = path,
+			        .takeover = taken_over(r, id),
+			};
+			p = tide_processor_new(&r->d.popts, &who);
 			if (!p)
 				continue;
 			tide_processor_set_next(p, r->d.procs);
@@ -420,7 +448,7 @@ static char *keep(struct run *r, const char *s)
 
 /* What flags and the configuration file set; 0 / NULL: not set. */
 struct settings {
-	const char *url, *log_format, *log_level, *sql_role;
+	const char *url, *log_format, *log_level, *sql_role, *app;
 	long batch, poll, lease, cpu, memory_mb;
 };
 
@@ -477,6 +505,7 @@ static int read_config(lua_State *L)
 	s->log_format = config_string(L, c, "log_format");
 	s->log_level = config_string(L, c, "log_level");
 	s->sql_role = config_string(L, c, "sql_role");
+	s->app = config_string(L, c, "app");
 	lua_getfield(L, -1, "directories");
 	if (lua_istable(L, -1)) {
 		for (int i = 1; r->ndirs < MAX_DIRS; i++) {
@@ -522,6 +551,31 @@ static int load_config(struct run *r, const char *path, struct settings *s)
 	return rc;
 }
 
+/* --- apps ------------------------------------------------------------------------------ */
+
+#define MAX_APP_BYTES 64
+
+static bool valid_app(const char *app)
+{
+	size_t n = strlen(app);
+	if (n == 0 || n > MAX_APP_BYTES)
+		return false;
+	for (const unsigned char *c = (const unsigned char *)app; *c; c++)
+		if (*c < 0x20 || *c == 0x7f || *c == '/')
+			return false;
+	return true;
+}
+
+/* A directory's app: the name of the directory itself (of its real path: "." too). */
+static const char *app_of(struct run *r, const char *dir)
+{
+	char real[PATH_MAX];
+	if (!realpath(dir, real))
+		return NULL;
+	const char *slash = strrchr(real, '/');
+	return keep(r, slash ? slash + 1 : real);
+}
+
 /* --- main ----------------------------------------------------------------------------- */
 
 static void on_migrated(int status, const char *err, size_t applied, void *arg)
@@ -542,6 +596,11 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
 	listen_start(r);
 	rescan(r, false);
+	for (int i = 0; i < r->ntakeover; i++)
+		if (!find(r, r->takeover[i]))
+			tide_log("warn", "daemon.take_over_unknown", "processor", r->takeover[i],
+			         "reason", "no script here has that id (APP/NAME: see tide status)",
+			         (char *)NULL);
 	for (int i = 0; i < r->ndirs; i++) {
 		uv_fs_event_init(r->d.loop, &r->watch[r->nwatch]);
 		r->watch[r->nwatch].data = r;
@@ -656,6 +715,8 @@ static void overlay(struct settings *dst, const struct settings *src)
 		dst->log_level = src->log_level;
 	if (src->sql_role)
 		dst->sql_role = src->sql_role;
+	if (src->app)
+		dst->app = src->app;
 	if (src->batch)
 		dst->batch = src->batch;
 	if (src->poll)
@@ -688,6 +749,8 @@ int tide_daemon_main(int argc, char **argv)
 	        {"cpu-ms", required_argument, NULL, 'u'},
 	        {"memory-mb", required_argument, NULL, 'm'},
 	        {"sql-role", required_argument, NULL, 'r'},
+	        {"app", required_argument, NULL, 'a'},
+	        {"take-over", required_argument, NULL, 't'},
 	        {"log-format", required_argument, NULL, 'f'},
 	        {"log-level", required_argument, NULL, 'v'},
 	        {"help", no_argument, NULL, 'h'},
@@ -707,6 +770,14 @@ int tide_daemon_main(int argc, char **argv)
 		case 'u': bad = parse_positive("--cpu-ms", optarg, &flags.cpu); break;
 		case 'm': bad = parse_positive("--memory-mb", optarg, &flags.memory_mb); break;
 		case 'r': flags.sql_role = optarg; break;
+		case 'a': flags.app = optarg; break;
+		case 't':
+			if (r.ntakeover == MAX_DIRS) {
+				fprintf(stderr, "tide run: at most %d --take-over flags\n", MAX_DIRS);
+				return 2;
+			}
+			r.takeover[r.ntakeover++] = optarg;
+			break;
 		case 'f': flags.log_format = optarg; break;
 		case 'v': flags.log_level = optarg; break;
 		case 'h': fputs(usage_run, stdout); return 0;
@@ -757,10 +828,24 @@ int tide_daemon_main(int argc, char **argv)
 		fprintf(stderr, "tide run: no directories given (see `tide run --help`)\n");
 		return 2;
 	}
+	if (set.app && !valid_app(set.app)) {
+		fprintf(stderr, "tide run: --app wants a name of 1 to %d bytes without '/' or "
+		                "control characters, got '%s'\n",
+		        MAX_APP_BYTES, set.app);
+		return 2;
+	}
 	for (int i = 0; i < r.ndirs; i++) {
 		struct stat st;
 		if (stat(r.dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
 			fprintf(stderr, "tide run: %s is not a directory\n", r.dirs[i]);
+			return 2;
+		}
+		r.apps[i] = set.app ? set.app : app_of(&r, r.dirs[i]);
+		if (!r.apps[i] || !valid_app(r.apps[i])) {
+			fprintf(stderr,
+			        "tide run: the directory %s gives no usable app name (1 to %d "
+			        "bytes, no control characters): pass --app NAME\n",
+			        r.dirs[i], MAX_APP_BYTES);
 			return 2;
 		}
 	}

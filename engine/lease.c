@@ -31,14 +31,17 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	static const struct tide_pg_stmt stmt = {
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt, attempt_at,"
-	        " attempt_events, attempts, attempt_error, attempt_script, retries"
-	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6)",
-	        6,
+	        " attempt_events, attempts, attempt_error, attempt_script, retries, refused"
+	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6, $7, $8, $9, $10,"
+	        "  $11::boolean)",
+	        11,
 	};
 	char version[16], ttl[16];
 	fmt_int(version, sizeof(version), l->version);
 	fmt_int(ttl, sizeof(ttl), l->ttl_ms);
-	const char *v[6] = {l->id, l->kind, version, l->owner, ttl, l->partition};
+	const char *v[11] = {l->id,   l->kind,   version,   l->owner, ttl,
+	                     l->partition, l->app, l->name, l->script, l->given,
+	                     l->takeover ? "true" : "false"};
 	return tide_pg_exec(l->pg, &stmt, v, cb, arg);
 }
 
@@ -46,6 +49,8 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->error = out->script = "";
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 10))
+		out->refused = PQgetvalue(res, 0, 10);
 	if (PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't')
 		return;
 	out->acquired = true;
@@ -70,20 +75,21 @@ int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *ar
 }
 
 void tide_lease_report(const struct tide_lease *l, const char *status, const char *error,
-                       const char *script, int generation)
+                       int generation)
 {
 	static const struct tide_pg_stmt stmt = {
 	        "tide_report",
 	        "INSERT INTO tide_processors (processor_id, kind, version, partition, status,"
-	        " generation, last_error, script, seen_until)"
+	        " generation, last_error, script, seen_until, app)"
 	        " VALUES ($1, $2, $3::int, $9, $4, $5::int, $6, $7,"
-	        "  now() + make_interval(secs => $10::int / 1000.0))"
+	        "  now() + make_interval(secs => $10::int / 1000.0), $11)"
 	        " ON CONFLICT (processor_id) DO UPDATE SET status = excluded.status,"
 	        " generation = excluded.generation, last_error = excluded.last_error,"
-	        " script = excluded.script, seen_until = excluded.seen_until, updated_at = now()"
-	        " WHERE tide_processors.owner IS NULL OR tide_processors.owner = $8"
-	        "  OR tide_processors.lease_until < now()",
-	        10,
+	        " seen_until = excluded.seen_until, updated_at = now()"
+	        " WHERE (tide_processors.owner IS NULL OR tide_processors.owner = $8"
+	        "  OR tide_processors.lease_until < now())"
+	        " AND (tide_processors.script IS NULL OR tide_processors.script = $7)",
+	        11,
 	};
 	if (!l->pg || !tide_pg_ready(l->pg))
 		return;
@@ -91,16 +97,17 @@ void tide_lease_report(const struct tide_lease *l, const char *status, const cha
 	fmt_int(version, sizeof(version), l->version ? l->version : 1);
 	fmt_int(gen, sizeof(gen), generation);
 	fmt_int(ttl, sizeof(ttl), l->ttl_ms);
-	const char *v[10] = {l->id,
+	const char *v[11] = {l->id,
 	                     l->kind[0] ? l->kind : "unknown",
 	                     version,
 	                     status,
 	                     gen,
 	                     error && error[0] ? error : NULL,
-	                     script,
+	                     l->script,
 	                     l->owner,
 	                     l->partition[0] ? l->partition : TIDE_DEFAULT_PARTITION,
-	                     ttl};
+	                     ttl,
+	                     l->app};
 	if (tide_pg_exec(l->pg, &stmt, v, on_logged, "status.failed") != 0)
 		tide_log("warn", "status.failed", "processor", l->id, (char *)NULL);
 }

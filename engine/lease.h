@@ -15,6 +15,10 @@
 struct tide_lease {
 	struct tide_pg *pg;
 	const char *id, *owner, *kind, *partition;
+	/* The id is app/name; script is the real path of the script claiming it, given the
+	 * path it was found by; takeover: it may take the id over from another script. */
+	const char *app, *name, *script, *given;
+	bool takeover;
 	int version;
 	unsigned ttl_ms;
 };
@@ -32,6 +36,7 @@ struct tide_claim {
 	const char *error;
 	const char *script; /* the hash of the script that made the tries (maybe "") */
 	int64_t retries;    /* dead letters queued for a retry */
+	const char *refused; /* NULL, or why the id is not this script's (in res) */
 };
 
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
@@ -39,9 +44,10 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out);
 
 TIDE_MUST_CHECK int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
 
-/* Writes the status `tide status` shows (and a heartbeat); failures are only logged. */
+/* Writes the status `tide status` shows (and a heartbeat), unless the id belongs to another
+ * script; failures are only logged. */
 void tide_lease_report(const struct tide_lease *l, const char *status, const char *error,
-                       const char *script, int generation);
+                       int generation);
 
 /* Records a try of `events` events after `at` by the script whose hash is given; the reply's
  * one value is the try's number. */

@@ -5,6 +5,7 @@
  * life (loading, active, broken, inert, stopping), changed only through set_state(). */
 #include "processor.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,21 +146,28 @@ void tide_processor_reload(struct tide_processor *p, bool force)
 		         "out of memory", (char *)NULL);
 }
 
-struct tide_processor *tide_processor_new(const struct tide_processor_opts *o, const char *id,
-                                          const char *path)
+struct tide_processor *tide_processor_new(const struct tide_processor_opts *o,
+                                          const struct tide_processor_identity *who)
 {
 	struct tide_processor *p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
 	p->o = *o;
-	p->id = strdup(id);
-	p->path = strdup(path);
+	p->id = strdup(who->id);
+	p->path = strdup(who->path);
+	/* The script's identity is its real path: the same file however it was reached. */
+	char real[PATH_MAX];
+	const char *script = realpath(who->path, real) ? real : who->path;
 	struct tide_consumer_opts co = {
 	        .loop = o->loop,
 	        .url = o->url,
 	        .owner = o->owner,
-	        .id = id,
-	        .script = path,
+	        .id = who->id,
+	        .app = who->app,
+	        .name = who->name,
+	        .script = script,
+	        .given = who->path,
+	        .takeover = who->takeover,
 	        .sql_role = o->sql_role,
 	        .batch_size = o->batch_size,
 	        .poll_ms = o->poll_ms,
@@ -198,6 +206,11 @@ void tide_processor_stop(struct tide_processor *p)
 	p->stop_requested = true;
 	if (!p->loading)
 		stop_consumer(p); /* else load_done does */
+}
+
+bool tide_processor_stopping(const struct tide_processor *p)
+{
+	return p->stop_requested;
 }
 
 void tide_processor_free(struct tide_processor *p)

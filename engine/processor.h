@@ -23,10 +23,17 @@ struct tide_processor_opts {
 	void *arg;
 };
 
-/* A processor for the script at path, named id; starts loading it at once. NULL when out
- * of memory. */
-struct tide_processor *tide_processor_new(const struct tide_processor_opts *o, const char *id,
-                                          const char *path);
+/* Which processor a script is: its id (APP/NAME), and whether it may take the id over
+ * from the script that claimed it before. The strings are copied. */
+struct tide_processor_identity {
+	const char *id, *app, *name;
+	const char *path; /* the script as found in its directory */
+	bool takeover;
+};
+
+/* A processor for a script; starts loading it at once. NULL when out of memory. */
+struct tide_processor *tide_processor_new(const struct tide_processor_opts *o,
+                                          const struct tide_processor_identity *who);
 
 /* Loads the file again (off the loop) if its content changed, or always when force;
  * a good load replaces the running generation between batches. */
@@ -40,6 +47,9 @@ void tide_processor_check_retries(struct tide_processor *p);
 
 /* Finish the batch in flight, release the lease, close; then on_stopped. */
 void tide_processor_stop(struct tide_processor *p);
+
+/* Whether tide_processor_stop was called. */
+bool tide_processor_stopping(const struct tide_processor *p);
 
 void tide_processor_free(struct tide_processor *p);
 

@@ -7,11 +7,20 @@ local q = S.q
 local D = {}
 local daemons = {}
 
+-- The app of the daemons D.start starts (unless extra names another): processor ids are
+-- spec/NAME.
+D.APP = "spec"
+
+-- A processor's id: NAME alone is D.APP's.
+function D.id(name) return name:find("/", 1, true) and name or D.APP .. "/" .. name end
+
 -- Starts `tide run DIR` against url; returns its pid and log path.
 function D.start(url, dir, extra)
   local log = dir .. "/daemon-" .. (#daemons + 1) .. ".log"
+  extra = extra or ""
+  if not extra:find("--app", 1, true) then extra = "--app " .. D.APP .. " " .. extra end
   local r = S.sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", q(S.bin), q(dir),
-    q(url), extra or "", q(log)))
+    q(url), extra, q(log)))
   local pid = r.out:match("%d+")
   daemons[#daemons + 1] = pid
   return pid, log
@@ -52,7 +61,7 @@ function D.count(url, table_)
 end
 
 function D.checkpoint(url, id)
-  return D.scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. id .. "'")
+  return D.scalar(url, "SELECT coalesce(max(last_processed_checkpoint::bigint), -1) FROM emt_processors WHERE processor_id = '" .. D.id(id) .. "'")
 end
 
 function D.last_position(url)
@@ -60,15 +69,17 @@ function D.last_position(url)
 end
 
 function D.caught_up(url, id, seconds)
-  S.wait_for(function() return D.checkpoint(url, id) >= D.last_position(url) end, seconds or 60, id .. " to catch up")
+  S.wait_for(function() return D.checkpoint(url, id) >= D.last_position(url) end, seconds or 60, D.id(id) .. " to catch up")
 end
 
--- tide status --json by processor id; a null last_error becomes nil.
+-- tide status --json by processor id (and by NAME for D.APP's); a null last_error becomes nil.
 function D.status(url)
   local out = {}
   for _, row in ipairs(S.lines(S.tide("status --json --database " .. q(url)).out)) do
     if type(row.last_error) ~= "string" then row.last_error = nil end
+    if type(row.traceback) ~= "string" then row.traceback = nil end
     out[row.id] = row
+    if row.app == D.APP then out[row.id:sub(#D.APP + 2)] = row end
   end
   return out
 end

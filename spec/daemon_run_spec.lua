@@ -36,7 +36,7 @@ describe("tide run", function()
     local pid, log = start(url, dir, "--batch-size 1000")
     caught_up(url, "totals", 120)
     -- The daemon reports the backlog it worked off, once.
-    S.wait_for(function() return read(log):find("event=processor.caught_up processor=totals events=100000 ", 1, true) end, 10, "the caught_up line")
+    S.wait_for(function() return read(log):find("event=processor.caught_up processor=spec/totals events=100000 ", 1, true) end, 10, "the caught_up line")
     assert.are.equal(1000, scalar(url, "SELECT count(*) FROM totals"))
     assert.are.equal(100000, scalar(url, "SELECT sum(events) FROM totals"))
     assert.are.equal(scalar(url, "SELECT sum((message_data->>'by')::bigint) FROM emt_messages"),
@@ -164,14 +164,14 @@ describe("tide run", function()
     for _ = 1, 3 do load_events(url, 2000, 50) end
     caught_up(url, "seen")
     assert.are.equal(6000, scalar(url, "SELECT count(*) FROM seen"))
-    local owner = S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'seen'")
+    local owner = S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'spec/seen'")
     local dead, survivor = a, b
     if owner:find(":" .. b .. ":", 1, true) then dead, survivor = b, a end
     kill9(dead)
     load_events(url, 1000, 50)
     caught_up(url, "seen", 30)
     assert.are.equal(7000, scalar(url, "SELECT count(*) FROM seen"))
-    assert.truthy(S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'seen'"):find(":" .. survivor .. ":", 1, true))
+    assert.truthy(S.psql(url, "SELECT owner FROM tide_processors WHERE processor_id = 'spec/seen'"):find(":" .. survivor .. ":", 1, true))
     stop(survivor)
   end)
 
@@ -180,14 +180,14 @@ describe("tide run", function()
     os.execute("mkdir -p " .. q(procs))
     S.write(procs .. "/seen.lua", seen_script("cfg"))
     S.write(dir .. "/tide.conf.lua", string.format([[
-return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms = 60000, log_format = "json" }
+return { database = %q, app = "cfg", directories = { %q }, batch_size = 7, poll_interval_ms = 60000, log_format = "json" }
 ]], url, procs))
     local log = dir .. "/cfg.log"
     local pid = S.sh(string.format("env -u TIDE_DATABASE_URL -u DATABASE_URL %s run --config %s >%s 2>&1 & echo $!",
       q(S.bin), q(dir .. "/tide.conf.lua"), q(log))).out:match("%d+")
     D.track(pid)
     for i = 1, 20 do S.tide("append cfg-" .. (i % 3) .. " T '{}' --database " .. q(url)) end
-    caught_up(url, "seen")
+    caught_up(url, "cfg/seen")
     assert.are.equal(20, scalar(url, "SELECT count(*) FROM seen WHERE tag = 'cfg'"))
     stop(pid)
     local lines = 0
@@ -226,7 +226,7 @@ return { database = %q, directories = { %q }, batch_size = 7, poll_interval_ms =
     os.execute("kill -TERM " .. pid)
     S.wait_for(function() return not alive(pid) end, 10, "the exit")
     assert.truthy(read(log):find("daemon.stopped", 1, true))
-    assert.are.equal("stopped|true", S.psql(url, "SELECT status || '|' || (owner IS NULL) FROM tide_processors WHERE processor_id = 'seen'"))
+    assert.are.equal("stopped|true", S.psql(url, "SELECT status || '|' || (owner IS NULL) FROM tide_processors WHERE processor_id = 'spec/seen'"))
   end)
 
   it("runs reactors once per event, and holds a failing one where it failed (on_error = retry)", function()
@@ -286,7 +286,7 @@ return tide.reactor {
 ]])
     load_events(url, 3000, 30)
     local pid, log = start(url, dir, "--batch-size 100")
-    S.wait_for(function() return read(log):find("event=processor.caught_up processor=echo", 1, true) end, 60, "the backlog")
+    S.wait_for(function() return read(log):find("event=processor.caught_up processor=spec/echo", 1, true) end, 60, "the backlog")
     caught_up(url, "echo")
     assert.are.equal("3000|3000", S.psql(url, "SELECT count(*) || '|' || count(DISTINCT message_data->>'of') FROM emt_messages WHERE message_type = 'Echoed'"))
     assert.are.equal("0", S.psql(url, [[SELECT count(*) FROM emt_messages a WHERE a.message_type = 'Added'
@@ -319,7 +319,7 @@ return tide.projection {
     assert.are.equal(9, scalar(url, "SELECT count(*) FROM tide_documents WHERE collection = 'sums'"))
     S.save(dir .. "/sums.lua", docs:format(2, 10))
     S.wait_for(function() return read(log):find("processor.rebuild", 1, true) end, 10, "the rebuild")
-    S.wait_for(function() return checkpoint(url, "sums") >= last_position(url) and scalar(url, "SELECT count(*) FROM emt_processors WHERE processor_id = 'sums' AND version = 2 AND last_processed_checkpoint::bigint >= " .. last_position(url)) == 1 end, 30, "the replay")
+    S.wait_for(function() return checkpoint(url, "sums") >= last_position(url) and scalar(url, "SELECT count(*) FROM emt_processors WHERE processor_id = 'spec/sums' AND version = 2 AND last_processed_checkpoint::bigint >= " .. last_position(url)) == 1 end, 30, "the replay")
     assert.are.equal(scalar(url, "SELECT 10 * sum((message_data->>'by')::int) FROM emt_messages WHERE stream_id = 's-0'"),
       scalar(url, "SELECT (doc->>'n')::int FROM tide_documents WHERE collection = 'sums' AND id = 's-0'"))
     stop(pid)
@@ -359,7 +359,7 @@ return tide.reactor {
     end, 30, "the tenant's processors to catch up")
     assert.are.equal("4|tenant-a", S.psql(url, "SELECT count(*) || '|' || string_agg(DISTINCT m.partition, ',') FROM tenant_seen t JOIN emt_messages m ON m.message_id = t.message_id"))
     assert.are.equal("tenant-a", S.psql(url, "SELECT string_agg(DISTINCT partition, ',') FROM emt_messages WHERE stream_id LIKE 'welcome-%'"))
-    assert.are.equal("tenant-a,tenant-a", S.psql(url, "SELECT string_agg(partition, ',' ORDER BY processor_id) FROM emt_processors WHERE processor_id IN ('tenant_seen', 'welcome')"))
+    assert.are.equal("tenant-a,tenant-a", S.psql(url, "SELECT string_agg(partition, ',' ORDER BY processor_id) FROM emt_processors WHERE processor_id IN ('spec/tenant_seen', 'spec/welcome')"))
     local st = status(url)
     assert.are.equal("tenant-a", st.tenant_seen.partition)
     assert.are.equal(0, st.tenant_seen.lag_events)

@@ -82,7 +82,7 @@ describe("tide run when scripts fail", function()
     local shown = S.json(S.tide("dlq show " .. rows[1].id .. " --database " .. q(url)).out)
     assert.are.same({ poison = true }, shown.data)
     assert.truthy(shown.traceback:find("seen.lua:7:", 1, true), shown.traceback)
-    assert.truthy(D.read(log):find("event=processor.dead_lettered processor=seen", 1, true))
+    assert.truthy(D.read(log):find("event=processor.dead_lettered processor=spec/seen", 1, true))
     assert.truthy(D.read(log):find("event=processor.isolating", 1, true))
     local st = D.status(url).seen
     assert.are.equal(3, st.dead_letters)
@@ -106,7 +106,7 @@ describe("tide run when scripts fail", function()
     D.caught_up(url, "seen")
     assert.are.equal(9, count(url, "seen"))
     assert.are.equal(0, count(url, "tide_dead_letters"))
-    assert.truthy(D.read(log):find("event=processor.skipped processor=seen", 1, true))
+    assert.truthy(D.read(log):find("event=processor.skipped processor=spec/seen", 1, true))
     D.stop(pid)
 
     S.psql(url, "DROP TABLE seen; DELETE FROM emt_processors; DELETE FROM tide_processors")
@@ -206,7 +206,7 @@ return tide.projection {
     D.caught_up(url, "hog", 60)
     assert.is_true(D.alive(pid), "the daemon died")
     assert.are.equal(30, count(url, "seen"))
-    local parked = count(url, "tide_dead_letters WHERE processor_id = 'hog'")
+    local parked = count(url, "tide_dead_letters WHERE processor_id = 'spec/hog'")
     assert.is_true(parked > 0, "hog never ran out of memory")
     local errors = S.psql(url, "SELECT string_agg(DISTINCT last_error, ' | ') FROM tide_dead_letters")
     assert.truthy(errors:find("memory", 1, true), errors)
@@ -243,7 +243,7 @@ return tide.projection {
       local pid, log = D.start(url, dir, "--cpu-ms 200")
       D.caught_up(url, "bad", 30)
       D.caught_up(url, "seen", 30)
-      assert.are.equal(3, count(url, "tide_dead_letters WHERE processor_id = 'bad'"))
+      assert.are.equal(3, count(url, "tide_dead_letters WHERE processor_id = 'spec/bad'"))
       -- No transaction of the daemon stays open (it would hold every consumer back).
       S.wait_for(function()
         return count(url, "pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'") == 0
@@ -255,7 +255,7 @@ return tide.projection {
       -- A clean drain, not the 15 s deadline that ends a daemon whose loop is stuck.
       assert.truthy(D.read(log):find("event=daemon.stopped", 1, true))
       assert.is_nil(D.read(log):find("daemon.drain_timeout", 1, true))
-      assert.truthy(D.read(log):find("event=batch.failed processor=bad", 1, true))
+      assert.truthy(D.read(log):find("event=batch.failed processor=spec/bad", 1, true))
     end)
   end
 
@@ -285,7 +285,7 @@ return tide.projection {
     assert.are.equal(1, #parked)
     assert.are.equal("Huge", parked[1].type)
     assert.truthy(parked[1].last_error:find("memory", 1, true), parked[1].last_error)
-    assert.are.equal(0, count(url, "tide_dead_letters WHERE processor_id = 'typed'"))
+    assert.are.equal(0, count(url, "tide_dead_letters WHERE processor_id = 'spec/typed'"))
     D.stop(pid)
   end)
 

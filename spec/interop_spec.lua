@@ -150,7 +150,7 @@ return tide.projection {
   evolve = function(doc, e) doc = doc or { n = 0, events = 0 } doc.n = doc.n + e.data.amount doc.events = doc.events + 1 return doc end,
 }]])
       local log = dir .. "/daemon.log"
-      local pid = S.sh(string.format("%s run %s --database %s --poll-ms 60000 >%s 2>&1 & echo $!", q(S.bin), q(dir), q(url), q(log))).out:match("%d+")
+      local pid = S.sh(string.format("%s run %s --database %s --app bank --poll-ms 60000 >%s 2>&1 & echo $!", q(S.bin), q(dir), q(url), q(log))).out:match("%d+")
       for i = 1, 6 do
         assert.are.equal(0, emmett(url, "append", "acct-" .. (i % 2), "Deposited", '{"amount":' .. i .. '}').code)
       end
@@ -166,7 +166,7 @@ return tide.projection {
       os.execute("kill -TERM " .. pid)
       S.wait_for(function() return S.sh("kill -0 " .. pid).code ~= 0 end, 10, "the daemon to stop")
       local rows = S.psql(url, "SELECT processor_id || ':' || last_processed_checkpoint FROM emt_processors ORDER BY processor_id")
-      assert.are.equal("emmett-reactor:0000000000000000006\nsums:0000000000000000006", rows)
+      assert.are.equal("bank/sums:0000000000000000006\nemmett-reactor:0000000000000000006", rows)
       assert.are.equal("0", S.psql(url, "SELECT count(*) FROM tide_documents WHERE collection <> 'sums'"))
     end)
   end)

@@ -45,13 +45,25 @@ local DOC_PUT = "INSERT INTO tide_documents (collection, id, doc) VALUES ($1, $2
   .. " ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc, updated_at = now()"
 local DOC_DELETE = "DELETE FROM tide_documents WHERE collection = $1 AND id = $2"
 
+-- The document id of an event: id(e) (default: its stream), false to leave the event out
+-- on purpose; nil is a mistake, not a silent skip.
+function M.document_id(p, e)
+  if not p.id then return e.stream_id end
+  local id = p.id(e)
+  if id == nil then
+    error("id(event) returned nil for event " .. tostring(e.stream_position) .. " of stream "
+      .. tostring(e.stream_id) .. " (" .. tostring(e.type) .. "): return the document's id, or"
+      .. " false to leave this event out", 0)
+  end
+  return id
+end
+
 -- One document per id: load the batch's documents in one query, fold, write each once.
 local function documents(p, events, sql)
-  local id_of = p.id or function(e) return e.stream_id end
   local order, by_id = array(), {}
   for _, e in ipairs(events) do
-    local id = id_of(e)
-    if id ~= nil then
+    local id = M.document_id(p, e)
+    if id ~= false then
       id = tostring(id)
       local list = by_id[id]
       if not list then
