@@ -268,11 +268,11 @@ local function shown(st)
 end
 
 -- An expected statement: "SQL" (its parameters are not compared) or { "SQL", params... }
--- (they are, all of them; nil or tide.null for NULL).
+-- (they are, all of them; nil or tide.null for NULL, tide.null when it is the last one).
 local function statement_matches(expected, st)
   if type(expected) == "string" then return matches(squash(expected), squash(st.sql)) end
   if type(expected) ~= "table" or type(expected[1]) ~= "string" then
-    error("an expected statement is \"SQL\" or { \"SQL\", params... }", 4)
+    error("an expected statement is \"SQL\" or { \"SQL\", params... }", 3)
   end
   if not matches(squash(expected[1]), squash(st.sql)) then return false end
   local n = maxn(expected) - 1
@@ -285,8 +285,8 @@ local function statement_matches(expected, st)
   return true
 end
 
--- What a run of script code did: the outcome of f(recorder), computed on first use.
--- `what` names the run in messages ("the batch", "setup", "the reactor").
+-- run() → ok, message, traceback, called once, when the first then_... wants it: the
+-- expectations that feed a run (query_returns) come before.
 local function lazily(run)
   local done
   return function()
@@ -458,7 +458,7 @@ end
 
 local function append_matches(e, a)
   if type(e) ~= "table" or type(e.events) ~= "table" then
-    error("an expected append is { stream = ..., events = { ... } }", 4)
+    error("an expected append is { stream = ..., events = { ... } }", 3)
   end
   if e.stream ~= a.stream or not compare_events(e.events, a.events) then return false end
   if e.expected ~= nil and e.expected ~= a.expected then return false end
