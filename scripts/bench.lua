@@ -156,7 +156,7 @@ local function write(path, text)
 end
 local function start_daemon(url, dir, extra)
   local log = dir .. "/daemon.log"
-  local pid = sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", TIDE, q(dir),
+  local pid = sh(string.format("%s run %s --app bench --database %s %s >%s 2>&1 & echo $!", TIDE, q(dir),
     q(url), extra or "", q(log))):match("%d+")
   return pid
 end
@@ -223,7 +223,7 @@ for _, kind in ipairs({ "memory", "sql" }) do
   end
   stop_daemon(pid)
   assert(rate, "the daemon did not catch up; see " .. dir .. "/daemon.log")
-  local cp = tonumber(psql(url, "SELECT max(last_processed_checkpoint::bigint) FROM emt_processors WHERE processor_id = 'p'"))
+  local cp = tonumber(psql(url, "SELECT max(last_processed_checkpoint::bigint) FROM emt_processors WHERE processor_id = 'bench/p'"))
   assert(cp == last, "the daemon stopped at " .. tostring(cp) .. " of " .. last)
   if kind == "sql" then
     assert(tonumber(psql(url, "SELECT sum(n) FROM totals")) == PRELOAD, "SQL projection miscounted")

@@ -73,7 +73,7 @@ describe("tide run when scripts fail", function()
     local rows = S.lines(S.tide("dlq list --json --database " .. q(url)).out)
     assert.are.equal(3, #rows)
     for i, row in ipairs(rows) do
-      assert.are.equal("seen", row.processor)
+      assert.are.equal("spec/seen", row.processor)
       assert.are.equal(poison[i], row.global_position)
       assert.are.equal(3, row.attempts)
       assert.are.equal("parked", row.status)
