@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "cli_dlq.h"
+#include "cli_init.h"
+#include "cli_test.h"
 #include "daemon.h"
 #include "json.h"
 #include "lua_json.h"
@@ -27,6 +29,7 @@ static const char usage_main[] =
         "usage: tide COMMAND [OPTIONS]\n"
         "\n"
         "commands:\n"
+        "  init        write a runnable skeleton: scripts, their specs, settings\n"
         "  migrate     create or update the schema (Emmett-compatible tables + tide's own)\n"
         "  append      append an event to a stream\n"
         "  read        read the events of one stream\n"
@@ -34,6 +37,7 @@ static const char usage_main[] =
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
         "  check       load processor scripts in the sandbox and report problems\n"
+        "  test        run the busted specs (*_spec.lua) of a directory with tide's runtime\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
         "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
         "  forget      remove a processor that is gone: its status, checkpoints, dead letters\n"
@@ -117,11 +121,12 @@ static const char usage_aggregate[] =
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
 
 static const char usage_check[] =
-        "usage: tide check SCRIPT... [--cpu-ms N]\n"
+        "usage: tide check (SCRIPT|DIR)... [--cpu-ms N]\n"
         "\n"
         "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
-        "and prints \"ok SCRIPT (kind)\" or the error with its file and line. Needs no\n"
-        "database. Exits 1 when any script fails.\n";
+        "and prints \"ok SCRIPT (kind)\" or the error with its file and line. A DIR stands\n"
+        "for its *.lua files. Specs (*_spec.lua, see `tide test`) are skipped with a line on\n"
+        "stderr. Needs no database. Exits 1 when any script fails.\n";
 
 static const char usage_status[] =
         "usage: tide status [--json] [--database URL]\n"
@@ -530,7 +535,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 	int npos = argc - optind;
 	if (cmd->positionals < 0) { /* check: SCRIPT... */
 		if (npos == 0)
-			return tide_cli_usage_error(cli, "missing arguments: SCRIPT...");
+			return tide_cli_usage_error(cli, "missing arguments: SCRIPT... or DIR...");
 		cli->scripts = argv + optind;
 		cli->nscripts = npos;
 		return 0;
@@ -637,6 +642,10 @@ int tide_cli_main(int argc, char **argv)
 		return tide_daemon_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)
 		return tide_cli_dlq_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "test") == 0)
+		return tide_cli_test_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "init") == 0)
+		return tide_cli_init_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);

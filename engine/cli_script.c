@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli_common.h"
 #include "file.h"
@@ -67,26 +68,79 @@ static int read_kind(lua_State *L)
 	return 0;
 }
 
+/* Loads one script as `tide run` or `tide handle` would; false when it does not load. */
+static bool check_script(struct cli *cli, const char *path)
+{
+	char err[2048];
+	struct kind_read k = {0};
+	struct tide_vm_error e;
+	struct tide_vm *vm = load_script(cli, path, &k.ref, err, sizeof(err));
+	if (vm && tide_vm_protected(vm, read_kind, &k, &e) != 0) {
+		snprintf(err, sizeof(err), "%.900s: %s", path, e.message);
+		tide_vm_close(vm);
+		vm = NULL;
+	}
+	if (!vm) {
+		/* An error raised by `return tide.reactor { ... }` (a tail call) has no file:line
+		 * of the script: name the file anyway. */
+		bool named = strstr(err, path) != NULL;
+		fprintf(stderr, "tide check: %s%s%s\n", named ? "" : path, named ? "" : ": ", err);
+		return false;
+	}
+	printf("ok %s (%s)\n", path, k.kind);
+	tide_vm_close(vm);
+	return true;
+}
+
+/* Specs are busted's, not scripts: say so once and leave them alone. */
+static bool skip_spec(const char *path)
+{
+	if (!tide_file_is_spec(path))
+		return false;
+	fprintf(stderr, "tide check: skipping %s (a spec)\n", path);
+	return true;
+}
+
+/* A directory: every *.lua file in it but its specs (as `tide run DIR` takes them). */
+static int check_directory(struct cli *cli, const char *dir)
+{
+	char err[1024];
+	char **paths;
+	size_t n;
+	if (tide_file_list_lua(dir, &paths, &n, err, sizeof(err)) != 0) {
+		fprintf(stderr, "tide check: %s\n", err);
+		return 1;
+	}
+	int code = 0;
+	size_t scripts = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (skip_spec(paths[i]))
+			continue;
+		scripts++;
+		if (!check_script(cli, paths[i]))
+			code = 1;
+	}
+	if (scripts == 0) {
+		fprintf(stderr, "tide check: no scripts in %s (no *.lua file that is not a spec)\n",
+		        dir);
+		code = 1;
+	}
+	tide_file_list_free(paths, n);
+	return code;
+}
+
 int tide_cli_run_check(struct cli *cli)
 {
 	int code = 0;
 	for (int i = 0; i < cli->nscripts; i++) {
-		char err[2048];
-		struct kind_read k = {0};
-		struct tide_vm_error e;
-		struct tide_vm *vm = load_script(cli, cli->scripts[i], &k.ref, err, sizeof(err));
-		if (vm && tide_vm_protected(vm, read_kind, &k, &e) != 0) {
-			snprintf(err, sizeof(err), "%.900s: %s", cli->scripts[i], e.message);
-			tide_vm_close(vm);
-			vm = NULL;
-		}
-		if (!vm) {
-			fprintf(stderr, "tide check: %s\n", err);
+		const char *path = cli->scripts[i];
+		struct stat st;
+		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+			if (check_directory(cli, path) != 0)
+				code = 1;
+		} else if (!skip_spec(path) && !check_script(cli, path)) {
 			code = 1;
-			continue;
 		}
-		printf("ok %s (%s)\n", cli->scripts[i], k.kind);
-		tide_vm_close(vm);
 	}
 	return code;
 }

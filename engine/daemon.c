@@ -148,7 +148,7 @@ static bool name_of(const char *file, char *name, size_t n)
 	size_t len = strlen(file);
 	if (len <= 4 || strcmp(file + len - 4, ".lua") != 0 || file[0] == '.')
 		return false;
-	if (len > 9 && strcmp(file + len - 9, "_spec.lua") == 0)
+	if (tide_file_is_spec(file))
 		return false;
 	snprintf(name, n, "%.*s", (int)(len - 4), file);
 	return true;

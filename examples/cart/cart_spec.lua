@@ -1,9 +1,10 @@
 -- The cart's rules, with tide.testing: plain busted, no database.
---   busted --lua=luajit examples/cart/cart_spec.lua     (from the repository root)
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+--   tide test examples/cart          (from anywhere: the scripts beside it are on the path)
 local testing = require "tide.testing"
-local cart = dofile("examples/cart/cart.lua")
-local summary = dofile("examples/cart/cart_summary.lua")
+local cart = require "cart"
+local summary = require "cart_summary"
+local sales = require "product_sales"
+local notify = require "notify_on_confirm"
 local given = testing.decider(cart)
 
 local opened = { type = "CartOpened", data = { customer = "ada" } }
@@ -67,5 +68,46 @@ describe("the cart summary projection", function()
     p.given({ opened, tea, { type = "CartConfirmed", data = { total = 9, items = 1 } } }, "cart-2")
       .then_document("cart-2", { customer = "ada", status = "confirmed", total = 9, items = { tea = { qty = 2, price = 4.5 } } })
       .then_no_document("cart-1")
+  end)
+end)
+
+describe("the product sales projection (SQL)", function()
+  local p = testing.sql_projection(sales)
+  local confirmed = { type = "CartConfirmed", data = { total = 21, items = 2 } }
+
+  it("creates its tables if they are missing", function()
+    p.setup().then_statements({ "CREATE TABLE IF NOT EXISTS cart_lines", "CREATE TABLE IF NOT EXISTS product_sales" })
+  end)
+
+  it("keeps an open cart's lines and counts them when it is confirmed", function()
+    p.given({ opened, tea, { type = "ItemRemoved", data = { sku = "tea" } }, mug, confirmed }, "cart-1")
+      .then_statements({
+        { "INSERT INTO cart_lines", "cart-1", "tea", 2, 4.5 },
+        { "DELETE FROM cart_lines WHERE cart_id = $1 AND sku = $2", "cart-1", "tea" },
+        { "INSERT INTO cart_lines", "cart-1", "mug", 1, 12 },
+        { "INSERT INTO product_sales (sku, units, revenue) SELECT sku, qty, qty * price FROM cart_lines", "cart-1" },
+        { "DELETE FROM cart_lines WHERE cart_id = $1", "cart-1" },
+      })
+  end)
+
+  it("ignores the events it did not ask for", function()
+    p.given({ opened }, "cart-1").then_no_statements()
+  end)
+end)
+
+describe("the notify-on-confirm reactor", function()
+  local r = testing.reactor(notify)
+  it("queues one notification per confirmed cart, caused by the confirmation", function()
+    r.given({ opened, tea, { type = "CartConfirmed", data = { total = 9, items = 1 } } }, "cart-3")
+      .then_appends({
+        { stream = "notifications-cart-3", events = {
+          { type = "CustomerNotified", data = { cart = "cart-3", total = 9 },
+            metadata = { causation_id = "00000000-0000-4000-8000-000000000003" } },
+        } },
+      })
+      .then_logs({ "notified the customer of cart-3" })
+  end)
+  it("does nothing for a cart that is still open", function()
+    r.given({ opened, tea }, "cart-4").then_no_appends()
   end)
 end)

@@ -1,5 +1,5 @@
--- tide.testing: given/when/then for deciders and projections, for plain busted with no
--- database and no C module.
+-- tide.testing: given/when/then for deciders, projections and reactors, for plain busted
+-- with no database and no C module (`tide test DIR` runs a directory's specs).
 --
 --   local given = require("tide.testing").decider(cart)
 --   given({ { type = "CartOpened", data = { customer = "ada" } } })
@@ -10,6 +10,15 @@
 --
 --   local p = require("tide.testing").projection(cart_summary)
 --   p.given(events).then_document("cart-1", doc)   .then_no_document(id)   .then_state(all)
+--
+--   local s = require("tide.testing").sql_projection(product_sales)     -- handle / handle_event
+--   s.given(events, "cart-1").query_returns("SELECT ...", rows)
+--     .then_statements({ { "INSERT INTO cart_lines", "cart-1", "tea", 2, 4.5 }, "DELETE FROM" })
+--   s.given(events).then_no_statements()   s.setup().then_statements(...)   .then_fails(pattern)
+--
+--   local r = require("tide.testing").reactor(notify_on_confirm)
+--   r.given(events, "cart-1").then_appends({ { stream = "notifications-cart-1", events = {...} } })
+--     .then_logs({ "notified" })   .then_no_appends()   .then_fails(pattern)
 local model = require "tide.model"
 local type, pairs, ipairs, tostring, error, pcall, select = type, pairs, ipairs, tostring, error, pcall, select
 local sort, concat, format = table.sort, table.concat, string.format
@@ -177,6 +186,350 @@ function M.projection(p)
       if not M.deep_equal(expected, docs) then fail("documents differ", expected, docs) end
       return g
     end
+    return g
+  end
+  return t
+end
+
+-- --- SQL projections and reactors ---------------------------------------------------------
+-- They run as in the daemon (tide.processor: the event filter, one handle per batch or one
+-- handle_event per event), against a recording stand-in for `sql` or `ctx`. A failed
+-- expectation is a busted failure, raised through luassert (which busted binds to its own
+-- `fail`); outside busted it is a plain error. A script that raises is an error, not a
+-- failure, unless the test expects it (then_fails).
+local find, gsub, maxn, unpack = string.find, string.gsub, table.maxn, unpack or table.unpack
+local xpcall, max, traceback = xpcall, math.max, debug and debug.traceback
+local processor -- tide.processor, loaded on first use
+
+local function expectation_failed(message, level)
+  level = (level or 1) + 1
+  local ok, luassert = pcall(require, "luassert")
+  if ok and type(luassert) == "table" and luassert.level then
+    luassert(false, message, luassert:level(level))
+  end
+  error(message, level)
+end
+
+local function differs(what, expected, actual, level)
+  expectation_failed(what .. "\nexpected: " .. M.serialize(expected) .. "\n  actual: " .. M.serialize(actual),
+    (level or 1) + 1)
+end
+
+-- SQL text with every run of whitespace as one space, for comparing and showing.
+local function squash(sql)
+  return (gsub(gsub(sql, "%s+", " "), "^ ?(.-) ?$", "%1"))
+end
+
+-- expected matches text when they are equal, when text contains it, or when it matches as a
+-- Lua pattern (one that is not a valid pattern simply does not match).
+local function matches(expected, text)
+  if expected == text or find(text, expected, 1, true) then return true end
+  local ok, found = pcall(find, text, expected)
+  return ok and found ~= nil
+end
+
+-- Runs f(...) once; true | false, message, traceback.
+local function attempt(f, ...)
+  local tb
+  local ok, err = xpcall(f, function(m)
+    tb = traceback and traceback(tostring(m), 2) or tostring(m)
+    return m
+  end, ...)
+  if ok then return true end
+  return false, model.rejection_message(err), tb
+end
+
+-- The parameters of a statement as the daemon would send them (batch.c): nil and tide.null
+-- are NULL, tables go as JSON; other types, NUL bytes and more than 64 raise.
+local function sql_params(...)
+  local n = select("#", ...)
+  if n > 64 then error("at most 64 parameters", 3) end
+  local params = { n = n }
+  for i = 1, n do
+    local v = select(i, ...)
+    local t = type(v)
+    if v == nil then
+      v = model.null
+    elseif t == "string" then
+      if find(v, "\0", 1, true) then error(format("$%d: a SQL parameter cannot hold a NUL byte", i), 3) end
+    elseif t ~= "number" and t ~= "boolean" and t ~= "table" then
+      error(format("$%d: a %s cannot be a SQL parameter", i, t), 3)
+    end
+    params[i] = copy(v)
+  end
+  return params
+end
+
+-- A statement as an expectation is written: { sql, params... }, the SQL squashed.
+local function shown(st)
+  local out = { squash(st.sql) }
+  for i = 1, st.params.n do out[i + 1] = st.params[i] end
+  return out
+end
+
+-- An expected statement: "SQL" (its parameters are not compared) or { "SQL", params... }
+-- (they are, all of them; nil or tide.null for NULL, tide.null when it is the last one).
+local function statement_matches(expected, st)
+  if type(expected) == "string" then return matches(squash(expected), squash(st.sql)) end
+  if type(expected) ~= "table" or type(expected[1]) ~= "string" then
+    error("an expected statement is \"SQL\" or { \"SQL\", params... }", 3)
+  end
+  if not matches(squash(expected[1]), squash(st.sql)) then return false end
+  local n = maxn(expected) - 1
+  if n ~= st.params.n then return false end
+  for i = 1, n do
+    local e = expected[i + 1]
+    if e == nil then e = model.null end
+    if not M.deep_equal(e, st.params[i]) then return false end
+  end
+  return true
+end
+
+-- run() → ok, message, traceback, called once, when the first then_... wants it: the
+-- expectations that feed a run (query_returns) come before.
+local function lazily(run)
+  local done
+  return function()
+    if not done then
+      done = {}
+      done.ok, done.message, done.traceback = run()
+    end
+    return done
+  end
+end
+
+local function must_succeed(outcome, what)
+  if not outcome.ok then
+    error(what .. " raised: " .. tostring(outcome.message) .. "\n" .. tostring(outcome.traceback), 3)
+  end
+end
+
+local function add_then_fails(g, outcome, what, effects)
+  -- then_fails(pattern): the script raised, with a message matching pattern (plain text or
+  -- Lua pattern; without file:line). A handler that fails is retried by the daemon, then
+  -- dead-lettered (on_error).
+  function g.then_fails(pattern)
+    local o = outcome()
+    if o.ok then
+      expectation_failed("expected " .. what .. " to fail with '" .. tostring(pattern) ..
+        "', but it succeeded, with:\n" .. M.serialize(effects()), 2)
+    end
+    if not matches(pattern, o.message) then
+      expectation_failed(what .. " failed with '" .. o.message .. "', which does not match '" ..
+        tostring(pattern) .. "'", 2)
+    end
+    return g
+  end
+end
+
+-- The statements of run(sql) against a recording sql handle; queries answer with the rows
+-- given by query_returns, else none.
+local function sql_outcome(run, what)
+  local statements, canned, g = {}, {}, {}
+  local sql = {}
+  function sql:exec(q, ...)
+    if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
+    statements[#statements + 1] = { sql = q, params = sql_params(...), query = false }
+  end
+  function sql:query(q, ...)
+    if type(q) ~= "string" then error("sql:query wants the SQL text first", 2) end
+    local params = sql_params(...)
+    statements[#statements + 1] = { sql = q, params = params, query = true }
+    for _, c in ipairs(canned) do
+      if matches(squash(c.pattern), squash(q)) then
+        if type(c.rows) == "function" then return c.rows(q, unpack(params, 1, params.n)) end
+        return copy(c.rows)
+      end
+    end
+    return model.array()
+  end
+  local outcome, started = lazily(function() return attempt(run, sql) end), false
+  local function ran()
+    started = true
+    return outcome()
+  end
+  local function list()
+    local out = {}
+    for i, st in ipairs(statements) do out[i] = shown(st) end
+    return out
+  end
+
+  -- query_returns(sql, rows | function(sql, params...) → rows): what sql:query answers for
+  -- a statement matching sql (the first such given wins); rows = { { column = value }, ... }.
+  function g.query_returns(pattern, rows)
+    if started then error("query_returns must come before then_...", 2) end
+    if type(pattern) ~= "string" or (type(rows) ~= "table" and type(rows) ~= "function") then
+      error("query_returns wants the SQL (text or pattern) and the rows (a list or a function)", 2)
+    end
+    canned[#canned + 1] = { pattern = pattern, rows = rows }
+    return g
+  end
+
+  -- then_statements({ "SQL" | { "SQL", params... }, ... }): exactly these statements, in
+  -- order, exec and query alike.
+  function g.then_statements(expected)
+    if type(expected) ~= "table" then error("then_statements wants a list of statements", 2) end
+    must_succeed(ran(), what)
+    for i = 1, max(#expected, #statements) do
+      local e, st = expected[i], statements[i]
+      if e == nil or st == nil or not statement_matches(e, st) then
+        differs(format("the statements differ (from statement %d on)", i), expected, list(), 2)
+      end
+    end
+    return g
+  end
+
+  function g.then_no_statements()
+    must_succeed(ran(), what)
+    if #statements > 0 then differs("expected no statements", {}, list(), 2) end
+    return g
+  end
+
+  -- statements() → { { sql, params = { n, ... }, query = bool }, ... } for checks of one's own.
+  function g.statements()
+    must_succeed(ran(), what)
+    local out = {}
+    for i, st in ipairs(statements) do out[i] = copy(st) end
+    return out
+  end
+
+  add_then_fails(g, ran, what, list)
+  return g
+end
+
+-- testing.sql_projection(p) → { given(events [, stream]), setup(), reset() }, each
+--   → { query_returns, then_statements, then_no_statements, then_fails, statements }
+function M.sql_projection(p)
+  if type(p) ~= "table" or p.kind ~= "projection" or p.collection ~= nil then
+    error("testing.sql_projection wants an SQL projection (tide.projection with handle or " ..
+      "handle_event; for a collection use testing.projection)", 2)
+  end
+  processor = processor or require "tide.processor"
+  local t = {}
+  function t.given(events, stream)
+    local batch = model.array(as_stored(events, stream))
+    return sql_outcome(function(sql) return processor.run_batch(p, batch, sql) end, "the batch")
+  end
+  function t.setup()
+    return sql_outcome(function(sql) return processor.setup(p, sql) end, "setup")
+  end
+  function t.reset()
+    return sql_outcome(function(sql) return processor.reset(p, sql) end, "reset")
+  end
+  return t
+end
+
+-- A reactor's ctx that records: append checks its arguments and the expected version as the
+-- daemon's does (streams start empty in a test), log keeps the messages.
+local function recording_ctx(partition, appends, logs)
+  local versions, ctx = {}, {}
+  function ctx.append(stream, events, opts)
+    if type(stream) ~= "string" or stream == "" then error("ctx.append: stream must be a name", 2) end
+    if type(events) ~= "table" or #events == 0 then error("ctx.append: no events", 2) end
+    for i, e in ipairs(events) do
+      if type(e) ~= "table" or type(e.type) ~= "string" or e.type == "" then
+        error("ctx.append: event " .. i .. " has no type", 2)
+      end
+      if type(e.data) ~= "table" then -- the store's column is NOT NULL: the batch would fail
+        error("ctx.append: event " .. i .. " (" .. e.type .. ") needs data, a table", 2)
+      end
+    end
+    local expected = opts and opts.expected or "any"
+    local part = opts and opts.partition or partition
+    local key = part .. "\0" .. stream
+    local version = versions[key] or 0
+    if (expected == "no_stream" and version ~= 0) or (expected == "stream_exists" and version == 0)
+      or (type(expected) == "number" and expected ~= version) then
+      error("version conflict appending to " .. stream .. ": expected " .. tostring(expected)
+        .. ", found " .. (version > 0 and ("version " .. version) or "no stream"), 2)
+    end
+    versions[key] = version + #events
+    appends[#appends + 1] = { stream = stream, events = copy(events), expected = expected, partition = part }
+    return { next_expected_version = version + #events }
+  end
+  function ctx.log(message)
+    if type(message) ~= "string" and type(message) ~= "number" then
+      error("bad argument #1 to 'log' (string expected, got " .. type(message) .. ")", 2)
+    end
+    logs[#logs + 1] = tostring(message)
+  end
+  return ctx
+end
+
+local function append_matches(e, a)
+  if type(e) ~= "table" or type(e.events) ~= "table" then
+    error("an expected append is { stream = ..., events = { ... } }", 3)
+  end
+  if e.stream ~= a.stream or not compare_events(e.events, a.events) then return false end
+  if e.expected ~= nil and e.expected ~= a.expected then return false end
+  return e.partition == nil or e.partition == a.partition
+end
+
+-- testing.reactor(r) → { given(events [, stream]) → { then_appends, then_no_appends,
+--   then_logs, then_fails, appends } }
+function M.reactor(r)
+  if type(r) ~= "table" or r.kind ~= "reactor" then
+    error("testing.reactor wants a reactor (tide.reactor)", 2)
+  end
+  local t = {}
+  function t.given(events, stream)
+    local appends, logs, g = {}, {}, {}
+    local outcome = lazily(function()
+      local ctx = recording_ctx(r.partition or "emt:default", appends, logs)
+      return attempt(function()
+        for _, e in ipairs(as_stored(events, stream)) do
+          if not r.event_set or r.event_set[e.type] then r.handle(e, ctx) end
+        end
+      end)
+    end)
+    local function list()
+      local out = {}
+      for i, a in ipairs(appends) do
+        out[i] = { stream = a.stream, events = strip(a.events), expected = a.expected, partition = a.partition }
+      end
+      return out
+    end
+
+    -- then_appends({ { stream = ..., events = { ... }, expected = ?, partition = ? }, ... }):
+    -- exactly these ctx.append calls, in order. Events compare by type and data (metadata
+    -- when the expectation has it); expected and partition when given.
+    function g.then_appends(expected)
+      if type(expected) ~= "table" then error("then_appends wants a list of appends", 2) end
+      must_succeed(outcome(), "the reactor")
+      for i = 1, max(#expected, #appends) do
+        local e, a = expected[i], appends[i]
+        if e == nil or a == nil or not append_matches(e, a) then
+          differs(format("the appends differ (from append %d on)", i), expected, list(), 2)
+        end
+      end
+      return g
+    end
+
+    function g.then_no_appends()
+      must_succeed(outcome(), "the reactor")
+      if #appends > 0 then differs("expected no appends", {}, list(), 2) end
+      return g
+    end
+
+    -- then_logs({ text, ... }): the ctx.log messages, each matching its text (equal,
+    -- contained, or a Lua pattern).
+    function g.then_logs(expected)
+      if type(expected) ~= "table" then error("then_logs wants a list of messages", 2) end
+      must_succeed(outcome(), "the reactor")
+      for i = 1, max(#expected, #logs) do
+        if expected[i] == nil or logs[i] == nil or not matches(expected[i], logs[i]) then
+          differs(format("the log messages differ (from message %d on)", i), expected, logs, 2)
+        end
+      end
+      return g
+    end
+
+    function g.appends()
+      must_succeed(outcome(), "the reactor")
+      return copy(appends)
+    end
+
+    add_then_fails(g, outcome, "the reactor", list)
     return g
   end
   return t

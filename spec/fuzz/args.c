@@ -3,7 +3,7 @@
  * and `dlq` included). With no database in sight (none in the environment, and arguments
  * that name one are left out, so nothing waits on a network), every command must end in a
  * usage error, a clean failure or its output: exit 0, 1 or 2, no crash, no sanitizer
- * report, no hang. */
+ * report, no hang. `test` and `init` are left out: one execs busted, the other writes files. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +62,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		i += strlen(buf + i) + 1;
 	}
 	argv[argc] = NULL;
+	/* `tide test` replaces the process with busted, `tide init` writes files: not here. */
+	if (argc > 1 && (strcmp(argv[1], "test") == 0 || strcmp(argv[1], "init") == 0)) {
+		free(buf);
+		return 0;
+	}
 	int code = tide_cli_main(argc, argv);
 	if (code < 0 || code > 2) {
 		fprintf(stderr, "args: exit code %d\n", code);
