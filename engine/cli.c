@@ -147,7 +147,8 @@ static int parse_count(struct cli *cli, const char *flag, const char *text, int6
 	return 0;
 }
 
-/* One event as a JSON object; JSON columns are spliced in as they came from PostgreSQL. */
+/* One event as a JSON object, keys in this order; the JSON columns are spliced in as
+ * PostgreSQL gave them, without the spaces its jsonb output adds. */
 static cJSON *message_json(const struct tide_message *m)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -155,8 +156,8 @@ static cJSON *message_json(const struct tide_message *m)
 	tide_json_add_i64(o, "stream_position", m->stream_position);
 	tide_json_add_i64(o, "global_position", m->global_position);
 	cJSON_AddStringToObject(o, "type", m->type);
-	cJSON_AddRawToObject(o, "data", m->data);
-	cJSON_AddRawToObject(o, "metadata", m->metadata);
+	tide_json_add_compact(o, "data", m->data);
+	tide_json_add_compact(o, "metadata", m->metadata);
 	cJSON_AddStringToObject(o, "message_id", m->message_id);
 	cJSON_AddStringToObject(o, "created", m->created);
 	return o;

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -162,6 +163,20 @@ int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 	return t.rc;
 }
 
+/* An object's key while it is encoded; SMALL_KEYS of them per level need no allocation. */
+#define SMALL_KEYS 16
+struct key {
+	const char *text;
+	size_t len;
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+	const struct key *x = a, *y = b;
+	int c = memcmp(x->text, y->text, x->len < y->len ? x->len : y->len);
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
 struct enc {
 	lua_State *L;
 	char *err;
@@ -279,36 +294,59 @@ static cJSON *encode_table(struct enc *e, int idx, int depth)
 		e->path[plen] = '\0';
 		return arr;
 	}
-	cJSON *obj = cJSON_CreateObject();
+	/* An object: its keys in bytewise order, so that one table always gives one text
+	 * (lua_next's order changes with the table's history). A key stays alive in the table,
+	 * so its text may be held while the object is built. */
+	struct key small[SMALL_KEYS];
+	struct key *keys = n <= SMALL_KEYS ? small : malloc(n * sizeof(*keys));
+	if (!keys)
+		return NULL;
+	size_t nk = 0;
+	const char *bad = NULL;
 	lua_pushnil(L);
-	while (obj && lua_next(L, idx)) {
-		if (lua_type(L, -2) != LUA_TSTRING) {
-			lua_pop(L, 2);
-			cJSON_Delete(obj);
-			return enc_fail(e, TIDE_LUA_JSON_MISUSE, "object keys must be strings");
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			lua_pop(L, 1);
+			bad = "object keys must be strings";
+			break;
 		}
-		size_t klen;
-		const char *key = lua_tolstring(L, -2, &klen);
-		const char *bad = check_text(key, klen);
-		if (bad || !enc_grow(e, klen + 4)) {
-			lua_pop(L, 2);
+		keys[nk].text = lua_tolstring(L, -1, &keys[nk].len);
+		nk++;
+	}
+	cJSON *obj = bad ? NULL : cJSON_CreateObject();
+	if (obj)
+		qsort(keys, nk, sizeof(*keys), key_cmp);
+	for (size_t i = 0; obj && i < nk; i++) {
+		const char *key = keys[i].text;
+		size_t klen = keys[i].len;
+		const char *invalid = check_text(key, klen);
+		if (invalid || !enc_grow(e, klen + 4)) {
 			cJSON_Delete(obj);
-			if (!bad)
-				return NULL;
-			char what[64];
-			snprintf(what, sizeof(what), "a key: %s", bad);
-			return enc_fail(e, TIDE_LUA_JSON_INVALID, what);
+			obj = NULL;
+			if (invalid) {
+				char what[64];
+				snprintf(what, sizeof(what), "a key: %s", invalid);
+				enc_fail(e, TIDE_LUA_JSON_INVALID, what);
+			}
+			break;
 		}
 		snprintf(e->path + plen, sizeof(e->path) - plen, "%s%s", plen ? "." : "", key);
+		/* The key is there, so this is a raw read (no __index); unlike pushing the key
+		 * with lua_pushlstring it cannot run a GC step, whose finalizers may raise. */
+		lua_getfield(L, idx, key);
 		cJSON *item = encode(e, lua_gettop(L), depth + 1);
 		lua_pop(L, 1);
 		if (!item || !cJSON_AddItemToObject(obj, key, item)) {
 			cJSON_Delete(item);
 			cJSON_Delete(obj);
-			lua_pop(L, 1);
-			return NULL;
+			obj = NULL;
 		}
 	}
+	if (keys != small)
+		free(keys);
+	if (bad)
+		return enc_fail(e, TIDE_LUA_JSON_MISUSE, bad);
 	e->path[plen] = '\0';
 	return obj;
 }
