@@ -10,6 +10,7 @@
 #include "json.h"
 #include "lua_json.h"
 #include "lua_vm.h"
+#include "pg.h"
 
 /* The exit status for an error kind of the runtime (err.kind). */
 static int status_of(const char *kind)
@@ -82,7 +83,10 @@ int tide_cli_run_check(struct cli *cli)
 			vm = NULL;
 		}
 		if (!vm) {
-			fprintf(stderr, "tide check: %s\n", err);
+			char line[sizeof(err)];
+			tide_pg_redact(NULL, err, line,
+			               sizeof(line)); /* one line, as every error */
+			fprintf(stderr, "tide check: %s\n", line);
 			code = 1;
 			continue;
 		}
@@ -140,8 +144,8 @@ static cJSON *ordered(lua_State *L, int idx, const char *const *keys, struct scr
 static cJSON *handle_json(lua_State *L, int res, struct script_run *s)
 {
 	static const char *const event_keys[] = {"type", "data", "metadata", "id", NULL};
-	static const char *const rest[] = {"next_expected_version", "global_positions",
-	                                   "attempts", NULL};
+	static const char *const rest[] = {"next_expected_version", "global_positions", "attempts",
+	                                   NULL};
 	cJSON *o = cJSON_CreateObject();
 	cJSON *events = o ? cJSON_AddArrayToObject(o, "events") : NULL;
 	if (!events)
@@ -268,9 +272,9 @@ static int run_script(lua_State *L)
 	cJSON *out;
 	if (!cli->command_json) { /* aggregate: state, version → {"state":...,"version":N} */
 		out = cJSON_CreateObject();
-		cJSON *state = out ? tide_lua_to_json(L, -2, "state", s->message,
-		                                      sizeof(s->message))
-		                   : NULL;
+		cJSON *state =
+		        out ? tide_lua_to_json(L, -2, "state", s->message, sizeof(s->message))
+		            : NULL;
 		if (state) {
 			cJSON_AddItemToObject(out, "state", state);
 			tide_json_add_i64(out, "version", (int64_t)lua_tonumber(L, -1));
@@ -287,7 +291,8 @@ static int run_script(lua_State *L)
 	if (!s->json) {
 		s->status = TIDE_EDB;
 		if (!s->message[0])
-			snprintf(s->message, sizeof(s->message), "out of memory printing the result");
+			snprintf(s->message, sizeof(s->message),
+			         "out of memory printing the result");
 	}
 	return 0;
 }
