@@ -603,12 +603,17 @@ static int describe_error(lua_State *L)
 	/* Not a string: say what it was, and run none of its metamethods. */
 	const char *msg = error_text(L, err, what, sizeof(what));
 	if (is_rejection(L, err)) {
+		lua_pushliteral(L, "where"); /* file:line of the call */
+		lua_rawget(L, err);
 		lua_pushliteral(L, "message");
 		lua_rawget(L, err);
-		snprintf(what, sizeof(what),
-		         "tide.reject is for a decider's decide; it was called with: %.500s",
-		         lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-		lua_pop(L, 1);
+		const char *where = lua_tostring(L, -2);
+		snprintf(
+		        what, sizeof(what),
+		        "%.200s%stide.reject is for a decider's decide; it was called with: %.300s",
+		        where ? where : "", where ? ": " : "",
+		        lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+		lua_pop(L, 2);
 		msg = what;
 	}
 	luaL_traceback(L, d->co, msg, 0);
