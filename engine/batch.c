@@ -376,8 +376,8 @@ static void on_query(const struct tide_pg_reply *reply, void *arg)
 		b->query_failed = true;
 		char shown[SITE_SQL_BYTES];
 		statement_shown(b->query_sql, strlen(b->query_sql), shown, sizeof(shown));
-		snprintf(b->result_err, sizeof(b->result_err), "sql:query failed: %s (statement: %s)",
-		         reply->err, shown);
+		snprintf(b->result_err, sizeof(b->result_err),
+		         "sql:query failed: %s (statement: %s)", reply->err, shown);
 		if (!b->query_err[0])
 			snprintf(b->query_err, sizeof(b->query_err), "%s", b->result_err);
 	} else {
@@ -491,8 +491,7 @@ static int sql_call(lua_State *L, bool query)
 			cJSON_free(owned[i]);
 		return luaL_error(L, "not enough memory");
 	}
-	int rc = tide_pg_exec_sql(b->pg, sql, count, values, query ? on_query : on_script_exec,
-	                          b);
+	int rc = tide_pg_exec_sql(b->pg, sql, count, values, query ? on_query : on_script_exec, b);
 	for (int i = 0; i < count; i++)
 		cJSON_free(owned[i]);
 	if (rc) {

@@ -1,7 +1,7 @@
 /* cli.c — the `tide` command line: parses arguments, runs one store operation on a
  * private libuv loop and prints its outcome (JSON lines on stdout, one error line on
  * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 4 command rejected
- * by a decider, 5 outcome unknown (the connection was lost after an append was sent),
+ * by a decider (tide.reject), 5 outcome unknown (the connection was lost after an append was sent),
  * 1 otherwise. */
 #include "cli.h"
 
@@ -61,7 +61,7 @@ static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
         "                   [--partition P] [--database URL]\n"
         "\n"
-        "Appends one event and prints {\"next_expected_version\": N, \"global_positions\": [..]}.\n"
+        "Appends one event and prints {\"next_expected_version\":N,\"global_positions\":[..]}.\n"
         "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
         "128 KiB; stdin takes an event up to the limit below).\n"
         "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
@@ -80,8 +80,8 @@ static const char usage_read[] =
         "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--partition P]\n"
         "                 [--database URL]\n"
         "\n"
-        "Prints one JSON object per event: stream_id, stream_position, global_position, type,\n"
-        "data, metadata, message_id, created.\n"
+        "Prints one compact JSON object per event, keys in this order: stream_id,\n"
+        "stream_position, global_position, type, data, metadata, message_id, created.\n"
         "  --from N     first stream position (default 1)\n"
         "  --to N       last stream position (default: the end)\n"
         "  --max N      at most N events\n"
@@ -105,19 +105,23 @@ static const char usage_handle[] =
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
         "it returns, expecting the version it read; on a version conflict it reads again and\n"
-        "retries (backoff with jitter). COMMAND_JSON is {\"type\": \"...\", \"data\": {...}}.\n"
-        "Prints {\"events\": [...], \"next_expected_version\": N, \"global_positions\": [...]}.\n"
+        "retries (backoff with jitter). COMMAND_JSON is {\"type\":\"...\",\"data\":{...}}.\n"
+        "Prints {\"events\":[...],\"next_expected_version\":N,\"global_positions\":[...],\n"
+        "\"attempts\":N}. decide returns a list of events (nil or {} for none).\n"
         "  --retries N   retries after a version conflict (default 5)\n"
         "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
-        "Exits 4 when the decider rejects the command (its message on stderr), 3 when conflicts\n"
-        "outlast the retries.\n";
+        "Exits 4 when decide rejects the command with tide.reject(message [, details]): the\n"
+        "message on stderr, and on stdout\n"
+        "{\"error\":{\"kind\":\"rejected\",\"message\":...,\"details\":...}}. Any other error\n"
+        "of the script is a bug: exit 1, the command, file:line and the script's stack on\n"
+        "stderr. Exits 3 when conflicts outlast the retries.\n";
 
 static const char usage_aggregate[] =
         "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--partition P] [--database URL]\n"
         "\n"
         "Folds STREAM with the decider SCRIPT's initial/evolve and prints\n"
-        "{\"state\": ..., \"version\": N}.\n"
+        "{\"state\":...,\"version\":N}.\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
 
 static const char usage_check[] =
@@ -162,7 +166,8 @@ static int parse_count(struct cli *cli, const char *flag, const char *text, int6
 	return 0;
 }
 
-/* One event as a JSON object; JSON columns are spliced in as they came from PostgreSQL. */
+/* One event as a JSON object, keys in this order; the JSON columns are spliced in as
+ * PostgreSQL gave them, without the spaces its jsonb output adds. */
 static cJSON *message_json(const struct tide_message *m)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -170,8 +175,8 @@ static cJSON *message_json(const struct tide_message *m)
 	tide_json_add_i64(o, "stream_position", m->stream_position);
 	tide_json_add_i64(o, "global_position", m->global_position);
 	cJSON_AddStringToObject(o, "type", m->type);
-	cJSON_AddRawToObject(o, "data", m->data);
-	cJSON_AddRawToObject(o, "metadata", m->metadata);
+	tide_json_add_compact(o, "data", m->data);
+	tide_json_add_compact(o, "metadata", m->metadata);
 	cJSON_AddStringToObject(o, "message_id", m->message_id);
 	cJSON_AddStringToObject(o, "created", m->created);
 	return o;

@@ -115,7 +115,9 @@ static cJSON *row_json(PGresult *res, int r, bool full)
 		const char *v = PQgetvalue(res, r, c);
 		if (PQgetisnull(res, r, c))
 			cJSON_AddNullToObject(o, names[c]);
-		else if (c == 0 || c == 3 || c == 5 || c == 6 || c == 13 || c == 10 || c == 11)
+		else if (c == 10 || c == 11) /* jsonb: printed compact, as `tide read` does */
+			tide_json_add_compact(o, names[c], v);
+		else if (c == 0 || c == 3 || c == 5 || c == 6 || c == 13)
 			cJSON_AddRawToObject(o, names[c], v);
 		else
 			cJSON_AddStringToObject(o, names[c], v);

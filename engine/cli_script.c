@@ -8,8 +8,10 @@
 
 #include "cli_common.h"
 #include "file.h"
+#include "json.h"
 #include "lua_json.h"
 #include "lua_vm.h"
+#include "pg.h"
 
 /* The exit status for an error kind of the runtime (err.kind). */
 static int status_of(const char *kind)
@@ -84,7 +86,9 @@ static bool check_script(struct cli *cli, const char *path)
 		/* An error raised by `return tide.reactor { ... }` (a tail call) has no file:line
 		 * of the script: name the file anyway. */
 		bool named = strstr(err, path) != NULL;
-		fprintf(stderr, "tide check: %s%s%s\n", named ? "" : path, named ? "" : ": ", err);
+		char line[sizeof(err)];
+		tide_pg_redact(NULL, err, line, sizeof(line)); /* one line, as every error */
+		fprintf(stderr, "tide check: %s%s%s\n", named ? "" : path, named ? "" : ": ", line);
 		return false;
 	}
 	printf("ok %s (%s)\n", path, k.kind);
@@ -152,10 +156,94 @@ struct script_run {
 	struct cli *cli;
 	int ref;
 	int status;    /* 0, or the TIDE_E* status of the failure */
-	bool rejected; /* the decider refused the command */
+	bool rejected; /* the decider refused the command (tide.reject) */
 	char message[1024];
-	char *json; /* the output line (cJSON allocator) */
+	char *traceback; /* a script error's stack (malloc), printed after its message */
+	char *json;      /* the output line (cJSON allocator) */
 };
+
+/* Adds field key of the table at idx to o, encoded (keys of objects inside sorted); nothing
+ * when it is nil. False with the message in s when it cannot be JSON. */
+static bool add_field(lua_State *L, int idx, cJSON *o, const char *key, struct script_run *s)
+{
+	lua_pushstring(L, key);
+	lua_rawget(L, idx);
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		return true;
+	}
+	cJSON *v = tide_lua_to_json(L, lua_gettop(L), key, s->message, sizeof(s->message));
+	lua_pop(L, 1);
+	if (!v)
+		return false;
+	cJSON_AddItemToObject(o, key, v);
+	return true;
+}
+
+/* The fields of the table at idx as one object with its keys in the order given. */
+static cJSON *ordered(lua_State *L, int idx, const char *const *keys, struct script_run *s)
+{
+	cJSON *o = cJSON_CreateObject();
+	for (const char *const *k = keys; o && *k; k++)
+		if (!add_field(L, idx, o, *k, s)) {
+			cJSON_Delete(o);
+			return NULL;
+		}
+	return o;
+}
+
+/* handle's result: {"events":[{"type","data","metadata","id"}...],"next_expected_version",
+ * "global_positions","attempts"}, in that order whatever order the Lua table has. */
+static cJSON *handle_json(lua_State *L, int res, struct script_run *s)
+{
+	static const char *const event_keys[] = {"type", "data", "metadata", "id", NULL};
+	static const char *const rest[] = {"next_expected_version", "global_positions", "attempts",
+	                                   NULL};
+	cJSON *o = cJSON_CreateObject();
+	cJSON *events = o ? cJSON_AddArrayToObject(o, "events") : NULL;
+	if (!events)
+		goto fail;
+	lua_pushliteral(L, "events");
+	lua_rawget(L, res);
+	int list = lua_gettop(L);
+	for (int i = 1;; i++) {
+		lua_rawgeti(L, list, i);
+		if (lua_type(L, -1) != LUA_TTABLE) {
+			lua_pop(L, 1);
+			break;
+		}
+		cJSON *e = ordered(L, lua_gettop(L), event_keys, s);
+		lua_pop(L, 1);
+		if (!e)
+			goto fail;
+		cJSON_AddItemToArray(events, e);
+	}
+	lua_pop(L, 1);
+	for (const char *const *k = rest; *k; k++)
+		if (!add_field(L, res, o, *k, s))
+			goto fail;
+	return o;
+fail:
+	cJSON_Delete(o);
+	return NULL;
+}
+
+/* Prints the rejection as one JSON line on stdout, for programs:
+ * {"error":{"kind":"rejected","message":"...","details":{...}}}. */
+static char *rejection_json(lua_State *L, int err, struct script_run *s)
+{
+	static const char *const keys[] = {"kind", "message", "details", NULL};
+	cJSON *inner = ordered(L, err, keys, s);
+	cJSON *o = inner ? cJSON_CreateObject() : NULL;
+	if (!o) {
+		cJSON_Delete(inner);
+		return NULL;
+	}
+	cJSON_AddItemToObject(o, "error", inner);
+	char *text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return text;
+}
 
 static int run_script(lua_State *L)
 {
@@ -217,23 +305,84 @@ static int run_script(lua_State *L)
 		lua_getfield(L, err, "message");
 		snprintf(s->message, sizeof(s->message), "%s",
 		         lua_tostring(L, -1) ? lua_tostring(L, -1) : "failed");
+		lua_getfield(L, err, "traceback");
+		const char *tb = lua_tostring(L, -1);
+		if (tb && tb[0])
+			s->traceback = strdup(tb);
+		if (s->rejected) {
+			char msg[sizeof(s->message)];
+			memcpy(msg, s->message, sizeof(msg));
+			s->json = rejection_json(L, err, s);
+			char why[sizeof(s->message)];
+			memcpy(why, s->message, sizeof(why));
+			/* Details that cannot be JSON: still a rejection; say what is wrong. */
+			snprintf(s->message, sizeof(s->message), "%.480s%s%.480s%s", msg,
+			         s->json ? "" : " (its details cannot be printed: ",
+			         s->json ? "" : why, s->json ? "" : ")");
+		}
 		return 0;
 	}
-	if (!cli->command_json) { /* aggregate: state, version → { state, version } */
-		lua_createtable(L, 0, 2);
-		lua_insert(L, -3);
-		lua_setfield(L, -3, "version");
-		lua_setfield(L, -2, "state");
+	cJSON *out;
+	if (!cli->command_json) { /* aggregate: state, version → {"state":...,"version":N} */
+		out = cJSON_CreateObject();
+		cJSON *state =
+		        out ? tide_lua_to_json(L, -2, "state", s->message, sizeof(s->message))
+		            : NULL;
+		if (state) {
+			cJSON_AddItemToObject(out, "state", state);
+			tide_json_add_i64(out, "version", (int64_t)lua_tonumber(L, -1));
+		} else {
+			cJSON_Delete(out);
+			out = NULL;
+		}
 	} else {
 		lua_pop(L, 1);
-		lua_pushnil(L);
-		lua_setfield(L, -2, "attempts");
+		out = handle_json(L, lua_gettop(L), s);
 	}
-	s->json = tide_lua_to_json_text(L, -1, cli->command_json ? "" : "state", s->message,
-	                                sizeof(s->message));
-	if (!s->json)
+	s->json = out ? cJSON_PrintUnformatted(out) : NULL;
+	cJSON_Delete(out);
+	if (!s->json) {
 		s->status = TIDE_EDB;
+		if (!s->message[0])
+			snprintf(s->message, sizeof(s->message),
+			         "out of memory printing the result");
+	}
 	return 0;
+}
+
+/* Whether a traceback line is a frame of the script's, or of a C function it called, as
+ * opposed to the runtime's own (its chunks are "[tide runtime ...]"). */
+static bool script_frame(const char *line, size_t len)
+{
+	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
+}
+
+/* A script error's stack on stderr, after its one-line message: the script's frames and the
+ * C functions between them; not the runtime's, nor the C frames below the script's last. */
+static void print_traceback(const char *tb)
+{
+	const char *p = strstr(tb, "stack traceback:");
+	if (!p || !(p = strchr(p, '\n')))
+		return;
+	p++;
+	const char *last = NULL; /* the end of the script's last Lua frame */
+	for (const char *q = p; *q;) {
+		const char *end = strchr(q, '\n');
+		size_t len = end ? (size_t)(end - q) : strlen(q);
+		if (script_frame(q, len) && !memmem(q, len, "[C]:", 4))
+			last = q + len;
+		q += len + (end != NULL);
+	}
+	if (!last)
+		return;
+	fputs("stack traceback:\n", stderr);
+	while (p < last) {
+		const char *end = strchr(p, '\n');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (script_frame(p, len))
+			fprintf(stderr, "%.*s\n", (int)len, p);
+		p += len + 1;
+	}
 }
 
 int tide_cli_run_script(struct cli *cli)
@@ -250,18 +399,26 @@ int tide_cli_run_script(struct cli *cli)
 		/* Misuse raises (bad arguments); a memory error is the script's VM running out. */
 		tide_cli_fail(cli, strcmp(e.kind, "memory") == 0 ? TIDE_EDB : TIDE_EINVAL,
 		              e.message);
+		free(s.traceback);
+		cJSON_free(s.json);
 		tide_vm_close(vm);
 		return cli->exit_code;
 	}
 	int code = 0;
 	if (s.status) {
 		tide_cli_fail(cli, s.status, s.message);
-		if (s.rejected)
+		if (s.traceback)
+			print_traceback(s.traceback);
+		if (s.rejected) {
 			cli->exit_code = EXIT_REJECTED;
+			if (s.json)
+				puts(s.json);
+		}
 		code = cli->exit_code;
 	} else {
 		puts(s.json);
 	}
+	free(s.traceback);
 	cJSON_free(s.json);
 	tide_vm_close(vm);
 	if (fflush(stdout) != 0 && code == 0)

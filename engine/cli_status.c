@@ -157,8 +157,8 @@ static void print_table(PGresult *res, int rows)
 		       PQgetvalue(res, r, COL_KIND), PQgetvalue(res, r, COL_STATE),
 		       PQgetvalue(res, r, COL_VERSION), PQgetvalue(res, r, COL_CHECKPOINT),
 		       PQgetvalue(res, r, COL_LAG_EVENTS), PQgetvalue(res, r, COL_LAG_SECONDS),
-		       PQgetvalue(res, r, COL_GENERATION), owner, PQgetvalue(res, r, COL_DEAD_LETTERS),
-		       err[0] ? err : "-");
+		       PQgetvalue(res, r, COL_GENERATION), owner,
+		       PQgetvalue(res, r, COL_DEAD_LETTERS), err[0] ? err : "-");
 		/* The traceback of the failure under way: its first frames (the log has it all). */
 		const char *tb = PQgetvalue(res, r, COL_TRACEBACK);
 		const char *frames = strstr(tb, "stack traceback:\n");

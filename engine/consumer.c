@@ -522,8 +522,7 @@ static void release(struct tide_consumer *c)
 /* The last error (naming the event) stays what the status shows. */
 static void halt(struct tide_consumer *c)
 {
-	tide_log("error", "processor.halted", "processor", c->id, "error", c->last_error,
-	         "reason",
+	tide_log("error", "processor.halted", "processor", c->id, "error", c->last_error, "reason",
 	         "on_error = \"stop\": it waits for a new script (save the file) or a restart",
 	         (char *)NULL);
 	events_drop(c, &c->batch);
@@ -628,8 +627,8 @@ static void failed(struct tide_consumer *c, const char *err, const char *traceba
 			snprintf(shown, sizeof(shown), "a batch of %s events after %s: %s", events,
 			         at, err);
 		tide_log("error", "batch.failed", "processor", c->id, "attempt", n, "events",
-		         events, "after", at, "error", err, "traceback",
-		         traceback ? traceback : "", (char *)NULL);
+		         events, "after", at, "error", err, "traceback", traceback ? traceback : "",
+		         (char *)NULL);
 	}
 	set_error(c, shown);
 	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", err);

@@ -14,14 +14,14 @@ struct tide_consumer;
 
 struct tide_consumer_opts {
 	uv_loop_t *loop;
-	const char *url;      /* not copied: outlives the consumer */
-	const char *owner;    /* this daemon's lease owner id; copied */
-	const char *id;       /* the processor id (APP/NAME); copied */
-	const char *app;      /* the app and name the id is made of; copied */
+	const char *url;   /* not copied: outlives the consumer */
+	const char *owner; /* this daemon's lease owner id; copied */
+	const char *id;    /* the processor id (APP/NAME); copied */
+	const char *app;   /* the app and name the id is made of; copied */
 	const char *name;
-	const char *script; /* the script's real path: its identity, shown by status; copied */
-	const char *given;  /* its path as found in the directory; copied */
-	bool takeover;      /* it may take the id over from another script */
+	const char *script;   /* the script's real path: its identity, shown by status; copied */
+	const char *given;    /* its path as found in the directory; copied */
+	bool takeover;        /* it may take the id over from another script */
 	const char *sql_role; /* the role the script's SQL runs as, or NULL; copied */
 	int batch_size;
 	unsigned poll_ms, lease_ms;

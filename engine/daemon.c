@@ -773,7 +773,8 @@ int tide_daemon_main(int argc, char **argv)
 		case 'a': flags.app = optarg; break;
 		case 't':
 			if (r.ntakeover == MAX_DIRS) {
-				fprintf(stderr, "tide run: at most %d --take-over flags\n", MAX_DIRS);
+				fprintf(stderr, "tide run: at most %d --take-over flags\n",
+				        MAX_DIRS);
 				return 2;
 			}
 			r.takeover[r.ntakeover++] = optarg;
@@ -829,8 +830,9 @@ int tide_daemon_main(int argc, char **argv)
 		return 2;
 	}
 	if (set.app && !valid_app(set.app)) {
-		fprintf(stderr, "tide run: --app wants a name of 1 to %d bytes without '/' or "
-		                "control characters, got '%s'\n",
+		fprintf(stderr,
+		        "tide run: --app wants a name of 1 to %d bytes without '/' or "
+		        "control characters, got '%s'\n",
 		        MAX_APP_BYTES, set.app);
 		return 2;
 	}

@@ -442,3 +442,36 @@ cJSON *tide_json_add_i64(cJSON *obj, const char *key, int64_t v)
 	snprintf(buf, sizeof(buf), "%" PRId64, v);
 	return cJSON_AddRawToObject(obj, key, buf);
 }
+
+size_t tide_json_compact(char *text)
+{
+	/* PostgreSQL prints jsonb as {"a": 1, "b": [1, 2]}: drop the spaces it adds, and any
+	 * whitespace outside strings, keeping every other byte (numbers exactly as stored). */
+	char *o = text;
+	bool in_string = false;
+	for (const char *p = text; *p; p++) {
+		char c = *p;
+		if (in_string) {
+			*o++ = c;
+			if (c == '\\' && p[1])
+				*o++ = *++p;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+			*o++ = c;
+		} else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+			*o++ = c;
+		}
+	}
+	*o = '\0';
+	return (size_t)(o - text);
+}
+
+cJSON *tide_json_add_compact(cJSON *obj, const char *key, const char *json)
+{
+	cJSON *item = cJSON_AddRawToObject(obj, key, json);
+	if (item && item->valuestring)
+		tide_json_compact(item->valuestring);
+	return item;
+}

@@ -27,6 +27,13 @@ size_t tide_utf8_check(const char *text, size_t n);
  * printable line. */
 void tide_snippet(char *dst, size_t dstlen, const char *text, size_t len, size_t max);
 
+/* Removes the whitespace outside strings from the JSON text, in place; its new length.
+ * Numbers and strings keep their bytes (no reparse: nothing is rounded). */
+size_t tide_json_compact(char *text);
+
+/* Adds JSON text (PostgreSQL's jsonb output, say) compacted, as tide prints JSON. */
+cJSON *tide_json_add_compact(cJSON *obj, const char *key, const char *json);
+
 /* Adds an exact 64-bit integer (cJSON's own numbers are doubles). */
 cJSON *tide_json_add_i64(cJSON *obj, const char *key, int64_t v);
 

@@ -39,8 +39,16 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	char version[16], ttl[16];
 	fmt_int(version, sizeof(version), l->version);
 	fmt_int(ttl, sizeof(ttl), l->ttl_ms);
-	const char *v[11] = {l->id,   l->kind,   version,   l->owner, ttl,
-	                     l->partition, l->app, l->name, l->script, l->given,
+	const char *v[11] = {l->id,
+	                     l->kind,
+	                     version,
+	                     l->owner,
+	                     ttl,
+	                     l->partition,
+	                     l->app,
+	                     l->name,
+	                     l->script,
+	                     l->given,
 	                     l->takeover ? "true" : "false"};
 	return tide_pg_exec(l->pg, &stmt, v, cb, arg);
 }

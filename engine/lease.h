@@ -34,8 +34,8 @@ struct tide_claim {
 	struct tide_cursor at;
 	int attempts, events;
 	const char *error;
-	const char *script; /* the hash of the script that made the tries (maybe "") */
-	int64_t retries;    /* dead letters queued for a retry */
+	const char *script;  /* the hash of the script that made the tries (maybe "") */
+	int64_t retries;     /* dead letters queued for a retry */
 	const char *refused; /* NULL, or why the id is not this script's (in res) */
 };
 

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -162,6 +163,20 @@ int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 	return t.rc;
 }
 
+/* An object's key while it is encoded; SMALL_KEYS of them per level need no allocation. */
+#define SMALL_KEYS 16
+struct key {
+	const char *text;
+	size_t len;
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+	const struct key *x = a, *y = b;
+	int c = memcmp(x->text, y->text, x->len < y->len ? x->len : y->len);
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
 struct enc {
 	lua_State *L;
 	char *err;
@@ -170,6 +185,7 @@ struct enc {
 	size_t bytes;     /* a lower bound of the text's length so far */
 	size_t max_bytes; /* 0: no limit */
 	size_t root;      /* the length of the caller's path ("event 1 data") */
+	bool sorted;      /* objects' keys in bytewise order */
 	char path[256];
 };
 
@@ -222,6 +238,92 @@ static bool has_metatable(lua_State *L, int idx, const char *key)
 	bool same = lua_rawequal(L, -1, -2);
 	lua_pop(L, 2);
 	return same;
+}
+
+/* Adds the value on top of the stack to obj as member key (checked), and pops it. */
+static bool add_member(struct enc *e, cJSON *obj, const char *key, size_t klen, size_t plen,
+                       int depth)
+{
+	lua_State *L = e->L;
+	const char *invalid = check_text(key, klen);
+	if (invalid || !enc_grow(e, klen + 4)) {
+		lua_pop(L, 1);
+		if (invalid) {
+			char what[64];
+			snprintf(what, sizeof(what), "a key: %s", invalid);
+			enc_fail(e, TIDE_LUA_JSON_INVALID, what);
+		}
+		return false;
+	}
+	snprintf(e->path + plen, sizeof(e->path) - plen, "%s%s", plen ? "." : "", key);
+	cJSON *item = encode(e, lua_gettop(L), depth + 1);
+	lua_pop(L, 1);
+	if (!item || !cJSON_AddItemToObject(obj, key, item)) {
+		cJSON_Delete(item);
+		return false;
+	}
+	return true;
+}
+
+/* The table at idx (n keys, none of them 1..n) as an object. Sorted: its keys in bytewise
+ * order, so that one table always gives one text (lua_next's order changes with the
+ * table's history); a key stays alive in the table, so its text may be held meanwhile. */
+static cJSON *encode_object(struct enc *e, int idx, size_t n, int depth, size_t plen)
+{
+	static const char not_string[] = "object keys must be strings";
+	lua_State *L = e->L;
+	cJSON *obj = cJSON_CreateObject();
+	if (!obj)
+		return NULL;
+	if (!e->sorted) {
+		lua_pushnil(L);
+		while (lua_next(L, idx)) {
+			size_t klen;
+			const char *key =
+			        lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+			if (!key || !add_member(e, obj, key, klen, plen, depth)) {
+				lua_pop(L, key ? 1 : 2);
+				cJSON_Delete(obj);
+				return key ? NULL : enc_fail(e, TIDE_LUA_JSON_MISUSE, not_string);
+			}
+		}
+		e->path[plen] = '\0';
+		return obj;
+	}
+	struct key small[SMALL_KEYS];
+	struct key *keys = n <= SMALL_KEYS ? small : malloc(n * sizeof(*keys));
+	size_t nk = 0;
+	bool ok = keys != NULL;
+	if (ok)
+		lua_pushnil(L);
+	while (ok && lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			lua_pop(L, 1);
+			enc_fail(e, TIDE_LUA_JSON_MISUSE, not_string);
+			ok = false;
+			break;
+		}
+		keys[nk].text = lua_tolstring(L, -1, &keys[nk].len);
+		nk++;
+	}
+	if (ok)
+		qsort(keys, nk, sizeof(*keys), key_cmp);
+	for (size_t i = 0; ok && i < nk; i++) {
+		/* The key is there, so this is a raw read (no __index); unlike pushing the key
+		 * with lua_pushlstring it cannot run a GC step, whose finalizers may raise. A
+		 * key with a NUL byte would be cut here, but check_text refuses it first. */
+		lua_getfield(L, idx, keys[i].text);
+		ok = add_member(e, obj, keys[i].text, keys[i].len, plen, depth);
+	}
+	if (keys != small)
+		free(keys);
+	if (!ok) {
+		cJSON_Delete(obj);
+		return NULL;
+	}
+	e->path[plen] = '\0';
+	return obj;
 }
 
 static cJSON *encode_table(struct enc *e, int idx, int depth)
@@ -279,38 +381,7 @@ static cJSON *encode_table(struct enc *e, int idx, int depth)
 		e->path[plen] = '\0';
 		return arr;
 	}
-	cJSON *obj = cJSON_CreateObject();
-	lua_pushnil(L);
-	while (obj && lua_next(L, idx)) {
-		if (lua_type(L, -2) != LUA_TSTRING) {
-			lua_pop(L, 2);
-			cJSON_Delete(obj);
-			return enc_fail(e, TIDE_LUA_JSON_MISUSE, "object keys must be strings");
-		}
-		size_t klen;
-		const char *key = lua_tolstring(L, -2, &klen);
-		const char *bad = check_text(key, klen);
-		if (bad || !enc_grow(e, klen + 4)) {
-			lua_pop(L, 2);
-			cJSON_Delete(obj);
-			if (!bad)
-				return NULL;
-			char what[64];
-			snprintf(what, sizeof(what), "a key: %s", bad);
-			return enc_fail(e, TIDE_LUA_JSON_INVALID, what);
-		}
-		snprintf(e->path + plen, sizeof(e->path) - plen, "%s%s", plen ? "." : "", key);
-		cJSON *item = encode(e, lua_gettop(L), depth + 1);
-		lua_pop(L, 1);
-		if (!item || !cJSON_AddItemToObject(obj, key, item)) {
-			cJSON_Delete(item);
-			cJSON_Delete(obj);
-			lua_pop(L, 1);
-			return NULL;
-		}
-	}
-	e->path[plen] = '\0';
-	return obj;
+	return encode_object(e, idx, n, depth, plen);
 }
 
 static cJSON *encode(struct enc *e, int idx, int depth)
@@ -358,10 +429,11 @@ static cJSON *encode(struct enc *e, int idx, int depth)
 	}
 }
 
-static cJSON *to_json(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
-                      char *err, size_t errlen)
+static cJSON *to_json(lua_State *L, int idx, const char *path, size_t max_bytes, bool sorted,
+                      int *why, char *err, size_t errlen)
 {
-	struct enc e = {.L = L, .err = err, .errlen = errlen, .max_bytes = max_bytes};
+	struct enc e = {
+	        .L = L, .err = err, .errlen = errlen, .max_bytes = max_bytes, .sorted = sorted};
 	err[0] = '\0';
 	snprintf(e.path, sizeof(e.path), "%s", path ? path : "");
 	e.root = strlen(e.path);
@@ -380,13 +452,13 @@ static cJSON *to_json(lua_State *L, int idx, const char *path, size_t max_bytes,
 
 cJSON *tide_lua_to_json(lua_State *L, int idx, const char *path, char *err, size_t errlen)
 {
-	return to_json(L, idx, path, 0, NULL, err, errlen);
+	return to_json(L, idx, path, 0, true, NULL, err, errlen);
 }
 
-char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
-                      char *err, size_t errlen)
+static char *to_text(lua_State *L, int idx, const char *path, size_t max_bytes, bool sorted,
+                     int *why, char *err, size_t errlen)
 {
-	cJSON *v = to_json(L, idx, path, max_bytes, why, err, errlen);
+	cJSON *v = to_json(L, idx, path, max_bytes, sorted, why, err, errlen);
 	if (!v)
 		return NULL;
 	char *s = cJSON_PrintUnformatted(v);
@@ -399,7 +471,14 @@ char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes,
 	return s;
 }
 
+char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
+                      char *err, size_t errlen)
+{
+	/* For the store: jsonb keeps keys in an order of its own, so sorting them is wasted. */
+	return to_text(L, idx, path, max_bytes, false, why, err, errlen);
+}
+
 char *tide_lua_to_json_text(lua_State *L, int idx, const char *path, char *err, size_t errlen)
 {
-	return tide_lua_encode(L, idx, path, 0, NULL, err, errlen);
+	return to_text(L, idx, path, 0, true, NULL, err, errlen);
 }

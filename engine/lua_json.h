@@ -32,13 +32,15 @@ int tide_lua_push_json(lua_State *L, const cJSON *v);
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len);
 
 /* Encodes the value at idx; NULL with a message naming the place ("path.to[2]: ...")
- * when it cannot be JSON. path names the value in messages ("data"). */
+ * when it cannot be JSON. path names the value in messages ("data"). The keys of every
+ * object come in bytewise order: one table, one text. */
 cJSON *tide_lua_to_json(lua_State *L, int idx, const char *path, char *err, size_t errlen);
 char *tide_lua_to_json_text(lua_State *L, int idx, const char *path, char *err, size_t errlen);
 
-/* The same as text, refusing (TIDE_LUA_JSON_TOO_LARGE) as soon as the text would pass
- * max_bytes (0: no limit) — before copying what makes it too large. *why (may be NULL)
- * is 0 or the TIDE_LUA_JSON_* of the failure. The text is freed with cJSON_free. */
+/* The same as text for the store, refusing (TIDE_LUA_JSON_TOO_LARGE) as soon as the text
+ * would pass max_bytes (0: no limit) — before copying what makes it too large. Keys come in
+ * lua_next's order (jsonb keeps an order of its own). *why (may be NULL) is 0 or the
+ * TIDE_LUA_JSON_* of the failure. The text is freed with cJSON_free. */
 char *tide_lua_encode(lua_State *L, int idx, const char *path, size_t max_bytes, int *why,
                       char *err, size_t errlen);
 

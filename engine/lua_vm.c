@@ -106,18 +106,46 @@ static bool guard_disarm(struct tide_vm *vm)
 	return timed_out;
 }
 
+/* Registry key of tide.model's rejection_mt: a value raised by tide.reject carries it. */
+static const char KEY_REJECTION[] = "tide.rejection_mt";
+
+/* Whether the value at idx is a rejection; raw: no metamethod runs. */
+static bool is_rejection(lua_State *L, int idx)
+{
+	if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+		return false;
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_REJECTION);
+	bool same = lua_rawequal(L, -1, -2);
+	lua_pop(L, 2);
+	return same;
+}
+
+/* The message of an error value: a string or number as it is, anything else described
+ * (its __tostring would be the script's code, run outside the guard). */
+static const char *error_text(lua_State *L, int idx, char *buf, size_t n)
+{
+	int t = lua_type(L, idx);
+	if (t == LUA_TSTRING || t == LUA_TNUMBER)
+		return lua_tostring(L, idx);
+	snprintf(buf, n, "the script raised a %s value, not a message", lua_typename(L, t));
+	return buf;
+}
+
+/* The guarded call's message handler: a traceback for a bug; a rejection (tide.reject)
+ * passes as it is, so that the runtime can tell it from one. */
 static int traceback(lua_State *L)
 {
-	const char *msg = lua_tostring(L, 1);
-	if (!msg)
-		msg = luaL_typename(L, 1);
-	luaL_traceback(L, L, msg, 1);
+	if (is_rejection(L, 1))
+		return 1;
+	char buf[64];
+	luaL_traceback(L, L, error_text(L, 1, buf, sizeof(buf)), 1);
 	return 1;
 }
 
 /* call(f, ...) → true, results... | false, message, kind, traceback
- * kind: "error", "timeout" or "memory". The runtime wraps every call into script code
- * with this. */
+ * kind: "error", "timeout", "memory", or "rejected" (the script called tide.reject: then
+ * message is the rejection itself and traceback ""). The runtime wraps every call into
+ * script code with this. */
 static int l_guarded_call(lua_State *L)
 {
 	struct tide_vm *vm = vm_of(L);
@@ -145,6 +173,13 @@ static int l_guarded_call(lua_State *L)
 		lua_gc(L, LUA_GCCOLLECT, 0);
 		vm->limit = limit;
 		lua_pushnil(L);
+	}
+	if (rc == LUA_ERRRUN && !timed_out && is_rejection(L, -1)) {
+		lua_pushboolean(L, 0);
+		lua_insert(L, -2);
+		lua_pushliteral(L, "rejected");
+		lua_pushliteral(L, "");
+		return 4;
 	}
 	const char *kind = timed_out ? "timeout" : rc == LUA_ERRMEM ? "memory" : "error";
 	const char *tb = lua_tostring(L, -1);
@@ -266,6 +301,12 @@ static int build_sandbox(lua_State *L)
 	lua_setfield(L, -2, "_guard");
 	lua_getfield(L, -1, "script_api");
 	lua_setfield(L, LUA_REGISTRYINDEX, "tide.script_api");
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "tide.model");
+	lua_call(L, 1, 1);
+	lua_getfield(L, -1, "rejection_mt");
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_REJECTION);
+	lua_pop(L, 1);
 	lua_setfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "tide.core");
@@ -552,12 +593,27 @@ struct describe {
 static int describe_error(lua_State *L)
 {
 	struct describe *d = lua_touserdata(L, 1);
-	const char *msg = lua_tostring(d->co, -1);
-	char what[64];
-	if (!msg) {
-		/* Not a string: say what it was, and run none of its metamethods. */
-		snprintf(what, sizeof(what), "the script raised a %s value, not a message",
-		         luaL_typename(d->co, -1));
+	/* Look at the error value here, on L: the dead coroutine's stack has no room to spare.
+	 * Moving it over and back leaves the coroutine as it was. */
+	lua_xmove(d->co, L, 1);
+	lua_pushvalue(L, -1);
+	lua_xmove(L, d->co, 1);
+	int err = lua_gettop(L);
+	char what[600];
+	/* Not a string: say what it was, and run none of its metamethods. */
+	const char *msg = error_text(L, err, what, sizeof(what));
+	if (is_rejection(L, err)) {
+		lua_pushliteral(L, "where"); /* file:line of the call */
+		lua_rawget(L, err);
+		lua_pushliteral(L, "message");
+		lua_rawget(L, err);
+		const char *where = lua_tostring(L, -2);
+		snprintf(
+		        what, sizeof(what),
+		        "%.200s%stide.reject is for a decider's decide; it was called with: %.300s",
+		        where ? where : "", where ? ": " : "",
+		        lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+		lua_pop(L, 2);
 		msg = what;
 	}
 	luaL_traceback(L, d->co, msg, 0);

@@ -408,14 +408,19 @@ static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 	case PGRES_BAD_RESPONSE:
 		if (!rq->status) {
 			rq->status = TIDE_EDB;
-			/* The primary message (and detail) on one line; not the SQL context lines.
+			/* One line: "primary (detail: ...; hint: ...)"; not the SQL context lines.
 			 */
 			const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
 			const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+			const char *hint = PQresultErrorField(r, PG_DIAG_MESSAGE_HINT);
 			char msg[sizeof(rq->err)];
-			if (primary)
-				snprintf(msg, sizeof(msg), "%s%s%s", primary, detail ? " — " : "",
-				         detail ? detail : "");
+			if (primary && (detail || hint))
+				snprintf(msg, sizeof(msg), "%s (%s%s%s%s%s)", primary,
+				         detail ? "detail: " : "", detail ? detail : "",
+				         detail && hint ? "; " : "", hint ? "hint: " : "",
+				         hint ? hint : "");
+			else if (primary)
+				snprintf(msg, sizeof(msg), "%s", primary);
 			else
 				snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
 			for (char *c = msg; *c; c++)

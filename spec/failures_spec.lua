@@ -224,6 +224,8 @@ return tide.projection {
       "sql:query('SELECT 1/0 AS x')" },
     { "sql:query inside a coroutine the handler made",
       "local co = coroutine.wrap(function() return sql:query('SELECT 1 AS x') end) local rows = co() if rows then error('no') end" },
+    { "tide.reject in a projection (a bug there: only a decider rejects)", "tide.reject('no')",
+      "bad.lua:7: tide.reject is for a decider's decide; it was called with: no" },
   }
   for _, r in ipairs(runaways) do
     it("stops " .. r[1] .. " and keeps the daemon responsive", function()
@@ -244,6 +246,10 @@ return tide.projection {
       D.caught_up(url, "bad", 30)
       D.caught_up(url, "seen", 30)
       assert.are.equal(3, count(url, "tide_dead_letters WHERE processor_id = 'spec/bad'"))
+      if r[3] then
+        local errors = S.psql(url, "SELECT string_agg(DISTINCT last_error, ' | ') FROM tide_dead_letters")
+        assert.truthy(errors:find(r[3], 1, true), errors)
+      end
       -- No transaction of the daemon stays open (it would hold every consumer back).
       S.wait_for(function()
         return count(url, "pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'") == 0

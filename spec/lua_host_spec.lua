@@ -200,7 +200,7 @@ describe("the store from a LuaJIT host", function()
     initial = function() return { n = 0 } end,
     evolve = function(s, e) return { n = s.n + e.data.by } end,
     decide = function(cmd, s)
-      if s.n + cmd.data.by > 10 then error("counter would pass 10") end
+      if s.n + cmd.data.by > 10 then tide.reject("counter would pass 10") end
       return { { type = "Added", data = { by = cmd.data.by } } }
     end,
   }

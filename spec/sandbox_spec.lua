@@ -196,7 +196,7 @@ return tide.decider {
   decide = function(cmd, s)
     if cmd.type == "Nothing" then return {} end
     if cmd.type == "Spin" then while true do end end
-    if s.n + cmd.data.by > 10 then error("counter would pass 10") end
+    if s.n + cmd.data.by > 10 then tide.reject("counter would pass 10") end
     return { { type = "Added", data = { by = cmd.data.by } } }
   end,
 }

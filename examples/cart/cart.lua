@@ -1,6 +1,7 @@
 -- The shopping cart decider: commands OpenCart, AddItem, RemoveItem, ConfirmCart;
 -- events CartOpened, ItemAdded, ItemRemoved, CartConfirmed. A rule that does not hold
--- raises, which rejects the command and writes nothing.
+-- calls tide.reject, which refuses the command and writes nothing (`tide handle` exits 4);
+-- any other error is a bug in the script (exit 1, with file:line and the stack).
 --   tide handle examples/cart/cart.lua cart-42 '{"type":"OpenCart","data":{"customer":"ada"}}'
 local tide = require "tide"
 
@@ -20,33 +21,33 @@ local function total(items)
 end
 
 local function must_be_open(state)
-  if state.status == "none" then error("cart is not open", 0) end
-  if state.status == "confirmed" then error("cart is already confirmed", 0) end
+  if state.status == "none" then tide.reject("cart is not open") end
+  if state.status == "confirmed" then tide.reject("cart is already confirmed") end
 end
 
 local decide = {
   OpenCart = function(data, state)
-    if state.status ~= "none" then error("cart is already open", 0) end
-    if type(data.customer) ~= "string" or data.customer == "" then error("a cart needs a customer", 0) end
+    if state.status ~= "none" then tide.reject("cart is already open") end
+    if type(data.customer) ~= "string" or data.customer == "" then tide.reject("a cart needs a customer") end
     return { { type = "CartOpened", data = { customer = data.customer } } }
   end,
   AddItem = function(data, state)
     must_be_open(state)
-    if type(data.sku) ~= "string" or data.sku == "" then error("an item needs a sku", 0) end
+    if type(data.sku) ~= "string" or data.sku == "" then tide.reject("an item needs a sku") end
     local qty, price = data.qty, data.price
-    if type(qty) ~= "number" or qty < 1 or qty % 1 ~= 0 then error("qty must be a positive whole number", 0) end
-    if type(price) ~= "number" or price < 0 then error("price must not be negative", 0) end
+    if type(qty) ~= "number" or qty < 1 or qty % 1 ~= 0 then tide.reject("qty must be a positive whole number") end
+    if type(price) ~= "number" or price < 0 then tide.reject("price must not be negative") end
     return { { type = "ItemAdded", data = { sku = data.sku, qty = qty, price = price } } }
   end,
   RemoveItem = function(data, state)
     must_be_open(state)
-    if not state.items[data.sku] then error("item " .. tostring(data.sku) .. " is not in the cart", 0) end
+    if not state.items[data.sku] then tide.reject("item " .. tostring(data.sku) .. " is not in the cart", { sku = data.sku }) end
     return { { type = "ItemRemoved", data = { sku = data.sku } } }
   end,
   ConfirmCart = function(_, state)
     must_be_open(state)
     local sum, count = total(state.items)
-    if count == 0 then error("cannot confirm an empty cart", 0) end
+    if count == 0 then tide.reject("cannot confirm an empty cart") end
     return { { type = "CartConfirmed", data = { total = sum, items = count } } }
   end,
 }
@@ -72,7 +73,7 @@ return tide.decider {
 
   decide = function(cmd, state)
     local handler = decide[cmd.type]
-    if not handler then error("unknown command " .. tostring(cmd.type), 0) end
+    if not handler then tide.reject("unknown command " .. tostring(cmd.type)) end
     return handler(cmd.data or {}, state)
   end,
 }

@@ -31,7 +31,7 @@ describe("the cart decider", function()
     given({ opened }).when({ type = "AddItem", data = { sku = "tea", qty = 0, price = 1 } }).then_rejects("positive whole number")
     given({ opened }).when({ type = "AddItem", data = { sku = "tea", qty = 1.5, price = 1 } }).then_rejects("positive whole number")
     given({ opened }).when({ type = "AddItem", data = { sku = "tea", qty = 1, price = -1 } }).then_rejects("must not be negative")
-    given({ opened }).when({ type = "RemoveItem", data = { sku = "tea" } }).then_rejects("not in the cart")
+    given({ opened }).when({ type = "RemoveItem", data = { sku = "tea" } }).then_rejects("not in the cart", { sku = "tea" })
   end)
 
   it("confirms with the total, and rejects an empty cart", function()

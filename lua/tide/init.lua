@@ -13,10 +13,13 @@ local script_api = {
   reactor = model.reactor,
   array = model.array,
   object = model.object,
+  reject = model.reject,
 }
 
 local M = { script_api = script_api }
 for k, v in pairs(script_api) do M[k] = v end
+-- Whether an error value is a rejection (tide.reject), for hosts that call deciders.
+M.is_rejection = model.is_rejection
 
 -- Set by the script VM to its CPU/memory guard; hosts call script code directly.
 M._guard = nil

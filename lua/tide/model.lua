@@ -1,7 +1,8 @@
 -- tide.model: the constructors processor scripts are written with (decider, projection,
 -- reactor) and the JSON null sentinel. Pure Lua: usable from plain busted, with no
 -- database and no C module.
-local error, type, pairs, setmetatable, tostring = error, type, pairs, setmetatable, tostring
+local error, type, pairs, setmetatable, getmetatable, tostring, next, rawget =
+  error, type, pairs, setmetatable, getmetatable, tostring, next, rawget
 local floor = math.floor
 
 local M = {}
@@ -166,39 +167,114 @@ function M.reactor(spec)
   return spec
 end
 
--- The events a decide() returned, as a list: nil → {}, one event → { event }.
-function M.event_list(result)
-  if result == nil then return {} end
-  if type(result) ~= "table" then
-    error("decide must return a list of events, got " .. type(result), 0)
-  end
-  if result.type ~= nil then result = { result } end
-  for i = 1, #result do
-    local e = result[i]
-    if type(e) ~= "table" or type(e.type) ~= "string" or e.type == "" then
-      error("decide returned event " .. i .. " without a type", 0)
-    end
-    if e.data ~= nil and type(e.data) ~= "table" then
-      error("decide returned event " .. i .. " (" .. e.type .. ") whose data is not a table", 0)
-    end
-  end
-  return result
+-- A rejection: the decider refusing a command, raised by tide.reject(message [, details]).
+-- Only a value made here counts as one; any other error in a script is a bug in it. The
+-- metatable is hidden (__metatable), so a script cannot forge or alter one, and C finds it
+-- by identity (lua_vm.c keeps it in the registry) after the value crossed a guarded call.
+local debug_getmetatable = debug and debug.getmetatable
+local getinfo = debug and debug.getinfo
+M.rejection_mt = {
+  __name = "tide.rejection",
+  __metatable = "tide.rejection",
+  __tostring = function(r) return r.message end,
+}
+local rejection_mt = M.rejection_mt
+
+function M.is_rejection(v)
+  if type(v) ~= "table" then return false end
+  if debug_getmetatable then return debug_getmetatable(v) == rejection_mt end
+  return getmetatable(v) == "tide.rejection"
 end
 
--- Folds events with a decider's evolve, from initial().
-function M.fold(decider, events)
+-- tide.reject(message [, details]): refuses the command. message: a non-empty string, shown
+-- as it is (no file:line); details: an optional table, handed on as JSON.
+function M.reject(message, details)
+  if type(message) ~= "string" or message == "" then
+    error("tide.reject wants a message (a non-empty string), got " .. type(message), 2)
+  end
+  if details ~= nil and type(details) ~= "table" then
+    error("tide.reject: details must be a table, got " .. type(details), 2)
+  end
+  local info = getinfo and getinfo(2, "Sl")
+  local where = info and info.currentline and info.currentline > 0
+    and (info.source:gsub("^@", "") .. ":" .. info.currentline) or nil
+  error(setmetatable({ message = message, details = details, where = where }, rejection_mt), 0)
+end
+
+-- "file:line" of a function's definition: names the script in messages about what it
+-- returned, where no error of its own carries a location.
+function M.where(f)
+  local info = type(f) == "function" and getinfo and getinfo(f, "S")
+  if not info or info.what == "C" then return "?" end
+  return info.source:gsub("^@", "") .. ":" .. info.linedefined
+end
+
+local function shape_error(decide, what)
+  error(M.where(decide) .. ": decide " .. what, 0)
+end
+
+-- The events a decide() returned, checked: nil or an empty table → {}; otherwise a list of
+-- { type = "...", data = {...}?, metadata = {...}?, id = "..."? }. Anything else (one event
+-- not in a list, a string, an event without a type) is a bug in the script, said with the
+-- place decide is defined. Raw reads, and the list returned is a copy of plain tables: no
+-- metamethod of the script runs here or later, outside the CPU guard.
+function M.event_list(result, decide)
+  if result == nil then return {} end
+  if type(result) ~= "table" then
+    shape_error(decide, "must return a list of events (or nil), got a " .. type(result))
+  end
+  if rawget(result, "type") ~= nil then
+    shape_error(decide, "returned one event, not a list of events: return { event }")
+  end
+  local n, list = 0, {}
+  for k in next, result do
+    if type(k) ~= "number" or k < 1 or k % 1 ~= 0 then
+      shape_error(decide, "returned a table that is not a list of events (it has the key "
+        .. (type(k) == "string" and ("'" .. k .. "'") or ("of type " .. type(k))) .. ")")
+    end
+    n = n + 1
+  end
+  for i = 1, n do
+    local e = rawget(result, i)
+    if e == nil then shape_error(decide, "returned a list of events with a hole at " .. i) end
+    if type(e) ~= "table" then
+      shape_error(decide, "returned event " .. i .. " as a " .. type(e) .. ", not a table")
+    end
+    local t = rawget(e, "type")
+    if type(t) ~= "string" or t == "" then
+      shape_error(decide, "returned event " .. i .. " without a type (a non-empty string)")
+    end
+    local data, meta = rawget(e, "data"), rawget(e, "metadata")
+    if data ~= nil and type(data) ~= "table" then
+      shape_error(decide, "returned event " .. i .. " (" .. t .. ") whose data is a "
+        .. type(data) .. ", not a table")
+    end
+    if meta ~= nil and type(meta) ~= "table" then
+      shape_error(decide, "returned event " .. i .. " (" .. t .. ") whose metadata is a "
+        .. type(meta) .. ", not a table")
+    end
+    local id = rawget(e, "id")
+    if id ~= nil and type(id) ~= "string" then
+      shape_error(decide, "returned event " .. i .. " (" .. t .. ") whose id is a "
+        .. type(id) .. ", not a string")
+    end
+    list[i] = { type = t, data = data, metadata = meta, id = id }
+  end
+  return list
+end
+
+-- Folds events with a decider's evolve, from initial(). at (optional) is a table whose [1]
+-- says how far it got: 0 while in initial(), then the index of the event being folded, so
+-- that a failure can name the event.
+function M.fold(decider, events, at)
+  at = at or {}
+  at[1] = 0
   local state = decider.initial()
   for i = 1, #events do
+    at[1] = i
     state = decider.evolve(state, events[i])
   end
   return state
-end
-
--- The message of a rejection: error("msg") adds "file:line: ", which users do not need.
-function M.rejection_message(err)
-  if type(err) == "table" and err.message then return tostring(err.message) end
-  local s = tostring(err)
-  return (s:gsub("^[^\n]-:%d+: ", "", 1))
 end
 
 return M

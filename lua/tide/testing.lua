@@ -20,6 +20,8 @@
 --   r.given(events, "cart-1").then_appends({ { stream = "notifications-cart-1", events = {...} } })
 --     .then_logs({ "notified" })   .then_no_appends()   .then_fails(pattern)
 local model = require "tide.model"
+local processor = require "tide.processor"
+local command = require "tide.command"
 local type, pairs, ipairs, tostring, error, pcall, select = type, pairs, ipairs, tostring, error, pcall, select
 local sort, concat, format = table.sort, table.concat, string.format
 
@@ -66,8 +68,21 @@ local function copy(v)
   return out
 end
 
+-- A failed expectation: a busted *failure* (raised through luassert, which busted binds to
+-- its own fail) when luassert is there, else an error. level as for error().
+local luassert
+local function failure(msg, level)
+  if luassert == nil then
+    local ok, la = pcall(require, "luassert")
+    luassert = ok and type(la) == "table" and la or false
+  end
+  if luassert then luassert(false, msg, luassert:level(level + 1)) end
+  error(msg, level + 1)
+end
+M.failure = failure
+
 local function fail(msg, expected, actual)
-  error(msg .. "\nexpected: " .. M.serialize(expected) .. "\n  actual: " .. M.serialize(actual), 3)
+  failure(msg .. "\nexpected: " .. M.serialize(expected) .. "\n  actual: " .. M.serialize(actual), 3)
 end
 
 -- Events as the runtime delivers them: stored fields filled in with stand-ins.
@@ -103,6 +118,16 @@ local function strip(events)
   return out
 end
 
+-- An error in the script under test is a bug, not a failed expectation (nor a rejection:
+-- only tide.reject is one): raised as an error with its file:line and the script's stack.
+local function script_bug(what, msg, kind, tb)
+  if kind == "rejected" then msg = "tide.reject is for decide; it was called with: " .. msg.message end
+  local stack = tb and tb:match("\n(stack traceback:.-)\n%s*%[C%]: in function 'xpcall'")
+  error(what .. ": " .. tostring(msg)
+    .. (kind == "error" and "\n(an error is a bug in the script, not a rejection: reject with tide.reject)" or "")
+    .. (stack and "\n" .. stack or ""), 0)
+end
+
 -- testing.decider(d) → given(events [, stream]) → { when, then_state }
 function M.decider(d)
   if type(d) ~= "table" or d.kind ~= "decider" then
@@ -111,8 +136,8 @@ function M.decider(d)
   return function(events, stream)
     local history = as_stored(events, stream)
     local function fold()
-      local ok, state = pcall(model.fold, d, copy(history))
-      if not ok then error("evolve failed on the given events: " .. tostring(state), 4) end
+      local ok, state, kind, tb = command.direct_call(model.fold, d, copy(history), {})
+      if not ok then script_bug("evolve failed on the given events", state, kind, tb) end
       return state
     end
     local g = {}
@@ -121,30 +146,41 @@ function M.decider(d)
       if not M.deep_equal(expected, state) then fail("state differs", expected, state) end
       return g
     end
-    function g.when(command)
+    function g.when(cmd)
       local w = {}
+      -- true, events | false, rejection; a bug in the script raises (an error, not a failure).
       local function run()
         local state = fold()
-        local ok, out = pcall(d.decide, copy(command), state)
-        if not ok then return false, model.rejection_message(out) end
-        local ok2, list = pcall(model.event_list, out)
-        if not ok2 then error(tostring(list), 4) end
+        local what = "decide failed for command " .. tostring(cmd.type)
+        local ok, out, kind, tb = command.direct_call(d.decide, copy(cmd), state)
+        if not ok then
+          if kind == "rejected" then return false, out end
+          script_bug(what, out, kind, tb)
+        end
+        local ok2, list = pcall(model.event_list, out, d.decide)
+        if not ok2 then script_bug(what, list) end
         return true, list
       end
       function w.then_events(expected)
         local ok, out = run()
-        if not ok then error("the command was rejected: " .. out, 2) end
+        if not ok then failure("the command was rejected: " .. out.message, 2) end
         if not compare_events(expected, out) then fail("decided events differ", expected, strip(out)) end
         return w
       end
-      function w.then_rejects(pattern)
+      -- then_rejects(pattern [, details]): pattern matches the message (or is found in it as
+      -- plain text); details, when given, must equal the rejection's.
+      function w.then_rejects(pattern, details)
         local ok, out = run()
         if ok then
-          error("expected a rejection matching '" .. pattern .. "', but decide returned:\n" ..
+          failure("expected a rejection matching '" .. pattern .. "', but decide returned:\n" ..
             M.serialize(strip(out)), 2)
         end
-        if not (out:find(pattern) or out:find(pattern, 1, true)) then
-          error("the rejection '" .. out .. "' does not match '" .. pattern .. "'", 2)
+        local msg = out.message
+        if not (msg:find(pattern) or msg:find(pattern, 1, true)) then
+          failure("the rejection '" .. msg .. "' does not match '" .. pattern .. "'", 2)
+        end
+        if details ~= nil and not M.deep_equal(details, out.details) then
+          fail("the rejection's details differ", details, out.details)
         end
         return w
       end
@@ -164,8 +200,8 @@ function M.projection(p)
     local docs = {}
     for _, e in ipairs(as_stored(events, stream)) do
       if not p.event_set or p.event_set[e.type] then
-        local id = (p.id or function(x) return x.stream_id end)(e)
-        if id ~= nil then
+        local id = processor.document_id(p, e) -- as the daemon: false skips, nil fails
+        if id ~= false then
           id = tostring(id)
           local doc = docs[id]
           if doc == nil and p.initial then doc = p.initial() end

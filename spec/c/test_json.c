@@ -148,16 +148,45 @@ static void name_check(void)
 	printf("ok name_check\n");
 }
 
+/* tide_json_compact: PostgreSQL's jsonb output loses the spaces outside strings and
+ * nothing else (numbers keep every digit, strings every byte, escapes included). */
+static void compact(void)
+{
+	static const char *const cases[][2] = {
+	        {"{}", "{}"},
+	        {"{\"a\": 1, \"b\": [1, 2.50, -3e-7]}", "{\"a\":1,\"b\":[1,2.50,-3e-7]}"},
+	        {"{\"n\": 9223372036854775808, \"f\": 0.1000000000000000055511151231257827}",
+	         "{\"n\":9223372036854775808,\"f\":0.1000000000000000055511151231257827}"},
+	        {"{\"s\": \"a, b: c\", \"t\": \"x\\\" , y\\\\\", \"u\": \" \"}",
+	         "{\"s\":\"a, b: c\",\"t\":\"x\\\" , y\\\\\",\"u\":\" \"}"},
+	        {" {\n\t\"k\" :\r\n {\"\": null} } ", "{\"k\":{\"\":null}}"},
+	        {"{\"\xc3\xbc \xf0\x9f\x98\x80\": \"\\u00e9 \"}",
+	         "{\"\xc3\xbc \xf0\x9f\x98\x80\":\"\\u00e9 \"}"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[256];
+		snprintf(buf, sizeof(buf), "%s", cases[i][0]);
+		size_t n = tide_json_compact(buf);
+		if (strcmp(buf, cases[i][1]) != 0 || n != strlen(cases[i][1])) {
+			fprintf(stderr, "compact case %zu: got %s, want %s\n", i, buf, cases[i][1]);
+			exit(1);
+		}
+	}
+	printf("ok compact\n");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
-		fprintf(stderr, "usage: %s json_check|name_check\n", argv[0]);
+		fprintf(stderr, "usage: %s json_check|name_check|compact\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "json_check") == 0)
 		json_check();
 	else if (strcmp(argv[1], "name_check") == 0)
 		name_check();
+	else if (strcmp(argv[1], "compact") == 0)
+		compact();
 	else
 		return 2;
 	return 0;

@@ -5,11 +5,10 @@
 --   tide aggregate account.lua account-1
 local tide = require "tide"
 
--- Every broken rule comes through here: the command is rejected with this message
--- (`tide handle` prints it and exits 4; a spec matches it with then_rejects).
-local function reject(message)
-  error(message, 0)
-end
+-- A broken rule rejects the command with tide.reject: `tide handle` prints the message and
+-- exits 4, a spec matches it with then_rejects. Any other error is a bug (exit 1, with the
+-- file and line).
+local reject = tide.reject
 
 local function amount_of(data)
   if type(data.amount) ~= "number" or data.amount <= 0 then reject("amount must be a positive number") end
