@@ -10,17 +10,32 @@
 #include "pg.h"
 #include "store.h"
 
-int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
+static int usage_v(const char *cmd, const char *fmt, va_list ap)
 {
 	/* Arguments are echoed in messages: keep a newline in one from breaking the line. */
 	char msg[900], clean[900];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	tide_pg_redact(NULL, msg, clean, sizeof(clean));
+	fprintf(stderr, "tide %s: %s (see `tide %s --help`)\n", cmd, clean, cmd);
+	return EXIT_USAGE;
+}
+
+int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	int rc = usage_v(cli->cmd, fmt, ap);
 	va_end(ap);
-	tide_pg_redact(NULL, msg, clean, sizeof(clean));
-	fprintf(stderr, "tide %s: %s (see `tide %s --help`)\n", cli->cmd, clean, cli->cmd);
-	return EXIT_USAGE;
+	return rc;
+}
+
+int tide_cli_usage(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = usage_v(cmd, fmt, ap);
+	va_end(ap);
+	return rc;
 }
 
 void tide_cli_fail(struct cli *cli, int status, const char *err)

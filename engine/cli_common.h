@@ -42,6 +42,8 @@ struct cli {
 /* One line on stderr, "tide CMD: ... (see `tide CMD --help`)"; returns the usage exit code. */
 int tide_cli_usage_error(struct cli *cli, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
+/* The same, for the commands that parse their own arguments (dlq, init, test). */
+int tide_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* One line on stderr for a failed operation, and the exit code for its status. */
 void tide_cli_fail(struct cli *cli, int status, const char *err);

@@ -47,14 +47,6 @@ struct dlq {
 	int exit_code;
 };
 
-static int usage_error(const char *fmt, const char *arg)
-{
-	fprintf(stderr, "tide dlq: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (see `tide dlq --help`)\n");
-	return 2;
-}
-
 static void done(struct dlq *d)
 {
 	tide_store_close(d->store);
@@ -287,7 +279,8 @@ int tide_cli_dlq_main(int argc, char **argv)
 	d.sub = argv[1];
 	if (strcmp(d.sub, "list") != 0 && strcmp(d.sub, "show") != 0 &&
 	    strcmp(d.sub, "retry") != 0 && strcmp(d.sub, "discard") != 0)
-		return usage_error("unknown subcommand '%s': list, show, retry or discard", d.sub);
+		return tide_cli_usage(
+		        "dlq", "unknown subcommand '%s': list, show, retry or discard", d.sub);
 	opterr = 0;
 	optind = 1;
 	int o;
@@ -298,27 +291,28 @@ int tide_cli_dlq_main(int argc, char **argv)
 		case 'a': d.all = true; break;
 		case 'd': d.url = optarg; break;
 		case 'h': fputs(usage, stdout); return 0;
-		case ':': return usage_error("option '%s' needs a value", argv[optind]);
-		default: return usage_error("unknown option '%s'", argv[optind]);
+		case ':': return tide_cli_usage("dlq", "option '%s' needs a value", argv[optind]);
+		default: return tide_cli_usage("dlq", "unknown option '%s'", argv[optind]);
 		}
 	}
 	d.ids = argv + 1 + optind;
 	d.nids = argc - 1 - optind;
 	bool list = strcmp(d.sub, "list") == 0, show = strcmp(d.sub, "show") == 0;
 	if (d.json && !list)
-		return usage_error("%s takes no --json", d.sub);
+		return tide_cli_usage("dlq", "%s takes no --json", d.sub);
 	if (list && (d.nids || d.all))
-		return usage_error("list takes no ids (use --processor to narrow it)%s", "");
+		return tide_cli_usage("dlq", "list takes no ids (use --processor to narrow it)");
 	if (show && (d.nids != 1 || d.all || d.processor))
-		return usage_error("show takes exactly one dead letter id%s", "");
+		return tide_cli_usage("dlq", "show takes exactly one dead letter id");
 	if (!list && !show && !d.all && d.nids == 0)
-		return usage_error("%s wants dead letter ids, or --all", d.sub);
+		return tide_cli_usage("dlq", "%s wants dead letter ids, or --all", d.sub);
 	if (d.all && d.nids)
-		return usage_error("give ids or --all, not both%s", "");
+		return tide_cli_usage("dlq", "give ids or --all, not both");
 	size_t len = 3;
 	for (int i = 0; i < d.nids; i++) {
 		if (!is_id(d.ids[i]))
-			return usage_error(
+			return tide_cli_usage(
+			        "dlq",
 			        "'%s' is not a dead letter id (a number; see `tide dlq list`)",
 			        d.ids[i]);
 		len += strlen(d.ids[i]) + 1;
@@ -336,8 +330,8 @@ int tide_cli_dlq_main(int argc, char **argv)
 	d.url = tide_cli_database_url(d.url);
 	if (!d.url) {
 		free(d.id_array);
-		return usage_error("no database given: pass --database URL or set %s",
-		                   "TIDE_DATABASE_URL");
+		return tide_cli_usage("dlq", "no database given: pass --database URL or set %s",
+		                      "TIDE_DATABASE_URL");
 	}
 	uv_loop_init(&d.loop);
 	if (tide_store_open(&d.loop, d.url, on_open, &d, &d.store) != 0) {

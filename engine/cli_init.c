@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli_common.h"
+
 #define MAX_PATH 4096
 
 extern const struct {
@@ -31,14 +33,6 @@ static const char usage[] =
         "DIR/tide.conf DIR`, `tide handle DIR/account.lua ...`.\n"
         "Refuses (exit 2, writing nothing) when any of these files exists already.\n"
         "  --force   overwrite them\n";
-
-static int usage_error(const char *fmt, const char *arg)
-{
-	fprintf(stderr, "tide init: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (see `tide init --help`)\n");
-	return 2;
-}
 
 /* mkdir -p; 0, or -1 with errno set. */
 static int make_dirs(const char *dir)
@@ -100,30 +94,31 @@ int tide_cli_init_main(int argc, char **argv)
 		if (strcmp(argv[i], "--force") == 0)
 			force = true;
 		else if (argv[i][0] == '-' && argv[i][1])
-			return usage_error("unknown option '%s'", argv[i]);
+			return tide_cli_usage("init", "unknown option '%s'", argv[i]);
 		else if (dir)
-			return usage_error("unexpected argument '%s'", argv[i]);
+			return tide_cli_usage("init", "unexpected argument '%s'", argv[i]);
 		else
 			dir = argv[i];
 	}
 	if (!dir || !dir[0])
-		return usage_error("%s", "missing argument: DIR");
+		return tide_cli_usage("init", "%s", "missing argument: DIR");
 
 	struct stat st;
 	if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
-		return usage_error("%s exists and is not a directory", dir);
+		return tide_cli_usage("init", "%s exists and is not a directory", dir);
 	char path[MAX_PATH];
 	int existing = 0;
 	for (size_t i = 0; i < tide_skeleton_files_count; i++) {
 		if (!path_of(path, sizeof(path), dir, tide_skeleton_files[i].name))
-			return usage_error("%s: the path is too long", dir);
+			return tide_cli_usage("init", "%s: the path is too long", dir);
 		if (!force && lstat(path, &st) == 0) {
 			fprintf(stderr, "tide init: %s exists already\n", path);
 			existing++;
 		}
 	}
 	if (existing)
-		return usage_error("%s", "nothing written: pass --force to overwrite those files");
+		return tide_cli_usage("init", "%s",
+		                      "nothing written: pass --force to overwrite those files");
 
 	if (make_dirs(dir) != 0) {
 		fprintf(stderr, "tide init: cannot create %s: %s\n", dir, strerror(errno));

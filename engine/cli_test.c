@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cli_common.h"
 #include "file.h"
 
 #define MAX_PATH 4096
@@ -33,14 +34,6 @@ static const char usage[] =
         "Exits with busted's status: 0 when every spec passes.\n"
         "Needs luajit and busted (Debian: luajit, lua-busted) on the PATH; TIDE_BUSTED names\n"
         "busted's Lua script if it is elsewhere, TIDE_LUA_DIR the directory holding tide/.\n";
-
-static int usage_error(const char *fmt, const char *arg)
-{
-	fprintf(stderr, "tide test: ");
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, " (see `tide test --help`)\n");
-	return 2;
-}
 
 /* out = a/b; false when it does not fit. */
 static bool join(char *out, size_t n, const char *a, const char *b)
@@ -162,9 +155,10 @@ static int add_dir(struct run *r, const char *dir)
 		return 1;
 	}
 	if (strpbrk(abs, ";?"))
-		return usage_error("%s: a directory whose path has a ';' or a '?' cannot be on "
-		                   "Lua's module path",
-		                   abs);
+		return tide_cli_usage("test",
+		                      "%s: a directory whose path has a ';' or a '?' cannot be on "
+		                      "Lua's module path",
+		                      abs);
 	char entry[2 * PATH_MAX + 32];
 	int len = snprintf(entry, sizeof(entry), "%s/?.lua;%s/?/init.lua;", abs, abs);
 	if (strstr(r->lpath, entry))
@@ -184,7 +178,7 @@ static int add_target(struct run *r, char ***files, int *nfiles, const char *arg
 {
 	struct stat st;
 	if (stat(arg, &st) != 0)
-		return usage_error("cannot find %s", arg);
+		return tide_cli_usage("test", "cannot find %s", arg);
 	if (!S_ISDIR(st.st_mode)) {
 		char dir[MAX_PATH];
 		snprintf(dir, sizeof(dir), "%s", arg);
@@ -246,8 +240,9 @@ int tide_cli_test_main(int argc, char **argv)
 			return 0;
 		}
 		if (argv[i][0] == '-' && argv[i][1])
-			return usage_error("unknown option '%s' (busted's options go after --)",
-			                   argv[i]);
+			return tide_cli_usage("test",
+			                      "unknown option '%s' (busted's options go after --)",
+			                      argv[i]);
 	}
 
 	char lua[MAX_PATH], cmod[MAX_PATH], busted[MAX_PATH];

@@ -272,7 +272,7 @@ local function attempt(f, ...)
     return m
   end, ...)
   if ok then return true end
-  return false, model.rejection_message(err), tb
+  return false, model.is_rejection(err) and err.message or tostring(err), tb
 end
 
 -- The parameters of a statement as the daemon would send them (batch.c): nil and tide.null
