@@ -7,6 +7,7 @@
 #include "cli_init.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,13 +71,23 @@ static bool path_of(char *out, size_t n, const char *dir, const char *name)
 	return w >= 0 && (size_t)w < n;
 }
 
-static int write_file(const char *path, const char *content)
+/* Writes content, with {{app}} replaced by app as the inside of a Lua string. */
+static int write_file(const char *path, const char *content, const char *app)
 {
 	FILE *f = fopen(path, "w");
 	if (!f)
 		return -1;
+	bool ok = true;
+	const char *at;
+	while (ok && (at = strstr(content, "{{app}}"))) {
+		ok = fwrite(content, 1, (size_t)(at - content), f) == (size_t)(at - content);
+		for (const char *c = app; ok && *c; c++)
+			ok = (*c == '"' || *c == '\\' ? fputc('\\', f) != EOF : true) &&
+			     fputc(*c, f) != EOF;
+		content = at + strlen("{{app}}");
+	}
 	size_t len = strlen(content);
-	bool ok = fwrite(content, 1, len, f) == len;
+	ok = ok && fwrite(content, 1, len, f) == len;
 	if (fclose(f) != 0)
 		ok = false;
 	return ok ? 0 : -1;
@@ -124,9 +135,17 @@ int tide_cli_init_main(int argc, char **argv)
 		fprintf(stderr, "tide init: cannot create %s: %s\n", dir, strerror(errno));
 		return 1;
 	}
+	/* The app is named after the directory, as `tide run` would name it, once and for all. */
+	char real[PATH_MAX];
+	if (!realpath(dir, real)) {
+		fprintf(stderr, "tide init: cannot resolve %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	const char *slash = strrchr(real, '/');
+	const char *app = slash && slash[1] ? slash + 1 : "app"; /* "/": no name of its own */
 	for (size_t i = 0; i < tide_skeleton_files_count; i++) {
 		path_of(path, sizeof(path), dir, tide_skeleton_files[i].name);
-		if (write_file(path, tide_skeleton_files[i].content) != 0) {
+		if (write_file(path, tide_skeleton_files[i].content, app) != 0) {
 			fprintf(stderr, "tide init: cannot write %s: %s\n", path, strerror(errno));
 			return 1;
 		}

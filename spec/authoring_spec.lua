@@ -295,10 +295,12 @@ describe("tide init", function()
       url = S.fresh_db(true) -- tide run migrates it
       local dir = S.mkdtemp() .. "/app"
       assert.are.equal(0, S.tide("init " .. q(dir)).code)
+      -- tide.conf names the app after the directory, once and for all.
+      assert.truthy(D.read(dir .. "/tide.conf"):find('\n  app = "app",', 1, true))
       local pid, log = D.start(url, dir, "--config " .. q(dir .. "/tide.conf"))
       S.wait_for(function()
         local st = D.status(url)
-        for _, id in ipairs({ "balances", "ledger", "welcome" }) do
+        for _, id in ipairs({ "app/balances", "app/ledger", "app/welcome" }) do
           if not st[id] or st[id].state ~= "running" then return false end
         end
         return true
@@ -330,11 +332,11 @@ describe("tide init", function()
       assert.are.equal(1, #welcome)
       assert.are.same({ "WelcomeQueued", "account-1", "ada" },
         { welcome[1].type, welcome[1].data.account, welcome[1].data.owner })
-      for _, id in ipairs({ "balances", "ledger", "welcome" }) do D.caught_up(url, id, 30) end
+      for _, id in ipairs({ "app/balances", "app/ledger", "app/welcome" }) do D.caught_up(url, id, 30) end
       D.stop(pid)
       local text = D.read(log)
       assert.falsy(text:find("level=error", 1, true), text)
-      assert.truthy(text:find("event=script.log processor=" .. D.id("welcome") .. " message=\"queued a welcome for ada\"", 1, true), text)
+      assert.truthy(text:find("event=script.log processor=app/welcome message=\"queued a welcome for ada\"", 1, true), text)
     end)
   end)
 end)

@@ -7,8 +7,8 @@ local q = S.q
 local D = {}
 local daemons = {}
 
--- The app of the daemons D.start starts (unless extra names another): processor ids are
--- spec/NAME.
+-- The app of the daemons D.start starts (unless extra names another, or a configuration
+-- file that may): processor ids are spec/NAME.
 D.APP = "spec"
 
 -- A processor's id: NAME alone is D.APP's.
@@ -18,7 +18,9 @@ function D.id(name) return name:find("/", 1, true) and name or D.APP .. "/" .. n
 function D.start(url, dir, extra)
   local log = dir .. "/daemon-" .. (#daemons + 1) .. ".log"
   extra = extra or ""
-  if not extra:find("--app", 1, true) then extra = "--app " .. D.APP .. " " .. extra end
+  if not extra:find("--app", 1, true) and not extra:find("--config", 1, true) then
+    extra = "--app " .. D.APP .. " " .. extra
+  end
   local r = S.sh(string.format("%s run %s --database %s %s >%s 2>&1 & echo $!", q(S.bin), q(dir),
     q(url), extra, q(log)))
   local pid = r.out:match("%d+")
