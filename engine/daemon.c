@@ -729,10 +729,8 @@ static void overlay(struct settings *dst, const struct settings *src)
 		dst->memory_mb = src->memory_mb;
 }
 
-int tide_daemon_main(int argc, char **argv)
+static int run_daemon(struct run *r, int argc, char **argv)
 {
-	static struct run r; /* the loop's handles point into it until the end */
-	memset(&r, 0, sizeof(r));
 	struct settings set = {.batch = 500,
 	                       .poll = 1000,
 	                       .lease = 10000,
@@ -772,12 +770,12 @@ int tide_daemon_main(int argc, char **argv)
 		case 'r': flags.sql_role = optarg; break;
 		case 'a': flags.app = optarg; break;
 		case 't':
-			if (r.ntakeover == MAX_DIRS) {
+			if (r->ntakeover == MAX_DIRS) {
 				fprintf(stderr, "tide run: at most %d --take-over flags\n",
 				        MAX_DIRS);
 				return 2;
 			}
-			r.takeover[r.ntakeover++] = optarg;
+			r->takeover[r->ntakeover++] = optarg;
 			break;
 		case 'f': flags.log_format = optarg; break;
 		case 'v': flags.log_level = optarg; break;
@@ -797,12 +795,12 @@ int tide_daemon_main(int argc, char **argv)
 	}
 	set.url = tide_cli_database_url(NULL); /* the environment's, under file and flags */
 	struct settings file = {0};
-	if (config && load_config(&r, config, &file) != 0)
+	if (config && load_config(r, config, &file) != 0)
 		return 2;
 	overlay(&set, &file);
 	overlay(&set, &flags);
-	for (int i = optind; i < argc && r.ndirs < MAX_DIRS; i++)
-		r.dirs[r.ndirs++] = argv[i];
+	for (int i = optind; i < argc && r->ndirs < MAX_DIRS; i++)
+		r->dirs[r->ndirs++] = argv[i];
 	if (set.log_format && strcmp(set.log_format, "json") == 0)
 		tide_log_set_format(TIDE_LOG_JSON);
 	else if (set.log_format && strcmp(set.log_format, "text") != 0) {
@@ -825,7 +823,7 @@ int tide_daemon_main(int argc, char **argv)
 		fprintf(stderr, "tide run: --sql-role wants a role name of 1 to 63 bytes\n");
 		return 2;
 	}
-	if (r.ndirs == 0) {
+	if (r->ndirs == 0) {
 		fprintf(stderr, "tide run: no directories given (see `tide run --help`)\n");
 		return 2;
 	}
@@ -836,18 +834,18 @@ int tide_daemon_main(int argc, char **argv)
 		        MAX_APP_BYTES, set.app);
 		return 2;
 	}
-	for (int i = 0; i < r.ndirs; i++) {
+	for (int i = 0; i < r->ndirs; i++) {
 		struct stat st;
-		if (stat(r.dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
-			fprintf(stderr, "tide run: %s is not a directory\n", r.dirs[i]);
+		if (stat(r->dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "tide run: %s is not a directory\n", r->dirs[i]);
 			return 2;
 		}
-		r.apps[i] = set.app ? set.app : app_of(&r, r.dirs[i]);
-		if (!r.apps[i] || !valid_app(r.apps[i])) {
+		r->apps[i] = set.app ? set.app : app_of(r, r->dirs[i]);
+		if (!r->apps[i] || !valid_app(r->apps[i])) {
 			fprintf(stderr,
 			        "tide run: the directory %s gives no usable app name (1 to %d "
 			        "bytes, no control characters): pass --app NAME\n",
-			        r.dirs[i], MAX_APP_BYTES);
+			        r->dirs[i], MAX_APP_BYTES);
 			return 2;
 		}
 	}
@@ -859,17 +857,17 @@ int tide_daemon_main(int argc, char **argv)
 
 	char host[64] = "host";
 	gethostname(host, sizeof(host) - 1);
-	uv_loop_init(&r.loop);
-	r.d.loop = &r.loop;
-	r.d.url = set.url;
-	snprintf(r.d.owner, sizeof(r.d.owner), "tide:%s:%d:%08x", host, (int)getpid(),
+	uv_loop_init(&r->loop);
+	r->d.loop = &r->loop;
+	r->d.url = set.url;
+	snprintf(r->d.owner, sizeof(r->d.owner), "tide:%s:%d:%08x", host, (int)getpid(),
 	         (unsigned)(uv_hrtime() & 0xffffffffu));
 	srand((unsigned)uv_hrtime());
 	tide_set_application_name("tide run");
-	r.d.popts = (struct tide_processor_opts){
-	        .loop = &r.loop,
+	r->d.popts = (struct tide_processor_opts){
+	        .loop = &r->loop,
 	        .url = set.url,
-	        .owner = r.d.owner,
+	        .owner = r->d.owner,
 	        .sql_role = set.sql_role,
 	        .batch_size = (int)set.batch,
 	        .poll_ms = (unsigned)set.poll,
@@ -877,37 +875,46 @@ int tide_daemon_main(int argc, char **argv)
 	        .cpu_ms = (unsigned)set.cpu,
 	        .memory = (size_t)set.memory_mb << 20,
 	        .on_stopped = processor_stopped,
-	        .arg = &r,
+	        .arg = r,
 	};
-	uv_timer_init(&r.loop, &r.debounce);
-	r.debounce.data = &r;
-	uv_timer_init(&r.loop, &r.listen_retry);
-	r.listen_retry.data = &r;
-	uv_timer_init(&r.loop, &r.drain_deadline);
-	r.drain_deadline.data = &r;
-	uv_signal_init(&r.loop, &r.sigterm);
-	uv_signal_init(&r.loop, &r.sigint);
-	uv_signal_init(&r.loop, &r.sighup);
-	r.sigterm.data = r.sigint.data = r.sighup.data = &r;
-	uv_signal_start(&r.sigterm, on_signal, SIGTERM);
-	uv_signal_start(&r.sigint, on_signal, SIGINT);
-	uv_signal_start(&r.sighup, on_signal, SIGHUP);
+	uv_timer_init(&r->loop, &r->debounce);
+	r->debounce.data = r;
+	uv_timer_init(&r->loop, &r->listen_retry);
+	r->listen_retry.data = r;
+	uv_timer_init(&r->loop, &r->drain_deadline);
+	r->drain_deadline.data = r;
+	uv_signal_init(&r->loop, &r->sigterm);
+	uv_signal_init(&r->loop, &r->sigint);
+	uv_signal_init(&r->loop, &r->sighup);
+	r->sigterm.data = r->sigint.data = r->sighup.data = r;
+	uv_signal_start(&r->sigterm, on_signal, SIGTERM);
+	uv_signal_start(&r->sigint, on_signal, SIGINT);
+	uv_signal_start(&r->sighup, on_signal, SIGHUP);
 	/* The LISTEN connection is probed at the poll interval, so a dead one is noticed. */
 	static uv_timer_t probe;
-	uv_timer_init(&r.loop, &probe);
-	probe.data = &r;
+	uv_timer_init(&r->loop, &probe);
+	probe.data = r;
 	uv_timer_start(&probe, on_listen_probe, set.poll, set.poll);
 	uv_unref((uv_handle_t *)&probe);
 
 	struct tide_store *boot = NULL;
-	if (tide_store_open(&r.loop, r.d.url, on_bootstrap_open, &r, &boot) != 0)
+	if (tide_store_open(&r->loop, r->d.url, on_bootstrap_open, r, &boot) != 0)
 		return 1;
-	uv_run(&r.loop, UV_RUN_DEFAULT);
+	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_close((uv_handle_t *)&probe, NULL);
-	uv_run(&r.loop, UV_RUN_DEFAULT);
-	uv_loop_close(&r.loop);
+	uv_run(&r->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&r->loop);
+	tide_log("info", "daemon.stopped", (char *)NULL);
+	return r->exit_code;
+}
+
+int tide_daemon_main(int argc, char **argv)
+{
+	static struct run r; /* the loop's handles point into it until the end */
+	memset(&r, 0, sizeof(r));
+	int code = run_daemon(&r, argc, argv);
+	/* Every way out, the usage errors included, gives back what the settings kept. */
 	for (int i = 0; i < r.nconfig_strings; i++)
 		free(r.config_strings[i]);
-	tide_log("info", "daemon.stopped", (char *)NULL);
-	return r.exit_code;
+	return code;
 }
