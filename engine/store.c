@@ -63,6 +63,15 @@ const struct tide_pg_stmt tide_stmt_held_back = {
         0,
 };
 
+/* A NOTIFY inside an appending transaction would take a server-wide lock at pre-commit
+ * and hold it through the commit's flush, so every appending commit would run one at a
+ * time. This one is its own transaction and its commit does not wait for the disk. */
+static const struct tide_pg_stmt stmt_wake = {
+        "tide_wake",
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')",
+        0,
+};
+
 static char tide_application_name[64] = "tide";
 
 struct call {
@@ -263,6 +272,32 @@ int tide_store_reconnect(struct tide_store *store, tide_open_cb cb, void *arg)
 const char *tide_store_error(const struct tide_store *store)
 {
 	return store->error;
+}
+
+static void send_wake(struct tide_store *store);
+
+static void on_wake(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_store *store = arg;
+	store->wake_in_flight = false;
+	if (reply->status == 0 && store->wake_owed)
+		send_wake(store);
+	/* A failed wake-up is not the append's failure: consumers still find the events
+	 * by their probe and poll. */
+}
+
+static void send_wake(struct tide_store *store)
+{
+	store->wake_owed = false;
+	store->wake_in_flight = tide_pg_exec(store->pg, &stmt_wake, NULL, on_wake, store) == 0;
+}
+
+void tide_store_wake(struct tide_store *store)
+{
+	if (store->wake_in_flight)
+		store->wake_owed = true;
+	else if (tide_pg_ready(store->pg))
+		send_wake(store);
 }
 
 static int64_t to_i64(const char *s)

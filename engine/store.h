@@ -20,6 +20,11 @@ struct tide_store {
 	bool reconnecting;
 	tide_open_cb reopen_cb;
 	void *reopen_arg;
+	/* Post-commit wake-ups (tide_store_wake): one in flight, one more owed at most. */
+	bool wake_in_flight, wake_owed;
+	/* A transaction of the caller's is open on pg (BEGIN sent): appends in it wake
+	 * consumers only once it commits. */
+	bool in_transaction, appended_in_transaction;
 	char error[640];
 };
 
@@ -37,6 +42,12 @@ TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
 
 bool tide_uuid_valid(const char *s);
+
+/* Tells idle consumers (LISTEN tide_messages) that events were committed: a NOTIFY in a
+ * transaction of its own that does not wait for the disk, sent behind whatever is queued
+ * and never waited for by the caller; while one is in flight further calls are folded
+ * into one more. Call it after the commit of anything that appended, never before. */
+void tide_store_wake(struct tide_store *store);
 
 /* 0 when name[0..len) is a name tide stores (a stream, an event type, a partition):
  * 1..max bytes of valid UTF-8 without NUL bytes. Otherwise TIDE_EINVAL and one line in
