@@ -3,6 +3,7 @@
  * and the replies into tide_message arrays. The SQL side lives in sql/0002_tide_store.sql. */
 #include "store.h"
 
+#include "append.h"
 #include "json.h"
 
 #include <cJSON.h>
@@ -16,12 +17,6 @@
 	"stream_id, stream_position, global_position, transaction_id, message_type, "              \
 	"message_data, message_metadata, message_id, "                                             \
 	"to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-
-static const struct tide_pg_stmt stmt_append = {
-        "tide_append",
-        "SELECT appended, stream_version, global_positions FROM tide_append($1, $2, $3::jsonb, $4)",
-        4,
-};
 
 static const struct tide_pg_stmt stmt_read_forward = {
         "tide_read_forward",
@@ -63,15 +58,6 @@ const struct tide_pg_stmt tide_stmt_held_back = {
         0,
 };
 
-/* A NOTIFY inside an appending transaction would take a server-wide lock at pre-commit
- * and hold it through the commit's flush, so every appending commit would run one at a
- * time. This one is its own transaction and its commit does not wait for the disk. */
-static const struct tide_pg_stmt stmt_wake = {
-        "tide_wake",
-        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')",
-        0,
-};
-
 static char tide_application_name[64] = "tide";
 
 struct call {
@@ -81,7 +67,7 @@ struct call {
 		tide_read_cb read;
 	} cb;
 	void *arg;
-	int64_t expected;
+	unsigned partition_gen; /* an append's: the store's partition when it was sent */
 	struct tide_cursor after;
 	bool global; /* a read of the global log */
 };
@@ -144,6 +130,7 @@ int tide_store_open_named(uv_loop_t *loop, const char *url, const char *applicat
 	store->open_cb = cb;
 	store->open_arg = arg;
 	snprintf(store->partition, sizeof(store->partition), "%s", TIDE_DEFAULT_PARTITION);
+	store->partition_ready = true; /* the default partition's tables come with migrate */
 	snprintf(store->application_name, sizeof(store->application_name), "%s",
 	         application_name ? application_name : tide_application_name);
 	store->url = strdup(url ? url : "");
@@ -221,6 +208,8 @@ int tide_store_set_partition(struct tide_store *store, const char *partition)
 	                    store->error, sizeof(store->error)))
 		return TIDE_EINVAL;
 	memcpy(store->partition, partition, len + 1);
+	store->partition_gen++;
+	store->partition_ready = strcmp(partition, TIDE_DEFAULT_PARTITION) == 0;
 	return 0;
 }
 
@@ -274,98 +263,14 @@ const char *tide_store_error(const struct tide_store *store)
 	return store->error;
 }
 
-static void send_wake(struct tide_store *store);
-
-static void on_wake(const struct tide_pg_reply *reply, void *arg)
-{
-	struct tide_store *store = arg;
-	store->wake_in_flight = false;
-	if (reply->status == 0 && store->wake_owed)
-		send_wake(store);
-	/* A failed wake-up is not the append's failure: consumers still find the events
-	 * by their probe and poll. */
-}
-
-static void send_wake(struct tide_store *store)
-{
-	store->wake_owed = false;
-	store->wake_in_flight = tide_pg_exec(store->pg, &stmt_wake, NULL, on_wake, store) == 0;
-}
-
 void tide_store_wake(struct tide_store *store)
 {
-	if (store->wake_in_flight)
-		store->wake_owed = true;
-	else if (tide_pg_ready(store->pg))
-		send_wake(store);
+	tide_wake(store->pg, &store->wake);
 }
 
 static int64_t to_i64(const char *s)
 {
 	return strtoll(s, NULL, 10);
-}
-
-/* Checks every event before anything is built or sent: TIDE_EINVAL with store->error. */
-static int check_events(struct tide_store *store, const struct tide_event *events, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		const struct tide_event *e = &events[i];
-		char what[40];
-		snprintf(what, sizeof(what), "type of event %zu", i + 1);
-		if (tide_check_name(what, e->type, e->type ? strlen(e->type) : 0,
-		                    TIDE_MAX_NAME_BYTES, store->error, sizeof(store->error)))
-			return TIDE_EINVAL;
-		size_t data_len = e->data ? strlen(e->data) : 0;
-		size_t meta_len = e->metadata ? strlen(e->metadata) : 0;
-		if (data_len + meta_len > TIDE_MAX_EVENT_BYTES)
-			return fail(
-			        store, TIDE_EINVAL,
-			        "event %zu is too large: its data and metadata are %zu bytes of "
-			        "JSON; at most %u (%u MiB) are allowed",
-			        i + 1, data_len + meta_len, TIDE_MAX_EVENT_BYTES,
-			        TIDE_MAX_EVENT_BYTES >> 20);
-		snprintf(what, sizeof(what), "data of event %zu", i + 1);
-		if (tide_json_check_object_n(e->data, data_len, what, store->error,
-		                             sizeof(store->error)))
-			return TIDE_EINVAL;
-		snprintf(what, sizeof(what), "metadata of event %zu", i + 1);
-		if (e->metadata && tide_json_check_object_n(e->metadata, meta_len, what,
-		                                            store->error, sizeof(store->error)))
-			return TIDE_EINVAL;
-		if (e->message_id && !tide_uuid_valid(e->message_id)) {
-			char shown[80];
-			tide_snippet(shown, sizeof(shown), e->message_id, strlen(e->message_id),
-			             40);
-			return fail(store, TIDE_EINVAL,
-			            "the message id of event %zu is not a UUID: %s", i + 1, shown);
-		}
-	}
-	return 0;
-}
-
-/* The messages JSON array for tide_append() (checked events); NULL when out of memory. */
-static char *encode_events(const struct tide_event *events, size_t n)
-{
-	cJSON *arr = cJSON_CreateArray();
-	for (size_t i = 0; arr && i < n; i++) {
-		const struct tide_event *e = &events[i];
-		cJSON *o = cJSON_CreateObject();
-		if (!o || !cJSON_AddItemToArray(arr, o)) {
-			cJSON_Delete(o);
-			cJSON_Delete(arr);
-			return NULL;
-		}
-		if (!cJSON_AddStringToObject(o, "type", e->type) ||
-		    !cJSON_AddRawToObject(o, "data", e->data) ||
-		    (e->metadata && !cJSON_AddRawToObject(o, "metadata", e->metadata)) ||
-		    (e->message_id && !cJSON_AddStringToObject(o, "id", e->message_id))) {
-			cJSON_Delete(arr); /* o is in it */
-			return NULL;
-		}
-	}
-	char *json = arr ? cJSON_PrintUnformatted(arr) : NULL;
-	cJSON_Delete(arr);
-	return json;
 }
 
 bool tide_uuid_valid(const char *s)
@@ -377,92 +282,6 @@ bool tide_uuid_valid(const char *s)
 			return false;
 	}
 	return s[sizeof(shape) - 1] == '\0';
-}
-
-static size_t parse_positions(const char *text, int64_t **out)
-{
-	/* text is a PostgreSQL array literal of bigints: {1,2,3} */
-	size_t n = 0, cap = 8;
-	int64_t *v = malloc(cap * sizeof(*v));
-	for (const char *p = text; v && *p;) {
-		if (*p == '-' || (*p >= '0' && *p <= '9')) {
-			char *end;
-			int64_t x = strtoll(p, &end, 10);
-			if (n == cap) {
-				int64_t *nv = realloc(v, (cap *= 2) * sizeof(*v));
-				if (!nv) {
-					free(v);
-					v = NULL;
-					break;
-				}
-				v = nv;
-			}
-			v[n++] = x;
-			p = end;
-		} else {
-			p++;
-		}
-	}
-	*out = v;
-	return v ? n : 0;
-}
-
-static void on_append(const struct tide_pg_reply *reply, void *arg)
-{
-	struct call *c = arg;
-	struct tide_append_result r = {.expected = c->expected, .actual = -1};
-	char buf[640];
-	/* The server going away answers with an error of its own (57P01 on a fast shutdown or
-	 * pg_terminate_backend): whether the append committed first is as unknown then. */
-	bool lost = reply->status == TIDE_ECONN ||
-	            (reply->status == TIDE_EDB && (strncmp(reply->sqlstate, "57P0", 4) == 0 ||
-	                                           strncmp(reply->sqlstate, "08", 2) == 0));
-	if (lost && reply->sent) {
-		/* The append reached the server and its answer did not come back. */
-		snprintf(buf, sizeof(buf),
-		         "the connection was lost after the append was sent, so it may or may not "
-		         "have been committed (read the stream to find out): %s",
-		         reply->err);
-		c->cb.append(TIDE_EUNKNOWN, buf, NULL, c->arg);
-		free(c);
-		return;
-	}
-	if (reply->status) {
-		c->cb.append(reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL,
-		             c->arg);
-		free(c);
-		return;
-	}
-	PGresult *res = reply->res;
-	if (PQntuples(res) != 1) {
-		c->cb.append(TIDE_EDB, "tide_append returned no row", NULL, c->arg);
-		free(c);
-		return;
-	}
-	bool appended = PQgetvalue(res, 0, 0)[0] == 't';
-	if (!appended) {
-		r.actual = PQgetisnull(res, 0, 1) ? -1 : to_i64(PQgetvalue(res, 0, 1));
-		char exp[32], act[32];
-		tide_expected_format(c->expected, exp, sizeof(exp));
-		if (r.actual < 0)
-			snprintf(act, sizeof(act), "no stream");
-		else
-			snprintf(act, sizeof(act), "version %" PRId64, r.actual);
-		snprintf(buf, sizeof(buf), "version conflict: expected %s, found %s", exp, act);
-		c->cb.append(TIDE_ECONFLICT, buf, &r, c->arg);
-		free(c);
-		return;
-	}
-	int64_t *positions = NULL;
-	r.next_expected_version = to_i64(PQgetvalue(res, 0, 1));
-	r.count = parse_positions(PQgetvalue(res, 0, 2), &positions);
-	r.global_positions = positions;
-	if (!positions)
-		c->cb.append(TIDE_ENOMEM, "out of memory", NULL, c->arg);
-	else
-		c->cb.append(0, NULL, &r, c->arg);
-	free(positions);
-	free(c);
 }
 
 void tide_expected_format(int64_t expected, char *buf, size_t n)
@@ -484,41 +303,46 @@ static bool store_usable(struct tide_store *store)
 	return false;
 }
 
+static void on_append(int status, const char *err, const struct tide_append_result *r, void *arg)
+{
+	struct call *c = arg;
+	if (status == 0 && c->partition_gen == c->store->partition_gen)
+		c->store->partition_ready = true;
+	c->cb.append(status, err, r, c->arg);
+	free(c);
+}
+
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
-	if (tide_check_name("stream name", stream, stream ? strlen(stream) : 0, TIDE_MAX_NAME_BYTES,
-	                    store->error, sizeof(store->error)))
-		return TIDE_EINVAL;
-	if (n == 0 || !events)
-		return fail(store, TIDE_EINVAL, "no events to append");
-	if (expected < TIDE_EXPECT_STREAM_EXISTS)
-		return fail(store, TIDE_EINVAL, "invalid expected version %" PRId64, expected);
-	if (check_events(store, events, n))
-		return TIDE_EINVAL;
-	if (!store_usable(store))
+	struct tide_append *a = NULL;
+	int rc = tide_append_build(stream, store->partition, events, n, expected,
+	                           !store->partition_ready, store->error, sizeof(store->error), &a);
+	if (rc)
+		return rc;
+	if (!store_usable(store)) {
+		tide_append_free(a);
 		return TIDE_ECONN;
-	char *json = encode_events(events, n);
-	if (!json)
-		return fail(store, TIDE_ENOMEM, "out of memory");
+	}
 	struct call *c = calloc(1, sizeof(*c));
 	if (!c) {
-		free(json);
+		tide_append_free(a);
 		return fail(store, TIDE_ENOMEM, "out of memory");
 	}
 	c->store = store;
 	c->cb.append = cb;
 	c->arg = arg;
-	c->expected = expected;
-	char exp[32];
-	tide_expected_format(expected, exp, sizeof(exp));
-	const char *values[4] = {stream, exp, json, store->partition};
-	int rc = tide_pg_exec(store->pg, &stmt_append, values, on_append, c);
-	free(json);
-	if (rc) {
+	c->partition_gen = store->partition_gen;
+	/* Outside a transaction of the caller's, the wake-up goes right behind the append's
+	 * commit; inside, tide_store_commit sends it. */
+	if (tide_append_send(store->pg, a, store->in_transaction ? NULL : &store->wake, on_append,
+	                     c) != 0) {
 		free(c);
-		return fail(store, rc, "cannot send the append: %s", tide_pg_error(store->pg));
+		return fail(store, TIDE_ECONN, "cannot send the append: %s",
+		            tide_pg_error(store->pg));
 	}
+	if (store->in_transaction)
+		store->appended_in_transaction = true;
 	return 0;
 }
 

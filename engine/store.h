@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 
+#include "append.h"
 #include "pg.h"
 #include "tide.h"
 
@@ -20,8 +21,9 @@ struct tide_store {
 	bool reconnecting;
 	tide_open_cb reopen_cb;
 	void *reopen_arg;
-	/* Post-commit wake-ups (tide_store_wake): one in flight, one more owed at most. */
-	bool wake_in_flight, wake_owed;
+	struct tide_wake wake;  /* post-commit wake-ups (tide_store_wake) */
+	bool partition_ready;   /* partition's tables exist (an append to it succeeded) */
+	unsigned partition_gen; /* counts tide_store_set_partition calls */
 	/* A transaction of the caller's is open on pg (BEGIN sent): appends in it wake
 	 * consumers only once it commits. */
 	bool in_transaction, appended_in_transaction;
@@ -43,10 +45,8 @@ const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, siz
 
 bool tide_uuid_valid(const char *s);
 
-/* Tells idle consumers (LISTEN tide_messages) that events were committed: a NOTIFY in a
- * transaction of its own that does not wait for the disk, sent behind whatever is queued
- * and never waited for by the caller; while one is in flight further calls are folded
- * into one more. Call it after the commit of anything that appended, never before. */
+/* tide_wake on the store's connection: send it behind the COMMIT of a transaction of the
+ * caller's that appended. */
 void tide_store_wake(struct tide_store *store);
 
 /* 0 when name[0..len) is a name tide stores (a stream, an event type, a partition):

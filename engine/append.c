@@ -1,0 +1,444 @@
+/* append.c — where appends happen. An append is one prepared statement: a data-modifying
+ * CTE moves the stream's emt_streams row (the expectation is its WHERE, so appends to one
+ * stream serialize on that row and concurrent `any` appends get contiguous positions), a
+ * second inserts the events from parameter arrays at the positions the first returned.
+ * No row back means the expectation did not hold and nothing was written; a second
+ * statement then reads the version found, for the conflict error. */
+#include "append.h"
+
+#include "json.h"
+#include "store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* $1 stream, $2 partition, $3 types, $4 data, $5 metadata (NULL: {}), $6 message ids
+ * (NULL: a new UUID), $7 the expected version (existing streams only). One event is sent
+ * as scalars, more as arrays: an array's text needs every quote of the JSON escaped. */
+#define EVENTS_ONE  "(VALUES ($3::text, $4::jsonb, $5::jsonb, $6::text, 1))"
+#define EVENTS_MANY "unnest($3::text[], $4::jsonb[], $5::jsonb[], $6::text[]) WITH ORDINALITY"
+#define COUNT_ONE   "1"
+#define COUNT_MANY  "cardinality($3::text[])"
+
+#define STREAM_ROW(COUNT)                                                                          \
+	"INSERT INTO emt_streams AS t (stream_id, stream_position, partition, stream_type,"        \
+	" stream_metadata, is_archived)"                                                           \
+	" VALUES ($1, " COUNT ", $2, split_part($1, '-', 1), '{}', false)"
+
+/* Whatever the stream's state: create it or move it. */
+#define STREAM_ANY(COUNT)                                                                          \
+	STREAM_ROW(COUNT)                                                                          \
+	" ON CONFLICT (stream_id, partition, is_archived) DO UPDATE"                               \
+	" SET stream_position = t.stream_position + excluded.stream_position"                      \
+	" RETURNING stream_position"
+/* no_stream (or version 0): create it, or nothing. */
+#define STREAM_NEW(COUNT)                                                                          \
+	STREAM_ROW(COUNT)                                                                          \
+	" ON CONFLICT (stream_id, partition, is_archived) DO NOTHING"                              \
+	" RETURNING stream_position"
+/* stream_exists ($7 NULL) or version $7: move it if it is there (at that version). */
+#define STREAM_EXISTING(COUNT)                                                                     \
+	"UPDATE emt_streams SET stream_position = stream_position + " COUNT                        \
+	" WHERE stream_id = $1 AND partition = $2 AND NOT is_archived"                             \
+	" AND ($7::bigint IS NULL OR stream_position = $7::bigint) RETURNING stream_position"
+
+#define APPEND_SQL(STREAM, COUNT, EVENTS)                                                          \
+	"WITH s AS (" STREAM(COUNT) "), m AS ("                                                    \
+	                            " INSERT INTO emt_messages (stream_id, stream_position, "      \
+	                            "partition, message_data,"                                     \
+	                            "  message_metadata, message_schema_version, message_type, "   \
+	                            "message_kind, message_id,"                                    \
+	                            "  transaction_id, is_archived)"                               \
+	                            " SELECT $1, s.stream_position - " COUNT                       \
+	                            " + e.ord, $2, e.data,"                                        \
+	                            "  coalesce(e.metadata, '{}'), '1', e.type, 'E', "             \
+	                            "coalesce(e.id, gen_random_uuid()::text),"                     \
+	                            "  pg_current_xact_id(), false"                                \
+	                            " FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"      \
+	                            " RETURNING global_position)"                                  \
+	                            " SELECT s.stream_position, ARRAY(SELECT global_position "     \
+	                            "FROM m ORDER BY 1) FROM s"
+
+enum shape { ANY, NEW, EXISTING };
+
+static const struct tide_pg_stmt stmts[3][2] = {
+        [ANY] = {{"tide_append_any", APPEND_SQL(STREAM_ANY, COUNT_ONE, EVENTS_ONE), 6},
+                 {"tide_append_any_n", APPEND_SQL(STREAM_ANY, COUNT_MANY, EVENTS_MANY), 6}},
+        [NEW] = {{"tide_append_new", APPEND_SQL(STREAM_NEW, COUNT_ONE, EVENTS_ONE), 6},
+                 {"tide_append_new_n", APPEND_SQL(STREAM_NEW, COUNT_MANY, EVENTS_MANY), 6}},
+        [EXISTING] = {{"tide_append_existing", APPEND_SQL(STREAM_EXISTING, COUNT_ONE, EVENTS_ONE),
+                       7},
+                      {"tide_append_existing_n",
+                       APPEND_SQL(STREAM_EXISTING, COUNT_MANY, EVENTS_MANY), 7}},
+};
+
+static const struct tide_pg_stmt stmt_version = {
+        "tide_stream_version",
+        "SELECT stream_position FROM emt_streams"
+        " WHERE stream_id = $1 AND partition = $2 AND NOT is_archived",
+        2,
+};
+
+static const struct tide_pg_stmt stmt_ensure_partition = {
+        "tide_ensure_partition",
+        "SELECT tide_ensure_partition($1)",
+        1,
+};
+
+/* A conflict whose version found satisfies the expectation was a race with the stream's
+ * creation (or archiving): the append is sent again, this many times at most. */
+#define MAX_SENDS 4
+
+struct tide_append {
+	const struct tide_pg_stmt *stmt;
+	char *values[7]; /* stream, partition, types, data, metadata, ids, version */
+	int64_t expected;
+	bool ensure;
+	int sends;
+	struct tide_pg *pg;
+	struct tide_wake *wake;
+	tide_append_cb cb;
+	void *arg;
+	char *ensure_err;
+};
+
+void tide_append_free(struct tide_append *a)
+{
+	if (!a)
+		return;
+	for (int i = 0; i < 7; i++)
+		free(a->values[i]);
+	free(a->ensure_err);
+	free(a);
+}
+
+/* Checks every event before anything is built or sent: TIDE_EINVAL with the reason. */
+static int check_events(const struct tide_event *events, size_t n, char *err, size_t errn)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct tide_event *e = &events[i];
+		char what[40];
+		snprintf(what, sizeof(what), "type of event %zu", i + 1);
+		if (tide_check_name(what, e->type, e->type ? strlen(e->type) : 0,
+		                    TIDE_MAX_NAME_BYTES, err, errn))
+			return TIDE_EINVAL;
+		size_t data_len = e->data ? strlen(e->data) : 0;
+		size_t meta_len = e->metadata ? strlen(e->metadata) : 0;
+		if (data_len + meta_len > TIDE_MAX_EVENT_BYTES) {
+			snprintf(err, errn,
+			         "event %zu is too large: its data and metadata are %zu bytes of "
+			         "JSON; at most %u (%u MiB) are allowed",
+			         i + 1, data_len + meta_len, TIDE_MAX_EVENT_BYTES,
+			         TIDE_MAX_EVENT_BYTES >> 20);
+			return TIDE_EINVAL;
+		}
+		snprintf(what, sizeof(what), "data of event %zu", i + 1);
+		if (tide_json_check_object_n(e->data, data_len, what, err, errn))
+			return TIDE_EINVAL;
+		snprintf(what, sizeof(what), "metadata of event %zu", i + 1);
+		if (e->metadata && tide_json_check_object_n(e->metadata, meta_len, what, err, errn))
+			return TIDE_EINVAL;
+		if (e->message_id && !tide_uuid_valid(e->message_id)) {
+			char shown[80];
+			tide_snippet(shown, sizeof(shown), e->message_id, strlen(e->message_id),
+			             40);
+			snprintf(err, errn, "the message id of event %zu is not a UUID: %s", i + 1,
+			         shown);
+			return TIDE_EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* One field of every event as the text of a PostgreSQL array ({"…",NULL}), each element
+ * quoted with " and \ escaped; NULL when out of memory. */
+static char *array_text(const struct tide_event *events, size_t n, size_t field)
+{
+	size_t len = 3;
+	for (size_t i = 0; i < n; i++) {
+		const char *s = *(const char *const *)((const char *)&events[i] + field);
+		len += s ? 2 * strlen(s) + 3 : 5;
+	}
+	char *out = malloc(len), *o = out;
+	if (!out)
+		return NULL;
+	*o++ = '{';
+	for (size_t i = 0; i < n; i++) {
+		const char *s = *(const char *const *)((const char *)&events[i] + field);
+		if (i)
+			*o++ = ',';
+		if (!s) {
+			memcpy(o, "NULL", 4);
+			o += 4;
+			continue;
+		}
+		*o++ = '"';
+		for (; *s; s++) {
+			if (*s == '"' || *s == '\\')
+				*o++ = '\\';
+			*o++ = *s;
+		}
+		*o++ = '"';
+	}
+	*o++ = '}';
+	*o = '\0';
+	return out;
+}
+
+static char *dup_or_null(const char *s, bool *ok)
+{
+	if (!s)
+		return NULL;
+	char *c = strdup(s);
+	*ok = *ok && c;
+	return c;
+}
+
+int tide_append_build(const char *stream, const char *partition, const struct tide_event *events,
+                      size_t n, int64_t expected, bool ensure_partition, char *err, size_t errn,
+                      struct tide_append **out)
+{
+	*out = NULL;
+	if (tide_check_name("stream name", stream, stream ? strlen(stream) : 0, TIDE_MAX_NAME_BYTES,
+	                    err, errn))
+		return TIDE_EINVAL;
+	if (n == 0 || !events) {
+		snprintf(err, errn, "no events to append");
+		return TIDE_EINVAL;
+	}
+	if (expected < TIDE_EXPECT_STREAM_EXISTS) {
+		snprintf(err, errn, "invalid expected version %" PRId64, expected);
+		return TIDE_EINVAL;
+	}
+	if (check_events(events, n, err, errn))
+		return TIDE_EINVAL;
+	struct tide_append *a = calloc(1, sizeof(*a));
+	if (!a) {
+		snprintf(err, errn, "out of memory");
+		return TIDE_ENOMEM;
+	}
+	enum shape shape = expected == TIDE_EXPECT_ANY                          ? ANY
+	                   : expected == TIDE_EXPECT_NO_STREAM || expected == 0 ? NEW
+	                                                                        : EXISTING;
+	a->stmt = &stmts[shape][n > 1];
+	a->expected = expected;
+	a->ensure = ensure_partition;
+	bool ok = true;
+	a->values[0] = dup_or_null(stream, &ok);
+	a->values[1] = dup_or_null(partition, &ok);
+	if (n == 1) {
+		a->values[2] = dup_or_null(events->type, &ok);
+		a->values[3] = dup_or_null(events->data, &ok);
+		a->values[4] = dup_or_null(events->metadata, &ok);
+		a->values[5] = dup_or_null(events->message_id, &ok);
+	} else {
+		static const size_t fields[4] = {offsetof(struct tide_event, type),
+		                                 offsetof(struct tide_event, data),
+		                                 offsetof(struct tide_event, metadata),
+		                                 offsetof(struct tide_event, message_id)};
+		for (int k = 0; k < 4; k++)
+			ok = ok && (a->values[2 + k] = array_text(events, n, fields[k]));
+	}
+	if (ok && shape == EXISTING && expected > 0) {
+		char v[24];
+		snprintf(v, sizeof(v), "%" PRId64, expected);
+		a->values[6] = dup_or_null(v, &ok);
+	}
+	if (!ok) {
+		tide_append_free(a);
+		snprintf(err, errn, "out of memory");
+		return TIDE_ENOMEM;
+	}
+	*out = a;
+	return 0;
+}
+
+static void done(struct tide_append *a, int status, const char *err,
+                 const struct tide_append_result *r)
+{
+	a->cb(status, err, r, a->arg);
+	tide_append_free(a);
+}
+
+static size_t parse_positions(const char *text, int64_t **out)
+{
+	/* text is a PostgreSQL array literal of bigints: {1,2,3} */
+	size_t n = 1;
+	for (const char *p = text; *p; p++)
+		n += *p == ',';
+	int64_t *v = malloc(n * sizeof(*v));
+	size_t count = 0;
+	for (const char *p = text; v && *p && count < n;) {
+		if (*p == '-' || (*p >= '0' && *p <= '9')) {
+			char *end;
+			v[count++] = strtoll(p, &end, 10);
+			p = end;
+		} else {
+			p++;
+		}
+	}
+	*out = v;
+	return v ? count : 0;
+}
+
+static bool lost_connection(const struct tide_pg_reply *reply)
+{
+	/* The server going away answers with an error of its own (57P01 on a fast shutdown or
+	 * pg_terminate_backend). */
+	return reply->status == TIDE_ECONN ||
+	       (reply->status == TIDE_EDB && (strncmp(reply->sqlstate, "57P0", 4) == 0 ||
+	                                      strncmp(reply->sqlstate, "08", 2) == 0));
+}
+
+static int send_append(struct tide_append *a);
+
+static void on_version(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_append *a = arg;
+	char buf[640];
+	if (reply->status) {
+		snprintf(buf, sizeof(buf),
+		         "the append found a different version and wrote nothing, but reading "
+		         "that version failed: %s",
+		         reply->err);
+		done(a, lost_connection(reply) ? TIDE_ECONN : reply->status, buf, NULL);
+		return;
+	}
+	struct tide_append_result r = {.expected = a->expected, .actual = -1};
+	if (PQntuples(reply->res) == 1)
+		r.actual = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	bool holds = a->expected == TIDE_EXPECT_NO_STREAM ? r.actual < 0
+	             : a->expected == TIDE_EXPECT_STREAM_EXISTS
+	                     ? r.actual >= 0
+	                     : (r.actual < 0 ? 0 : r.actual) == a->expected;
+	if (holds && a->sends < MAX_SENDS) {
+		/* The stream changed between the two statements: try again. */
+		if (send_append(a) != 0)
+			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);
+		return;
+	}
+	char exp[32], act[32];
+	tide_expected_format(a->expected, exp, sizeof(exp));
+	if (r.actual < 0)
+		snprintf(act, sizeof(act), "no stream");
+	else
+		snprintf(act, sizeof(act), "version %" PRId64, r.actual);
+	snprintf(buf, sizeof(buf), "version conflict: expected %s, found %s", exp, act);
+	done(a, TIDE_ECONFLICT, buf, &r);
+}
+
+static void on_append(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_append *a = arg;
+	char buf[640];
+	if (a->ensure_err) {
+		done(a, TIDE_EDB, a->ensure_err, NULL);
+		return;
+	}
+	if (lost_connection(reply) && reply->sent) {
+		/* The append reached the server and its answer did not come back. */
+		snprintf(buf, sizeof(buf),
+		         "the connection was lost after the append was sent, so it may or may not "
+		         "have been committed (read the stream to find out): %s",
+		         reply->err);
+		done(a, TIDE_EUNKNOWN, buf, NULL);
+		return;
+	}
+	if (reply->status) {
+		done(a, reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL);
+		return;
+	}
+	if (PQntuples(reply->res) != 1) {
+		const char *v[2] = {a->values[0], a->values[1]};
+		if (tide_pg_exec(a->pg, &stmt_version, v, on_version, a) != 0)
+			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);
+		return;
+	}
+	int64_t *positions = NULL;
+	struct tide_append_result r = {.expected = a->expected, .actual = -1};
+	r.next_expected_version = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	r.count = parse_positions(PQgetvalue(reply->res, 0, 1), &positions);
+	r.global_positions = positions;
+	if (!positions)
+		done(a, TIDE_ENOMEM, "out of memory", NULL);
+	else
+		done(a, 0, NULL, &r);
+	free(positions);
+}
+
+static void on_ensure(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_append *a = arg;
+	char buf[640];
+	if (reply->status == 0)
+		return;
+	a->ensure_err = strdup(tide_store_explain(reply, buf, sizeof(buf)));
+	if (!a->ensure_err)
+		a->ensure_err = strdup("out of memory");
+}
+
+static int send_append(struct tide_append *a)
+{
+	a->sends++;
+	int rc = tide_pg_exec(a->pg, a->stmt, (const char *const *)a->values, on_append, a);
+	if (rc == 0 && a->wake)
+		tide_wake(a->pg, a->wake);
+	return rc;
+}
+
+int tide_append_send(struct tide_pg *pg, struct tide_append *a, struct tide_wake *wake,
+                     tide_append_cb cb, void *arg)
+{
+	a->pg = pg;
+	a->wake = wake;
+	a->cb = cb;
+	a->arg = arg;
+	/* The check's error, if any, is the append's: the append itself then fails too (no
+	 * table takes its rows), and its reply comes after this one. */
+	const char *v[1] = {a->values[1]};
+	if ((a->ensure && tide_pg_exec(pg, &stmt_ensure_partition, v, on_ensure, a) != 0) ||
+	    send_append(a) != 0) {
+		tide_append_free(a);
+		return TIDE_ECONN;
+	}
+	return 0;
+}
+
+/* --- wake-ups -------------------------------------------------------------------------- */
+
+static const struct tide_pg_stmt stmt_wake = {
+        "tide_wake",
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')",
+        0,
+};
+
+static void send_wake(struct tide_wake *w);
+
+static void on_wake(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_wake *w = arg;
+	w->in_flight = false;
+	/* A failed wake-up is not the append's failure: consumers still find the events by
+	 * their probe. */
+	if (reply->status == 0 && w->owed)
+		send_wake(w);
+}
+
+static void send_wake(struct tide_wake *w)
+{
+	w->owed = false;
+	w->in_flight = tide_pg_exec(w->pg, &stmt_wake, NULL, on_wake, w) == 0;
+}
+
+void tide_wake(struct tide_pg *pg, struct tide_wake *w)
+{
+	if (w->in_flight && w->pg == pg) {
+		w->owed = true;
+		return;
+	}
+	w->pg = pg;
+	if (tide_pg_ready(pg))
+		send_wake(w);
+}
