@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lua_json.h"
 #include "lua_store.h"
+#include "store.h"
 
 #define SQL_MT     "tide.sql"
 #define MAX_PARAMS 64
@@ -59,7 +60,11 @@ struct tide_batch {
 	bool trace_sql;
 	const char *query_sql; /* the query out (alive on the waiting coroutine's stack) */
 	bool query_failed;     /* a query failed: its error is raised in the script */
-	char query_err[1024];  /* ... and the batch fails with it even if the script goes on */
+	bool result_is_error;  /* result_ref holds an error table (a ctx.append conflict) */
+	bool appended;         /* a ctx.append succeeded: wake consumers after the commit */
+	struct tide_wake *wake;
+	char *append_stream;  /* the stream of the ctx.append out */
+	char query_err[1024]; /* ... and the batch fails with it even if the script goes on */
 };
 
 #define SITE_SQL_BYTES 160
@@ -100,6 +105,7 @@ static void fail_script(struct tide_batch *b, const char *err, const char *trace
 
 static void batch_free(struct tide_batch *b)
 {
+	free(b->append_stream);
 	free(b->sites);
 	free(b->role);
 	free(b->close_sql);
@@ -205,6 +211,8 @@ static void end_transaction(struct tide_batch *b)
 		       (!b->close_sql || send_stmt(b, b->close_sql, b->close_nargs,
 		                                   (const char *const *)b->close_args, on_exec)) &&
 		       send_stmt(b, "COMMIT", 0, NULL, on_end);
+		if (sent && b->appended && b->wake)
+			tide_wake(b->pg, b->wake);
 	}
 	if (!sent) {
 		b->over = true;
@@ -216,7 +224,7 @@ static void resume(struct tide_batch *b)
 {
 	struct tide_vm_error e;
 	/* The first resume starts tide.processor_run with its nine arguments (set_up). */
-	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 9, &e);
+	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 10, &e);
 	b->started = true;
 	if (rc == LUA_YIELD && b->query_out)
 		return; /* a query is out; its reply resumes us */
@@ -533,10 +541,119 @@ static int l_sql_result(lua_State *L)
 		b->result_err[0] = '\0';
 		return 2;
 	}
+	if (b->result_is_error)
+		lua_pushnil(L);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->result_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, b->result_ref);
 	b->result_ref = LUA_NOREF;
-	return 1;
+	return b->result_is_error ? 2 : 1;
+}
+
+/* The outcome of a ctx.append, built on the VM's main state under lua_cpcall. */
+struct append_build {
+	int status;
+	const char *err;
+	const struct tide_append_result *r;
+	int ref;
+};
+
+static int build_append_result(lua_State *L)
+{
+	struct append_build *ab = lua_touserdata(L, 1);
+	if (ab->status == 0)
+		tide_lua_push_append_result(L, ab->r);
+	else
+		tide_lua_push_conflict(L, ab->err, ab->r);
+	ab->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static void on_append(int status, const char *err, const struct tide_append_result *r, void *arg)
+{
+	struct tide_batch *b = arg;
+	b->outstanding--;
+	b->query_out = false;
+	b->result_err[0] = '\0';
+	b->result_is_error = false;
+	char msg[sizeof(b->result_err)];
+	snprintf(msg, sizeof(msg), "ctx.append to %s%s %s",
+	         b->append_stream ? b->append_stream : "?", status ? ":" : "", err ? err : "");
+	free(b->append_stream);
+	b->append_stream = NULL;
+	if (status == 0 || status == TIDE_ECONFLICT) {
+		/* Nothing was written on a conflict: the script may catch it and go on. */
+		lua_State *L = tide_vm_state(b->vm);
+		struct append_build ab = {status, msg, r, LUA_NOREF};
+		if (lua_cpcall(L, build_append_result, &ab) != 0) {
+			snprintf(b->result_err, sizeof(b->result_err),
+			         "cannot hand the append's outcome to the script: %s",
+			         lua_tostring(L, -1));
+			lua_pop(L, 1);
+		}
+		b->result_ref = ab.ref;
+		b->result_is_error = status != 0;
+		b->appended = b->appended || status == 0;
+	} else {
+		/* The transaction is aborted (or gone): the batch fails whatever the script does.
+		 */
+		if (status == TIDE_ECONN || status == TIDE_ECLOSED || status == TIDE_EUNKNOWN)
+			b->conn_lost = true;
+		b->failed = true;
+		b->query_failed = true;
+		snprintf(b->result_err, sizeof(b->result_err), "%s", msg);
+		if (!b->query_err[0])
+			snprintf(b->query_err, sizeof(b->query_err), "%s", msg);
+	}
+	resume(b);
+}
+
+/* raw_append(handle, stream, events, opts, partition): sends the append (the statement of
+ * engine/append.c, as every tide writer does) in the batch's transaction and yields until
+ * it is done; raw_result(handle) then gives { next_expected_version, global_positions }
+ * or nil and the conflict's error table. Content the store refuses raises. */
+static int l_sql_append(lua_State *L)
+{
+	struct sql_handle *h = luaL_checkudata(L, 1, SQL_MT);
+	struct tide_batch *b = h->batch;
+	if (!b)
+		return luaL_error(L, "this sql handle belongs to a batch that is over");
+	if (b->query_out)
+		return luaL_error(L, "another query is still running");
+	if (L != b->co)
+		return luaL_error(L,
+		                  "ctx.append cannot run inside a coroutine the handler created");
+	size_t stream_len, partition_len;
+	const char *stream = luaL_checklstring(L, 2, &stream_len);
+	luaL_checktype(L, 3, LUA_TTABLE);
+	int64_t expected = lua_istable(L, 4) ? tide_lua_expected(L, 4) : TIDE_EXPECT_ANY;
+	const char *partition = luaL_checklstring(L, 5, &partition_len);
+	char invalid[700] = "", misuse[700] = "";
+	if (tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
+	                    sizeof(invalid)) ||
+	    tide_check_name("partition name", partition, partition_len, TIDE_MAX_PARTITION_BYTES,
+	                    invalid, sizeof(invalid)))
+		return luaL_error(L, "ctx.append: %s", invalid);
+	struct tide_lua_events e = {0};
+	if (tide_lua_events(L, 3, &e, invalid, misuse, sizeof(invalid)) != 0)
+		return luaL_error(L, "ctx.append: %s", misuse[0] ? misuse : invalid);
+	struct tide_append *a = NULL;
+	int rc = tide_append_build(stream, partition, e.events, e.n, expected,
+	                           strcmp(partition, TIDE_DEFAULT_PARTITION) != 0, invalid,
+	                           sizeof(invalid), &a);
+	tide_lua_events_free(&e);
+	if (rc)
+		return luaL_error(L, "ctx.append: %s", invalid);
+	free(b->append_stream);
+	b->append_stream = strdup(stream);
+	if (tide_append_send(b->pg, a, NULL, on_append, b) != 0) {
+		lua_pushnil(L);
+		lua_pushstring(L, tide_pg_error(b->pg));
+		return 2;
+	}
+	b->outstanding++;
+	b->query_out = true;
+	b->query_sql = "ctx.append";
+	return lua_yield(L, 0);
 }
 
 static int l_log(lua_State *L)
@@ -557,6 +674,7 @@ void tide_batch_init_vm(struct tide_vm *vm)
 		lua_setfield(L, -2, "__metatable");
 	}
 	lua_pop(L, 1);
+	tide_lua_error_init(L);
 }
 
 struct build {
@@ -605,7 +723,7 @@ void tide_batch_events_free(struct tide_vm *vm, int ref)
 }
 
 /* The coroutine and its arguments: tide.processor_run(p, events, raw handle, query, exec,
- * result, log, setup, reset), built on the main state and moved over. */
+ * result, append, log, setup, reset), built on the main state and moved over. */
 static int set_up(lua_State *L)
 {
 	struct tide_batch *b = lua_touserdata(L, 1);
@@ -627,10 +745,11 @@ static int set_up(lua_State *L)
 	lua_pushcfunction(L, l_sql_query);
 	lua_pushcfunction(L, l_sql_exec);
 	lua_pushcfunction(L, l_sql_result);
+	lua_pushcfunction(L, l_sql_append);
 	lua_pushcfunction(L, l_log);
 	lua_pushboolean(L, spec->setup);
 	lua_pushboolean(L, spec->reset);
-	lua_xmove(L, b->co, 10); /* a new thread has room for this many */
+	lua_xmove(L, b->co, 11); /* a new thread has room for this many */
 	return 0;
 }
 
@@ -655,6 +774,7 @@ void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *
 	lua_State *L = tide_vm_state(spec->vm);
 	b->vm = spec->vm;
 	b->pg = spec->pg;
+	b->wake = spec->wake;
 	b->loop = spec->loop;
 	b->cb = cb;
 	b->arg = arg;

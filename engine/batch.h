@@ -5,6 +5,7 @@
 #ifndef TIDE_BATCH_H
 #define TIDE_BATCH_H
 
+#include "append.h"
 #include "lua_vm.h"
 #include "pg.h"
 
@@ -15,6 +16,9 @@ struct tide_batch_spec {
 	struct tide_vm *vm;
 	int processor_ref; /* registry ref of the processor table in vm */
 	struct tide_pg *pg;
+	/* After a commit that appended (a reactor's ctx.append), wake idle consumers with it
+	 * (tide_wake); lives as long as pg. */
+	struct tide_wake *wake;
 	int events_ref; /* from tide_batch_events(); the batch takes it */
 	bool setup;     /* run the processor's setup first */
 	bool reset;     /* clear its target first (rebuild) */

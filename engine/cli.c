@@ -51,11 +51,17 @@ static const char usage_main[] =
         "lost after an append was sent, so it may or may not be in the log (read to check).\n";
 
 static const char usage_migrate[] =
-        "usage: tide migrate [--print] [--database URL]\n"
+        "usage: tide migrate [--print] [--notify-trigger|--no-notify-trigger] [--database URL]\n"
         "\n"
         "Applies pending migrations in one transaction under an advisory lock; safe to run\n"
         "again or from two processes at once, and on a database Emmett created.\n"
-        "  --print   print the whole schema as an idempotent SQL script; touch nothing\n";
+        "  --print               print the whole schema as an idempotent SQL script; touch\n"
+        "                        nothing\n"
+        "  --notify-trigger      then put a NOTIFY trigger on emt_messages, so that appends\n"
+        "                        by other clients (Emmett, psql) wake `tide run` at once\n"
+        "                        instead of at its next probe; it makes every appending\n"
+        "                        commit wait for the one before it (see the README)\n"
+        "  --no-notify-trigger   then remove that trigger\n";
 
 static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
@@ -184,6 +190,17 @@ static cJSON *message_json(const struct tide_message *m)
 
 /* --- migrate ----------------------------------------------------------------------- */
 
+static void on_trigger(const struct tide_pg_reply *reply, void *arg)
+{
+	struct cli *cli = arg;
+	if (reply->status)
+		tide_cli_fail(cli, reply->status, reply->err);
+	else
+		printf("the NOTIFY trigger on emt_messages is %s\n",
+		       cli->notify_trigger > 0 ? "on" : "off");
+	tide_cli_done(cli);
+}
+
 static void on_migrated(int status, const char *err, size_t applied, void *arg)
 {
 	struct cli *cli = arg;
@@ -194,6 +211,14 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		       applied == 1 ? "" : "s");
 	else
 		printf("the schema is current; nothing to apply\n");
+	static const struct tide_pg_stmt set_trigger = {
+	        "tide_notify_trigger", "SELECT tide_notify_trigger($1::boolean)", 1};
+	const char *on[1] = {cli->notify_trigger > 0 ? "true" : "false"};
+	if (status == 0 && cli->notify_trigger &&
+	    tide_pg_exec(cli->store->pg, &set_trigger, on, on_trigger, cli) == 0)
+		return;
+	if (status == 0 && cli->notify_trigger)
+		tide_cli_fail(cli, TIDE_ECONN, tide_pg_error(cli->store->pg));
 	tide_cli_done(cli);
 }
 
@@ -308,6 +333,8 @@ enum {
 	OPT_JSON,
 	OPT_PARTITION,
 	OPT_HELP,
+	OPT_NOTIFY_TRIGGER,
+	OPT_NO_NOTIFY_TRIGGER,
 };
 
 static const struct option options[] = {
@@ -326,6 +353,8 @@ static const struct option options[] = {
         {"json", no_argument, NULL, OPT_JSON},
         {"partition", required_argument, NULL, OPT_PARTITION},
         {"help", no_argument, NULL, OPT_HELP},
+        {"notify-trigger", no_argument, NULL, OPT_NOTIFY_TRIGGER},
+        {"no-notify-trigger", no_argument, NULL, OPT_NO_NOTIFY_TRIGGER},
         {NULL, 0, NULL, 0},
 };
 
@@ -338,7 +367,7 @@ struct command {
 };
 
 static const struct command commands[] = {
-        {"migrate", usage_migrate, run_migrate, 0, " print "},
+        {"migrate", usage_migrate, run_migrate, 0, " print notify-trigger no-notify-trigger "},
         {"append", usage_append, run_append, 3, " expected metadata id partition "},
         {"read", usage_read, run_read, 1, " from to max backward partition "},
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
@@ -516,6 +545,8 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_TO: rc = parse_count(cli, "--to", optarg, &cli->read.to); break;
 		case OPT_MAX: rc = parse_count(cli, "--max", optarg, &cli->read.max); break;
 		case OPT_BACKWARD: cli->read.backward = 1; break;
+		case OPT_NOTIFY_TRIGGER: cli->notify_trigger = 1; break;
+		case OPT_NO_NOTIFY_TRIGGER: cli->notify_trigger = -1; break;
 		case OPT_JSON: cli->json = true; break;
 		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;

@@ -33,8 +33,9 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
-	bool json;      /* status */
-	char **scripts; /* check */
+	bool json;          /* status */
+	int notify_trigger; /* migrate: 1 --notify-trigger, -1 --no-notify-trigger, 0 neither */
+	char **scripts;     /* check */
 	int nscripts;
 	void (*run)(struct cli *cli);
 };

@@ -799,6 +799,7 @@ static void run_batch(struct tide_consumer *c)
 	        .vm = c->cur.vm,
 	        .processor_ref = c->cur.ref,
 	        .pg = c->store->pg,
+	        .wake = &c->store->wake,
 	        .events_ref = c->batch.ref,
 	        .setup = c->setup_pending,
 	        .reset = c->reset_pending,

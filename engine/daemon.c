@@ -44,13 +44,16 @@ struct run {
 	int ntakeover;
 	uv_fs_event_t watch[MAX_DIRS];
 	int nwatch;
-	uv_timer_t debounce, listen_retry, drain_deadline;
+	uv_timer_t debounce, listen_retry, drain_deadline, log_probe;
 	uv_signal_t sigterm, sigint, sighup;
 	struct tide_store *listen;
 	int listen_failures;          /* LISTEN failures in a row */
 	char held_by[16];             /* pid of the backend last reported holding the log back */
 	uint64_t held_told_at;        /* when that was said (uv_now) */
 	struct tide_store *bootstrap; /* asks who scripts' SQL runs as */
+	/* The log probe (appends by clients that send no NOTIFY): what it saw last. */
+	bool probe_out, probed, seq_moved;
+	uint64_t probe_seq, probe_xmin, pending_xmax;
 	bool force_reload;
 	int exit_code;
 	char *config_strings[2 * MAX_DIRS + 8];
@@ -59,7 +62,8 @@ struct run {
 
 static const char usage_run[] =
         "usage: tide run [--config FILE] [--database URL] [--app NAME] [--take-over ID]...\n"
-        "                [--batch-size N] [--poll-ms N] [--lease-ms N] [--cpu-ms N]\n"
+        "                [--batch-size N] [--probe-ms N] [--poll-ms N] [--lease-ms N]\n"
+        "                [--cpu-ms N]\n"
         "                [--memory-mb N] [--sql-role ROLE] [--log-format text|json]\n"
         "                [--log-level L] DIR...\n"
         "\n"
@@ -69,19 +73,24 @@ static const char usage_run[] =
         "app's name (--app, else the directory's name). A processor whose id was\n"
         "claimed by another script (or kind) is refused, naming both scripts, unless\n"
         "--take-over ID lets this script take it over with its checkpoint.\n"
-        "New events wake it through LISTEN/NOTIFY within milliseconds; it also polls.\n"
+        "Events appended by tide (CLI, Lua, C, reactors) wake it within a millisecond\n"
+        "(a NOTIFY sent after their commit); appends by other clients (Emmett, psql) are\n"
+        "found by a cheap probe of the log while idle (--probe-ms); it also polls.\n"
         "A saved file is reloaded between batches if it loads cleanly (else the running\n"
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
         "a deleted file stops its processor, a new one starts one; SIGHUP reloads all.\n"
         "  --config FILE      a Lua file returning { database, app, batch_size,\n"
-        "                     poll_interval_ms, lease_ms, cpu_ms, memory_mb, sql_role,\n"
+        "                     probe_interval_ms, poll_interval_ms, lease_ms, cpu_ms,\n"
+        "                     memory_mb, sql_role,\n"
         "                     log_format, log_level, directories = {...} }\n"
         "  --app NAME         the app the processors belong to (default: the name of\n"
         "                     each directory); 1 to 64 bytes, no '/'\n"
         "  --take-over ID     let this daemon's script take processor ID (APP/NAME) over\n"
         "                     from the script that claimed it before (repeatable)\n"
         "  --batch-size N     events per batch (default 500)\n"
-        "  --poll-ms N        poll interval when idle (default 1000)\n"
+        "  --probe-ms N       how often the log is probed for appends by other clients\n"
+        "                     (default 50)\n"
+        "  --poll-ms N        each processor's own poll interval when idle (default 1000)\n"
         "  --lease-ms N       processor lease; another daemon takes over after it\n"
         "                     lapses (default 10000)\n"
         "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
@@ -388,6 +397,50 @@ static void on_listen_probe(uv_timer_t *t)
 	}
 }
 
+/* Appends by clients that send no NOTIFY (Emmett, psql) are found by probing the log's
+ * sequence and the snapshot's bounds. An event can be delivered once its transaction is
+ * older than every running one (DESIGN.md "Reading"), so new events become deliverable
+ * only when the snapshot's xmin moves. A moved sequence wakes the processors at once (the
+ * writer has usually committed by then); after that, every move of xmin wakes them again
+ * until xmin passes the xmax seen when the sequence last moved: by then every transaction
+ * that could have taken those positions has ended. The probe after a move extends that
+ * bound, for a writer that took its position before it had a transaction id. */
+static const struct tide_pg_stmt stmt_log_probe = {
+        "tide_log_probe",
+        "SELECT last_value, pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text"
+        " FROM emt_global_message_position, pg_current_snapshot() s",
+        0,
+};
+
+static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
+{
+	struct run *r = arg;
+	r->probe_out = false;
+	if (reply->status || PQntuples(reply->res) != 1)
+		return; /* the listen probe deals with a lost connection */
+	uint64_t seq = strtoull(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	uint64_t xmin = strtoull(PQgetvalue(reply->res, 0, 1), NULL, 10);
+	uint64_t xmax = strtoull(PQgetvalue(reply->res, 0, 2), NULL, 10);
+	bool moved = r->probed && seq != r->probe_seq;
+	if (moved || r->seq_moved)
+		r->pending_xmax = xmax;
+	if (moved || (r->probed && xmin != r->probe_xmin && r->probe_xmin < r->pending_xmax))
+		wake_all(r);
+	r->probed = true;
+	r->seq_moved = moved;
+	r->probe_seq = seq;
+	r->probe_xmin = xmin;
+}
+
+static void on_log_probe(uv_timer_t *t)
+{
+	struct run *r = t->data;
+	if (r->d.stopping || r->probe_out || !r->listen || !tide_pg_ready(r->listen->pg))
+		return;
+	r->probe_out =
+	        tide_pg_exec(r->listen->pg, &stmt_log_probe, NULL, on_log_probe_reply, r) == 0;
+}
+
 /* --- signals -------------------------------------------------------------------------- */
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -449,7 +502,7 @@ static char *keep(struct run *r, const char *s)
 /* What flags and the configuration file set; 0 / NULL: not set. */
 struct settings {
 	const char *url, *log_format, *log_level, *sql_role, *app;
-	long batch, poll, lease, cpu, memory_mb;
+	long batch, probe, poll, lease, cpu, memory_mb;
 };
 
 struct config_read {
@@ -497,6 +550,7 @@ static int read_config(lua_State *L)
 	struct run *r = c->r;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
 	s->batch = config_number(L, c, "batch_size");
+	s->probe = config_number(L, c, "probe_interval_ms");
 	s->poll = config_number(L, c, "poll_interval_ms");
 	s->lease = config_number(L, c, "lease_ms");
 	s->cpu = config_number(L, c, "cpu_ms");
@@ -719,6 +773,8 @@ static void overlay(struct settings *dst, const struct settings *src)
 		dst->app = src->app;
 	if (src->batch)
 		dst->batch = src->batch;
+	if (src->probe)
+		dst->probe = src->probe;
 	if (src->poll)
 		dst->poll = src->poll;
 	if (src->lease)
@@ -732,6 +788,7 @@ static void overlay(struct settings *dst, const struct settings *src)
 static int run_daemon(struct run *r, int argc, char **argv)
 {
 	struct settings set = {.batch = 500,
+	                       .probe = 50,
 	                       .poll = 1000,
 	                       .lease = 10000,
 	                       .cpu = 1000,
@@ -743,6 +800,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        {"database", required_argument, NULL, 'd'},
 	        {"batch-size", required_argument, NULL, 'b'},
 	        {"poll-ms", required_argument, NULL, 'p'},
+	        {"probe-ms", required_argument, NULL, 'P'},
 	        {"lease-ms", required_argument, NULL, 'l'},
 	        {"cpu-ms", required_argument, NULL, 'u'},
 	        {"memory-mb", required_argument, NULL, 'm'},
@@ -764,6 +822,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 		case 'd': flags.url = optarg; break;
 		case 'b': bad = parse_positive("--batch-size", optarg, &flags.batch); break;
 		case 'p': bad = parse_positive("--poll-ms", optarg, &flags.poll); break;
+		case 'P': bad = parse_positive("--probe-ms", optarg, &flags.probe); break;
 		case 'l': bad = parse_positive("--lease-ms", optarg, &flags.lease); break;
 		case 'u': bad = parse_positive("--cpu-ms", optarg, &flags.cpu); break;
 		case 'm': bad = parse_positive("--memory-mb", optarg, &flags.memory_mb); break;
@@ -896,12 +955,17 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	probe.data = r;
 	uv_timer_start(&probe, on_listen_probe, set.poll, set.poll);
 	uv_unref((uv_handle_t *)&probe);
+	uv_timer_init(&r->loop, &r->log_probe);
+	r->log_probe.data = r;
+	uv_timer_start(&r->log_probe, on_log_probe, set.probe, set.probe);
+	uv_unref((uv_handle_t *)&r->log_probe);
 
 	struct tide_store *boot = NULL;
 	if (tide_store_open(&r->loop, r->d.url, on_bootstrap_open, r, &boot) != 0)
 		return 1;
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_close((uv_handle_t *)&probe, NULL);
+	uv_close((uv_handle_t *)&r->log_probe, NULL);
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
 	tide_log("info", "daemon.stopped", (char *)NULL);

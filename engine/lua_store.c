@@ -12,6 +12,7 @@
 
 #include "json.h"
 #include "lua_json.h"
+#include "lua_vm.h"
 #include "store.h"
 #include "tide.h"
 
@@ -79,7 +80,7 @@ int tide_lua_push_error(lua_State *L, const char *kind, const char *message)
 	lua_setfield(L, -2, "kind");
 	lua_pushstring(L, message);
 	lua_setfield(L, -2, "message");
-	luaL_getmetatable(L, "tide.error");
+	luaL_getmetatable(L, TIDE_LUA_ERROR_MT);
 	lua_setmetatable(L, -2);
 	return 2;
 }
@@ -359,7 +360,7 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 	}
 }
 
-static int64_t parse_expected(lua_State *L, int t)
+int64_t tide_lua_expected(lua_State *L, int t)
 {
 	lua_getfield(L, t, "expected");
 	int64_t v = TIDE_EXPECT_ANY;
@@ -448,6 +449,104 @@ static const char *event_string(lua_State *L, int t, size_t i, const char *field
 	return NULL;
 }
 
+void tide_lua_events_free(struct tide_lua_events *e)
+{
+	for (size_t i = 0; e->texts && i < e->n * 2; i++)
+		free(e->texts[i]);
+	free(e->texts);
+	free(e->events);
+	e->texts = NULL;
+	e->events = NULL;
+}
+
+int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *invalid, char *misuse,
+                    size_t errn)
+{
+	size_t n = lua_objlen(L, idx);
+	out->n = n;
+	out->events = calloc(n ? n : 1, sizeof(*out->events));
+	out->texts = calloc(n ? n * 2 : 1, sizeof(char *));
+	if (!out->events || !out->texts) {
+		snprintf(misuse, errn, "out of memory");
+		goto fail;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct tide_event *ev = &out->events[i];
+		lua_rawgeti(L, idx, (int)i + 1);
+		if (!lua_istable(L, -1)) {
+			snprintf(misuse, errn, "event %zu is not a table", i + 1);
+			lua_pop(L, 1);
+			goto fail;
+		}
+		int t = lua_gettop(L);
+		ev->type = event_string(L, t, i + 1, "type", "type", true, invalid, misuse, errn);
+		if (!ev->type) {
+			lua_pop(L, 1);
+			goto fail;
+		}
+		size_t left = TIDE_MAX_EVENT_BYTES;
+		const char *fields[2] = {"data", "metadata"};
+		for (int k = 0; k < 2; k++) {
+			lua_getfield(L, t, fields[k]);
+			if (lua_isnil(L, -1) && k == 0) {
+				lua_pop(L, 1);
+				lua_newtable(L);
+			}
+			if (!lua_isnil(L, -1)) {
+				out->texts[i * 2 + k] = encode_field(L, i + 1, fields[k], &left,
+				                                     invalid, misuse, errn);
+				if (!out->texts[i * 2 + k]) {
+					lua_pop(L, 2);
+					goto fail;
+				}
+			}
+			lua_pop(L, 1);
+		}
+		ev->data = out->texts[i * 2];
+		ev->metadata = out->texts[i * 2 + 1];
+		ev->message_id =
+		        event_string(L, t, i + 1, "id", "message id", false, invalid, misuse, errn);
+		lua_pop(L, 1);
+		if (misuse[0] || invalid[0])
+			goto fail;
+	}
+	return 0;
+fail:
+	tide_lua_events_free(out);
+	return -1;
+}
+
+void tide_lua_push_append_result(lua_State *L, const struct tide_append_result *r)
+{
+	lua_createtable(L, 0, 2);
+	lua_pushnumber(L, (lua_Number)r->next_expected_version);
+	lua_setfield(L, -2, "next_expected_version");
+	lua_createtable(L, (int)r->count, 0);
+	for (size_t i = 0; i < r->count && r->global_positions; i++) {
+		lua_pushnumber(L, (lua_Number)r->global_positions[i]);
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	lua_setfield(L, -2, "global_positions");
+}
+
+void tide_lua_push_conflict(lua_State *L, const char *message, const struct tide_append_result *r)
+{
+	tide_lua_push_error(L, "conflict", message);
+	lua_remove(L, -2); /* the nil */
+	if (r->actual >= 0)
+		lua_pushnumber(L, (lua_Number)r->actual);
+	else
+		lua_pushliteral(L, "no_stream");
+	lua_setfield(L, -2, "actual");
+	char exp[32];
+	tide_expected_format(r->expected, exp, sizeof(exp));
+	if (r->expected >= 0)
+		lua_pushnumber(L, (lua_Number)r->expected);
+	else
+		lua_pushstring(L, exp);
+	lua_setfield(L, -2, "expected");
+}
+
 /* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
  * | nil, err. An event is { type, data, metadata?, id? }; data/metadata are tables. */
 static int l_append(lua_State *L)
@@ -462,104 +561,40 @@ static int l_append(lua_State *L)
 	int64_t expected = TIDE_EXPECT_ANY;
 	if (!lua_isnoneornil(L, 4)) {
 		luaL_checktype(L, 4, LUA_TTABLE);
-		expected = parse_expected(L, 4);
+		expected = tide_lua_expected(L, 4);
 	}
-	size_t n = lua_objlen(L, 3);
-	if (n == 0)
+	if (lua_objlen(L, 3) == 0)
 		return luaL_error(L, "append: no events given");
-	struct tide_event *ev = calloc(n, sizeof(*ev));
-	char **texts = calloc(n * 2, sizeof(char *));
-	int nret = 0;
 	char misuse[700] = "", invalid[700] = "";
-	if (!ev || !texts) {
-		snprintf(misuse, sizeof(misuse), "out of memory");
-		goto done;
-	}
 	if (strlen(stream) != stream_len) {
 		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
 		                sizeof(invalid));
-		goto done;
+		return tide_lua_push_error(L, "invalid", invalid);
 	}
-	for (size_t i = 0; i < n; i++) {
-		lua_rawgeti(L, 3, (int)i + 1);
-		if (!lua_istable(L, -1)) {
-			snprintf(misuse, sizeof(misuse), "event %zu is not a table", i + 1);
-			lua_pop(L, 1);
-			goto done;
-		}
-		int t = lua_gettop(L);
-		ev[i].type = event_string(L, t, i + 1, "type", "type", true, invalid, misuse,
-		                          sizeof(invalid));
-		if (!ev[i].type) {
-			lua_pop(L, 1);
-			goto done;
-		}
-		size_t left = TIDE_MAX_EVENT_BYTES;
-		const char *fields[2] = {"data", "metadata"};
-		for (int k = 0; k < 2; k++) {
-			lua_getfield(L, t, fields[k]);
-			if (lua_isnil(L, -1) && k == 0) {
-				lua_pop(L, 1);
-				lua_newtable(L);
-			}
-			if (!lua_isnil(L, -1)) {
-				texts[i * 2 + k] = encode_field(L, i + 1, fields[k], &left, invalid,
-				                                misuse, sizeof(invalid));
-				if (!texts[i * 2 + k]) {
-					lua_pop(L, 2);
-					goto done;
-				}
-			}
-			lua_pop(L, 1);
-		}
-		ev[i].data = texts[i * 2];
-		ev[i].metadata = texts[i * 2 + 1];
-		ev[i].message_id = event_string(L, t, i + 1, "id", "message id", false, invalid,
-		                                misuse, sizeof(invalid));
-		lua_pop(L, 1);
-		if (misuse[0] || invalid[0])
-			goto done;
+	struct tide_lua_events e = {0};
+	if (tide_lua_events(L, 3, &e, invalid, misuse, sizeof(invalid)) != 0) {
+		if (misuse[0])
+			return luaL_error(L, "append: %s", misuse);
+		return tide_lua_push_error(L, "invalid", invalid);
 	}
 	struct append_wait a = {.w = {.L = L}};
-	int rc = tide_store_append(s->store, stream, ev, n, expected, on_append, &a);
-	if (rc) {
-		nret = tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
-		goto done;
-	}
+	int rc = tide_store_append(s->store, stream, e.events, e.n, expected, on_append, &a);
+	tide_lua_events_free(&e);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
 	run_until(s, &a.w.done);
-	if (a.w.status) {
+	int nret = 1;
+	if (a.w.status == TIDE_ECONFLICT) {
+		lua_pushnil(L);
+		tide_lua_push_conflict(L, a.w.err, &a.r);
+		nret = 2;
+	} else if (a.w.status) {
 		nret = tide_lua_push_error(L, kind_of(a.w.status), a.w.err);
-		if (a.w.status == TIDE_ECONFLICT) {
-			if (a.r.actual >= 0)
-				lua_pushnumber(L, (lua_Number)a.r.actual);
-			else
-				lua_pushliteral(L, "no_stream");
-			lua_setfield(L, -2, "actual");
-			lua_getfield(L, 4, "expected"); /* a conflict needs an expectation: arg 4 */
-			lua_setfield(L, -2, "expected");
-		}
 	} else {
-		lua_createtable(L, 0, 2);
-		lua_pushnumber(L, (lua_Number)a.r.next_expected_version);
-		lua_setfield(L, -2, "next_expected_version");
-		lua_createtable(L, (int)a.r.count, 0);
-		for (size_t i = 0; i < a.r.count && a.positions; i++) {
-			lua_pushnumber(L, (lua_Number)a.positions[i]);
-			lua_rawseti(L, -2, (int)i + 1);
-		}
-		lua_setfield(L, -2, "global_positions");
-		nret = 1;
+		a.r.global_positions = a.positions;
+		tide_lua_push_append_result(L, &a.r);
 	}
 	free(a.positions);
-done:
-	for (size_t i = 0; texts && i < n * 2; i++)
-		free(texts[i]);
-	free(texts);
-	free(ev);
-	if (misuse[0])
-		return luaL_error(L, "append: %s", misuse);
-	if (invalid[0])
-		return tide_lua_push_error(L, "invalid", invalid);
 	return nret;
 }
 
@@ -612,15 +647,20 @@ static int l_json_decode(lua_State *L)
 	return 1;
 }
 
-int tide_lua_open_core(lua_State *L)
+void tide_lua_error_init(lua_State *L)
 {
-	if (tide_lua_json_init(L) != 0)
-		return lua_error(L);
-	if (luaL_newmetatable(L, "tide.error")) {
+	if (luaL_newmetatable(L, TIDE_LUA_ERROR_MT)) {
 		lua_pushcfunction(L, error_tostring);
 		lua_setfield(L, -2, "__tostring");
 	}
 	lua_pop(L, 1);
+}
+
+int tide_lua_open_core(lua_State *L)
+{
+	if (tide_lua_json_init(L) != 0)
+		return lua_error(L);
+	tide_lua_error_init(L);
 	if (luaL_newmetatable(L, STORE_MT)) {
 		static const luaL_Reg methods[] = {
 		        {"append", l_append}, {"read", l_read},   {"read_all", l_read_all},

@@ -5,13 +5,43 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* Pushes the tide.core table (connect, json_encode, json_decode). Needs `require` to
  * find tide.model. */
 int tide_lua_open_core(lua_State *L);
 
+/* Registers the metatable of tide's error tables (TIDE_LUA_ERROR_MT, lua_vm.h): its
+ * __tostring gives the message. */
+void tide_lua_error_init(lua_State *L);
+
 /* Pushes nil and an error table { kind, message } (tostring gives the message). */
 int tide_lua_push_error(lua_State *L, const char *kind, const char *message);
+
+struct tide_append_result;
+/* Pushes { next_expected_version, global_positions }. */
+void tide_lua_push_append_result(lua_State *L, const struct tide_append_result *r);
+/* Pushes the error table of a conflict: { kind = "conflict", message, expected, actual }
+ * (actual "no_stream" when there is none). */
+void tide_lua_push_conflict(lua_State *L, const char *message, const struct tide_append_result *r);
+
+/* The `expected` field of the options table at t as tide_store_append takes it (absent:
+ * any); a value that is none of any, no_stream, stream_exists or a whole number raises. */
+int64_t tide_lua_expected(lua_State *L, int t);
+
+struct tide_event;
+/* An events list from Lua ({ type, data?, metadata?, id? }...) as tide_events for an
+ * append; the strings live in the Lua tables or in texts (freed with _free). */
+struct tide_lua_events {
+	struct tide_event *events;
+	char **texts;
+	size_t n;
+};
+/* 0, or -1 with either `invalid` (content the store refuses: nil, err for the caller) or
+ * `misuse` (a wrong Lua type: the caller raises) set. Frees what it built on failure. */
+int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *invalid, char *misuse,
+                    size_t errn);
+void tide_lua_events_free(struct tide_lua_events *e);
 
 struct tide_message;
 /* Pushes one stored message as an event table (type, data, metadata, stream_id, ...;

@@ -120,13 +120,29 @@ static bool is_rejection(lua_State *L, int idx)
 	return same;
 }
 
-/* The message of an error value: a string or number as it is, anything else described
- * (its __tostring would be the script's code, run outside the guard). */
+/* The message of an error value: a string or number as it is; one of tide's own error
+ * tables (a ctx.append conflict) by its message; anything else described (its __tostring
+ * would be the script's code, run outside the guard). */
 static const char *error_text(lua_State *L, int idx, char *buf, size_t n)
 {
 	int t = lua_type(L, idx);
 	if (t == LUA_TSTRING || t == LUA_TNUMBER)
 		return lua_tostring(L, idx);
+	if (t == LUA_TTABLE && lua_getmetatable(L, idx)) {
+		luaL_getmetatable(L, TIDE_LUA_ERROR_MT);
+		bool ours = lua_rawequal(L, -1, -2);
+		lua_pop(L, 2);
+		if (ours) {
+			lua_pushliteral(L, "message");
+			lua_rawget(L, idx < 0 ? idx - 1 : idx);
+			if (lua_type(L, -1) == LUA_TSTRING) {
+				snprintf(buf, n, "%s", lua_tostring(L, -1));
+				lua_pop(L, 1);
+				return buf;
+			}
+			lua_pop(L, 1);
+		}
+	}
 	snprintf(buf, n, "the script raised a %s value, not a message", lua_typename(L, t));
 	return buf;
 }
@@ -137,7 +153,7 @@ static int traceback(lua_State *L)
 {
 	if (is_rejection(L, 1))
 		return 1;
-	char buf[64];
+	char buf[640];
 	luaL_traceback(L, L, error_text(L, 1, buf, sizeof(buf)), 1);
 	return 1;
 }

@@ -11,6 +11,9 @@
 
 #define TIDE_VM_DEFAULT_MEMORY (64u << 20) /* bytes a script may allocate */
 #define TIDE_VM_DEFAULT_CPU_MS 1000u       /* per call into script code */
+/* The registry key of the metatable of tide's own error tables ({ kind, message, ... }):
+ * a script that raises one is reported by its message. */
+#define TIDE_LUA_ERROR_MT "tide.error"
 
 struct tide_vm_opts {
 	size_t memory_limit; /* 0: default */

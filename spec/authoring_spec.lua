@@ -204,7 +204,7 @@ describe("tide.testing for SQL projections and reactors", function()
     r.given({ { type = "Left" } }).then_no_appends().then_logs({})
     assert.are.equal("emt:default", r.given({ joined("ada") }).appends()[1].partition)
     -- ctx.append checks the expected version as the daemon does: a second greeting conflicts
-    r.given({ joined("ada"), joined("ada") }, "m-1").then_fails("version conflict appending to greetings%-m%-1")
+    r.given({ joined("ada"), joined("ada") }, "m-1").then_fails("ctx.append to greetings%-m%-1: version conflict: expected no_stream, found version 1")
   end)
 
   it("fails, as a busted failure, on other appends, events, metadata or logs", function()

@@ -64,21 +64,111 @@ describe("tide run", function()
     assert.are.equal(55000, scalar(url, "SELECT sum(events) FROM totals"))
   end)
 
-  it("wakes an idle daemon with NOTIFY, also for rows an Emmett-style writer inserts", function()
-    S.write(dir .. "/seen.lua", seen_script("a"))
-    local pid, log = start(url, dir, "--poll-ms 60000")
-    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the processor to start")
-    S.sleep(0.3)
-    assert.are.equal(0, S.tide("append idle-1 Ping '{}' --database " .. q(url)).code)
-    -- Generous on purpose: polling alone would take a minute; scripts/bench measures the real figure.
-    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 1 end, 2, "the event to be handled")
-    S.psql(url, [[
+  -- Rows inserted the way Emmett (or psql) appends: no NOTIFY from the writer.
+  local function foreign_append(stream)
+    S.psql(url, string.format([[
       INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata)
-      VALUES ('emmett-1', 1, 'emt:default', 'emmett', '{}');
+      VALUES ('%s', 1, 'emt:default', 'emmett', '{}');
       INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata,
         message_schema_version, message_type, message_id, transaction_id)
-      VALUES ('emmett-1', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]])
-    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 2 end, 2, "the Emmett-style row to be handled")
+      VALUES ('%s', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]],
+      stream, stream))
+  end
+  local NO_POLL = "--poll-ms 600000 --probe-ms 600000"
+
+  it("is woken by tide's appends with a NOTIFY sent after their commit, none in it", function()
+    -- The default schema has no trigger on emt_messages: nothing notifies inside an append.
+    assert.are.equal(0, scalar(url, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tide_notify_messages'"))
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    S.write(dir .. "/echo.lua", [[
+return tide.reactor {
+  events = { "Ping" },
+  handle = function(e, ctx) ctx.append("echo-" .. e.stream_id, { { type = "Echo", data = {} } }) end,
+}]])
+    -- Polling and probing are ten minutes away: only the NOTIFY can deliver these.
+    local pid, log = start(url, dir, NO_POLL)
+    S.wait_for(function() return select(2, read(log):gsub("processor.started", "")) == 2 end, 20, "both processors to start")
+    S.sleep(0.3)
+    assert.are.equal(0, S.tide("append idle-1 Ping '{}' --database " .. q(url)).code)
+    -- The CLI's append wakes the daemon; the reactor's ctx.append, committed with its batch,
+    -- wakes it again for its own event.
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 2 end, 10, "both events to be handled")
+    assert.are.equal("idle-1:Ping|echo-idle-1:Echo",
+      S.psql(url, "SELECT string_agg(m.stream_id || ':' || m.message_type, '|' ORDER BY s.pos)"
+        .. " FROM seen s JOIN emt_messages m USING (message_id)"))
+    -- A foreign append is not seen while probing is off (this is what the probe is for).
+    foreign_append("emmett-1")
+    S.sleep(1)
+    assert.are.equal(2, scalar(url, "SELECT count(*) FROM seen"))
+    stop(pid)
+  end)
+
+  it("finds appends by clients that send no NOTIFY with its probe", function()
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir, "--poll-ms 600000")
+    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the processor to start")
+    S.sleep(0.3)
+    foreign_append("emmett-1")
+    -- Generous on purpose: polling alone would take ten minutes; scripts/bench measures it.
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 1 end, 10, "the Emmett-style row")
+    -- A transaction that took a position and commits later is found when it ends.
+    local slow = S.sh(string.format([[psql %s -qAt -c "BEGIN; INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata) VALUES ('slow-1', 1, 'emt:default', 'slow', '{}'); INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata, message_schema_version, message_type, message_id, transaction_id) VALUES ('slow-1', 1, 'emt:default', '{}', '{}', '1', 'Slow', gen_random_uuid()::text, pg_current_xact_id()); SELECT pg_sleep(1.5); COMMIT" >/dev/null 2>&1 & echo $!]], q(url))).out:match("%d+")
+    S.sleep(0.5)
+    foreign_append("emmett-2")
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 3 end, 10, "the rows of the slow transaction and the one behind it")
+    assert.are.equal("emmett-1|slow-1|emmett-2",
+      S.psql(url, "SELECT string_agg(m.stream_id, '|' ORDER BY s.pos) FROM seen s JOIN emt_messages m USING (message_id)"))
+    S.wait_for(function() return not alive(slow) end, 10, "the slow writer")
+    stop(pid)
+  end)
+
+  it("is woken by foreign appends through the opt-in trigger of tide migrate --notify-trigger", function()
+    local on = S.tide("migrate --notify-trigger --database " .. q(url))
+    assert.are.equal(0, on.code)
+    assert.truthy(on.out:find("the NOTIFY trigger on emt_messages is on", 1, true))
+    S.write(dir .. "/seen.lua", seen_script("a"))
+    local pid, log = start(url, dir, NO_POLL)
+    S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the processor to start")
+    S.sleep(0.3)
+    foreign_append("emmett-1")
+    S.wait_for(function() return scalar(url, "SELECT count(*) FROM seen") == 1 end, 10, "the Emmett-style row")
+    stop(pid)
+    local off = S.tide("migrate --no-notify-trigger --database " .. q(url))
+    assert.are.equal(0, off.code)
+    assert.truthy(off.out:find("is off", 1, true))
+    assert.are.equal(0, scalar(url, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tide_notify_messages'"))
+  end)
+
+  it("hands a reactor the store's typed conflict from ctx.append", function()
+    S.write(dir .. "/guard.lua", [[
+return tide.reactor {
+  events = { "Ping", "Boom" },
+  on_error = "skip", max_attempts = 1,
+  handle = function(e, ctx)
+    if e.type == "Boom" then
+      ctx.append("target-1", { { type = "Never", data = {} } }, { expected = 5 })
+    end
+    local ok, err = pcall(ctx.append, "target-1", { { type = "Taken", data = {} } }, { expected = "no_stream" })
+    if ok then
+      ctx.log("appended, next " .. err.next_expected_version .. " at " .. #err.global_positions)
+    else
+      ctx.log(string.format("caught %s expected=%s actual=%s: %s", err.kind, tostring(err.expected),
+        tostring(err.actual), tostring(err)))
+    end
+  end,
+}]])
+    local pid, log = start(url, dir)
+    for _, t in ipairs({ "Ping", "Ping", "Boom" }) do
+      assert.are.equal(0, S.tide("append p-1 " .. t .. " '{}' --database " .. q(url)).code)
+    end
+    S.wait_for(function() return read(log):find("processor.skipped", 1, true) end, 20, "the Boom event to be skipped")
+    local text = read(log)
+    assert.truthy(text:find('message="appended, next 1 at 1"', 1, true), text)
+    assert.truthy(text:find('message="caught conflict expected=no_stream actual=1: ctx.append to target-1: version conflict: expected no_stream, found version 1"', 1, true), text)
+    -- Not caught, it fails the batch with its message (not "a table value").
+    assert.truthy(text:find("event=batch.failed[^\n]*ctx.append to target%-1: version conflict: expected 5, found version 1"), text)
+    -- Nothing of the failed tries was written; the caught conflict wrote nothing either.
+    assert.are.equal("Taken", S.psql(url, "SELECT string_agg(message_type, ',') FROM emt_messages WHERE stream_id = 'target-1'"))
     stop(pid)
   end)
 

@@ -76,12 +76,12 @@ end })
 
 -- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine.
 local processor
-function M.processor_run(p, events, raw, query, exec, result, log, setup, reset)
+function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset)
   processor = processor or require "tide.processor"
-  local sql = processor.sql_handle(raw, query, exec, result)
+  local sql, appender = processor.sql_handle(raw, query, exec, result, append)
   if reset then processor.reset(p, sql) end
   if setup then processor.setup(p, sql) end
-  return processor.run_batch(p, events, sql, log)
+  return processor.run_batch(p, events, sql, log, appender)
 end
 
 -- The daemon's view of a processor script: its settings, checked, as a plain table.

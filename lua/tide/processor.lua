@@ -10,8 +10,9 @@ local array = model.array
 local M = {}
 
 -- Wraps the C transaction handle: misuse and failed queries raise, as the script expects.
--- raw_query yields until the rows are there; raw_result then hands them over.
-function M.sql_handle(raw, query, exec, result)
+-- raw_query yields until the rows are there; raw_result then hands them over. The second
+-- value appends in the transaction (for reactors' ctx.append; scripts never see it).
+function M.sql_handle(raw, query, exec, result, append)
   local handle = {}
   function handle:exec(q, ...)
     if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
@@ -26,7 +27,16 @@ function M.sql_handle(raw, query, exec, result)
     if not rows then error(rerr, 2) end
     return rows
   end
-  return handle
+  -- The append of every tide writer (engine/append.c): its result, or the error raised —
+  -- a conflict as the store's typed error { kind = "conflict", expected, actual }.
+  local function appender(stream, events, opts, partition, level)
+    local _, err = append(raw, stream, events, opts, partition)
+    if err ~= nil then error(err, level) end
+    local res, aerr = result(raw)
+    if not res then error(aerr, level) end
+    return res
+  end
+  return handle, appender
 end
 
 local function selected(p, events)
@@ -91,31 +101,23 @@ local function documents(p, events, sql)
   end
 end
 
-local APPEND = "SELECT appended, stream_version, global_positions"
-  .. " FROM tide_append($1, $2, $3::jsonb, $4)"
-
-local function reactor_context(sql, log, partition)
+local function reactor_context(log, partition, appender)
   local ctx = { log = log }
   -- ctx.append(stream, events, { expected, partition }): in the processor's transaction,
   -- by default in the processor's own partition.
   function ctx.append(stream, events, opts)
     if type(stream) ~= "string" or stream == "" then error("ctx.append: stream must be a name", 2) end
     if type(events) ~= "table" or #events == 0 then error("ctx.append: no events", 2) end
-    local expected = opts and opts.expected or "any"
-    local rows = sql:query(APPEND, stream, tostring(expected), array(events),
-      opts and opts.partition or partition)
-    local r = rows[1]
-    if not r.appended then
-      error("version conflict appending to " .. stream .. ": expected " .. tostring(expected)
-        .. ", found " .. (r.stream_version and ("version " .. r.stream_version) or "no stream"), 2)
-    end
-    return { next_expected_version = r.stream_version }
+    if opts ~= nil and type(opts) ~= "table" then error("ctx.append: options must be a table", 2) end
+    local where = opts and opts.partition or partition
+    if type(where) ~= "string" then error("ctx.append: partition must be a string", 2) end
+    return appender(stream, events, opts, where, 3)
   end
   return ctx
 end
 
 -- Runs one batch; raises on failure (the daemon rolls the transaction back).
-function M.run_batch(p, events, sql, log)
+function M.run_batch(p, events, sql, log, appender)
   events = selected(p, events)
   if #events == 0 then return end
   if p.kind == "projection" then
@@ -126,7 +128,7 @@ function M.run_batch(p, events, sql, log)
     end
     return p.handle(events, sql)
   elseif p.kind == "reactor" then
-    local ctx = reactor_context(sql, log, p.partition or "emt:default")
+    local ctx = reactor_context(log, p.partition or "emt:default", appender)
     for _, e in ipairs(events) do p.handle(e, ctx) end
   else
     error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")

@@ -22,7 +22,8 @@
 local model = require "tide.model"
 local processor = require "tide.processor"
 local command = require "tide.command"
-local type, pairs, ipairs, tostring, error, pcall, select = type, pairs, ipairs, tostring, error, pcall, select
+local type, pairs, ipairs, tostring, error, pcall, select, setmetatable =
+  type, pairs, ipairs, tostring, error, pcall, select, setmetatable
 local sort, concat, format = table.sort, table.concat, string.format
 
 local M = {}
@@ -457,6 +458,8 @@ end
 
 -- A reactor's ctx that records: append checks its arguments and the expected version as the
 -- daemon's does (streams start empty in a test), log keeps the messages.
+local conflict_mt = { __tostring = function(e) return e.message end }
+
 local function recording_ctx(partition, appends, logs)
   local versions, ctx = {}, {}
   function ctx.append(stream, events, opts)
@@ -476,8 +479,11 @@ local function recording_ctx(partition, appends, logs)
     local version = versions[key] or 0
     if (expected == "no_stream" and version ~= 0) or (expected == "stream_exists" and version == 0)
       or (type(expected) == "number" and expected ~= version) then
-      error("version conflict appending to " .. stream .. ": expected " .. tostring(expected)
-        .. ", found " .. (version > 0 and ("version " .. version) or "no stream"), 2)
+      -- The daemon's typed conflict (engine/append.c's message).
+      local message = "ctx.append to " .. stream .. ": version conflict: expected "
+        .. tostring(expected) .. ", found " .. (version > 0 and ("version " .. version) or "no stream")
+      error(setmetatable({ kind = "conflict", message = message, expected = expected,
+        actual = version > 0 and version or "no_stream" }, conflict_mt), 2)
     end
     versions[key] = version + #events
     appends[#appends + 1] = { stream = stream, events = copy(events), expected = expected, partition = part }
