@@ -1,5 +1,6 @@
 /* store.h — the store object behind tide.h's tide_store_* functions, shared by the
- * files that implement them (store.c: append and reads, migrate.c: schema). */
+ * files that implement them (store.c: append and reads, migrate.c: schema,
+ * transaction.c: a caller's transaction). */
 #ifndef TIDE_STORE_H
 #define TIDE_STORE_H
 
@@ -27,6 +28,10 @@ struct tide_store {
 	/* A transaction of the caller's is open on pg (BEGIN sent): appends in it wake
 	 * consumers only once it commits. */
 	bool in_transaction, appended_in_transaction;
+	/* transaction.c's own: where the caller's transaction is (beginning, open, ending),
+	 * and the connection it was begun on (a transaction does not outlive it). */
+	int transaction_state;
+	const struct tide_pg *transaction_pg;
 	char error[640];
 };
 

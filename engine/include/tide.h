@@ -195,6 +195,50 @@ TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
                                               const char *const *types, size_t n, tide_read_cb cb,
                                               void *arg);
 
+/* A transaction of the caller's on the store's connection. Every request sent on the store
+ * while it is open (appends, reads) runs inside it, in the order sent: a decider reads the
+ * stream's tail, decides and appends under the stream's lock, and its append cannot
+ * conflict. One transaction at a time per store, at READ COMMITTED.
+ *
+ * version: the locked stream's version, or -1 when the stream does not exist (no row to
+ * lock: an append expecting TIDE_EXPECT_NO_STREAM may still conflict with a writer that
+ * creates it meanwhile) or when no stream was named. status as for the other callbacks. */
+typedef void (*tide_begin_cb)(int status, const char *err, int64_t version, void *arg);
+typedef void (*tide_end_cb)(int status, const char *err, void *arg);
+
+/* Sends BEGIN and, when stream is not NULL, locks the stream's row (SELECT ... FOR UPDATE
+ * on emt_streams: tide's appends and Emmett's take the same lock, so the stream's version
+ * cannot move until the transaction ends); waits for the lock as long as another
+ * transaction holds it. cb fires once the lock is held, or with the failure. Requests may
+ * be sent right after this call; they run inside the transaction. On failure (cb's status
+ * != 0) no transaction is open any more when cb fires; requests sent meanwhile failed.
+ * Returns TIDE_EINVAL (cb not called, message in tide_store_error()) when a transaction is
+ * already open on the store or the stream name breaks the rules of tide_store_append(),
+ * TIDE_ECONN when the store is not connected. */
+TIDE_MUST_CHECK int tide_store_begin(struct tide_store *store, const char *stream, tide_begin_cb cb,
+                                     void *arg);
+
+/* Commits the open transaction (begin's callback reported success). cb fires once it has
+ * ended: 0 when committed; TIDE_EDB when the server refused or a statement in it had failed
+ * (then nothing in it was committed); TIDE_EUNKNOWN when the connection was lost after
+ * COMMIT was sent (read to find out); TIDE_ECONN when it was lost before. Consumers are
+ * woken after a commit that appended. Returns TIDE_EINVAL (cb not called) when no
+ * transaction is open or it is not yet begun or already ending; TIDE_ECONN (cb not called)
+ * when the connection was lost since begin: the transaction is gone with it, nothing in it
+ * was committed, and the store is free for another (after tide_store_reconnect()). */
+TIDE_MUST_CHECK int tide_store_commit(struct tide_store *store, tide_end_cb cb, void *arg);
+
+/* Rolls the open transaction back: nothing sent in it is kept, the lock is released.
+ * cb fires with 0, or TIDE_ECONN when the connection was lost (the transaction ended with
+ * it, nothing committed). Returns as tide_store_commit(). After a lost connection,
+ * call this (it returns TIDE_ECONN at once) to forget the transaction before
+ * tide_store_reconnect(): requests on the new connection would run outside it. */
+TIDE_MUST_CHECK int tide_store_rollback(struct tide_store *store, tide_end_cb cb, void *arg);
+
+/* True from tide_store_begin() until its transaction has ended (a failed begin's callback,
+ * or commit's or rollback's callback, or their synchronous TIDE_ECONN). */
+bool tide_store_in_transaction(const struct tide_store *store);
+
 /* Applies pending schema migrations in one transaction on a connection of its own:
  * idempotent, serialized between processes by an advisory lock, and safe on a database
  * whose Emmett tables already exist. The store need not be connected yet. */
