@@ -52,6 +52,7 @@ static const char *kind_of(int status)
 }
 
 static void on_open(struct tide_store *st, int status, const char *err, void *arg);
+static void on_end(int status, const char *err, void *arg);
 
 /* After a lost connection the next call connects again; 0, or nil, err pushed (2). */
 static int ensure_connected(lua_State *L, struct lstore *s)
@@ -59,6 +60,16 @@ static int ensure_connected(lua_State *L, struct lstore *s)
 	if (tide_store_connected(s->store))
 		return 0;
 	uv_run(&s->loop, UV_RUN_NOWAIT); /* lets the lost connection's requests fail */
+	if (tide_store_in_transaction(s->store)) {
+		/* The transaction went with the connection: a call on a new one would run
+		 * outside it. Fail this call; the transaction is forgotten, the next connects. */
+		struct wait w = {0};
+		if (tide_store_rollback(s->store, on_end, &w) == 0)
+			run_until(s, &w.done);
+		return tide_lua_push_error(L, "connection",
+		                           "the connection was lost, and the open transaction with "
+		                           "it (nothing in it was committed)");
+	}
 	struct wait w = {0};
 	if (tide_store_reconnect(s->store, on_open, &w) != 0)
 		return tide_lua_push_error(L, "connection", tide_store_error(s->store));
@@ -611,6 +622,96 @@ static int l_sleep(lua_State *L)
 	return 0;
 }
 
+struct txn_wait {
+	struct wait w;
+	int64_t version;
+};
+
+static void on_begin(int status, const char *err, int64_t version, void *arg)
+{
+	struct txn_wait *t = arg;
+	t->w.done = true;
+	t->w.status = status;
+	t->version = version;
+	if (err)
+		snprintf(t->w.err, sizeof(t->w.err), "%s", err);
+}
+
+static void on_end(int status, const char *err, void *arg)
+{
+	struct wait *w = arg;
+	w->done = true;
+	w->status = status;
+	if (err)
+		snprintf(w->err, sizeof(w->err), "%s", err);
+}
+
+/* store:begin([stream]) → version | "no_stream" | nil, err: a transaction on the store's
+ * connection with the stream's row locked (see tide_store_begin); every call on the store
+ * runs inside it until store:commit() or store:rollback(). What it returns is the expected
+ * version an append inside wants. Without a stream: true. Beginning twice raises. */
+static int l_begin(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	size_t len = 0;
+	const char *stream = luaL_optlstring(L, 2, NULL, &len);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	if (tide_store_in_transaction(s->store))
+		return luaL_error(L, "begin: a transaction is already open on this store");
+	char err[200];
+	if (stream && strlen(stream) != len) {
+		tide_check_name("stream name", stream, len, TIDE_MAX_NAME_BYTES, err, sizeof(err));
+		return tide_lua_push_error(L, "invalid", err);
+	}
+	struct txn_wait t = {.version = -1};
+	int rc = tide_store_begin(s->store, stream, on_begin, &t);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &t.w.done);
+	if (t.w.status)
+		return tide_lua_push_error(L, kind_of(t.w.status), t.w.err);
+	if (!stream)
+		lua_pushboolean(L, 1);
+	else if (t.version < 0)
+		lua_pushliteral(L, "no_stream");
+	else
+		lua_pushnumber(L, (lua_Number)t.version);
+	return 1;
+}
+
+/* store:commit() / store:rollback() → true | nil, err. Without an open transaction: raises.
+ * After a lost connection: nil, err (kind "connection"; for commit "unknown" when COMMIT
+ * had been sent), and the transaction is over either way. */
+static int end_transaction(lua_State *L, bool commit)
+{
+	struct lstore *s = check_store(L);
+	if (!tide_store_in_transaction(s->store))
+		return luaL_error(L, "%s: no transaction is open on this store",
+		                  commit ? "commit" : "rollback");
+	struct wait w = {0};
+	int rc = commit ? tide_store_commit(s->store, on_end, &w)
+	                : tide_store_rollback(s->store, on_end, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status)
+		return tide_lua_push_error(L, kind_of(w.status), w.err);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_commit(lua_State *L)
+{
+	return end_transaction(L, true);
+}
+
+static int l_rollback(lua_State *L)
+{
+	return end_transaction(L, false);
+}
+
 static int l_close(lua_State *L)
 {
 	luaL_checkudata(L, 1, STORE_MT);
@@ -663,8 +764,9 @@ int tide_lua_open_core(lua_State *L)
 	tide_lua_error_init(L);
 	if (luaL_newmetatable(L, STORE_MT)) {
 		static const luaL_Reg methods[] = {
-		        {"append", l_append}, {"read", l_read},   {"read_all", l_read_all},
-		        {"sleep", l_sleep},   {"close", l_close}, {NULL, NULL},
+		        {"append", l_append}, {"read", l_read},     {"read_all", l_read_all},
+		        {"begin", l_begin},   {"commit", l_commit}, {"rollback", l_rollback},
+		        {"sleep", l_sleep},   {"close", l_close},   {NULL, NULL},
 		};
 		lua_newtable(L);
 		luaL_register(L, NULL, methods);

@@ -35,14 +35,20 @@ function Store:append(stream, events, opts) return self.raw:append(stream, event
 function Store:read(stream, opts) return self.raw:read(stream, opts) end
 -- store:read_all(cursor?, max?) → events, next_cursor | nil, err
 function Store:read_all(cursor, max) return self.raw:read_all(cursor, max) end
+-- store:begin([stream]) → version | "no_stream" (true without a stream) | nil, err: a
+-- transaction with the stream's row locked; every call runs inside it until commit/rollback.
+function Store:begin(stream) return self.raw:begin(stream) end
+-- store:commit() / store:rollback() → true | nil, err
+function Store:commit() return self.raw:commit() end
+function Store:rollback() return self.raw:rollback() end
 function Store:sleep(ms) return self.raw:sleep(ms) end
 function Store:close() return self.raw:close() end
 -- store:aggregate(decider, stream) → state, version | nil, err
 function Store:aggregate(decider, stream)
   return command.aggregate(self.raw, decider, stream, guard())
 end
--- store:handle(decider, stream, command, { retries, backoff_ms })
---   → { events, next_expected_version, global_positions } | nil, err
+-- store:handle(decider, stream, command, { retries, backoff_ms, lock })
+--   → { events, next_expected_version, global_positions, attempts, locked } | nil, err
 function Store:handle(decider, stream, cmd, opts)
   return command.handle(self.raw, decider, stream, cmd, opts, guard())
 end
