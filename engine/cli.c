@@ -110,18 +110,20 @@ static const char usage_handle[] =
         "\n"
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
-        "it returns, expecting the version it read; on a version conflict it reads again and\n"
-        "retries (backoff with jitter). COMMAND_JSON is {\"type\":\"...\",\"data\":{...}}.\n"
+        "it returns, expecting the version it read; on a version conflict it reads the new\n"
+        "events and retries (backoff with jitter), then decides once more holding the stream's\n"
+        "lock, which cannot conflict. COMMAND_JSON is {\"type\":\"...\",\"data\":{...}}.\n"
         "Prints {\"events\":[...],\"next_expected_version\":N,\"global_positions\":[...],\n"
-        "\"attempts\":N}. decide returns a list of events (nil or {} for none).\n"
-        "  --retries N   retries after a version conflict (default 5)\n"
+        "\"attempts\":N,\"locked\":B}. decide returns a list of events (nil or {} for none).\n"
+        "  --retries N   optimistic retries after a version conflict before taking the\n"
+        "                stream's lock (default 2)\n"
         "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
         "Exits 4 when decide rejects the command with tide.reject(message [, details]): the\n"
         "message on stderr, and on stdout\n"
         "{\"error\":{\"kind\":\"rejected\",\"message\":...,\"details\":...}}. Any other error\n"
         "of the script is a bug: exit 1, the command, file:line and the script's stack on\n"
-        "stderr. Exits 3 when conflicts outlast the retries.\n";
+        "stderr.\n";
 
 static const char usage_aggregate[] =
         "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--partition P] [--database URL]\n"
@@ -699,7 +701,7 @@ int tide_cli_main(int argc, char **argv)
 	}
 
 	struct cli cli = {
-	        .cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .retries = 5, .run = cmd->run};
+	        .cmd = cmd->name, .expected = TIDE_EXPECT_ANY, .retries = 2, .run = cmd->run};
 	bool print = false;
 	int rc = parse_args(&cli, cmd, argc - 1, argv + 1, &print);
 	if (rc == 0)

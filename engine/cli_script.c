@@ -193,12 +193,12 @@ static cJSON *ordered(lua_State *L, int idx, const char *const *keys, struct scr
 }
 
 /* handle's result: {"events":[{"type","data","metadata","id"}...],"next_expected_version",
- * "global_positions","attempts"}, in that order whatever order the Lua table has. */
+ * "global_positions","attempts","locked"}, in that order whatever order the Lua table has. */
 static cJSON *handle_json(lua_State *L, int res, struct script_run *s)
 {
 	static const char *const event_keys[] = {"type", "data", "metadata", "id", NULL};
 	static const char *const rest[] = {"next_expected_version", "global_positions", "attempts",
-	                                   NULL};
+	                                   "locked", NULL};
 	cJSON *o = cJSON_CreateObject();
 	cJSON *events = o ? cJSON_AddArrayToObject(o, "events") : NULL;
 	if (!events)

@@ -1,8 +1,9 @@
 -- tide.model: the constructors processor scripts are written with (decider, projection,
 -- reactor) and the JSON null sentinel. Pure Lua: usable from plain busted, with no
 -- database and no C module.
-local error, type, pairs, setmetatable, getmetatable, tostring, next, rawget =
-  error, type, pairs, setmetatable, getmetatable, tostring, next, rawget
+local error, type, pairs, setmetatable, getmetatable, tostring, next, rawget, rawset =
+  error, type, pairs, setmetatable, getmetatable, tostring, next, rawget, rawset
+local debug_getmetatable = debug and debug.getmetatable
 local floor = math.floor
 
 local M = {}
@@ -171,7 +172,6 @@ end
 -- Only a value made here counts as one; any other error in a script is a bug in it. The
 -- metatable is hidden (__metatable), so a script cannot forge or alter one, and C finds it
 -- by identity (lua_vm.c keeps it in the registry) after the value crossed a guarded call.
-local debug_getmetatable = debug and debug.getmetatable
 local getinfo = debug and debug.getinfo
 M.rejection_mt = {
   __name = "tide.rejection",
@@ -263,18 +263,46 @@ function M.event_list(result, decide)
   return list
 end
 
--- Folds events with a decider's evolve, from initial(). at (optional) is a table whose [1]
--- says how far it got: 0 while in initial(), then the index of the event being folded, so
--- that a failure can name the event.
-function M.fold(decider, events, at)
+-- Folds events onto state with a decider's evolve. at (optional) is a table whose [1] says
+-- how far it got: the index of the event being folded, so that a failure can name it.
+function M.fold_onto(decider, state, events, at)
   at = at or {}
-  at[1] = 0
-  local state = decider.initial()
   for i = 1, #events do
     at[1] = i
     state = decider.evolve(state, events[i])
   end
   return state
+end
+
+-- Folds events with a decider's evolve, from initial(); at[1] is 0 while in initial().
+function M.fold(decider, events, at)
+  at = at or {}
+  at[1] = 0
+  return M.fold_onto(decider, decider.initial(), events, at)
+end
+
+-- A deep copy of a value a script built (a decider's state), to fold on after decide had the
+-- original (which it may change): tables are new, with the same metatables (tide.array and
+-- tide.object keep their kind, a script's own keep their behaviour); tide.null, functions,
+-- and tables used as keys stay the very same values; a table met twice is copied once, so
+-- shared parts stay shared and cycles stay cycles. Raw access: no metamethod runs.
+function M.copy(v)
+  if type(v) ~= "table" or v == M.null then return v end
+  local seen = {}
+  local function walk(t)
+    local c = seen[t]
+    if c then return c end
+    c = {}
+    seen[t] = c
+    for k, x in next, t do
+      if type(x) == "table" and x ~= M.null then x = walk(x) end
+      rawset(c, k, x)
+    end
+    local mt = debug_getmetatable and debug_getmetatable(t) or getmetatable(t)
+    if type(mt) == "table" then setmetatable(c, mt) end
+    return c
+  end
+  return walk(v)
 end
 
 return M
