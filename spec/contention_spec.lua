@@ -335,6 +335,32 @@ COMMIT;
       released("limit-2", 10)
     end)
 
+    it("a stream created between the lock (no row yet) and the append: the next locked attempt finds its row", function()
+      local w = wrapper(0)
+      -- The optimistic attempt is told of a conflict (the stream stays missing), so that the
+      -- locked one finds no row to lock; another writer creates the stream right then.
+      local append, begin, told = w.append, w.begin, false
+      function w:append(stream, events, opts)
+        if told then return append(self, stream, events, opts) end
+        told = true
+        return nil, setmetatable({ kind = "conflict", message = "version conflict: expected 0, found version 1" },
+          { __tostring = function(e) return e.message end })
+      end
+      function w:begin(stream)
+        local v, err = begin(self, stream)
+        if v == "no_stream" then
+          assert(other:append(stream, { { type = "Deposited", data = { amount = 2 } } }))
+        end
+        return v, err
+      end
+      local res = assert(tide.handle(w, spoiler, "born-1", { type = "Deposit", data = { amount = 5 } },
+        { retries = 0 }))
+      assert.are.same({ 3, true, 2, 2 }, { res.attempts, res.locked, res.next_expected_version, w.begins })
+      assert.are.same({ from = 1, count = 1, locked = true }, w.reads[#w.reads]) -- all of it again
+      local state, version = assert(other:aggregate(spoiler, "born-1"))
+      assert.are.same({ 7, 2 }, { state.balance, version })
+    end)
+
     it("a store that cannot lock (no begin) gives up after the optimistic attempts", function()
       deposits("plain-1", 1)
       local w = wrapper(99)

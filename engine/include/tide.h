@@ -198,7 +198,9 @@ TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
 /* A transaction of the caller's on the store's connection. Every request sent on the store
  * while it is open (appends, reads) runs inside it, in the order sent: a decider reads the
  * stream's tail, decides and appends under the stream's lock, and its append cannot
- * conflict. One transaction at a time per store, at READ COMMITTED.
+ * conflict. One transaction at a time per store, at READ COMMITTED. A lost connection ends
+ * the transaction uncommitted: an append inside that reports TIDE_EUNKNOWN was not
+ * committed (only COMMIT's outcome can be unknown).
  *
  * version: the locked stream's version, or -1 when the stream does not exist (no row to
  * lock: an append expecting TIDE_EXPECT_NO_STREAM may still conflict with a writer that
