@@ -22,7 +22,7 @@ static const struct tide_pg_stmt stmt_begin = {
         0,
 };
 
-/* The row tide_append() locks too (and Emmett's append updates): while it is held, the
+/* The row every append moves (tide's in append.c, Emmett's too): while it is held, the
  * stream's version cannot move. */
 static const struct tide_pg_stmt stmt_lock = {
         "tide_lock_stream",
@@ -64,6 +64,16 @@ static void set_state(struct tide_store *store, int state)
 	}
 }
 
+/* The transaction is over, committed or not. An append in it may have created the
+ * partition's tables (the first append to a partition does): unless it committed they are
+ * gone again, and the next append must make sure of them (store.c's partition_ready). */
+static void ended(struct tide_store *store, bool committed)
+{
+	if (!committed && store->appended_in_transaction)
+		store->partition_ready = strcmp(store->partition, TIDE_DEFAULT_PARTITION) == 0;
+	set_state(store, TXN_NONE);
+}
+
 /* The connection is gone, whatever the request was: the server going away answers with an
  * error of its own (57P01 on a fast shutdown or pg_terminate_backend). */
 static bool lost(const struct tide_pg_reply *reply)
@@ -99,7 +109,7 @@ static void on_cleanup(const struct tide_pg_reply *reply, void *arg)
 {
 	(void)reply; /* the begin's own failure is what the caller hears about */
 	struct txn_call *c = arg;
-	set_state(c->store, TXN_NONE);
+	ended(c->store, false);
 	report_begin(c);
 }
 
@@ -120,7 +130,7 @@ static void finish_begin(struct txn_call *c)
 		if (tide_pg_exec(store->pg, &stmt_rollback, NULL, on_cleanup, c) == 0)
 			return;
 	}
-	set_state(store, TXN_NONE);
+	ended(store, false);
 	report_begin(c);
 }
 
@@ -185,8 +195,7 @@ static void on_end(const struct tide_pg_reply *reply, void *arg)
 	struct txn_call *c = arg;
 	struct tide_store *store = c->store;
 	bool committing = c->commit;
-	bool woke = store->appended_in_transaction;
-	set_state(store, TXN_NONE);
+	bool appended = store->appended_in_transaction;
 	char buf[640];
 	int status = 0;
 	const char *err = NULL;
@@ -217,9 +226,11 @@ static void on_end(const struct tide_pg_reply *reply, void *arg)
 		status = TIDE_EDB;
 		err = "the transaction was rolled back, not committed: a statement in it had "
 		      "failed";
-	} else if (committing && woke) {
-		tide_store_wake(store);
 	}
+	bool committed = committing && status == 0;
+	ended(store, committed);
+	if (committed && appended)
+		tide_store_wake(store);
 	c->cb.end(status, err, c->arg);
 	free(c);
 }
@@ -236,7 +247,7 @@ static int end(struct tide_store *store, bool commit, tide_end_cb cb, void *arg)
 	default: break;
 	}
 	if (!tide_pg_ready(store->pg) || store->pg != store->transaction_pg) {
-		set_state(store, TXN_NONE);
+		ended(store, false);
 		return fail(store, TIDE_ECONN,
 		            "the connection was lost, and the transaction with it (nothing in it "
 		            "was committed)");
@@ -255,7 +266,7 @@ static int end(struct tide_store *store, bool commit, tide_end_cb cb, void *arg)
 	}
 	if (rc) {
 		free(c);
-		set_state(store, TXN_NONE);
+		ended(store, false);
 		return fail(store, TIDE_ECONN,
 		            "the connection was lost, and the transaction with it (nothing in it "
 		            "was committed)");

@@ -334,6 +334,69 @@ static void begin_lock_fails(void)
 	test_close(s);
 }
 
+/* Whether a notification for idle consumers came to listener within ms. */
+static bool notified(PGconn *listener, int ms)
+{
+	for (int waited = 0;; waited += 20) {
+		run_for(20); /* lets the store send what it queued */
+		CHECK(PQconsumeInput(listener));
+		PGnotify *n = PQnotifies(listener);
+		if (n) {
+			PQfreemem(n);
+			while ((n = PQnotifies(listener)))
+				PQfreemem(n);
+			return true;
+		}
+		if (waited >= ms)
+			return false;
+	}
+}
+
+/* Consumers are woken once the transaction commits what it appended: not before, not
+ * after a rollback. */
+static void commit_wakes_consumers(void)
+{
+	struct tide_store *s = test_store();
+	PGconn *listener = test_pg();
+	exec_ok(listener, "LISTEN tide_messages");
+	CHECK_EQ_I64(begin_sync(s, "acct-1").status, 0);
+	CHECK_EQ_I64(append_sync(s, "acct-1", TIDE_EXPECT_NO_STREAM).status, 0);
+	CHECK(!notified(listener, 300));
+	CHECK_EQ_I64(end_sync(s, true).status, 0);
+	CHECK(notified(listener, 5000));
+
+	CHECK_EQ_I64(begin_sync(s, "acct-1").status, 0);
+	CHECK_EQ_I64(append_sync(s, "acct-1", 1).status, 0);
+	CHECK_EQ_I64(end_sync(s, false).status, 0);
+	CHECK(!notified(listener, 300));
+
+	CHECK_EQ_I64(begin_sync(s, "acct-1").status, 0); /* nothing appended: nothing to tell */
+	CHECK_EQ_I64(end_sync(s, true).status, 0);
+	CHECK(!notified(listener, 300));
+	PQfinish(listener);
+	test_close(s);
+}
+
+/* The first append to a new partition creates its tables, inside the transaction: a
+ * rollback takes them away again, and the store must not go on believing they exist. */
+static void rollback_forgets_a_new_partition(void)
+{
+	struct tide_store *s = test_store();
+	CHECK_EQ_I64(tide_store_set_partition(s, "tenant-x"), 0);
+	CHECK_EQ_I64(begin_sync(s, "acct-1").status, 0);
+	CHECK_EQ_I64(append_sync(s, "acct-1", TIDE_EXPECT_NO_STREAM).status, 0);
+	CHECK_EQ_I64(end_sync(s, false).status, 0);
+	CHECK_EQ_I64(
+	        scalar("SELECT count(*) FROM pg_class WHERE relname LIKE 'emt_messages_tenant_x%'"),
+	        0);
+	struct appended a = append_sync(s, "acct-1", TIDE_EXPECT_NO_STREAM);
+	if (a.status)
+		fprintf(stderr, "append: %s\n", a.err);
+	CHECK_EQ_I64(a.status, 0);
+	CHECK_EQ_I64(count_rows("acct-1"), 1);
+	test_close(s);
+}
+
 /* Calls out of order are refused at once, and no callback fires. */
 static void misuse(void)
 {
@@ -445,6 +508,8 @@ int main(int argc, char **argv)
 	        {"begin_missing_stream", begin_missing_stream},
 	        {"failed_statement_rolls_back", failed_statement_rolls_back},
 	        {"begin_lock_fails", begin_lock_fails},
+	        {"commit_wakes_consumers", commit_wakes_consumers},
+	        {"rollback_forgets_a_new_partition", rollback_forgets_a_new_partition},
 	        {"misuse", misuse},
 	        {"connection_lost_while_open", connection_lost_while_open},
 	        {"commit_outcome_unknown", commit_outcome_unknown},
