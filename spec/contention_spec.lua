@@ -361,6 +361,42 @@ COMMIT;
       assert.are.same({ 7, 2 }, { state.balance, version })
     end)
 
+    it("store:begin/commit/rollback; a connection lost in a transaction takes it along", function()
+      local s = assert(tide.connect(url))
+      assert.are.equal("no_stream", s:begin("own-1"))
+      assert.has_error(function() s:begin("own-2") end, "begin: a transaction is already open on this store")
+      assert(s:append("own-1", { { type = "Deposited", data = { amount = 1 } } }, { expected = "no_stream" }))
+      assert.is_true(s:commit())
+      assert.has_error(function() s:commit() end, "commit: no transaction is open on this store")
+      local function kill()
+        S.psql(url, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+          .. " WHERE datname = current_database() AND state = 'idle in transaction'")
+      end
+      assert.are.equal(1, s:begin("own-1"))
+      assert(s:append("own-1", { { type = "Deposited", data = { amount = 1 } } }, { expected = 1 }))
+      kill()
+      assert.is_nil(s:read("own-1")) -- the call that finds the connection gone
+      local res, err = s:append("own-1", { { type = "Deposited", data = { amount = 1 } } })
+      assert.is_nil(res) -- not on a new connection, outside the transaction
+      assert.are.same({ "connection", "the connection was lost, and the open transaction with it"
+        .. " (nothing in it was committed)" }, { err.kind, err.message })
+      assert.has_error(function() s:rollback() end) -- it is over already
+      assert.are.equal(1, #assert(s:read("own-1"))) -- connected again, outside any transaction
+
+      assert.are.equal(1, s:begin("own-1"))
+      kill()
+      local ok, cerr = s:rollback()
+      assert.is_nil(ok)
+      assert.are.equal("connection", cerr.kind)
+      assert.are.equal(1, s:begin("own-1"))
+      kill()
+      ok, cerr = s:commit() -- sent before the store could know: the outcome is unknown
+      assert.is_nil(ok)
+      assert.are.equal("unknown", cerr.kind)
+      assert.are.equal(1, #assert(s:read("own-1")))
+      s:close()
+    end)
+
     it("a store that cannot lock (no begin) gives up after the optimistic attempts", function()
       deposits("plain-1", 1)
       local w = wrapper(99)
