@@ -173,6 +173,12 @@ local function rates(list)
   for i, r in ipairs(list) do t[i] = r.rate end
   return mean(t)
 end
+-- Each slice's rate, kept in bench-results.json: how far they spread shows the noise.
+local function slices(list)
+  local t = {}
+  for i, r in ipairs(list) do t[i] = r.rate end
+  return t
+end
 
 -- Emmett: each measurement in a database of its own, migrated by Emmett.
 local emmett_dbs = 0
@@ -213,9 +219,11 @@ SELECT s.stream_id, s.stream_position, ']] .. DATA .. [[', '{}', '1', 'BenchEven
   FROM s;
 ]])
 
+local trigger
 for _, clients in ipairs({ 1, 8, 32 }) do
   local ref_url = reference_db("bench_ref_append_" .. clients)
   local url = fresh_db("bench_append_" .. clients)
+  trigger = psql(url, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tide_notify_messages'") ~= "0"
   local refs, tides = alternate(
     function(secs) return pgbench(ref_url, pgb_one, clients, secs) end,
     function(secs)
@@ -231,6 +239,7 @@ for _, clients in ipairs({ 1, 8, 32 }) do
   for i, r in ipairs(tides) do p50[i], p99[i] = r.p50, r.p99 end
   results["append_1_c" .. clients .. "_p50"] = { value = mean(p50), unit = "ms" }
   results["append_1_c" .. clients .. "_p99"] = { value = mean(p99), unit = "ms" }
+  results["append_1_c" .. clients].slices = { tide = slices(tides), reference = slices(refs) }
   local ep50, ep99 = e and json_field(e, "p50_ms"), e and json_field(e, "p99_ms")
   rows[#rows + 1] = { label = "— latency p50 / p99 (ms)", show = string.format("%.2f / %.2f", mean(p50), mean(p99)),
                       emmett_show = ep50 and string.format("%.2f / %.2f", ep50, ep99) or nil, target = "", met = "" }
@@ -269,6 +278,7 @@ SELECT s.stream_id, s.stream_position - 100 + g, ']] .. DATA .. [[', '{}', '1', 
   local e = emmett({ name = "append" }, 1, 100, SECONDS, REF_STREAMS, DATA)
   record("append_100", "append 100 events/call, 1 client (events/s)", rates(tides), "events/s",
     { ref = rates(refs), ref_factor = 0.9, emmett = e and json_field(e, "events_per_s"), emmett_factor = 2.5 })
+  results.append_100.slices = { tide = slices(tides), reference = slices(refs) }
 end
 
 -- 3. Bulk load of BULK events into 1,000 streams. Reference (c): psql's \copy of the same
@@ -346,7 +356,8 @@ COMMIT;
   if not has_import then import_note = "n/a: `tide import --help` does not exit 0 in this build"
   elseif not import_note then value = rates(tides) end
   record("import", string.format("tide import, %s events, 1,000 streams (events/s)", commas(BULK)),
-    value, "events/s", { ref = ref, ref_factor = 0.8, note = import_note })
+    value, "events/s", { ref = ref, ref_show = commas(ref) .. " (COPY)", ref_factor = 0.8, note = import_note })
+  results.import.slices = { tide = value and slices(tides) or nil, reference = slices(refs) }
   results.copy_reference = { value = ref, unit = "rows/s", rows = BULK, runs = BULK_RUNS }
 end
 
@@ -586,7 +597,8 @@ end
 local machine = sh("nproc"):gsub("%s", "") .. " cores, " .. sh("uname -m"):gsub("%s", "") .. ", PostgreSQL " ..
   psql(admin, "SHOW server_version"):gsub("%s.*", "") .. ", fsync=" .. psql(admin, "SHOW fsync") ..
   ", synchronous_commit=" .. psql(admin, "SHOW synchronous_commit")
-print(string.format("\n%s run, %s UTC, %s", quick and "quick" or "full", os.date("!%Y-%m-%d %H:%M"), machine))
+print(string.format("\n%s run, %s UTC, %s; tide's schema %s the NOTIFY trigger on emt_messages", quick and "quick" or "full",
+  os.date("!%Y-%m-%d %H:%M"), machine, trigger and "has" or "does not have"))
 print("\n| benchmark | tide | PostgreSQL | ratio | Emmett | ×Emmett | target | met |")
 print("|---|---:|---:|---:|---:|---:|---|:---:|")
 local notes = {}
@@ -605,7 +617,7 @@ print("")
 for i, n in ipairs(notes) do print(string.format("[%d] %s", i, n)) end
 if emmett_why then print("Emmett was not measured: " .. emmett_why) end
 local out = { mode = quick and "quick" or "full", machine = machine, date = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-              payload_bytes = #DATA, emmett = emmett_why and { skipped = emmett_why } or { version = "0.42.0" },
+              payload_bytes = #DATA, notify_trigger = trigger, emmett = emmett_why and { skipped = emmett_why } or { version = "0.42.0" },
               results = results }
 local jf = assert(io.open(os.getenv("TIDE_BENCH_JSON") or (root .. "/bench-results.json"), "w"))
 jf:write(tide.json.encode(out))
