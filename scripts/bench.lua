@@ -6,8 +6,8 @@
 --   (b) the same for 100 rows in one statement; (c) COPY of the rows of a bulk import;
 --   (d) Emmett 0.42 itself (scripts/bench_emmett.mjs), when Node.js and the package are there.
 -- Ratios are what count on a shared, noisy machine; tide and its pgbench reference run
--- alternately (reference, tide, tide, reference) so that drift in the machine's load
--- falls on both. Benchmarks assert nothing: a missing piece prints n/a.
+-- alternately in 2-second slices so that bursts of load from elsewhere fall on both.
+-- Benchmarks assert nothing: a missing piece prints n/a.
 -- usage: luajit scripts/bench.lua ADMIN_URL [--quick]
 local ffi = require "ffi"
 ffi.cdef [[
@@ -146,18 +146,18 @@ sh("mkdir -p " .. q(work))
 io.stderr:write(string.format("tide benchmarks (%s mode)%s\n", quick and "quick" or "full",
   emmett_why and ("; Emmett not measured: " .. emmett_why) or ""))
 
--- Runs a and b alternately, a b b a (a b in quick mode), each for `slice` seconds, and
--- gives each one's results in a list.
-local function alternate(a, b, slice)
+-- Runs a and b alternately in short slices, a b b a a b b a …, SECONDS in all for each
+-- (one slice each in quick mode), and gives each one's results in a list: a burst of load
+-- from elsewhere on the machine then falls on both.
+local SLICE = quick and SECONDS or 2
+local function alternate(a, b)
   local ra, rb = {}, {}
-  local order = quick and { a, b } or { a, b, b, a }
-  for _, f in ipairs(order) do
-    local r = f(slice)
-    if f == a then ra[#ra + 1] = r else rb[#rb + 1] = r end
+  for i = 1, 2 * math.max(1, math.floor(SECONDS / SLICE)) do
+    local first = (math.ceil(i / 2) % 2 == 1) == (i % 2 == 1)
+    if first then ra[#ra + 1] = a(SLICE) else rb[#rb + 1] = b(SLICE) end
   end
   return ra, rb
 end
-local SLICE = quick and SECONDS or SECONDS / 2
 
 local function pgbench(url, script, clients, seconds)
   local out = sh(string.format("%s -n -M prepared -f %s -c %d -j %d -T %d %s", PGBENCH, q(script), clients,
@@ -228,7 +228,7 @@ for _, clients in ipairs({ 1, 8, 32 }) do
     function(secs) return pgbench(ref_url, pgb_one, clients, secs) end,
     function(secs)
       return driver(url, string.format("--clients %d --seconds %g --stream-pool %d", clients, secs, REF_STREAMS))
-    end, SLICE)
+    end)
   local ref = rates(refs)
   local e = clients <= 8 and emmett({ name = "append" }, clients, 1, SECONDS, REF_STREAMS, DATA) or nil
   local erate = e and json_field(e, "events_per_s")
@@ -274,7 +274,7 @@ SELECT s.stream_id, s.stream_position - 100 + g, ']] .. DATA .. [[', '{}', '1', 
     end,
     function(secs)
       return driver(url, string.format("--clients 1 --events-per-call 100 --seconds %g --stream-pool %d", secs, REF_STREAMS))
-    end, SLICE)
+    end)
   local e = emmett({ name = "append" }, 1, 100, SECONDS, REF_STREAMS, DATA)
   record("append_100", "append 100 events/call, 1 client (events/s)", rates(tides), "events/s",
     { ref = rates(refs), ref_factor = 0.9, emmett = e and json_field(e, "events_per_s"), emmett_factor = 2.5 })
