@@ -1,7 +1,10 @@
 /* bench.c — the append driver of scripts/bench: N clients (one connection each, one
  * append in flight each) append K events per call through libtide for a duration or a
  * number of calls, optionally spaced by an interval, and print one JSON object:
- * {"calls":…, "events":…, "seconds":…, "events_per_s":…, "p50_ms":…, "p99_ms":…}. */
+ * {"calls":…, "events":…, "seconds":…, "events_per_s":…, "p50_ms":…, "p99_ms":…}.
+ * Streams: each client its own `--streams N` (PREFIX-CLIENT-K, round robin), or with
+ * `--stream-pool N` one pool shared by all clients (PREFIX-K, K uniform at random), as
+ * pgbench's `random(1, N)` picks them for the reference it is compared with. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,13 +17,15 @@ struct client {
 	int id;
 	long calls;
 	uint64_t sent_at;
+	uint64_t rng;
 	uv_timer_t timer;
 };
 
 static struct {
 	uv_loop_t *loop;
 	const char *url, *prefix;
-	int clients, per_call, streams;
+	int clients, per_call, streams, pool;
+	const char *data;
 	long max_calls; /* per client; 0: run for duration */
 	double duration_s, interval_ms;
 	uint64_t start, deadline;
@@ -76,11 +81,24 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 		send_append(c);
 }
 
+/* xorshift64*: a private generator per client, so clients never share state. */
+static uint64_t next_random(struct client *c)
+{
+	c->rng ^= c->rng >> 12;
+	c->rng ^= c->rng << 25;
+	c->rng ^= c->rng >> 27;
+	return c->rng * 2685821657736338717ULL;
+}
+
 static void send_append(struct client *c)
 {
 	char stream[96];
-	snprintf(stream, sizeof(stream), "%s-%d-%ld", b.prefix, c->id,
-	         b.streams ? c->calls % b.streams : 0);
+	if (b.pool)
+		snprintf(stream, sizeof(stream), "%s-%" PRIu64, b.prefix,
+		         next_random(c) % (uint64_t)b.pool);
+	else
+		snprintf(stream, sizeof(stream), "%s-%d-%ld", b.prefix, c->id,
+		         b.streams ? c->calls % b.streams : 0);
 	c->sent_at = now_ns();
 	if (tide_store_append(c->store, stream, b.events, (size_t)b.per_call, TIDE_EXPECT_ANY,
 	                      on_append, c) != 0) {
@@ -117,6 +135,7 @@ int main(int argc, char **argv)
 	b.clients = 1;
 	b.per_call = 1;
 	b.duration_s = 5;
+	b.data = "{\"amount\":1,\"note\":\"benchmark\"}";
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--clients"))
 			b.clients = atoi(argv[i + 1]);
@@ -130,6 +149,10 @@ int main(int argc, char **argv)
 			b.interval_ms = atof(argv[i + 1]);
 		else if (!strcmp(argv[i], "--streams"))
 			b.streams = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--stream-pool"))
+			b.pool = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--data"))
+			b.data = argv[i + 1];
 		else if (!strcmp(argv[i], "--prefix"))
 			b.prefix = argv[i + 1];
 		else if (!strcmp(argv[i], "--database"))
@@ -142,19 +165,20 @@ int main(int argc, char **argv)
 	if (!b.url || b.clients < 1 || b.per_call < 1) {
 		fprintf(stderr,
 		        "usage: tide-bench --database URL [--clients N] [--events-per-call K]"
-		        " [--calls C | --seconds S] [--interval-ms MS] [--streams N]\n");
+		        " [--calls C | --seconds S] [--interval-ms MS]"
+		        " [--streams N | --stream-pool N] [--prefix P] [--data JSON]\n");
 		return 2;
 	}
 	b.events = calloc((size_t)b.per_call, sizeof(*b.events));
 	for (int i = 0; i < b.per_call; i++)
-		b.events[i] = (struct tide_event){.type = "BenchEvent",
-		                                  .data = "{\"amount\":1,\"note\":\"benchmark\"}"};
+		b.events[i] = (struct tide_event){.type = "BenchEvent", .data = b.data};
 	uv_loop_t loop;
 	uv_loop_init(&loop);
 	b.loop = &loop;
 	struct client *cl = calloc((size_t)b.clients, sizeof(*cl));
 	for (int i = 0; i < b.clients; i++) {
 		cl[i].id = i;
+		cl[i].rng = 0x9E3779B97F4A7C15ULL * (uint64_t)(i + 1);
 		uv_timer_init(&loop, &cl[i].timer);
 		cl[i].timer.data = &cl[i];
 		if (tide_store_open(&loop, b.url, on_open, NULL, &cl[i].store) != 0)
