@@ -100,12 +100,11 @@ static void on_imported(int status, const char *err, const struct tide_import_st
 	struct run *r = arg;
 	if (r->show) {
 		uv_timer_stop(&r->progress);
-		if (r->shown) {
-			if (status == 0)
-				draw(r); /* the final count stays on the screen */
-			fputc(status == 0 ? '\n' : '\r', stderr);
-			if (status)
-				fputs("\033[K", stderr);
+		if (status == 0) {
+			draw(r); /* the final count stays on the screen */
+			fputc('\n', stderr);
+		} else if (r->shown) {
+			fputs("\r\033[K", stderr);
 		}
 		uv_close((uv_handle_t *)&r->progress, NULL);
 	}
