@@ -202,7 +202,11 @@ int tide_cli_import_main(int argc, char **argv)
 
 	uv_loop_init(&r.cli.loop);
 	struct tide_import_opts io = {
-	        .url = url, .partition = partition, .no_stream = no_stream, .fd = fd};
+	        .url = url,
+	        .application_name = "tide import", /* what pg_stat_activity and tide status show */
+	        .partition = partition,
+	        .no_stream = no_stream,
+	        .fd = fd};
 	if (tide_import_start(&r.cli.loop, &io, on_imported, &r, &r.imp) != 0) {
 		fprintf(stderr, "tide import: out of memory\n");
 		r.cli.exit_code = 1;

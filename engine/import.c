@@ -93,6 +93,12 @@ static const char sql_count_streams[] =
         "SELECT count(*) FROM emt_streams"
         " WHERE partition = $1 AND NOT is_archived AND xmin = pg_current_xact_id()::xid";
 
+/* Wakes idle consumers once the import is committed, in a transaction of its own that does
+ * not wait for the disk (as tide_store_wake does for appends): a NOTIFY inside the import's
+ * transaction would hold every other writer's commit back at its own. */
+static const char sql_wake[] =
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')";
+
 enum chunk_state { CHUNK_FILLING, CHUNK_READY, CHUNK_SENDING };
 
 /* A stream of a chunk (count: its events there; next: its position before the chunk, then
@@ -937,6 +943,12 @@ static void send_chunk(struct tide_import *imp, struct chunk *c)
 		fail(imp, TIDE_ECONN, "cannot send the events: %s", tide_pg_error(imp->pg));
 }
 
+static void on_woken(const struct tide_pg_reply *reply, void *arg)
+{
+	(void)reply; /* consumers that miss it find the events by their poll */
+	finish(arg);
+}
+
 static void on_committed(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_import *imp = arg;
@@ -952,6 +964,8 @@ static void on_committed(const struct tide_pg_reply *reply, void *arg)
 	} else if (strcmp(PQcmdStatus(reply->res), "COMMIT") != 0) {
 		/* A transaction that failed answers COMMIT with ROLLBACK, and no error. */
 		fail(imp, TIDE_EDB, "the transaction was rolled back, nothing was imported");
+		return;
+	} else if (tide_pg_query(imp->pg, sql_wake, 0, NULL, on_woken, imp) == 0) {
 		return;
 	}
 	finish(imp);
