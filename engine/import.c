@@ -77,8 +77,8 @@ static const char sql_reserve[] =
 /* The versions the client counted: $1 partition, $2 stream ids, $3 their versions. The rows
  * exist and are this transaction's (locked, and written by sql_reserve). An upsert rather
  * than UPDATE ... FROM: its arbiter index finds each row whatever the planner believes of
- * the table (a table filled in this very transaction has no statistics: UPDATE ... FROM
- * then walked the whole table once per stream, 1,000 streams of 100,000 in 60 s). */
+ * the table, which has no statistics right after a load; UPDATE ... FROM then hashes the
+ * whole table (1,000 rows of a 100,000-stream table: 118 ms against 35-48 ms). */
 static const char sql_write_back[] =
         "INSERT INTO emt_streams AS s (stream_id, stream_position, partition, stream_type,"
         "  stream_metadata, is_archived)"
