@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli_dlq.h"
+#include "cli_import.h"
 #include "cli_init.h"
 #include "cli_test.h"
 #include "daemon.h"
@@ -34,6 +35,7 @@ static const char usage_main[] =
         "  append      append an event to a stream\n"
         "  read        read the events of one stream\n"
         "  read-all    read the global log, gap-safe, from a cursor\n"
+        "  import      append the events of a newline-delimited JSON file, in one transaction\n"
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
         "  check       load processor scripts in the sandbox and report problems\n"
@@ -684,6 +686,8 @@ int tide_cli_main(int argc, char **argv)
 		return tide_cli_test_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "init") == 0)
 		return tide_cli_init_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "import") == 0)
+		return tide_cli_import_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);

@@ -16,8 +16,15 @@ struct request {
 	struct request *next;
 	tide_pg_reply_cb cb;
 	void *arg;
-	char *script;  /* simple mode: the SQL, sent when the request reaches the head */
-	PGresult *res; /* last good result */
+	char *script; /* simple mode: the SQL, sent when the request reaches the head */
+	/* Simple mode, tide_pg_query: its text parameters (params[i] NULL for NULL), in one
+	 * allocation with the pointers; NULL for a script. */
+	char **params;
+	int nparams;
+	tide_pg_copy_cb copy; /* tide_pg_copy: where the data of its COPY FROM STDIN comes from */
+	void *copy_arg;
+	bool copy_ended; /* the end of its COPY data is in libpq's buffer */
+	PGresult *res;   /* last good result */
 	int status;
 	char err[512];
 	char sqlstate[6];
@@ -44,6 +51,7 @@ struct tide_pg {
 	uv_timer_t timer; /* connect timeout, deferred start-up and send failures */
 	int open_handles;
 	bool connected, closing, script_sent;
+	bool copying; /* the head request is sending COPY data (until its end is flushed) */
 	bool failing; /* a send failed: the requests fail on the next loop turn */
 	int fail_status;
 	tide_pg_ready_cb ready_cb;
@@ -348,6 +356,7 @@ static void complete(struct tide_pg *pg)
 		rq->cb(&reply, rq->arg);
 	PQclear(rq->res);
 	free(rq->script);
+	free(rq->params);
 	free(rq);
 }
 
@@ -357,6 +366,7 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 	bool was_connected = pg->connected || pg->failing;
 	pg->connected = false; /* callbacks below must not queue more on this connection */
 	pg->failing = false;
+	pg->copying = false;
 	while (pg->head) {
 		struct request *rq = pg->head;
 		if (!rq->status) {
@@ -389,7 +399,59 @@ static void send_script(struct tide_pg *pg)
 	if (pg->script_sent || !pg->head)
 		return;
 	pg->script_sent = true;
-	(void)sent(pg, PQsendQuery(pg->conn, pg->head->script));
+	struct request *rq = pg->head;
+	if (rq->params)
+		(void)sent(pg, PQsendQueryParams(pg->conn, rq->script, rq->nparams, NULL,
+		                                 (const char *const *)rq->params, NULL, NULL, 0));
+	else
+		(void)sent(pg, PQsendQuery(pg->conn, rq->script));
+}
+
+/* Sends the head request's COPY data while the socket takes it: a piece from its source,
+ * then PQflush; when the kernel's buffer is full, the socket's next writable event goes on.
+ * libpq's own buffer would grow without bound if fed faster than it drains, so it is never
+ * given more than one piece ahead. A request without a source (a COPY FROM STDIN in a
+ * script) ends its COPY with an error. Returns once the end of the data is flushed too
+ * (pg->copying false): the COPY's result follows. */
+static void copy_feed(struct tide_pg *pg)
+{
+	struct request *rq = pg->head;
+	while (pg->copying) {
+		int f = PQflush(pg->conn);
+		if (f < 0) {
+			fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+			return;
+		}
+		if (f == 1) {
+			if (watch(pg, UV_READABLE | UV_WRITABLE) != 0)
+				fail_all(pg, TIDE_ECONN, "cannot watch the database socket");
+			return;
+		}
+		if (rq->copy_ended) { /* the end went out with that flush */
+			pg->copying = false;
+			flushed(pg);
+			if (watch(pg, UV_READABLE) != 0)
+				fail_all(pg, TIDE_ECONN, "cannot watch the database socket");
+			return;
+		}
+		const char *data = "COPY FROM STDIN is not supported in a script";
+		size_t len = 0;
+		int more = rq->copy ? rq->copy(rq->copy_arg, &data, &len) : -1;
+		int ok;
+		if (more > 0) {
+			ok = PQputCopyData(pg->conn, data, (int)len);
+		} else {
+			ok = PQputCopyEnd(pg->conn, more < 0 ? data : NULL);
+			rq->copy_ended = true;
+		}
+		/* 0 only when libpq cannot grow its buffer: its buffer is empty here. */
+		if (ok != 1) {
+			fail_all(pg, TIDE_ECONN,
+			         ok == 0 ? "out of memory buffering COPY data"
+			                 : PQerrorMessage(pg->conn));
+			return;
+		}
+	}
 }
 
 static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
@@ -448,7 +510,7 @@ static void read_results(struct tide_pg *pg)
 	}
 	int nulls = 0; /* PQgetResult's NULLs in a row */
 	while (pg->head && pg->conn && !pg->closing) {
-		if (pg->mode == TIDE_PG_SIMPLE && !pg->script_sent)
+		if (pg->mode == TIDE_PG_SIMPLE && (!pg->script_sent || pg->copying))
 			break;
 		if (PQisBusy(pg->conn))
 			break;
@@ -464,6 +526,14 @@ static void read_results(struct tide_pg *pg)
 				complete(pg);
 				if (pg->conn && !pg->closing)
 					send_script(pg);
+				continue;
+			}
+			if (PQresultStatus(r) == PGRES_COPY_IN) {
+				/* The server waits for the data: libpq answers PGRES_COPY_IN
+				 * again until the COPY ends, so results wait for that. */
+				PQclear(r);
+				pg->copying = true;
+				copy_feed(pg);
 				continue;
 			}
 		} else {
@@ -501,8 +571,16 @@ static void on_poll(uv_poll_t *h, int status, int events)
 		fail_all(pg, TIDE_ECONN, uv_strerror(status));
 		return;
 	}
-	if (events & UV_WRITABLE)
-		flush(pg);
+	if (events & UV_WRITABLE) {
+		if (pg->copying) {
+			copy_feed(pg);
+			/* The COPY's result may already be in libpq's buffer. */
+			if (!pg->copying && pg->conn && !pg->closing && !(events & UV_READABLE))
+				read_results(pg);
+		} else {
+			flush(pg);
+		}
+	}
 	if (events & UV_READABLE)
 		read_results(pg);
 }
@@ -653,6 +731,50 @@ int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb, voi
 	}
 	rq->script = copy;
 	send_script(pg);
+	return 0;
+}
+
+int tide_pg_query(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,
+                  tide_pg_reply_cb cb, void *arg)
+{
+	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_SIMPLE)
+		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
+	/* The pointers, then the texts, in one allocation. */
+	size_t size = (size_t)(nparams > 0 ? nparams : 1) * sizeof(char *);
+	for (int i = 0; i < nparams; i++)
+		size += values[i] ? strlen(values[i]) + 1 : 0;
+	char *copy = strdup(sql);
+	char **params = malloc(size);
+	struct request *rq = copy && params ? enqueue(pg, cb, arg) : NULL;
+	if (!rq) {
+		free(copy);
+		free(params);
+		return TIDE_ENOMEM;
+	}
+	char *text = (char *)(params + (nparams > 0 ? nparams : 1));
+	for (int i = 0; i < nparams; i++) {
+		params[i] = NULL;
+		if (values[i]) {
+			size_t n = strlen(values[i]) + 1;
+			params[i] = memcpy(text, values[i], n);
+			text += n;
+		}
+	}
+	rq->script = copy;
+	rq->params = params;
+	rq->nparams = nparams;
+	send_script(pg);
+	return 0;
+}
+
+int tide_pg_copy(struct tide_pg *pg, const char *sql, tide_pg_copy_cb source, void *source_arg,
+                 tide_pg_reply_cb cb, void *arg)
+{
+	int rc = tide_pg_query(pg, sql, 0, NULL, cb, arg);
+	if (rc)
+		return rc;
+	pg->tail->copy = source;
+	pg->tail->copy_arg = source_arg;
 	return 0;
 }
 

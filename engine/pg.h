@@ -38,7 +38,7 @@ typedef void (*tide_pg_notify_cb)(const char *channel, const char *payload, void
 
 enum tide_pg_mode {
 	TIDE_PG_PIPELINE, /* prepared statements, many in flight */
-	TIDE_PG_SIMPLE,   /* multi-statement scripts, one at a time */
+	TIDE_PG_SIMPLE,   /* multi-statement scripts, statements, COPY: one at a time */
 };
 
 /* application_name: what pg_stat_activity shows unless the URL names one (NULL: "tide"). */
@@ -57,6 +57,24 @@ TIDE_MUST_CHECK int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int np
 /* Simple mode: runs a script of one or more statements. */
 TIDE_MUST_CHECK int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb,
                                    void *arg);
+
+/* Simple mode: one statement with text parameters (copied at once; NULL for SQL NULL), sent
+ * through the extended protocol once the requests before it are done. */
+TIDE_MUST_CHECK int tide_pg_query(struct tide_pg *pg, const char *sql, int nparams,
+                                  const char *const *values, tide_pg_reply_cb cb, void *arg);
+
+/* Where the data of a COPY FROM STDIN comes from: called on the loop whenever the
+ * connection can take more, it sets *data and *len to the next piece and returns 1 (the
+ * piece is copied at once), returns 0 at the end of the data, or returns -1 with *data a
+ * message to abort the COPY with (its reply is then the server's error). It must answer
+ * at once: it is asked again only when the socket drains. */
+typedef int (*tide_pg_copy_cb)(void *arg, const char **data, size_t *len);
+
+/* Simple mode: a COPY ... FROM STDIN statement, fed from source; cb gets its result once
+ * the data has ended. libpq's output buffer holds at most one piece beyond what the kernel
+ * took, so memory stays flat whatever the amount of data. */
+TIDE_MUST_CHECK int tide_pg_copy(struct tide_pg *pg, const char *sql, tide_pg_copy_cb source,
+                                 void *source_arg, tide_pg_reply_cb cb, void *arg);
 
 void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg);
 
