@@ -408,11 +408,7 @@ int tide_append_send(struct tide_pg *pg, struct tide_append *a, struct tide_wake
 
 /* --- wake-ups -------------------------------------------------------------------------- */
 
-static const struct tide_pg_stmt stmt_wake = {
-        "tide_wake",
-        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')",
-        0,
-};
+static const struct tide_pg_stmt stmt_wake = {"tide_wake", TIDE_WAKE_SQL, 0};
 
 static void send_wake(struct tide_wake *w);
 

@@ -31,6 +31,11 @@ TIDE_MUST_CHECK int tide_append_send(struct tide_pg *pg, struct tide_append *a,
 
 void tide_append_free(struct tide_append *a);
 
+/* The wake-up: a NOTIFY in a transaction of its own whose commit does not wait for the
+ * disk. */
+#define TIDE_WAKE_SQL                                                                              \
+	"SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')"
+
 /* Post-commit wake-ups on one connection: one in flight, one more owed at most. */
 struct tide_wake {
 	struct tide_pg *pg;

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "append.h"
 #include "copy.h"
 #include "file.h"
 #include "json.h"
@@ -93,11 +94,8 @@ static const char sql_count_streams[] =
         "SELECT count(*) FROM emt_streams"
         " WHERE partition = $1 AND NOT is_archived AND xmin = pg_current_xact_id()::xid";
 
-/* Wakes idle consumers once the import is committed, in a transaction of its own that does
- * not wait for the disk (as tide_store_wake does for appends): a NOTIFY inside the import's
- * transaction would hold every other writer's commit back at its own. */
-static const char sql_wake[] =
-        "SELECT set_config('synchronous_commit', 'off', true), pg_notify('tide_messages', '')";
+/* Wakes idle consumers once the import is committed (TIDE_WAKE_SQL, append.h). */
+static const char sql_wake[] = TIDE_WAKE_SQL;
 
 enum chunk_state { CHUNK_FILLING, CHUNK_READY, CHUNK_SENDING };
 
