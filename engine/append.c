@@ -38,11 +38,13 @@
 	STREAM_ROW(COUNT)                                                                          \
 	" ON CONFLICT (stream_id, partition, is_archived) DO NOTHING"                              \
 	" RETURNING stream_position"
-/* stream_exists ($7 NULL) or version $7: move it if it is there (at that version). */
-#define STREAM_EXISTING(COUNT)                                                                     \
+/* stream_exists (VERSION NULL) or VERSION: move it if it is there (at that version). */
+#define STREAM_EXISTING_AT(COUNT, VERSION)                                                         \
 	"UPDATE emt_streams SET stream_position = stream_position + " COUNT                        \
 	" WHERE stream_id = $1 AND partition = $2 AND NOT is_archived"                             \
-	" AND ($7::bigint IS NULL OR stream_position = $7::bigint) RETURNING stream_position"
+	" AND (" VERSION "::bigint IS NULL OR stream_position = " VERSION "::bigint)"              \
+	" RETURNING stream_position"
+#define STREAM_EXISTING(COUNT) STREAM_EXISTING_AT(COUNT, "$7")
 
 #define APPEND_SQL(STREAM, COUNT, EVENTS)                                                          \
 	"WITH s AS (" STREAM(COUNT) "), m AS ("                                                    \
@@ -74,12 +76,36 @@ static const struct tide_pg_stmt stmts[3][2] = {
                        APPEND_SQL(STREAM_EXISTING, COUNT_MANY, EVENTS_MANY), 7}},
 };
 
-static const struct tide_pg_stmt stmt_version = {
-        "tide_stream_version",
-        "SELECT stream_position FROM emt_streams"
-        " WHERE stream_id = $1 AND partition = $2 AND NOT is_archived",
-        2,
+/* The stream's row alone, for an append whose events go by COPY (append_copy.c): $3 the
+ * number of events, $4 the expected version (existing streams); the new position and the
+ * transaction's id come back. */
+#define STREAM_ONLY_SQL(STREAM)                                                                    \
+	"WITH s AS (" STREAM ") SELECT stream_position, pg_current_xact_id() FROM s"
+static const char *const stream_only_sql[3] = {
+        [ANY] = STREAM_ONLY_SQL(STREAM_ANY("$3::bigint")),
+        [NEW] = STREAM_ONLY_SQL(STREAM_NEW("$3::bigint")),
+        [EXISTING] = STREAM_ONLY_SQL(STREAM_EXISTING_AT("$3::bigint", "$4")),
 };
+
+const char tide_stream_version_sql[] =
+        "SELECT stream_position FROM emt_streams"
+        " WHERE stream_id = $1 AND partition = $2 AND NOT is_archived";
+
+static const struct tide_pg_stmt stmt_version = {"tide_stream_version", tide_stream_version_sql, 2};
+
+static enum shape shape_of(int64_t expected)
+{
+	return expected == TIDE_EXPECT_ANY                          ? ANY
+	       : expected == TIDE_EXPECT_NO_STREAM || expected == 0 ? NEW
+	                                                            : EXISTING;
+}
+
+const char *tide_append_stream_sql(int64_t expected, int *nparams)
+{
+	enum shape shape = shape_of(expected);
+	*nparams = shape == EXISTING ? 4 : 3;
+	return stream_only_sql[shape];
+}
 
 static const struct tide_pg_stmt stmt_ensure_partition = {
         "tide_ensure_partition",
@@ -196,11 +222,9 @@ static char *dup_or_null(const char *s, bool *ok)
 	return c;
 }
 
-int tide_append_build(const char *stream, const char *partition, const struct tide_event *events,
-                      size_t n, int64_t expected, bool ensure_partition, char *err, size_t errn,
-                      struct tide_append **out)
+int tide_append_check(const char *stream, const struct tide_event *events, size_t n,
+                      int64_t expected, char *err, size_t errn)
 {
-	*out = NULL;
 	if (tide_check_name("stream name", stream, stream ? strlen(stream) : 0, TIDE_MAX_NAME_BYTES,
 	                    err, errn))
 		return TIDE_EINVAL;
@@ -212,16 +236,23 @@ int tide_append_build(const char *stream, const char *partition, const struct ti
 		snprintf(err, errn, "invalid expected version %" PRId64, expected);
 		return TIDE_EINVAL;
 	}
-	if (check_events(events, n, err, errn))
-		return TIDE_EINVAL;
+	return check_events(events, n, err, errn);
+}
+
+int tide_append_build(const char *stream, const char *partition, const struct tide_event *events,
+                      size_t n, int64_t expected, bool ensure_partition, char *err, size_t errn,
+                      struct tide_append **out)
+{
+	*out = NULL;
+	int rc = tide_append_check(stream, events, n, expected, err, errn);
+	if (rc)
+		return rc;
 	struct tide_append *a = calloc(1, sizeof(*a));
 	if (!a) {
 		snprintf(err, errn, "out of memory");
 		return TIDE_ENOMEM;
 	}
-	enum shape shape = expected == TIDE_EXPECT_ANY                          ? ANY
-	                   : expected == TIDE_EXPECT_NO_STREAM || expected == 0 ? NEW
-	                                                                        : EXISTING;
+	enum shape shape = shape_of(expected);
 	a->stmt = &stmts[shape][n > 1];
 	a->expected = expected;
 	a->ensure = ensure_partition;
@@ -262,7 +293,7 @@ static void done(struct tide_append *a, int status, const char *err,
 	tide_append_free(a);
 }
 
-static size_t parse_positions(const char *text, int64_t **out)
+size_t tide_append_parse_positions(const char *text, int64_t **out)
 {
 	/* text is a PostgreSQL array literal of bigints: {1,2,3} */
 	size_t n = 1;
@@ -283,7 +314,7 @@ static size_t parse_positions(const char *text, int64_t **out)
 	return v ? count : 0;
 }
 
-static bool lost_connection(const struct tide_pg_reply *reply)
+bool tide_append_lost(const struct tide_pg_reply *reply)
 {
 	/* The server going away answers with an error of its own (57P01 on a fast shutdown or
 	 * pg_terminate_backend). */
@@ -294,6 +325,28 @@ static bool lost_connection(const struct tide_pg_reply *reply)
 
 static int send_append(struct tide_append *a);
 
+bool tide_append_holds(int64_t expected, int64_t actual)
+{
+	if (expected == TIDE_EXPECT_ANY)
+		return true;
+	if (expected == TIDE_EXPECT_NO_STREAM)
+		return actual < 0;
+	if (expected == TIDE_EXPECT_STREAM_EXISTS)
+		return actual >= 0;
+	return (actual < 0 ? 0 : actual) == expected;
+}
+
+void tide_append_conflict_text(int64_t expected, int64_t actual, char *buf, size_t n)
+{
+	char exp[32], act[32];
+	tide_expected_format(expected, exp, sizeof(exp));
+	if (actual < 0)
+		snprintf(act, sizeof(act), "no stream");
+	else
+		snprintf(act, sizeof(act), "version %" PRId64, actual);
+	snprintf(buf, n, "version conflict: expected %s, found %s", exp, act);
+}
+
 static void on_version(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_append *a = arg;
@@ -303,29 +356,19 @@ static void on_version(const struct tide_pg_reply *reply, void *arg)
 		         "the append found a different version and wrote nothing, but reading "
 		         "that version failed: %s",
 		         reply->err);
-		done(a, lost_connection(reply) ? TIDE_ECONN : reply->status, buf, NULL);
+		done(a, tide_append_lost(reply) ? TIDE_ECONN : reply->status, buf, NULL);
 		return;
 	}
 	struct tide_append_result r = {.expected = a->expected, .actual = -1};
 	if (PQntuples(reply->res) == 1)
 		r.actual = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
-	bool holds = a->expected == TIDE_EXPECT_NO_STREAM ? r.actual < 0
-	             : a->expected == TIDE_EXPECT_STREAM_EXISTS
-	                     ? r.actual >= 0
-	                     : (r.actual < 0 ? 0 : r.actual) == a->expected;
-	if (holds && a->sends < MAX_SENDS) {
+	if (tide_append_holds(a->expected, r.actual) && a->sends < MAX_SENDS) {
 		/* The stream changed between the two statements: try again. */
 		if (send_append(a) != 0)
 			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);
 		return;
 	}
-	char exp[32], act[32];
-	tide_expected_format(a->expected, exp, sizeof(exp));
-	if (r.actual < 0)
-		snprintf(act, sizeof(act), "no stream");
-	else
-		snprintf(act, sizeof(act), "version %" PRId64, r.actual);
-	snprintf(buf, sizeof(buf), "version conflict: expected %s, found %s", exp, act);
+	tide_append_conflict_text(a->expected, r.actual, buf, sizeof(buf));
 	done(a, TIDE_ECONFLICT, buf, &r);
 }
 
@@ -337,7 +380,7 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 		done(a, TIDE_EDB, a->ensure_err, NULL);
 		return;
 	}
-	if (lost_connection(reply) && reply->sent) {
+	if (tide_append_lost(reply) && reply->sent) {
 		/* The append reached the server and its answer did not come back. */
 		snprintf(buf, sizeof(buf),
 		         "the connection was lost after the append was sent, so it may or may not "
@@ -359,7 +402,7 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	int64_t *positions = NULL;
 	struct tide_append_result r = {.expected = a->expected, .actual = -1};
 	r.next_expected_version = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
-	r.count = parse_positions(PQgetvalue(reply->res, 0, 1), &positions);
+	r.count = tide_append_parse_positions(PQgetvalue(reply->res, 0, 1), &positions);
 	r.global_positions = positions;
 	if (!positions)
 		done(a, TIDE_ENOMEM, "out of memory", NULL);

@@ -165,6 +165,7 @@ void tide_store_close(struct tide_store *store)
 {
 	if (!store)
 		return;
+	tide_store_close_copy(store);
 	tide_pg_close(store->pg);
 	free(store->url);
 	free(store);
@@ -315,6 +316,8 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
+	if (n >= TIDE_COPY_MIN_EVENTS && !store->in_transaction)
+		return tide_store_append_copy(store, stream, events, n, expected, cb, arg);
 	struct tide_append *a = NULL;
 	int rc = tide_append_build(stream, store->partition, events, n, expected,
 	                           !store->partition_ready, store->error, sizeof(store->error), &a);

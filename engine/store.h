@@ -14,6 +14,10 @@
 struct tide_store {
 	uv_loop_t *loop;
 	struct tide_pg *pg; /* pipelined connection for appends and reads */
+	/* Appends of TIDE_COPY_MIN_EVENTS or more (append_copy.c): opened on first use, and
+	 * the appends waiting for it to open. */
+	struct tide_pg *bulk;
+	struct copy_append *bulk_waiting;
 	char *url;
 	char partition[TIDE_MAX_PARTITION_BYTES + 1]; /* the emt_* partition every call uses */
 	char application_name[64];
@@ -44,6 +48,14 @@ extern const struct tide_pg_stmt tide_stmt_held_back;
 TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
                                           const char *application_name, tide_open_cb cb, void *arg,
                                           struct tide_store **out);
+
+/* An append by COPY on the store's second connection (append_copy.c): the contract of
+ * tide_store_append. Not inside a transaction of the caller's. */
+TIDE_MUST_CHECK int tide_store_append_copy(struct tide_store *store, const char *stream,
+                                           const struct tide_event *events, size_t n,
+                                           int64_t expected, tide_append_cb cb, void *arg);
+/* Fails the appends waiting for that connection and closes it. */
+void tide_store_close_copy(struct tide_store *store);
 
 /* The reply's message, with a hint when the tide schema is missing. */
 const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);

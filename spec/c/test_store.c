@@ -2,6 +2,7 @@
  * versions, concurrent writers, and the gap-safe global read. */
 #include <inttypes.h>
 
+#include "append.h"
 #include "harness.h"
 
 struct appended {
@@ -662,6 +663,136 @@ static void unreachable(void)
 	test_close(s);
 }
 
+/* An append of a large batch, which goes by COPY on a second connection. */
+struct large {
+	bool done;
+	int status;
+	int64_t next, actual;
+	size_t count;
+	bool ascending; /* global positions in stream order, one per event */
+	int64_t first, last;
+	char err[256];
+};
+
+static void on_large(int status, const char *err, const struct tide_append_result *r, void *arg)
+{
+	struct large *l = arg;
+	l->done = true;
+	l->status = status;
+	if (err)
+		snprintf(l->err, sizeof(l->err), "%s", err);
+	if (!r)
+		return;
+	l->next = r->next_expected_version;
+	l->actual = r->actual;
+	l->count = r->count;
+	l->ascending = true;
+	for (size_t i = 1; i < r->count; i++)
+		l->ascending = l->ascending && r->global_positions[i] > r->global_positions[i - 1];
+	if (r->count) {
+		l->first = r->global_positions[0];
+		l->last = r->global_positions[r->count - 1];
+	}
+}
+
+static void large_async(struct tide_store *s, const char *stream, size_t n, int64_t expected,
+                        struct large *l, struct tide_event *e, char (*data)[32])
+{
+	for (size_t i = 0; i < n; i++) {
+		snprintf(data[i], 32, "{\"i\":%zu}", i + 1);
+		e[i] = (struct tide_event){.type = "Bulk", .data = data[i]};
+	}
+	memset(l, 0, sizeof(*l));
+	CHECK(tide_store_append(s, stream, e, n, expected, on_large, l) == 0);
+}
+
+static void large_appends(void)
+{
+	enum { N = TIDE_COPY_MIN_EVENTS + 500 };
+	static struct tide_event e[N], f[N];
+	static char data[N][32], data2[N][32];
+	struct tide_store *s = test_store();
+	struct large l;
+	large_async(s, "large-1", N, TIDE_EXPECT_NO_STREAM, &l, e, data);
+	test_wait(&l.done);
+	CHECK_EQ_I64(l.status, 0);
+	CHECK_EQ_I64(l.next, N);
+	CHECK_EQ_I64(l.count, N);
+	CHECK(l.ascending);
+	PGconn *c = test_pg();
+	/* Every row at its place: position i holds event i, the global positions returned. */
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages WHERE stream_id = 'large-1'"
+	                            " AND (message_data->>'i')::int = stream_position"),
+	             N);
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "SELECT count(*) FROM emt_messages WHERE stream_id = 'large-1'"
+	         " AND global_position BETWEEN %" PRId64 " AND %" PRId64,
+	         l.first, l.last);
+	CHECK_EQ_I64(test_scalar(c, sql), N);
+	CHECK_EQ_I64(test_scalar(c, "SELECT stream_position FROM emt_streams"
+	                            " WHERE stream_id = 'large-1'"),
+	             N);
+
+	/* A violated expectation writes nothing and says what it found. */
+	large_async(s, "large-1", N, TIDE_EXPECT_NO_STREAM, &l, e, data);
+	test_wait(&l.done);
+	CHECK_EQ_I64(l.status, TIDE_ECONFLICT);
+	CHECK_EQ_I64(l.actual, N);
+	CHECK(strstr(l.err, "expected no_stream, found version") != NULL);
+	large_async(s, "large-1", N, 7, &l, e, data);
+	test_wait(&l.done);
+	CHECK_EQ_I64(l.status, TIDE_ECONFLICT);
+	CHECK_EQ_I64(count_rows("large-1"), N);
+
+	/* Small and large appends to one stream at once serialize on its row: contiguous. */
+	struct appended small[4];
+	struct large big;
+	append_async(s, "large-1", TIDE_EXPECT_ANY, &small[0]);
+	large_async(s, "large-1", N, N, &big, f, data2); /* exact: may conflict with small[0] */
+	append_async(s, "large-1", TIDE_EXPECT_ANY, &small[1]);
+	struct tide_store *t = test_store();
+	append_async(t, "large-1", TIDE_EXPECT_ANY, &small[2]);
+	test_wait(&small[0].done);
+	test_wait(&small[1].done);
+	test_wait(&small[2].done);
+	test_wait(&big.done);
+	CHECK(big.status == 0 || big.status == TIDE_ECONFLICT);
+	long long want = N + 3 + (big.status == 0 ? N : 0);
+	CHECK_EQ_I64(count_rows("large-1"), want);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(DISTINCT stream_position) FROM emt_messages"
+	                            " WHERE stream_id = 'large-1'"),
+	             want);
+	CHECK_EQ_I64(test_scalar(c, "SELECT max(stream_position) FROM emt_messages"
+	                            " WHERE stream_id = 'large-1'"),
+	             want);
+
+	/* A new partition gets its tables first, on the second connection too. */
+	CHECK(tide_store_set_partition(t, "bulk-tenant") == 0);
+	large_async(t, "large-2", N, TIDE_EXPECT_ANY, &l, e, data);
+	test_wait(&l.done);
+	CHECK_EQ_I64(l.status, 0);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages_bulk_tenant"), N);
+	PQfinish(c);
+	test_close(t);
+	test_close(s);
+}
+
+/* A store closed with a large append waiting for its second connection fails it. */
+static void large_append_closed(void)
+{
+	enum { N = TIDE_COPY_MIN_EVENTS };
+	static struct tide_event e[N];
+	static char data[N][32];
+	struct tide_store *s = test_store();
+	struct large l;
+	large_async(s, "large-closed", N, TIDE_EXPECT_ANY, &l, e, data);
+	CHECK(!l.done);
+	test_close(s);
+	CHECK(l.done);
+	CHECK_EQ_I64(l.status, TIDE_ECLOSED);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct test_case cases[] = {
@@ -676,6 +807,8 @@ int main(int argc, char **argv)
 	        {"close_fails_pending", close_fails_pending},
 	        {"unreachable", unreachable},
 	        {"connection_dies_mid_send", connection_dies_mid_send},
+	        {"large_appends", large_appends},
+	        {"large_append_closed", large_append_closed},
 	};
 	return test_main(argc, argv, cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -1,0 +1,387 @@
+/* append_copy.c — appends of many events (TIDE_COPY_MIN_EVENTS or more) by binary COPY.
+ * COPY cannot run on a pipelined connection, so such an append runs on a second
+ * connection of the store (simple mode, opened on first use) in a transaction of its own,
+ * all of it queued at once: BEGIN → [the partition's tables] → the stream's row under the
+ * expectation (append.c's statement; the new position and the transaction's id come back)
+ * → COPY of the rows, numbered from that position → their global positions → COMMIT → the
+ * wake-up. When the expectation does not hold, the COPY is aborted, the transaction rolls
+ * back and the version found is read afterwards, for the conflict error. Nothing about the
+ * outcome differs from append.c's; only its order relative to the store's other requests
+ * does (it is on another connection). */
+#include "append.h"
+#include "copy.h"
+#include "store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIECE_BYTES (256u << 10) /* handed to the COPY at a time */
+
+static const char sql_positions[] =
+        "SELECT global_position FROM emt_messages"
+        " WHERE stream_id = $1 AND partition = $2 AND NOT is_archived AND stream_position >"
+        "  (SELECT stream_position - $3::bigint FROM emt_streams"
+        "    WHERE stream_id = $1 AND partition = $2 AND NOT is_archived)"
+        " ORDER BY stream_position";
+
+struct copy_append {
+	struct tide_store *store;
+	struct copy_append *next; /* waiting for the connection */
+	char *stream, *partition;
+	unsigned partition_gen; /* the store's when it was sent */
+	int64_t expected;
+	size_t n;
+	bool ensure;
+	char *rows; /* header, rows, trailer */
+	size_t rows_len, sent;
+	size_t *at;       /* where tide_copy_set fills in each row */
+	int64_t position; /* the stream's after the append; -1 until known */
+	uint64_t xid;
+	bool conflict;
+	int64_t *positions;
+	size_t npositions;
+	int status; /* the first failure */
+	char err[640];
+	tide_append_cb cb;
+	void *arg;
+};
+
+static void copy_free(struct copy_append *ca)
+{
+	free(ca->stream);
+	free(ca->partition);
+	free(ca->rows);
+	free(ca->at);
+	free(ca->positions);
+	free(ca);
+}
+
+static void finish(struct copy_append *ca, int status, const char *err,
+                   const struct tide_append_result *r)
+{
+	ca->cb(status, err, r, ca->arg);
+	copy_free(ca);
+}
+
+static void note_failure(struct copy_append *ca, const struct tide_pg_reply *reply)
+{
+	if (ca->status)
+		return;
+	ca->status = tide_append_lost(reply) ? TIDE_ECONN : reply->status;
+	char buf[640];
+	snprintf(ca->err, sizeof(ca->err), "%s", tide_store_explain(reply, buf, sizeof(buf)));
+}
+
+static void on_step(const struct tide_pg_reply *reply, void *arg)
+{
+	if (reply->status)
+		note_failure(arg, reply);
+}
+
+static void on_version(const struct tide_pg_reply *reply, void *arg)
+{
+	struct copy_append *ca = arg;
+	if (reply->status) {
+		char buf[640];
+		snprintf(buf, sizeof(buf),
+		         "the append found a different version and wrote nothing, but reading "
+		         "that version failed: %s",
+		         reply->err);
+		finish(ca, tide_append_lost(reply) ? TIDE_ECONN : reply->status, buf, NULL);
+		return;
+	}
+	struct tide_append_result r = {.expected = ca->expected, .actual = -1};
+	if (PQntuples(reply->res) == 1)
+		r.actual = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	char buf[640];
+	tide_append_conflict_text(ca->expected, r.actual, buf, sizeof(buf));
+	finish(ca, TIDE_ECONFLICT, buf, &r);
+}
+
+static void on_stream(const struct tide_pg_reply *reply, void *arg)
+{
+	struct copy_append *ca = arg;
+	if (reply->status) {
+		note_failure(ca, reply);
+		return;
+	}
+	if (PQntuples(reply->res) != 1) {
+		/* The expectation does not hold: the COPY is aborted, COMMIT rolls back, and then
+		 * the version found is read. */
+		ca->conflict = true;
+		const char *v[2] = {ca->stream, ca->partition};
+		if (tide_pg_query(ca->store->bulk, tide_stream_version_sql, 2, v, on_version, ca) !=
+		    0) {
+			ca->conflict = false;
+			ca->status = TIDE_ECONN;
+			snprintf(ca->err, sizeof(ca->err), "%s", tide_pg_error(ca->store->bulk));
+		}
+		return;
+	}
+	ca->position = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	ca->xid = strtoull(PQgetvalue(reply->res, 0, 1), NULL, 10);
+}
+
+static int source(void *arg, const char **data, size_t *len)
+{
+	struct copy_append *ca = arg;
+	if (ca->status || ca->conflict || ca->position < 0) {
+		*data = "the append does not go ahead";
+		return -1;
+	}
+	if (ca->sent == 0) {
+		int64_t first = ca->position - (int64_t)ca->n + 1;
+		for (size_t i = 0; i < ca->n; i++)
+			tide_copy_set(ca->rows + ca->at[i], first + (int64_t)i, ca->xid);
+	}
+	if (ca->sent == ca->rows_len)
+		return 0;
+	size_t piece = ca->rows_len - ca->sent;
+	*data = ca->rows + ca->sent;
+	*len = piece < PIECE_BYTES ? piece : PIECE_BYTES;
+	ca->sent += *len;
+	return 1;
+}
+
+static void on_positions(const struct tide_pg_reply *reply, void *arg)
+{
+	struct copy_append *ca = arg;
+	if (reply->status) {
+		note_failure(ca, reply);
+		return;
+	}
+	int rows = PQntuples(reply->res);
+	ca->positions = malloc((rows ? (size_t)rows : 1) * sizeof(int64_t));
+	if (!ca->positions) {
+		ca->status = TIDE_ENOMEM;
+		snprintf(ca->err, sizeof(ca->err), "out of memory");
+		return;
+	}
+	for (int i = 0; i < rows; i++)
+		ca->positions[i] = strtoll(PQgetvalue(reply->res, i, 0), NULL, 10);
+	ca->npositions = (size_t)rows;
+}
+
+static void on_wake(const struct tide_pg_reply *reply, void *arg)
+{
+	(void)reply; /* a failed wake-up is not the append's: the daemon's probe finds it */
+	(void)arg;
+}
+
+static void on_commit(const struct tide_pg_reply *reply, void *arg)
+{
+	struct copy_append *ca = arg;
+	if (ca->conflict)
+		return; /* rolled back; on_version ends it */
+	if (!ca->status && reply->status && tide_append_lost(reply) && reply->sent) {
+		char buf[640];
+		snprintf(buf, sizeof(buf),
+		         "the connection was lost after the append was sent, so it may or may not "
+		         "have been committed (read the stream to find out): %s",
+		         reply->err);
+		finish(ca, TIDE_EUNKNOWN, buf, NULL);
+		return;
+	}
+	if (!ca->status && reply->status)
+		note_failure(ca, reply);
+	if (ca->status) {
+		finish(ca, ca->status, ca->err, NULL);
+		return;
+	}
+	struct tide_store *store = ca->store;
+	if (ca->partition_gen == store->partition_gen)
+		store->partition_ready = true;
+	if (tide_pg_query(store->bulk, TIDE_WAKE_SQL, 0, NULL, on_wake, NULL) != 0) {
+		/* Not sent: the daemon's probe finds these events all the same. */
+	}
+	struct tide_append_result r = {
+	        .expected = ca->expected,
+	        .actual = -1,
+	        .next_expected_version = ca->position,
+	        .global_positions = ca->positions,
+	        .count = ca->npositions,
+	};
+	finish(ca, 0, NULL, &r);
+}
+
+/* Queues the whole append on the ready connection; false when it could not (the caller
+ * then closes the connection, which fails what was queued: COMMIT, whose callback ends
+ * the append, is queued last, so none of those callbacks does). */
+static bool queue(struct copy_append *ca)
+{
+	struct tide_pg *pg = ca->store->bulk;
+	char count[24], version[24];
+	snprintf(count, sizeof(count), "%zu", ca->n);
+	snprintf(version, sizeof(version), "%" PRId64, ca->expected);
+	int nparams;
+	const char *stream_sql = tide_append_stream_sql(ca->expected, &nparams);
+	const char *v[4] = {ca->stream, ca->partition, count, ca->expected > 0 ? version : NULL};
+	const char *part[1] = {ca->partition};
+	return tide_pg_script(pg, "BEGIN", on_step, ca) == 0 &&
+	       (!ca->ensure ||
+	        tide_pg_query(pg, "SELECT tide_ensure_partition($1)", 1, part, on_step, ca) == 0) &&
+	       tide_pg_query(pg, stream_sql, nparams, v, on_stream, ca) == 0 &&
+	       tide_pg_copy(pg, TIDE_COPY_MESSAGES_SQL, source, ca, on_step, ca) == 0 &&
+	       tide_pg_query(pg, sql_positions, 3, v, on_positions, ca) == 0 &&
+	       tide_pg_script(pg, "COMMIT", on_commit, ca) == 0;
+}
+
+/* Fails the appends still waiting for the connection (a later loop turn than theirs). */
+static void fail_waiting(struct tide_store *store, int status, const char *err)
+{
+	struct copy_append *ca = store->bulk_waiting;
+	store->bulk_waiting = NULL;
+	while (ca) {
+		struct copy_append *next = ca->next;
+		finish(ca, status, err, NULL);
+		ca = next;
+	}
+}
+
+static void on_bulk_open(struct tide_pg *pg, int status, const char *err, void *arg)
+{
+	(void)pg;
+	struct tide_store *store = arg;
+	if (status) {
+		char buf[640];
+		snprintf(buf, sizeof(buf), "cannot open the connection for large appends: %s", err);
+		fail_waiting(store, TIDE_ECONN, buf);
+		return;
+	}
+	while (store->bulk_waiting) {
+		struct copy_append *ca = store->bulk_waiting;
+		store->bulk_waiting = ca->next;
+		if (!queue(ca)) {
+			/* Fails what was queued (their callbacks only take notes), then this one.
+			 */
+			tide_pg_close(store->bulk);
+			store->bulk = NULL;
+			finish(ca, TIDE_ECONN,
+			       "cannot send the append on the connection for large appends", NULL);
+			fail_waiting(store, TIDE_ECONN,
+			             "cannot send the append on the connection for large appends");
+			return;
+		}
+	}
+}
+
+/* The rows of the COPY, with room for each row's position and transaction id. */
+static int build_rows(struct copy_append *ca, const struct tide_event *events)
+{
+	struct tide_copy_row row = {
+	        .stream_id = ca->stream,
+	        .stream_id_len = strlen(ca->stream),
+	        .partition = ca->partition,
+	        .partition_len = strlen(ca->partition),
+	};
+	char id[37] = "";
+	size_t len = TIDE_COPY_HEADER_BYTES + TIDE_COPY_TRAILER_BYTES;
+	for (size_t i = 0; i < ca->n; i++) {
+		row.type = events[i].type;
+		row.type_len = strlen(events[i].type);
+		row.data = events[i].data;
+		row.data_len = strlen(events[i].data);
+		row.metadata = events[i].metadata;
+		row.metadata_len = events[i].metadata ? strlen(events[i].metadata) : 0;
+		row.message_id = id;
+		len += tide_copy_row_size(&row);
+	}
+	ca->rows = malloc(len);
+	ca->at = malloc(ca->n * sizeof(*ca->at));
+	if (!ca->rows || !ca->at)
+		return TIDE_ENOMEM;
+	char *p = ca->rows;
+	memcpy(p, tide_copy_header, TIDE_COPY_HEADER_BYTES);
+	p += TIDE_COPY_HEADER_BYTES;
+	for (size_t i = 0; i < ca->n; i++) {
+		row.type = events[i].type;
+		row.type_len = strlen(events[i].type);
+		row.data = events[i].data;
+		row.data_len = strlen(events[i].data);
+		row.metadata = events[i].metadata;
+		row.metadata_len = events[i].metadata ? strlen(events[i].metadata) : 0;
+		if (events[i].message_id) {
+			row.message_id = events[i].message_id;
+		} else {
+			tide_uuid_v4(id);
+			row.message_id = id;
+		}
+		ca->at[i] = (size_t)(p - ca->rows) + tide_copy_row_write(p, &row);
+		p += tide_copy_row_size(&row);
+	}
+	memcpy(p, tide_copy_trailer, TIDE_COPY_TRAILER_BYTES);
+	ca->rows_len = len;
+	return 0;
+}
+
+int tide_store_append_copy(struct tide_store *store, const char *stream,
+                           const struct tide_event *events, size_t n, int64_t expected,
+                           tide_append_cb cb, void *arg)
+{
+	if (tide_append_check(stream, events, n, expected, store->error, sizeof(store->error)))
+		return TIDE_EINVAL;
+	if (!tide_pg_ready(store->pg)) {
+		snprintf(store->error, sizeof(store->error), "not connected to the database");
+		return TIDE_ECONN;
+	}
+	struct copy_append *ca = calloc(1, sizeof(*ca));
+	if (!ca || !(ca->stream = strdup(stream)) || !(ca->partition = strdup(store->partition))) {
+		if (ca)
+			copy_free(ca);
+		snprintf(store->error, sizeof(store->error), "out of memory");
+		return TIDE_ENOMEM;
+	}
+	ca->store = store;
+	ca->partition_gen = store->partition_gen;
+	ca->expected = expected;
+	ca->n = n;
+	ca->position = -1;
+	ca->ensure = !store->partition_ready;
+	ca->cb = cb;
+	ca->arg = arg;
+	if (build_rows(ca, events) != 0) {
+		copy_free(ca);
+		snprintf(store->error, sizeof(store->error), "out of memory");
+		return TIDE_ENOMEM;
+	}
+	if (store->bulk && !tide_pg_ready(store->bulk) && !store->bulk_waiting) {
+		/* Lost since its last use: open it again. */
+		tide_pg_close(store->bulk);
+		store->bulk = NULL;
+	}
+	if (!store->bulk) {
+		int rc = tide_pg_open(store->loop, store->url, store->application_name,
+		                      TIDE_PG_SIMPLE, on_bulk_open, store, &store->bulk);
+		if (rc) {
+			copy_free(ca);
+			snprintf(store->error, sizeof(store->error), "out of memory");
+			return rc;
+		}
+	}
+	if (!tide_pg_ready(store->bulk)) {
+		/* Opening: queued when it is open. */
+		struct copy_append **tail = &store->bulk_waiting;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = ca;
+		return 0;
+	}
+	if (!queue(ca)) {
+		tide_pg_close(store->bulk);
+		store->bulk = NULL;
+		copy_free(ca);
+		snprintf(store->error, sizeof(store->error),
+		         "cannot send the append on the connection for large appends");
+		return TIDE_ECONN;
+	}
+	return 0;
+}
+
+void tide_store_close_copy(struct tide_store *store)
+{
+	fail_waiting(store, TIDE_ECLOSED, "the connection was closed");
+	tide_pg_close(store->bulk);
+	store->bulk = NULL;
+}
