@@ -152,36 +152,106 @@ static int l_connect(lua_State *L)
 	return 1;
 }
 
-bool tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
+/* The values a run of events shares, at ms->base + these. */
+enum {
+	F_TYPE,
+	F_DATA,
+	F_METADATA,
+	F_STREAM_ID,
+	F_STREAM_POSITION,
+	F_GLOBAL_POSITION,
+	F_MESSAGE_ID,
+	F_CREATED,
+	F_CURSOR,
+	F_LAST_STREAM, /* the last stream id pushed */
+	F_LAST_TYPE,   /* the last type pushed */
+	F_MARKERS,     /* tide_lua_json_markers: three values */
+};
+
+static const char *const field_names[F_LAST_STREAM] = {
+        [F_TYPE] = "type",
+        [F_DATA] = "data",
+        [F_METADATA] = "metadata",
+        [F_STREAM_ID] = "stream_id",
+        [F_STREAM_POSITION] = "stream_position",
+        [F_GLOBAL_POSITION] = "global_position",
+        [F_MESSAGE_ID] = "message_id",
+        [F_CREATED] = "created",
+        [F_CURSOR] = "cursor",
+};
+
+void tide_lua_messages_begin(lua_State *L, struct tide_lua_messages *ms, bool with_cursor)
 {
+	luaL_checkstack(L, F_MARKERS + 3 + 8, "too many values on the stack");
+	ms->base = lua_gettop(L) + 1;
+	ms->with_cursor = with_cursor;
+	ms->stream = ms->type = NULL;
+	ms->stream_len = ms->type_len = 0;
+	for (int i = 0; i < F_LAST_STREAM; i++)
+		lua_pushstring(L, field_names[i]);
+	lua_pushnil(L);
+	lua_pushnil(L);
+	tide_lua_json_markers(L);
+}
+
+/* Pushes s, the same Lua string as last time when it has not changed: most events of a
+ * read share their stream, many their type; comparing is cheaper than interning. */
+static void push_repeated(lua_State *L, int slot, const char **last, size_t *last_len,
+                          const char *s)
+{
+	size_t len = strlen(s);
+	if (*last && *last_len == len && memcmp(*last, s, len) == 0) {
+		lua_pushvalue(L, slot);
+		return;
+	}
+	lua_pushlstring(L, s, len);
+	lua_pushvalue(L, -1);
+	lua_replace(L, slot);
+	*last = lua_tostring(L, slot);
+	*last_len = len;
+}
+
+bool tide_lua_messages_push(lua_State *L, struct tide_lua_messages *ms,
+                            const struct tide_message *m)
+{
+	int k = ms->base;
 	bool ok = true;
-	lua_createtable(L, 0, 10);
-	lua_pushstring(L, m->type);
-	lua_setfield(L, -2, "type");
-	if (tide_lua_push_json_text(L, m->data, strlen(m->data)) == 0)
-		lua_setfield(L, -2, "data");
-	else
-		ok = false;
-	if (tide_lua_push_json_text(L, m->metadata, strlen(m->metadata)) == 0)
-		lua_setfield(L, -2, "metadata");
-	else
-		ok = false;
-	lua_pushstring(L, m->stream_id);
-	lua_setfield(L, -2, "stream_id");
+	lua_createtable(L, 0, ms->with_cursor ? 9 : 8);
+	lua_pushvalue(L, k + F_TYPE);
+	push_repeated(L, k + F_LAST_TYPE, &ms->type, &ms->type_len, m->type);
+	lua_rawset(L, -3);
+	const char *json[2] = {m->data, m->metadata};
+	for (int i = 0; i < 2; i++) {
+		lua_pushvalue(L, k + F_DATA + i);
+		if (tide_lua_decode(L, k + F_MARKERS, json[i], strlen(json[i])) == 0) {
+			lua_rawset(L, -3);
+		} else {
+			lua_pop(L, 1);
+			ok = false;
+		}
+	}
+	lua_pushvalue(L, k + F_STREAM_ID);
+	push_repeated(L, k + F_LAST_STREAM, &ms->stream, &ms->stream_len, m->stream_id);
+	lua_rawset(L, -3);
+	lua_pushvalue(L, k + F_STREAM_POSITION);
 	lua_pushnumber(L, (lua_Number)m->stream_position);
-	lua_setfield(L, -2, "stream_position");
+	lua_rawset(L, -3);
+	lua_pushvalue(L, k + F_GLOBAL_POSITION);
 	lua_pushnumber(L, (lua_Number)m->global_position);
-	lua_setfield(L, -2, "global_position");
+	lua_rawset(L, -3);
+	lua_pushvalue(L, k + F_MESSAGE_ID);
 	lua_pushstring(L, m->message_id);
-	lua_setfield(L, -2, "message_id");
+	lua_rawset(L, -3);
+	lua_pushvalue(L, k + F_CREATED);
 	lua_pushstring(L, m->created);
-	lua_setfield(L, -2, "created");
-	if (with_cursor) {
+	lua_rawset(L, -3);
+	if (ms->with_cursor) {
 		char c[48];
 		struct tide_cursor cur = {m->transaction_id, m->global_position};
 		tide_cursor_format(&cur, c);
+		lua_pushvalue(L, k + F_CURSOR);
 		lua_pushstring(L, c);
-		lua_setfield(L, -2, "cursor");
+		lua_rawset(L, -3);
 	}
 	return ok;
 }
@@ -213,9 +283,11 @@ struct read_build {
 static int build_read(lua_State *L)
 {
 	struct read_build *b = lua_touserdata(L, 1);
+	struct tide_lua_messages ms;
+	tide_lua_messages_begin(L, &ms, b->with_cursor);
 	lua_createtable(L, (int)b->r->count, 0);
 	for (size_t i = 0; i < b->r->count; i++) {
-		if (!tide_lua_push_message(L, &b->r->messages[i], b->with_cursor)) {
+		if (!tide_lua_messages_push(L, &ms, &b->r->messages[i])) {
 			b->undecodable = &b->r->messages[i];
 			return 0;
 		}
