@@ -154,41 +154,40 @@ static int l_connect(lua_State *L)
 
 /* The values a run of events shares, at ms->base + these. */
 enum {
-	F_TYPE,
-	F_DATA,
-	F_METADATA,
-	F_STREAM_ID,
-	F_STREAM_POSITION,
-	F_GLOBAL_POSITION,
-	F_MESSAGE_ID,
-	F_CREATED,
-	F_CURSOR,
+	F_MAKE,        /* the event constructor (EVENT_SOURCE) */
 	F_LAST_STREAM, /* the last stream id pushed */
 	F_LAST_TYPE,   /* the last type pushed */
 	F_MARKERS,     /* tide_lua_json_markers: three values */
 };
 
-static const char *const field_names[F_LAST_STREAM] = {
-        [F_TYPE] = "type",
-        [F_DATA] = "data",
-        [F_METADATA] = "metadata",
-        [F_STREAM_ID] = "stream_id",
-        [F_STREAM_POSITION] = "stream_position",
-        [F_GLOBAL_POSITION] = "global_position",
-        [F_MESSAGE_ID] = "message_id",
-        [F_CREATED] = "created",
-        [F_CURSOR] = "cursor",
-};
+/* Event tables are made by a Lua table constructor: it copies a template that already
+ * holds the keys, where the C API would insert each key anew (lua_rawset of a new key),
+ * which cost a third of building a read's events. Compiled once per state. */
+static const char EVENT_SOURCE[] =
+        "local function event(type, data, metadata, stream_id, stream_position,\n"
+        "                     global_position, message_id, created)\n"
+        "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
+        "           stream_position = stream_position, global_position = global_position,\n"
+        "           message_id = message_id, created = created }\n"
+        "end\n"
+        "local function event_at(type, data, metadata, stream_id, stream_position,\n"
+        "                        global_position, message_id, created, cursor)\n"
+        "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
+        "           stream_position = stream_position, global_position = global_position,\n"
+        "           message_id = message_id, created = created, cursor = cursor }\n"
+        "end\n"
+        "return event, event_at\n";
+static const char KEY_EVENT[] = "tide.lua_store.event";
+static const char KEY_EVENT_AT[] = "tide.lua_store.event_at";
 
 void tide_lua_messages_begin(lua_State *L, struct tide_lua_messages *ms, bool with_cursor)
 {
-	luaL_checkstack(L, F_MARKERS + 3 + 8, "too many values on the stack");
+	luaL_checkstack(L, F_MARKERS + 3 + 12, "too many values on the stack");
 	ms->base = lua_gettop(L) + 1;
 	ms->with_cursor = with_cursor;
 	ms->stream = ms->type = NULL;
 	ms->stream_len = ms->type_len = 0;
-	for (int i = 0; i < F_LAST_STREAM; i++)
-		lua_pushstring(L, field_names[i]);
+	lua_getfield(L, LUA_REGISTRYINDEX, with_cursor ? KEY_EVENT_AT : KEY_EVENT);
 	lua_pushnil(L);
 	lua_pushnil(L);
 	tide_lua_json_markers(L);
@@ -216,43 +215,27 @@ bool tide_lua_messages_push(lua_State *L, struct tide_lua_messages *ms,
 {
 	int k = ms->base;
 	bool ok = true;
-	lua_createtable(L, 0, ms->with_cursor ? 9 : 8);
-	lua_pushvalue(L, k + F_TYPE);
+	lua_pushvalue(L, k + F_MAKE);
 	push_repeated(L, k + F_LAST_TYPE, &ms->type, &ms->type_len, m->type);
-	lua_rawset(L, -3);
 	const char *json[2] = {m->data, m->metadata};
 	for (int i = 0; i < 2; i++) {
-		lua_pushvalue(L, k + F_DATA + i);
-		if (tide_lua_decode(L, k + F_MARKERS, json[i], strlen(json[i])) == 0) {
-			lua_rawset(L, -3);
-		} else {
-			lua_pop(L, 1);
+		if (tide_lua_decode(L, k + F_MARKERS, json[i], strlen(json[i])) != 0) {
+			lua_pushnil(L); /* the event goes without it */
 			ok = false;
 		}
 	}
-	lua_pushvalue(L, k + F_STREAM_ID);
 	push_repeated(L, k + F_LAST_STREAM, &ms->stream, &ms->stream_len, m->stream_id);
-	lua_rawset(L, -3);
-	lua_pushvalue(L, k + F_STREAM_POSITION);
 	lua_pushnumber(L, (lua_Number)m->stream_position);
-	lua_rawset(L, -3);
-	lua_pushvalue(L, k + F_GLOBAL_POSITION);
 	lua_pushnumber(L, (lua_Number)m->global_position);
-	lua_rawset(L, -3);
-	lua_pushvalue(L, k + F_MESSAGE_ID);
 	lua_pushstring(L, m->message_id);
-	lua_rawset(L, -3);
-	lua_pushvalue(L, k + F_CREATED);
 	lua_pushstring(L, m->created);
-	lua_rawset(L, -3);
 	if (ms->with_cursor) {
 		char c[48];
 		struct tide_cursor cur = {m->transaction_id, m->global_position};
 		tide_cursor_format(&cur, c);
-		lua_pushvalue(L, k + F_CURSOR);
 		lua_pushstring(L, c);
-		lua_rawset(L, -3);
 	}
+	lua_call(L, ms->with_cursor ? 9 : 8, 1);
 	return ok;
 }
 
@@ -688,6 +671,11 @@ int tide_lua_open_core(lua_State *L)
 {
 	if (tide_lua_json_init(L) != 0)
 		return lua_error(L);
+	if (luaL_loadbuffer(L, EVENT_SOURCE, sizeof(EVENT_SOURCE) - 1, "=tide.event") != 0)
+		return lua_error(L);
+	lua_call(L, 0, 2);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_EVENT_AT);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_EVENT);
 	if (luaL_newmetatable(L, "tide.error")) {
 		lua_pushcfunction(L, error_tostring);
 		lua_setfield(L, -2, "__tostring");
