@@ -577,25 +577,37 @@ static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
 	*y = yoe + era * 400 + (*m <= 2);
 }
 
-void tide_timestamp_format(int64_t us, char buf[TIDE_TIMESTAMP_BYTES])
+static const char two_digits[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                 "31323334353637383940414243444546474849505152535455565758596061"
+                                 "62636465666768697071727374757677787980818283848586878889909192"
+                                 "93949596979899";
+
+static char *put2(char *o, uint32_t v)
 {
-	if (us == INT64_MIN || us == INT64_MAX) {
-		buf[0] = '\0'; /* -infinity, infinity: to_char gives NULL */
-		return;
-	}
-	/* From 2000-01-01, PostgreSQL's epoch; time of day and date as floors. */
-	int64_t day = us / 86400000000, t = us % 86400000000;
-	if (t < 0) {
-		t += 86400000000;
+	memcpy(o, two_digits + 2 * v, 2);
+	return o + 2;
+}
+
+/* The day (from 2000-01-01, PostgreSQL's epoch) and the microseconds into it, as floors. */
+static int64_t split_day(int64_t us, int64_t *t)
+{
+	int64_t day = us / 86400000000;
+	*t = us % 86400000000;
+	if (*t < 0) {
+		*t += 86400000000;
 		day--;
 	}
+	return day;
+}
+
+/* The day as to_char's 'YYYY-MM-DD"T"' (YYYY: at least 4 digits, 294276 at most; BC years
+ * count from 1 BC = 1); its length. */
+static size_t format_date(int64_t day, char *buf)
+{
 	int64_t y;
 	int mo, d;
 	civil_from_days(day + 10957, &y, &mo, &d);
-	/* to_char's YYYY: at least 4 digits (294276 at most); BC years count from 1 BC = 1.
-	 * Written out by hand: this runs once for every event read. */
 	uint32_t year = (uint32_t)(y <= 0 ? 1 - y : y);
-	char *o = buf;
 	char digits[8];
 	int n = 0;
 	do {
@@ -604,25 +616,69 @@ void tide_timestamp_format(int64_t us, char buf[TIDE_TIMESTAMP_BYTES])
 	} while (year && n < 7);
 	while (n < 4)
 		digits[n++] = '0';
+	char *o = buf;
 	while (n)
 		*o++ = digits[--n];
-	uint32_t parts[5] = {(uint32_t)mo, (uint32_t)d, (uint32_t)(t / 3600000000),
-	                     (uint32_t)(t / 60000000 % 60), (uint32_t)(t / 1000000 % 60)};
-	static const char seps[5] = {'-', '-', 'T', ':', ':'};
-	for (int i = 0; i < 5; i++) {
-		*o++ = seps[i];
-		*o++ = (char)('0' + parts[i] / 10);
-		*o++ = (char)('0' + parts[i] % 10);
-	}
+	*o++ = '-';
+	o = put2(o, (uint32_t)mo);
+	*o++ = '-';
+	o = put2(o, (uint32_t)d);
+	*o++ = 'T';
+	return (size_t)(o - buf);
+}
+
+/* t microseconds into a day as 'HH24:MI:SS.US"Z"', with the NUL. */
+static void format_time(int64_t t, char *o)
+{
+	uint32_t secs = (uint32_t)(t / 1000000), us = (uint32_t)(t % 1000000);
+	o = put2(o, secs / 3600);
+	*o++ = ':';
+	o = put2(o, secs / 60 % 60);
+	*o++ = ':';
+	o = put2(o, secs % 60);
 	*o++ = '.';
-	uint32_t frac = (uint32_t)(t % 1000000);
-	for (int i = 5; i >= 0; i--) {
-		o[i] = (char)('0' + frac % 10);
-		frac /= 10;
-	}
-	o += 6;
+	o = put2(o, us / 10000);
+	o = put2(o, us / 100 % 100);
+	o = put2(o, us % 100);
 	*o++ = 'Z';
 	*o = '\0';
+}
+
+static bool infinite(int64_t us)
+{
+	return us == INT64_MIN || us == INT64_MAX; /* to_char gives NULL for them */
+}
+
+void tide_timestamp_format(int64_t us, char buf[TIDE_TIMESTAMP_BYTES])
+{
+	if (infinite(us)) {
+		buf[0] = '\0';
+		return;
+	}
+	int64_t t, day = split_day(us, &t);
+	format_time(t, buf + format_date(day, buf));
+}
+
+/* Most events of a read share their day: its text is made once. */
+struct date_cache {
+	int64_t day;
+	size_t len;
+	char text[16];
+};
+
+static void format_created(struct date_cache *dc, int64_t us, char *buf)
+{
+	if (infinite(us)) {
+		buf[0] = '\0';
+		return;
+	}
+	int64_t t, day = split_day(us, &t);
+	if (!dc->len || dc->day != day) {
+		dc->day = day;
+		dc->len = format_date(day, dc->text);
+	}
+	memcpy(buf, dc->text, dc->len);
+	format_time(t, buf + dc->len);
 }
 
 static void on_read(const struct tide_pg_reply *reply, void *arg)
@@ -651,6 +707,7 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	}
 	int count = 0;
 	bool ok = true;
+	struct date_cache dates = {0};
 	for (int i = 0; i < rows; i++) {
 		struct tide_cursor at = {0, (int64_t)binary_u64(res, i, col->global_position)};
 		if (col->transaction_id >= 0)
@@ -668,12 +725,12 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 		e->data = binary_jsonb(res, i, col->data, &ok);
 		e->metadata = binary_jsonb(res, i, col->metadata, &ok);
 		e->message_id = PQgetvalue(res, i, col->message_id);
-		e->created = created + (size_t)count * TIDE_TIMESTAMP_BYTES;
+		char *at_text = created + (size_t)count * TIDE_TIMESTAMP_BYTES;
+		e->created = at_text;
 		if (PQgetisnull(res, i, col->created))
-			created[(size_t)count * TIDE_TIMESTAMP_BYTES] = '\0';
+			at_text[0] = '\0';
 		else
-			tide_timestamp_format((int64_t)binary_u64(res, i, col->created),
-			                      created + (size_t)count * TIDE_TIMESTAMP_BYTES);
+			format_created(&dates, (int64_t)binary_u64(res, i, col->created), at_text);
 		count++;
 	}
 	if (!c->global)
