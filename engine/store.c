@@ -6,6 +6,7 @@
 #include "json.h"
 
 #include <cJSON.h>
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -546,11 +547,9 @@ static uint64_t binary_u64(const PGresult *res, int row, int col)
 {
 	if (PQgetlength(res, row, col) != 8)
 		return 0;
-	const unsigned char *b = (const unsigned char *)PQgetvalue(res, row, col);
-	uint64_t x = 0;
-	for (int i = 0; i < 8; i++)
-		x = x << 8 | b[i];
-	return x;
+	uint64_t x;
+	memcpy(&x, PQgetvalue(res, row, col), 8);
+	return be64toh(x);
 }
 
 /* jsonb in binary is a version byte (1) and the text; NULL: "" as text would give. */
