@@ -698,7 +698,7 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	/* The messages, then the text of their time stamps. */
 	struct tide_message *m =
 	        rows ? calloc((size_t)rows, sizeof(*m) + TIDE_TIMESTAMP_BYTES) : NULL;
-	char *created = (char *)(m + rows);
+	char *created = m ? (char *)(m + rows) : NULL;
 	if (rows && !m) {
 		c->cb.read(TIDE_ENOMEM, "out of memory", NULL, c->arg);
 		free(rc);
