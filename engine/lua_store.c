@@ -161,8 +161,9 @@ enum {
 };
 
 /* Event tables are made by a Lua table constructor: it copies a template that already
- * holds the keys, where the C API would insert each key anew (lua_rawset of a new key),
- * which cost a third of building a read's events. Compiled once per state. */
+ * holds the keys, where the C API would insert each key anew (lua_rawset of a new key): a
+ * 10,000-event read took 83M instructions in the client that way, 73M this way. Compiled
+ * once per state (tide_lua_open_core). */
 static const char EVENT_SOURCE[] =
         "local function event(type, data, metadata, stream_id, stream_position,\n"
         "                     global_position, message_id, created)\n"

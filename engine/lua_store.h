@@ -16,10 +16,10 @@ int tide_lua_push_error(lua_State *L, const char *kind, const char *message);
 struct tide_message;
 /* Pushing the messages of a read as event tables (type, data, metadata, stream_id,
  * stream_position, global_position, message_id, created; with_cursor adds "cursor" =
- * "XID:POS"). tide_lua_messages_begin pushes what every event shares (the field names, the
- * JSON markers, the last stream id and type) once; leave those values where they are while
- * pushing, and drop them after (settop) or let a protected call's end drop them. Both may
- * raise a memory error: call them inside a protected call. */
+ * "XID:POS"). tide_lua_messages_begin pushes what every event shares (the event constructor,
+ * the JSON markers, the last stream id and type) once; leave those values where they are
+ * while pushing, and drop them after (settop) or let a protected call's end drop them. Both
+ * may raise a memory error: call them inside a protected call. */
 struct tide_lua_messages {
 	int base;
 	bool with_cursor;

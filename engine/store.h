@@ -55,12 +55,6 @@ void tide_store_wake(struct tide_store *store);
 int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err,
                     size_t n);
 
-/* A timestamptz as microseconds from 2000-01-01 UTC (its binary form) in the text reads
- * give `created`: what to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') gives,
- * "" for the infinities (to_char's NULL). */
-#define TIDE_TIMESTAMP_BYTES 32
-void tide_timestamp_format(int64_t us, char buf[TIDE_TIMESTAMP_BYTES]);
-
 /* "any", "no_stream", "stream_exists" or the number. */
 void tide_expected_format(int64_t expected, char *buf, size_t n);
 
