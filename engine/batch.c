@@ -686,10 +686,12 @@ static int build_events(lua_State *L)
 {
 	struct build *b = lua_touserdata(L, 1);
 	size_t n = b->read ? b->read->count : 0;
+	struct tide_lua_messages ms;
+	tide_lua_messages_begin(L, &ms, false);
 	lua_createtable(L, (int)n, 0);
 	for (size_t i = 0; i < n; i++) {
 		const struct tide_message *m = &b->read->messages[i];
-		if (!tide_lua_push_message(L, m, false))
+		if (!tide_lua_messages_push(L, &ms, m))
 			return luaL_error(L,
 			                  "the event at global position %f (stream position %f) is "
 			                  "nested more than %d levels deep",

@@ -1,12 +1,16 @@
-/* lua_json.c — JSON ⇄ Lua values through cJSON: objects ⇄ tables, arrays ⇄ sequences
- * (marked with tide.model.array_mt so that empty ones stay arrays), null ⇄ tide.null.
- * Encoding checks what JSON cannot hold (NaN, infinities, invalid UTF-8, NUL bytes,
- * functions, sparse or mixed tables, nesting beyond TIDE_MAX_JSON_DEPTH, cycles) and says
- * where: "data.items[2]: ...". Both directions stop at TIDE_MAX_JSON_DEPTH, the depth the
- * store accepts, so whatever was appended can be read back into Lua. */
+/* lua_json.c — JSON ⇄ Lua values: objects ⇄ tables, arrays ⇄ sequences (marked with
+ * tide.model.array_mt so that empty ones stay arrays), null ⇄ tide.null. Decoding reads the
+ * text once and pushes Lua values as it goes (every event of every read comes through here:
+ * no tree in between); encoding builds a cJSON tree. Encoding checks what JSON cannot hold
+ * (NaN, infinities, invalid UTF-8, NUL bytes, functions, sparse or mixed tables, nesting
+ * beyond TIDE_MAX_JSON_DEPTH, cycles) and says where: "data.items[2]: ...". Both directions
+ * stop at TIDE_MAX_JSON_DEPTH, the depth the store accepts, so whatever was appended can be
+ * read back into Lua. */
 #include "lua_json.h"
 
+#include <locale.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,76 +39,394 @@ int tide_lua_json_init(lua_State *L)
 	return 0;
 }
 
-/* Pushes v; false (with the stack as it was, partly built tables dropped by the caller)
- * when it is nested deeper than TIDE_MAX_JSON_DEPTH. */
-static bool push_value(lua_State *L, const cJSON *v, int depth)
+/* Decoding: one pass over the text, each value pushed as soon as it is read, no tree in
+ * between. Nothing in the text is trusted: every byte is checked, nesting stops at
+ * TIDE_MAX_JSON_DEPTH (so recursion is bounded), and the only way out other than a return
+ * is a Lua memory error, while no C memory is held. Numbers round as strtod rounds: a fast
+ * path where one multiplication or division of exact doubles gives the same result, strtod
+ * for the rest. */
+
+/* Up to this many members (objects) or items (arrays) wait on the stack until their table
+ * is made, so that a small table is made at its size; a longer one grows from there. At
+ * 128 levels that is at most 128 × 20 stack slots, well inside LuaJIT's 8,000. */
+#define PENDING_PAIRS 8
+#define PENDING_ITEMS 16
+
+struct dec {
+	lua_State *L;
+	const char *p, *end;
+	int null, array_mt, object_mt; /* stack indices of the markers */
+};
+
+/* The bytes that end a run of plain string content. */
+static const unsigned char string_stop[256] = {[0] = 1, ['"'] = 1, ['\\'] = 1};
+
+static const double exact_pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static int dec_value(struct dec *d, int depth);
+
+static inline void skip_space(struct dec *d)
 {
-	if ((cJSON_IsObject(v) || cJSON_IsArray(v)) && depth >= TIDE_MAX_JSON_DEPTH)
-		return false;
-	luaL_checkstack(L, 4, "JSON too deeply nested");
-	if (cJSON_IsObject(v)) {
-		lua_createtable(L, 0, 4);
-		const cJSON *c = v->child;
-		if (!c) {
-			lua_getfield(L, LUA_REGISTRYINDEX, KEY_OBJECT);
-			lua_setmetatable(L, -2);
-		}
-		for (; c; c = c->next) {
-			lua_pushstring(L, c->string);
-			if (!push_value(L, c, depth + 1))
-				return false;
-			lua_rawset(L, -3);
-		}
-	} else if (cJSON_IsArray(v)) {
-		int n = cJSON_GetArraySize(v);
-		lua_createtable(L, n, 0);
-		int i = 1;
-		for (const cJSON *c = v->child; c; c = c->next) {
-			if (!push_value(L, c, depth + 1))
-				return false;
-			lua_rawseti(L, -2, i++);
-		}
-		lua_getfield(L, LUA_REGISTRYINDEX, KEY_ARRAY);
-		lua_setmetatable(L, -2);
-	} else if (cJSON_IsString(v)) {
-		lua_pushstring(L, v->valuestring);
-	} else if (cJSON_IsNumber(v)) {
-		lua_pushnumber(L, v->valuedouble);
-	} else if (cJSON_IsBool(v)) {
-		lua_pushboolean(L, cJSON_IsTrue(v));
-	} else {
-		lua_getfield(L, LUA_REGISTRYINDEX, KEY_NULL);
+	while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t'))
+		d->p++;
+}
+
+static int hex4(const char *s)
+{
+	int v = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = s[i];
+		int x = c >= '0' && c <= '9'   ? c - '0'
+		        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+		        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+		                               : -1;
+		if (x < 0)
+			return -1;
+		v = v << 4 | x;
 	}
+	return v;
+}
+
+/* A \u escape at s (past the "\u"), a surrogate pair taking two: its UTF-8 in out; the
+ * bytes of the text used, or 0 when it is not a valid escape (lone surrogates included). */
+static size_t unicode_escape(const char *s, const char *end, char out[4], size_t *outlen)
+{
+	if (end - s < 4)
+		return 0;
+	int cp = hex4(s);
+	size_t used = 4;
+	if (cp < 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+		return 0;
+	if (cp >= 0xd800 && cp <= 0xdbff) {
+		if (end - s < 10 || s[4] != '\\' || s[5] != 'u')
+			return 0;
+		int lo = hex4(s + 6);
+		if (lo < 0xdc00 || lo > 0xdfff)
+			return 0;
+		cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+		used = 10;
+	}
+	if (cp < 0x80) {
+		out[0] = (char)cp;
+		*outlen = 1;
+	} else if (cp < 0x800) {
+		out[0] = (char)(0xc0 | cp >> 6);
+		out[1] = (char)(0x80 | (cp & 0x3f));
+		*outlen = 2;
+	} else if (cp < 0x10000) {
+		out[0] = (char)(0xe0 | cp >> 12);
+		out[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+		out[2] = (char)(0x80 | (cp & 0x3f));
+		*outlen = 3;
+	} else {
+		out[0] = (char)(0xf0 | cp >> 18);
+		out[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+		out[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+		out[3] = (char)(0x80 | (cp & 0x3f));
+		*outlen = 4;
+	}
+	return used;
+}
+
+/* At the opening quote. A string without escapes is pushed straight from the text. */
+static int dec_string(struct dec *d)
+{
+	const char *s = d->p + 1, *q = s, *end = d->end;
+	while (q < end && !string_stop[(unsigned char)*q])
+		q++;
+	if (q < end && *q == '"') {
+		lua_pushlstring(d->L, s, (size_t)(q - s));
+		d->p = q + 1;
+		return 0;
+	}
+	luaL_Buffer b;
+	luaL_buffinit(d->L, &b);
+	luaL_addlstring(&b, s, (size_t)(q - s));
+	while (q < end && *q == '\\') {
+		if (end - q < 2)
+			return TIDE_LUA_JSON_BAD;
+		char c = q[1], u[4];
+		size_t ulen = 0;
+		q += 2;
+		switch (c) {
+		case '"':
+		case '\\':
+		case '/': luaL_addchar(&b, c); break;
+		case 'b': luaL_addchar(&b, '\b'); break;
+		case 'f': luaL_addchar(&b, '\f'); break;
+		case 'n': luaL_addchar(&b, '\n'); break;
+		case 'r': luaL_addchar(&b, '\r'); break;
+		case 't': luaL_addchar(&b, '\t'); break;
+		case 'u': {
+			size_t used = unicode_escape(q, end, u, &ulen);
+			if (!used)
+				return TIDE_LUA_JSON_BAD;
+			luaL_addlstring(&b, u, ulen);
+			q += used;
+			break;
+		}
+		default: return TIDE_LUA_JSON_BAD;
+		}
+		const char *run = q;
+		while (q < end && !string_stop[(unsigned char)*q])
+			q++;
+		luaL_addlstring(&b, run, (size_t)(q - run));
+	}
+	if (q == end || *q != '"')
+		return TIDE_LUA_JSON_BAD; /* unterminated, or a NUL byte */
+	luaL_pushresult(&b);
+	d->p = q + 1;
+	return 0;
+}
+
+/* strtod on a copy of the number (the text need not end after it), with the locale's
+ * decimal point as strtod wants it. */
+static double slow_number(lua_State *L, const char *s, size_t len)
+{
+	char small[64], *buf = small;
+	if (len >= sizeof(small)) {
+		buf = lua_newuserdata(L, len + 1); /* collected; no C memory held if we unwind */
+	}
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	char point = localeconv()->decimal_point[0];
+	if (point != '.') {
+		char *dot = memchr(buf, '.', len);
+		if (dot)
+			*dot = point;
+	}
+	double v = strtod(buf, NULL);
+	if (buf != small)
+		lua_pop(L, 1);
+	return v;
+}
+
+static inline bool is_digit(char c)
+{
+	return (unsigned char)(c - '0') < 10;
+}
+
+/* At '-' or a digit: JSON's grammar exactly (no '+', no leading zeros, no bare '.'). */
+static int dec_number(struct dec *d)
+{
+	const char *s = d->p, *q = s, *end = d->end;
+	bool neg = q < end && *q == '-';
+	if (neg)
+		q++;
+	if (q == end || !is_digit(*q))
+		return TIDE_LUA_JSON_BAD;
+	uint64_t m = 0;     /* the first 19 significant digits */
+	int sig = 0, e = 0; /* their count; the power of ten that scales m */
+	bool more = false;  /* digits beyond those */
+	if (*q == '0') {
+		q++;
+	} else {
+		for (; q < end && is_digit(*q); q++) {
+			if (sig < 19) {
+				m = m * 10 + (uint64_t)(*q - '0');
+				sig++;
+			} else {
+				more = true;
+			}
+		}
+	}
+	if (q < end && *q == '.') {
+		q++;
+		if (q == end || !is_digit(*q))
+			return TIDE_LUA_JSON_BAD;
+		for (; q < end && is_digit(*q); q++) {
+			if (sig < 19) {
+				m = m * 10 + (uint64_t)(*q - '0');
+				sig += m != 0;
+				e--;
+			} else {
+				more = true;
+			}
+		}
+	}
+	if (q < end && (*q == 'e' || *q == 'E')) {
+		q++;
+		bool eneg = q < end && *q == '-';
+		if (q < end && (*q == '-' || *q == '+'))
+			q++;
+		if (q == end || !is_digit(*q))
+			return TIDE_LUA_JSON_BAD;
+		int x = 0;
+		for (; q < end && is_digit(*q); q++)
+			if (x < 100000)
+				x = x * 10 + (*q - '0');
+		e += eneg ? -x : x;
+	}
+	d->p = q;
+	double v;
+	if (!more && m <= (UINT64_C(1) << 53) && e >= -22 && e <= 22) {
+		v = (double)m;
+		v = e < 0 ? v / exact_pow10[-e] : v * exact_pow10[e];
+		if (neg)
+			v = -v;
+	} else {
+		v = slow_number(d->L, s, (size_t)(q - s));
+	}
+	lua_pushnumber(d->L, v);
+	return 0;
+}
+
+/* Makes the table for the n values (or key/value pairs) on top of the stack, moves them in
+ * and leaves the table on top; its index. */
+static int settle(lua_State *L, int n, bool pairs, int hint)
+{
+	int width = pairs ? 2 * n : n;
+	if (pairs)
+		lua_createtable(L, 0, hint);
+	else
+		lua_createtable(L, hint, 0);
+	lua_insert(L, -(width + 1));
+	int t = lua_gettop(L) - width;
+	if (pairs) {
+		/* In order: of two equal keys the last one wins. */
+		for (int i = 1; i < width; i += 2) {
+			lua_pushvalue(L, t + i);
+			lua_pushvalue(L, t + i + 1);
+			lua_rawset(L, t);
+		}
+		lua_settop(L, t);
+	} else {
+		for (int i = n; i >= 1; i--)
+			lua_rawseti(L, t, i);
+	}
+	return t;
+}
+
+static int dec_array(struct dec *d, int depth)
+{
+	lua_State *L = d->L;
+	if (depth >= TIDE_MAX_JSON_DEPTH)
+		return TIDE_LUA_JSON_TOO_DEEP;
+	luaL_checkstack(L, PENDING_ITEMS + 4, "JSON too deeply nested");
+	d->p++;
+	skip_space(d);
+	int n = 0, t = 0;
+	if (d->p < d->end && *d->p == ']') {
+		d->p++;
+	} else {
+		for (;;) {
+			int rc = dec_value(d, depth + 1);
+			if (rc)
+				return rc;
+			n++;
+			if (t)
+				lua_rawseti(L, t, n);
+			else if (n == PENDING_ITEMS)
+				t = settle(L, n, false, 2 * n);
+			skip_space(d);
+			if (d->p == d->end)
+				return TIDE_LUA_JSON_BAD;
+			char c = *d->p++;
+			if (c == ']')
+				break;
+			if (c != ',')
+				return TIDE_LUA_JSON_BAD;
+			skip_space(d);
+		}
+	}
+	if (!t)
+		settle(L, n, false, n);
+	lua_pushvalue(L, d->array_mt);
+	lua_setmetatable(L, -2);
+	return 0;
+}
+
+static int dec_object(struct dec *d, int depth)
+{
+	lua_State *L = d->L;
+	if (depth >= TIDE_MAX_JSON_DEPTH)
+		return TIDE_LUA_JSON_TOO_DEEP;
+	luaL_checkstack(L, 2 * PENDING_PAIRS + 4, "JSON too deeply nested");
+	d->p++;
+	skip_space(d);
+	if (d->p < d->end && *d->p == '}') {
+		d->p++;
+		lua_createtable(L, 0, 0);
+		lua_pushvalue(L, d->object_mt);
+		lua_setmetatable(L, -2);
+		return 0;
+	}
+	int n = 0, t = 0;
+	for (;;) {
+		if (d->p == d->end || *d->p != '"')
+			return TIDE_LUA_JSON_BAD;
+		int rc = dec_string(d);
+		if (rc)
+			return rc;
+		skip_space(d);
+		if (d->p == d->end || *d->p != ':')
+			return TIDE_LUA_JSON_BAD;
+		d->p++;
+		skip_space(d);
+		rc = dec_value(d, depth + 1);
+		if (rc)
+			return rc;
+		n++;
+		if (t)
+			lua_rawset(L, t);
+		else if (n == PENDING_PAIRS)
+			t = settle(L, n, true, 2 * n);
+		skip_space(d);
+		if (d->p == d->end)
+			return TIDE_LUA_JSON_BAD;
+		char c = *d->p++;
+		if (c == '}')
+			break;
+		if (c != ',')
+			return TIDE_LUA_JSON_BAD;
+		skip_space(d);
+	}
+	if (!t)
+		settle(L, n, true, n);
+	return 0;
+}
+
+static bool literal(struct dec *d, const char *word, size_t len)
+{
+	if ((size_t)(d->end - d->p) < len || memcmp(d->p, word, len) != 0)
+		return false;
+	d->p += len;
 	return true;
 }
 
-int tide_lua_push_json(lua_State *L, const cJSON *v)
+/* At the value's first byte (no space before it). */
+static int dec_value(struct dec *d, int depth)
 {
-	int top = lua_gettop(L);
-	if (!push_value(L, v, 0)) {
-		lua_settop(L, top);
-		return TIDE_LUA_JSON_TOO_DEEP;
+	if (d->p == d->end)
+		return TIDE_LUA_JSON_BAD;
+	switch (*d->p) {
+	case '{': return dec_object(d, depth);
+	case '[': return dec_array(d, depth);
+	case '"': return dec_string(d);
+	case 't':
+		if (!literal(d, "true", 4))
+			return TIDE_LUA_JSON_BAD;
+		lua_pushboolean(d->L, 1);
+		return 0;
+	case 'f':
+		if (!literal(d, "false", 5))
+			return TIDE_LUA_JSON_BAD;
+		lua_pushboolean(d->L, 0);
+		return 0;
+	case 'n':
+		if (!literal(d, "null", 4))
+			return TIDE_LUA_JSON_BAD;
+		lua_pushvalue(d->L, d->null);
+		return 0;
+	default: return dec_number(d);
 	}
-	return 0;
-}
-
-struct tree {
-	const cJSON *v;
-	int ref; /* the value built, anchored in the registry */
-	int rc;
-};
-
-static int push_tree(lua_State *L)
-{
-	struct tree *t = lua_touserdata(L, 1);
-	t->rc = tide_lua_push_json(L, t->v);
-	if (t->rc == 0)
-		t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	return 0;
 }
 
 /* Whether text opens more than TIDE_MAX_JSON_DEPTH objects and arrays at once: why a text
- * that cJSON refused (it stops at 1000 levels) failed, when it did for that. */
+ * that did not parse failed, when it failed for that (also past the error: a text that is
+ * both, is called too deep). */
 static bool nested_too_deeply(const char *text, size_t len)
 {
 	int depth = 0;
@@ -128,39 +450,43 @@ static bool nested_too_deeply(const char *text, size_t len)
 	return false;
 }
 
+int tide_lua_json_markers(lua_State *L)
+{
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_NULL);
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_ARRAY);
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_OBJECT);
+	return lua_gettop(L) - 2;
+}
+
+int tide_lua_decode(lua_State *L, int markers, const char *text, size_t len)
+{
+	int top = lua_gettop(L);
+	struct dec d = {L, text, text + len, markers, markers + 1, markers + 2};
+	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+		d.p += 3; /* a byte order mark, as cJSON allowed */
+	skip_space(&d);
+	int rc = dec_value(&d, 0);
+	if (rc == 0) {
+		skip_space(&d);
+		if (d.p != d.end)
+			rc = TIDE_LUA_JSON_BAD;
+	}
+	if (rc) {
+		lua_settop(L, top);
+		if (rc == TIDE_LUA_JSON_BAD && nested_too_deeply(text, len))
+			rc = TIDE_LUA_JSON_TOO_DEEP;
+	}
+	return rc;
+}
+
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len)
 {
-	if (len == 2 && text[0] == '{' && text[1] == '}') {
-		/* Most metadata is empty: skip the parser. */
-		lua_createtable(L, 0, 0);
-		lua_getfield(L, LUA_REGISTRYINDEX, KEY_OBJECT);
-		lua_setmetatable(L, -2);
-		return 0;
-	}
-	/* cJSON stops at its own nesting limit (1000), so a deeper text cannot exhaust the
-	 * C stack; what it leaves after the value must be whitespace. */
-	const char *end = NULL;
-	cJSON *v = memchr(text, '\0', len) ? NULL : cJSON_ParseWithLengthOpts(text, len, &end, 0);
-	if (!v)
-		return nested_too_deeply(text, len) ? TIDE_LUA_JSON_TOO_DEEP : TIDE_LUA_JSON_BAD;
-	while (end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-		end++;
-	if (end != text + len) {
-		cJSON_Delete(v);
-		return TIDE_LUA_JSON_BAD;
-	}
-	/* Building the tables may raise (the VM's memory cap): build them in a protected call,
-	 * free the tree whatever happens, then raise on. */
-	struct tree t = {v, LUA_NOREF, 0};
-	int status = lua_cpcall(L, push_tree, &t);
-	cJSON_Delete(v);
-	if (status != 0)
-		return lua_error(L); /* the error cpcall left on the stack */
-	if (t.rc == 0) {
-		lua_rawgeti(L, LUA_REGISTRYINDEX, t.ref);
-		luaL_unref(L, LUA_REGISTRYINDEX, t.ref);
-	}
-	return t.rc;
+	int markers = tide_lua_json_markers(L);
+	int rc = tide_lua_decode(L, markers, text, len);
+	if (rc == 0)
+		lua_replace(L, markers);
+	lua_settop(L, rc == 0 ? markers : markers - 1);
+	return rc;
 }
 
 /* An object's key while it is encoded; SMALL_KEYS of them per level need no allocation. */

@@ -1,4 +1,4 @@
-/* lua_json.h — JSON ⇄ Lua values (cJSON on the C side). */
+/* lua_json.h — JSON ⇄ Lua values: a direct decoder from JSON text, cJSON for encoding. */
 #ifndef TIDE_LUA_JSON_H
 #define TIDE_LUA_JSON_H
 
@@ -24,12 +24,17 @@ enum {
 	TIDE_LUA_JSON_TOO_DEEP = -2,
 };
 
-/* Pushes v; TIDE_LUA_JSON_TOO_DEEP (nothing pushed) beyond TIDE_MAX_JSON_DEPTH. */
-int tide_lua_push_json(lua_State *L, const cJSON *v);
-
 /* Parses text (exactly one JSON value, whitespace around it) and pushes the value; 0, or
- * TIDE_LUA_JSON_BAD / TIDE_LUA_JSON_TOO_DEEP with nothing pushed. */
+ * TIDE_LUA_JSON_BAD / TIDE_LUA_JSON_TOO_DEEP with nothing pushed. The text need not end
+ * with a NUL byte; one inside it is not JSON. May raise a memory error (nothing else): call
+ * it where that is handled, a lua_CFunction or a protected call. */
 int tide_lua_push_json_text(lua_State *L, const char *text, size_t len);
+
+/* For many texts in a row: pushes tide.null and the array and object markers once and
+ * returns the index of the first; tide_lua_decode then works as tide_lua_push_json_text
+ * without looking them up for every text. */
+int tide_lua_json_markers(lua_State *L);
+int tide_lua_decode(lua_State *L, int markers, const char *text, size_t len);
 
 /* Encodes the value at idx; NULL with a message naming the place ("path.to[2]: ...")
  * when it cannot be JSON. path names the value in messages ("data"). The keys of every

@@ -164,37 +164,91 @@ static int l_connect(lua_State *L)
 	return 1;
 }
 
-bool tide_lua_push_message(lua_State *L, const struct tide_message *m, bool with_cursor)
+/* The values a run of events shares, at ms->base + these. */
+enum {
+	F_MAKE,        /* the event constructor (EVENT_SOURCE) */
+	F_LAST_STREAM, /* the last stream id pushed */
+	F_LAST_TYPE,   /* the last type pushed */
+	F_MARKERS,     /* tide_lua_json_markers: three values */
+};
+
+/* Event tables are made by a Lua table constructor: it copies a template that already
+ * holds the keys, where the C API would insert each key anew (lua_rawset of a new key): a
+ * 10,000-event read took 83M instructions in the client that way, 73M this way. Compiled
+ * once per state (tide_lua_open_core). */
+static const char EVENT_SOURCE[] =
+        "local function event(type, data, metadata, stream_id, stream_position,\n"
+        "                     global_position, message_id, created)\n"
+        "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
+        "           stream_position = stream_position, global_position = global_position,\n"
+        "           message_id = message_id, created = created }\n"
+        "end\n"
+        "local function event_at(type, data, metadata, stream_id, stream_position,\n"
+        "                        global_position, message_id, created, cursor)\n"
+        "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
+        "           stream_position = stream_position, global_position = global_position,\n"
+        "           message_id = message_id, created = created, cursor = cursor }\n"
+        "end\n"
+        "return event, event_at\n";
+static const char KEY_EVENT[] = "tide.lua_store.event";
+static const char KEY_EVENT_AT[] = "tide.lua_store.event_at";
+
+void tide_lua_messages_begin(lua_State *L, struct tide_lua_messages *ms, bool with_cursor)
 {
+	luaL_checkstack(L, F_MARKERS + 3 + 12, "too many values on the stack");
+	ms->base = lua_gettop(L) + 1;
+	ms->with_cursor = with_cursor;
+	ms->stream = ms->type = NULL;
+	ms->stream_len = ms->type_len = 0;
+	lua_getfield(L, LUA_REGISTRYINDEX, with_cursor ? KEY_EVENT_AT : KEY_EVENT);
+	lua_pushnil(L);
+	lua_pushnil(L);
+	tide_lua_json_markers(L);
+}
+
+/* Pushes s, the same Lua string as last time when it has not changed: most events of a
+ * read share their stream, many their type; comparing is cheaper than interning. */
+static void push_repeated(lua_State *L, int slot, const char **last, size_t *last_len,
+                          const char *s)
+{
+	size_t len = strlen(s);
+	if (*last && *last_len == len && memcmp(*last, s, len) == 0) {
+		lua_pushvalue(L, slot);
+		return;
+	}
+	lua_pushlstring(L, s, len);
+	lua_pushvalue(L, -1);
+	lua_replace(L, slot);
+	*last = lua_tostring(L, slot);
+	*last_len = len;
+}
+
+bool tide_lua_messages_push(lua_State *L, struct tide_lua_messages *ms,
+                            const struct tide_message *m)
+{
+	int k = ms->base;
 	bool ok = true;
-	lua_createtable(L, 0, 10);
-	lua_pushstring(L, m->type);
-	lua_setfield(L, -2, "type");
-	if (tide_lua_push_json_text(L, m->data, strlen(m->data)) == 0)
-		lua_setfield(L, -2, "data");
-	else
-		ok = false;
-	if (tide_lua_push_json_text(L, m->metadata, strlen(m->metadata)) == 0)
-		lua_setfield(L, -2, "metadata");
-	else
-		ok = false;
-	lua_pushstring(L, m->stream_id);
-	lua_setfield(L, -2, "stream_id");
+	lua_pushvalue(L, k + F_MAKE);
+	push_repeated(L, k + F_LAST_TYPE, &ms->type, &ms->type_len, m->type);
+	const char *json[2] = {m->data, m->metadata};
+	for (int i = 0; i < 2; i++) {
+		if (tide_lua_decode(L, k + F_MARKERS, json[i], strlen(json[i])) != 0) {
+			lua_pushnil(L); /* the event goes without it */
+			ok = false;
+		}
+	}
+	push_repeated(L, k + F_LAST_STREAM, &ms->stream, &ms->stream_len, m->stream_id);
 	lua_pushnumber(L, (lua_Number)m->stream_position);
-	lua_setfield(L, -2, "stream_position");
 	lua_pushnumber(L, (lua_Number)m->global_position);
-	lua_setfield(L, -2, "global_position");
 	lua_pushstring(L, m->message_id);
-	lua_setfield(L, -2, "message_id");
 	lua_pushstring(L, m->created);
-	lua_setfield(L, -2, "created");
-	if (with_cursor) {
+	if (ms->with_cursor) {
 		char c[48];
 		struct tide_cursor cur = {m->transaction_id, m->global_position};
 		tide_cursor_format(&cur, c);
 		lua_pushstring(L, c);
-		lua_setfield(L, -2, "cursor");
 	}
+	lua_call(L, ms->with_cursor ? 9 : 8, 1);
 	return ok;
 }
 
@@ -225,9 +279,11 @@ struct read_build {
 static int build_read(lua_State *L)
 {
 	struct read_build *b = lua_touserdata(L, 1);
+	struct tide_lua_messages ms;
+	tide_lua_messages_begin(L, &ms, b->with_cursor);
 	lua_createtable(L, (int)b->r->count, 0);
 	for (size_t i = 0; i < b->r->count; i++) {
-		if (!tide_lua_push_message(L, &b->r->messages[i], b->with_cursor)) {
+		if (!tide_lua_messages_push(L, &ms, &b->r->messages[i])) {
 			b->undecodable = &b->r->messages[i];
 			return 0;
 		}
@@ -761,6 +817,11 @@ int tide_lua_open_core(lua_State *L)
 {
 	if (tide_lua_json_init(L) != 0)
 		return lua_error(L);
+	if (luaL_loadbuffer(L, EVENT_SOURCE, sizeof(EVENT_SOURCE) - 1, "=tide.event") != 0)
+		return lua_error(L);
+	lua_call(L, 0, 2);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_EVENT_AT);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_EVENT);
 	tide_lua_error_init(L);
 	if (luaL_newmetatable(L, STORE_MT)) {
 		static const luaL_Reg methods[] = {

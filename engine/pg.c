@@ -660,8 +660,8 @@ static bool is_prepared(struct tide_pg *pg, const struct tide_pg_stmt *stmt)
 	return false;
 }
 
-int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
-                 tide_pg_reply_cb cb, void *arg)
+static int exec_stmt(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
+                     int result_format, tide_pg_reply_cb cb, void *arg)
 {
 	int rc;
 	struct request *rq = pipeline_request(pg, cb, arg, &rc);
@@ -677,8 +677,21 @@ int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char
 		}
 	}
 	/* libpq copies the parameters into its output buffer here. */
-	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL, 0);
+	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL,
+	                               result_format);
 	return sent(pg, ok);
+}
+
+int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
+                 tide_pg_reply_cb cb, void *arg)
+{
+	return exec_stmt(pg, stmt, values, 0, cb, arg);
+}
+
+int tide_pg_exec_binary(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
+                        const char *const *values, tide_pg_reply_cb cb, void *arg)
+{
+	return exec_stmt(pg, stmt, values, 1, cb, arg);
 }
 
 int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,

@@ -50,6 +50,10 @@ TIDE_MUST_CHECK int tide_pg_open(uv_loop_t *loop, const char *conninfo,
 TIDE_MUST_CHECK int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
                                  const char *const *values, tide_pg_reply_cb cb, void *arg);
 
+/* The same, with every column of the rows in binary format (PQfformat 1). */
+TIDE_MUST_CHECK int tide_pg_exec_binary(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
+                                        const char *const *values, tide_pg_reply_cb cb, void *arg);
+
 /* Pipeline mode: runs one statement given as text (parsed each time), parameters copied. */
 TIDE_MUST_CHECK int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams,
                                      const char *const *values, tide_pg_reply_cb cb, void *arg);

@@ -69,6 +69,19 @@ describe("JSON through tide.json", function()
     assert.are.equal('{}', tide.json.encode(back.b))
   end)
 
+  it("decodes JSON as RFC 8259 has it: numbers of any length, escapes, nothing looser", function()
+    assert.are.equal(1 / 3, tide.json.decode("0." .. ("3"):rep(80)))
+    assert.are.equal(1e300, tide.json.decode("1" .. ("0"):rep(300)))
+    assert.are.equal(0.1, tide.json.decode("1e-1"))
+    assert.are.equal("a\0b", tide.json.decode('"a\\u0000b"'))
+    assert.are.equal("\240\159\152\128", tide.json.decode('"\\ud83d\\ude00"'))
+    for _, bad in ipairs({ "01", "1.", "+1", ".5", "[1,]", '{"a":1,}', '"\\ud83d"', "nul", "[1 2]", "" }) do
+      local v, err = tide.json.decode(bad)
+      assert.is_nil(v, bad)
+      assert.are.equal("invalid", err.kind)
+    end
+  end)
+
   it("keeps integers exact up to 2^53", function()
     for _, n in ipairs({ 2 ^ 53, -(2 ^ 53), 2 ^ 53 - 1, 123456789012345 }) do
       local back = tide.json.decode(tide.json.encode({ n = n }))
@@ -194,6 +207,34 @@ describe("the store from a LuaJIT host", function()
       local back = assert(store:read("json-1", { from = i, to = i }))[1].data
       assert(same(data, back), tide.json.encode(data) .. " vs " .. tide.json.encode(back))
     end
+  end)
+
+  it("reads every field as stored: exact numbers, escapes, kinds of empty values, created in UTC", function()
+    local data = { big = 1.5e300, tiny = 5e-324, pi = math.pi, neg = -(2 ^ 53), third = 1 / 3,
+      s = "\195\169\n\"\\/\t", u = "\240\159\152\128", list = { 1, tide.null, true, false },
+      none = tide.array(), empty = tide.object() }
+    assert(store:append("exact-1", { { type = "T", data = data, metadata = { k = "v" } } }))
+    S.psql(url, "UPDATE emt_messages SET created = '0044-03-15 12:00:00.000001+00 BC' WHERE stream_id = 'exact-1'")
+    assert(store:append("exact-1", { { type = "U", data = {} } }))
+    local events = assert(store:read("exact-1"))
+    local d = events[1].data
+    for _, k in ipairs({ "big", "tiny", "pi", "neg", "third", "s", "u" }) do
+      assert.are.equal(data[k], d[k], k)
+    end
+    assert.are.same({ 1, tide.null, true, false }, { d.list[1], d.list[2], d.list[3], d.list[4] })
+    assert.are.equal('{"empty":{},"none":[]}', tide.json.encode({ none = d.none, empty = d.empty }))
+    assert.are.same({ "T", "v", "exact-1", 1 }, { events[1].type, events[1].metadata.k, events[1].stream_id,
+      events[1].stream_position })
+    assert.are.equal("0044-03-15T12:00:00.000001Z", events[1].created)
+    local rows = S.psql(url, "SELECT string_agg(message_id || ' ' || global_position || ' ' || to_char(created AT TIME ZONE "
+      .. "'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), ',' ORDER BY stream_position) FROM emt_messages WHERE stream_id = 'exact-1'")
+    local function fields(list)
+      local out = {}
+      for i, e in ipairs(list) do out[i] = e.message_id .. " " .. e.global_position .. " " .. e.created end
+      return table.concat(out, ",")
+    end
+    assert.are.equal(rows, fields(events))
+    assert.are.equal(rows, fields(assert(store:read_all(nil, 10))))
   end)
 
   local counter = tide.decider {

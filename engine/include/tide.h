@@ -82,7 +82,7 @@ struct tide_message {
 	const char *stream_id;
 	int64_t stream_position;
 	int64_t global_position;
-	uint64_t transaction_id;
+	uint64_t transaction_id; /* global reads only (the cursor's half); 0 from stream reads */
 	const char *type;
 	const char *data;
 	const char *metadata;

@@ -2,10 +2,11 @@
  * VM set up the way the engine sets one up (tide_vm_open: sandbox, runtime, memory cap).
  * Each input must leave the Lua stack as it found it, and when tide_lua_push_json_text parses
  * it, the value must round-trip: it encodes (unless JSON gave it something the encoder
- * refuses by design: nesting deeper than 128, a string that is not UTF-8, a number beyond a
- * double), the encoding parses, and that value encodes to the same JSON. Objects are compared
- * with their keys sorted, as a Lua table keeps no order. tide_json_check_object runs on the
- * input too, and what it accepts the bridge must decode to a table. */
+ * refuses by design: nesting deeper than 128, a string that is not UTF-8 or holds a NUL
+ * byte (\u0000), a number beyond a double), the encoding parses, and that value encodes to
+ * the same JSON. Objects are compared with their keys sorted, as a Lua table keeps no order.
+ * tide_json_check_object runs on the input too, and what it accepts the bridge must decode
+ * to a table. */
 #include <cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ static void die(const struct trip *t, const char *what)
 static int refusal_expected(const char *err)
 {
 	return strstr(err, "nested too deeply") || strstr(err, "not valid UTF-8") ||
-	       strstr(err, "infinity cannot be encoded");
+	       strstr(err, "contains a NUL byte") || strstr(err, "infinity cannot be encoded");
 }
 
 /* Runs under lua_pcall: allocations on the state may raise, as they may in the engine. */
