@@ -46,34 +46,34 @@
 	" RETURNING stream_position"
 #define STREAM_EXISTING(COUNT) STREAM_EXISTING_AT(COUNT, "$7")
 
-#define APPEND_SQL(STREAM, COUNT, EVENTS)                                                          \
+/* POSITIONS: the global positions (one event: the number itself, no array to build). */
+/* clang-format off */
+#define APPEND_SQL(STREAM, COUNT, EVENTS, POSITIONS)                                               \
 	"WITH s AS (" STREAM(COUNT) "), m AS ("                                                    \
-	                            " INSERT INTO emt_messages (stream_id, stream_position, "      \
-	                            "partition, message_data,"                                     \
-	                            "  message_metadata, message_schema_version, message_type, "   \
-	                            "message_kind, message_id,"                                    \
-	                            "  transaction_id, is_archived)"                               \
-	                            " SELECT $1, s.stream_position - " COUNT                       \
-	                            " + e.ord, $2, e.data,"                                        \
-	                            "  coalesce(e.metadata, '{}'), '1', e.type, 'E', "             \
-	                            "coalesce(e.id, gen_random_uuid()::text),"                     \
-	                            "  pg_current_xact_id(), false"                                \
-	                            " FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"      \
-	                            " RETURNING global_position)"                                  \
-	                            " SELECT s.stream_position, ARRAY(SELECT global_position "     \
-	                            "FROM m ORDER BY 1) FROM s"
+	" INSERT INTO emt_messages (stream_id, stream_position, partition, message_data,"          \
+	"  message_metadata, message_schema_version, message_type, message_kind, message_id,"      \
+	"  transaction_id, is_archived)"                                                           \
+	" SELECT $1, s.stream_position - " COUNT " + e.ord, $2, e.data,"                           \
+	"  coalesce(e.metadata, '{}'), '1', e.type, 'E', coalesce(e.id, gen_random_uuid()::text)," \
+	"  pg_current_xact_id(), false"                                                            \
+	" FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"                                  \
+	" RETURNING global_position)"                                                              \
+	" SELECT s.stream_position, " POSITIONS " FROM s"
+#define POSITIONS_ONE  "(SELECT global_position FROM m)"
+#define POSITIONS_MANY "ARRAY(SELECT global_position FROM m ORDER BY 1)"
+#define APPEND_ONE(STREAM)  APPEND_SQL(STREAM, COUNT_ONE, EVENTS_ONE, POSITIONS_ONE)
+#define APPEND_MANY(STREAM) APPEND_SQL(STREAM, COUNT_MANY, EVENTS_MANY, POSITIONS_MANY)
+/* clang-format on */
 
 enum shape { ANY, NEW, EXISTING };
 
 static const struct tide_pg_stmt stmts[3][2] = {
-        [ANY] = {{"tide_append_any", APPEND_SQL(STREAM_ANY, COUNT_ONE, EVENTS_ONE), 6},
-                 {"tide_append_any_n", APPEND_SQL(STREAM_ANY, COUNT_MANY, EVENTS_MANY), 6}},
-        [NEW] = {{"tide_append_new", APPEND_SQL(STREAM_NEW, COUNT_ONE, EVENTS_ONE), 6},
-                 {"tide_append_new_n", APPEND_SQL(STREAM_NEW, COUNT_MANY, EVENTS_MANY), 6}},
-        [EXISTING] = {{"tide_append_existing", APPEND_SQL(STREAM_EXISTING, COUNT_ONE, EVENTS_ONE),
-                       7},
-                      {"tide_append_existing_n",
-                       APPEND_SQL(STREAM_EXISTING, COUNT_MANY, EVENTS_MANY), 7}},
+        [ANY] = {{"tide_append_any", APPEND_ONE(STREAM_ANY), 6},
+                 {"tide_append_any_n", APPEND_MANY(STREAM_ANY), 6}},
+        [NEW] = {{"tide_append_new", APPEND_ONE(STREAM_NEW), 6},
+                 {"tide_append_new_n", APPEND_MANY(STREAM_NEW), 6}},
+        [EXISTING] = {{"tide_append_existing", APPEND_ONE(STREAM_EXISTING), 7},
+                      {"tide_append_existing_n", APPEND_MANY(STREAM_EXISTING), 7}},
 };
 
 /* The stream's row alone, for an append whose events go by COPY (append_copy.c): $3 the
