@@ -167,7 +167,8 @@ const char *tide_store_error(const struct tide_store *store);
 /* Appends n >= 1 events to one stream in one transaction and one round trip. From 2,000
  * events on (outside a transaction of tide_store_begin) the events go by COPY on a second
  * connection the store opens on first use: same outcome, but its callback may then come
- * before those of requests sent ahead of it. Returns TIDE_EINVAL when the input is bad — the stream name or a type is empty, longer
+ * before those of requests sent ahead of it.
+ * Returns TIDE_EINVAL when the input is bad — the stream name or a type is empty, longer
  * than TIDE_MAX_NAME_BYTES or not valid UTF-8; data or metadata fails the JSON rules
  * above; an event is larger than TIDE_MAX_EVENT_BYTES; a message id is not a UUID —
  * with the message in tide_store_error(); then nothing is sent and cb is not called. */
