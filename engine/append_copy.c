@@ -267,6 +267,16 @@ static void on_bulk_open(struct tide_pg *pg, int status, const char *err, void *
 	}
 }
 
+static void set_event(struct tide_copy_row *row, const struct tide_event *e)
+{
+	row->type = e->type;
+	row->type_len = strlen(e->type);
+	row->data = e->data;
+	row->data_len = strlen(e->data);
+	row->metadata = e->metadata;
+	row->metadata_len = e->metadata ? strlen(e->metadata) : 0;
+}
+
 /* The rows of the COPY, with room for each row's position and transaction id. */
 static int build_rows(struct copy_append *ca, const struct tide_event *events)
 {
@@ -279,13 +289,8 @@ static int build_rows(struct copy_append *ca, const struct tide_event *events)
 	char id[37] = "";
 	size_t len = TIDE_COPY_HEADER_BYTES + TIDE_COPY_TRAILER_BYTES;
 	for (size_t i = 0; i < ca->n; i++) {
-		row.type = events[i].type;
-		row.type_len = strlen(events[i].type);
-		row.data = events[i].data;
-		row.data_len = strlen(events[i].data);
-		row.metadata = events[i].metadata;
-		row.metadata_len = events[i].metadata ? strlen(events[i].metadata) : 0;
-		row.message_id = id;
+		set_event(&row, &events[i]);
+		row.message_id = id; /* its length is what counts */
 		len += tide_copy_row_size(&row);
 	}
 	ca->rows = malloc(len);
@@ -296,12 +301,7 @@ static int build_rows(struct copy_append *ca, const struct tide_event *events)
 	memcpy(p, tide_copy_header, TIDE_COPY_HEADER_BYTES);
 	p += TIDE_COPY_HEADER_BYTES;
 	for (size_t i = 0; i < ca->n; i++) {
-		row.type = events[i].type;
-		row.type_len = strlen(events[i].type);
-		row.data = events[i].data;
-		row.data_len = strlen(events[i].data);
-		row.metadata = events[i].metadata;
-		row.metadata_len = events[i].metadata ? strlen(events[i].metadata) : 0;
+		set_event(&row, &events[i]);
 		if (events[i].message_id) {
 			row.message_id = events[i].message_id;
 		} else {
