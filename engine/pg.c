@@ -469,7 +469,12 @@ static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 	case PGRES_NONFATAL_ERROR:
 	case PGRES_BAD_RESPONSE:
 		if (!rq->status) {
-			rq->status = TIDE_EDB;
+			/* An error libpq made up itself (no SQLSTATE) on a connection that is now
+			 * bad — "server closed the connection unexpectedly" — is the connection's
+			 * loss, not the statement's failure. */
+			bool lost = !PQresultErrorField(r, PG_DIAG_SQLSTATE) &&
+			            PQstatus(pg->conn) == CONNECTION_BAD;
+			rq->status = lost ? TIDE_ECONN : TIDE_EDB;
 			/* One line: "primary (detail: ...; hint: ...)"; not the SQL context lines.
 			 */
 			const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
