@@ -6,8 +6,8 @@
  * statement then reads the version found, for the conflict error. */
 #include "append.h"
 
+#include "input.h"
 #include "json.h"
-#include "store.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -390,7 +390,7 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 		return;
 	}
 	if (reply->status) {
-		done(a, reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL);
+		done(a, reply->status, tide_pg_explain(reply, buf, sizeof(buf)), NULL);
 		return;
 	}
 	if (PQntuples(reply->res) != 1) {
@@ -417,7 +417,7 @@ static void on_ensure(const struct tide_pg_reply *reply, void *arg)
 	char buf[640];
 	if (reply->status == 0)
 		return;
-	a->ensure_err = strdup(tide_store_explain(reply, buf, sizeof(buf)));
+	a->ensure_err = strdup(tide_pg_explain(reply, buf, sizeof(buf)));
 	if (!a->ensure_err)
 		a->ensure_err = strdup("out of memory");
 }

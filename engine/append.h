@@ -54,6 +54,25 @@ bool tide_append_holds(int64_t expected, int64_t actual);
 void tide_append_conflict_text(int64_t expected, int64_t actual, char *buf, size_t n);
 /* A reply that says the connection is gone (also the server's own 57P0x/08xxx errors). */
 bool tide_append_lost(const struct tide_pg_reply *reply);
+/* An append by COPY (append_copy.c), for a simple-mode connection that is not in a
+ * transaction: built (checked, rows encoded), then queued whole. */
+struct tide_copy_append;
+TIDE_MUST_CHECK int tide_copy_append_build(const char *stream, const char *partition,
+                                           const struct tide_event *events, size_t n,
+                                           int64_t expected, bool ensure_partition,
+                                           tide_append_cb cb, void *arg, char *err, size_t errn,
+                                           struct tide_copy_append **out);
+/* Queues BEGIN … COMMIT on pg; cb fires once, from its replies. false when it could not be
+ * queued whole: then close pg (which fails what was queued without calling cb) and end the
+ * append with _fail. */
+bool tide_copy_append_queue(struct tide_pg *pg, struct tide_copy_append *ca);
+/* Ends an append that was not queued: cb with status and err, then freed. */
+void tide_copy_append_fail(struct tide_copy_append *ca, int status, const char *err);
+/* Frees one whose cb must not be called (the caller reports the failure itself). */
+void tide_copy_append_discard(struct tide_copy_append *ca);
+/* Its link in a caller's list of appends waiting for their connection. */
+struct tide_copy_append **tide_copy_append_next(struct tide_copy_append *ca);
+
 /* A PostgreSQL array of bigints ({1,2,3}) as a malloc'd array; its length, 0 and *out NULL
  * when out of memory. */
 size_t tide_append_parse_positions(const char *text, int64_t **out);

@@ -7,10 +7,10 @@
  * wake-up. When the expectation does not hold, the COPY is aborted, the transaction rolls
  * back and the version found is read afterwards, for the conflict error. Nothing about the
  * outcome differs from append.c's; only its order relative to the store's other requests
- * does (it is on another connection). */
+ * does (it is on another connection). The store owns that connection (store.c). */
 #include "append.h"
 #include "copy.h"
-#include "store.h"
+#include "input.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,11 +26,10 @@ static const char sql_positions[] =
         "    WHERE stream_id = $1 AND partition = $2 AND NOT is_archived)"
         " ORDER BY stream_position";
 
-struct copy_append {
-	struct tide_store *store;
-	struct copy_append *next; /* waiting for the connection */
+struct tide_copy_append {
+	struct tide_pg *pg;            /* once queued */
+	struct tide_copy_append *next; /* the store's: waiting for the connection */
 	char *stream, *partition;
-	unsigned partition_gen; /* the store's when it was sent */
 	int64_t expected;
 	size_t n;
 	bool ensure;
@@ -48,7 +47,7 @@ struct copy_append {
 	void *arg;
 };
 
-static void copy_free(struct copy_append *ca)
+static void copy_free(struct tide_copy_append *ca)
 {
 	free(ca->stream);
 	free(ca->partition);
@@ -58,20 +57,20 @@ static void copy_free(struct copy_append *ca)
 	free(ca);
 }
 
-static void finish(struct copy_append *ca, int status, const char *err,
+static void finish(struct tide_copy_append *ca, int status, const char *err,
                    const struct tide_append_result *r)
 {
 	ca->cb(status, err, r, ca->arg);
 	copy_free(ca);
 }
 
-static void note_failure(struct copy_append *ca, const struct tide_pg_reply *reply)
+static void note_failure(struct tide_copy_append *ca, const struct tide_pg_reply *reply)
 {
 	if (ca->status)
 		return;
 	ca->status = tide_append_lost(reply) ? TIDE_ECONN : reply->status;
 	char buf[640];
-	snprintf(ca->err, sizeof(ca->err), "%s", tide_store_explain(reply, buf, sizeof(buf)));
+	snprintf(ca->err, sizeof(ca->err), "%s", tide_pg_explain(reply, buf, sizeof(buf)));
 }
 
 static void on_step(const struct tide_pg_reply *reply, void *arg)
@@ -82,7 +81,7 @@ static void on_step(const struct tide_pg_reply *reply, void *arg)
 
 static void on_version(const struct tide_pg_reply *reply, void *arg)
 {
-	struct copy_append *ca = arg;
+	struct tide_copy_append *ca = arg;
 	if (reply->status) {
 		char buf[640];
 		snprintf(buf, sizeof(buf),
@@ -102,7 +101,7 @@ static void on_version(const struct tide_pg_reply *reply, void *arg)
 
 static void on_stream(const struct tide_pg_reply *reply, void *arg)
 {
-	struct copy_append *ca = arg;
+	struct tide_copy_append *ca = arg;
 	if (reply->status) {
 		note_failure(ca, reply);
 		return;
@@ -112,11 +111,10 @@ static void on_stream(const struct tide_pg_reply *reply, void *arg)
 		 * the version found is read. */
 		ca->conflict = true;
 		const char *v[2] = {ca->stream, ca->partition};
-		if (tide_pg_query(ca->store->bulk, tide_stream_version_sql, 2, v, on_version, ca) !=
-		    0) {
+		if (tide_pg_query(ca->pg, tide_stream_version_sql, 2, v, on_version, ca) != 0) {
 			ca->conflict = false;
 			ca->status = TIDE_ECONN;
-			snprintf(ca->err, sizeof(ca->err), "%s", tide_pg_error(ca->store->bulk));
+			snprintf(ca->err, sizeof(ca->err), "%s", tide_pg_error(ca->pg));
 		}
 		return;
 	}
@@ -126,7 +124,7 @@ static void on_stream(const struct tide_pg_reply *reply, void *arg)
 
 static int source(void *arg, const char **data, size_t *len)
 {
-	struct copy_append *ca = arg;
+	struct tide_copy_append *ca = arg;
 	if (ca->status || ca->conflict || ca->position < 0) {
 		*data = "the append does not go ahead";
 		return -1;
@@ -147,7 +145,7 @@ static int source(void *arg, const char **data, size_t *len)
 
 static void on_positions(const struct tide_pg_reply *reply, void *arg)
 {
-	struct copy_append *ca = arg;
+	struct tide_copy_append *ca = arg;
 	if (reply->status) {
 		note_failure(ca, reply);
 		return;
@@ -172,7 +170,7 @@ static void on_wake(const struct tide_pg_reply *reply, void *arg)
 
 static void on_commit(const struct tide_pg_reply *reply, void *arg)
 {
-	struct copy_append *ca = arg;
+	struct tide_copy_append *ca = arg;
 	if (ca->conflict)
 		return; /* rolled back; on_version ends it */
 	if (!ca->status && reply->status && tide_append_lost(reply) && reply->sent) {
@@ -190,10 +188,7 @@ static void on_commit(const struct tide_pg_reply *reply, void *arg)
 		finish(ca, ca->status, ca->err, NULL);
 		return;
 	}
-	struct tide_store *store = ca->store;
-	if (ca->partition_gen == store->partition_gen)
-		store->partition_ready = true;
-	if (tide_pg_query(store->bulk, TIDE_WAKE_SQL, 0, NULL, on_wake, NULL) != 0) {
+	if (tide_pg_query(ca->pg, TIDE_WAKE_SQL, 0, NULL, on_wake, NULL) != 0) {
 		/* Not sent: the daemon's probe finds these events all the same. */
 	}
 	struct tide_append_result r = {
@@ -206,12 +201,9 @@ static void on_commit(const struct tide_pg_reply *reply, void *arg)
 	finish(ca, 0, NULL, &r);
 }
 
-/* Queues the whole append on the ready connection; false when it could not (the caller
- * then closes the connection, which fails what was queued: COMMIT, whose callback ends
- * the append, is queued last, so none of those callbacks does). */
-static bool queue(struct copy_append *ca)
+bool tide_copy_append_queue(struct tide_pg *pg, struct tide_copy_append *ca)
 {
-	struct tide_pg *pg = ca->store->bulk;
+	ca->pg = pg;
 	char count[24], version[24];
 	snprintf(count, sizeof(count), "%zu", ca->n);
 	snprintf(version, sizeof(version), "%" PRId64, ca->expected);
@@ -228,45 +220,6 @@ static bool queue(struct copy_append *ca)
 	       tide_pg_script(pg, "COMMIT", on_commit, ca) == 0;
 }
 
-/* Fails the appends still waiting for the connection (a later loop turn than theirs). */
-static void fail_waiting(struct tide_store *store, int status, const char *err)
-{
-	struct copy_append *ca = store->bulk_waiting;
-	store->bulk_waiting = NULL;
-	while (ca) {
-		struct copy_append *next = ca->next;
-		finish(ca, status, err, NULL);
-		ca = next;
-	}
-}
-
-static void on_bulk_open(struct tide_pg *pg, int status, const char *err, void *arg)
-{
-	(void)pg;
-	struct tide_store *store = arg;
-	if (status) {
-		char buf[640];
-		snprintf(buf, sizeof(buf), "cannot open the connection for large appends: %s", err);
-		fail_waiting(store, TIDE_ECONN, buf);
-		return;
-	}
-	while (store->bulk_waiting) {
-		struct copy_append *ca = store->bulk_waiting;
-		store->bulk_waiting = ca->next;
-		if (!queue(ca)) {
-			/* Fails what was queued (their callbacks only take notes), then this one.
-			 */
-			tide_pg_close(store->bulk);
-			store->bulk = NULL;
-			finish(ca, TIDE_ECONN,
-			       "cannot send the append on the connection for large appends", NULL);
-			fail_waiting(store, TIDE_ECONN,
-			             "cannot send the append on the connection for large appends");
-			return;
-		}
-	}
-}
-
 static void set_event(struct tide_copy_row *row, const struct tide_event *e)
 {
 	row->type = e->type;
@@ -278,7 +231,7 @@ static void set_event(struct tide_copy_row *row, const struct tide_event *e)
 }
 
 /* The rows of the COPY, with room for each row's position and transaction id. */
-static int build_rows(struct copy_append *ca, const struct tide_event *events)
+static int build_rows(struct tide_copy_append *ca, const struct tide_event *events)
 {
 	struct tide_copy_row row = {
 	        .stream_id = ca->stream,
@@ -316,72 +269,47 @@ static int build_rows(struct copy_append *ca, const struct tide_event *events)
 	return 0;
 }
 
-int tide_store_append_copy(struct tide_store *store, const char *stream,
+int tide_copy_append_build(const char *stream, const char *partition,
                            const struct tide_event *events, size_t n, int64_t expected,
-                           tide_append_cb cb, void *arg)
+                           bool ensure_partition, tide_append_cb cb, void *arg, char *err,
+                           size_t errn, struct tide_copy_append **out)
 {
-	if (tide_append_check(stream, events, n, expected, store->error, sizeof(store->error)))
-		return TIDE_EINVAL;
-	if (!tide_pg_ready(store->pg)) {
-		snprintf(store->error, sizeof(store->error), "not connected to the database");
-		return TIDE_ECONN;
+	*out = NULL;
+	int rc = tide_append_check(stream, events, n, expected, err, errn);
+	if (rc)
+		return rc;
+	struct tide_copy_append *ca = calloc(1, sizeof(*ca));
+	bool ok = ca && (ca->stream = strdup(stream)) && (ca->partition = strdup(partition));
+	if (ok) {
+		ca->n = n;
+		ok = build_rows(ca, events) == 0;
 	}
-	struct copy_append *ca = calloc(1, sizeof(*ca));
-	if (!ca || !(ca->stream = strdup(stream)) || !(ca->partition = strdup(store->partition))) {
+	if (!ok) {
 		if (ca)
 			copy_free(ca);
-		snprintf(store->error, sizeof(store->error), "out of memory");
+		snprintf(err, errn, "out of memory");
 		return TIDE_ENOMEM;
 	}
-	ca->store = store;
-	ca->partition_gen = store->partition_gen;
 	ca->expected = expected;
-	ca->n = n;
 	ca->position = -1;
-	ca->ensure = !store->partition_ready;
+	ca->ensure = ensure_partition;
 	ca->cb = cb;
 	ca->arg = arg;
-	if (build_rows(ca, events) != 0) {
-		copy_free(ca);
-		snprintf(store->error, sizeof(store->error), "out of memory");
-		return TIDE_ENOMEM;
-	}
-	if (store->bulk && !tide_pg_ready(store->bulk) && !store->bulk_waiting) {
-		/* Lost since its last use: open it again. */
-		tide_pg_close(store->bulk);
-		store->bulk = NULL;
-	}
-	if (!store->bulk) {
-		int rc = tide_pg_open(store->loop, store->url, store->application_name,
-		                      TIDE_PG_SIMPLE, on_bulk_open, store, &store->bulk);
-		if (rc) {
-			copy_free(ca);
-			snprintf(store->error, sizeof(store->error), "out of memory");
-			return rc;
-		}
-	}
-	if (!tide_pg_ready(store->bulk)) {
-		/* Opening: queued when it is open. */
-		struct copy_append **tail = &store->bulk_waiting;
-		while (*tail)
-			tail = &(*tail)->next;
-		*tail = ca;
-		return 0;
-	}
-	if (!queue(ca)) {
-		tide_pg_close(store->bulk);
-		store->bulk = NULL;
-		copy_free(ca);
-		snprintf(store->error, sizeof(store->error),
-		         "cannot send the append on the connection for large appends");
-		return TIDE_ECONN;
-	}
+	*out = ca;
 	return 0;
 }
 
-void tide_store_close_copy(struct tide_store *store)
+void tide_copy_append_fail(struct tide_copy_append *ca, int status, const char *err)
 {
-	fail_waiting(store, TIDE_ECLOSED, "the connection was closed");
-	tide_pg_close(store->bulk);
-	store->bulk = NULL;
+	finish(ca, status, err, NULL);
+}
+
+void tide_copy_append_discard(struct tide_copy_append *ca)
+{
+	copy_free(ca);
+}
+
+struct tide_copy_append **tide_copy_append_next(struct tide_copy_append *ca)
+{
+	return &ca->next;
 }

@@ -56,7 +56,7 @@ static void done(struct dlq *d)
 static void fail(struct dlq *d, const struct tide_pg_reply *reply)
 {
 	char buf[800];
-	fprintf(stderr, "tide dlq %s: %s\n", d->sub, tide_store_explain(reply, buf, sizeof(buf)));
+	fprintf(stderr, "tide dlq %s: %s\n", d->sub, tide_pg_explain(reply, buf, sizeof(buf)));
 	d->exit_code = 1;
 	done(d);
 }

@@ -181,7 +181,7 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 	struct cli *cli = arg;
 	char buf[800];
 	if (reply->status) {
-		tide_cli_fail(cli, reply->status, tide_store_explain(reply, buf, sizeof(buf)));
+		tide_cli_fail(cli, reply->status, tide_pg_explain(reply, buf, sizeof(buf)));
 		tide_cli_done(cli);
 		return;
 	}
@@ -210,7 +210,7 @@ static void on_forgot(const struct tide_pg_reply *reply, void *arg)
 	struct cli *cli = arg;
 	char buf[800];
 	if (reply->status) {
-		tide_cli_fail(cli, reply->status, tide_store_explain(reply, buf, sizeof(buf)));
+		tide_cli_fail(cli, reply->status, tide_pg_explain(reply, buf, sizeof(buf)));
 	} else if (strcmp(PQgetvalue(reply->res, 0, 0), "0") == 0 &&
 	           strcmp(PQgetvalue(reply->res, 0, 1), "0") == 0) {
 		snprintf(buf, sizeof(buf), "no processor '%s' (ids are APP/NAME: see tide status)",

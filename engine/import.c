@@ -542,7 +542,7 @@ static void fail_reply(struct tide_import *imp, const struct tide_pg_reply *repl
 {
 	char buf[700];
 	fail(imp, reply->status == TIDE_ECLOSED ? TIDE_ECONN : reply->status, "%s: %s", doing,
-	     tide_store_explain(reply, buf, sizeof(buf)));
+	     tide_pg_explain(reply, buf, sizeof(buf)));
 }
 
 /* --- stream tables ------------------------------------------------------------------- */

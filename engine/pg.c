@@ -841,3 +841,13 @@ const char *tide_pg_error(const struct tide_pg *pg)
 {
 	return pg->error;
 }
+
+/* Adds what a user can do about the errors that mean "this database has no tide schema". */
+const char *tide_pg_explain(const struct tide_pg_reply *reply, char *buf, size_t n)
+{
+	if (strcmp(reply->sqlstate, "42883") == 0 || strcmp(reply->sqlstate, "42P01") == 0) {
+		snprintf(buf, n, "%s (is the database migrated? run `tide migrate`)", reply->err);
+		return buf;
+	}
+	return reply->err;
+}

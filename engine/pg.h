@@ -99,4 +99,7 @@ const char *tide_pg_error(const struct tide_pg *pg);
  * space, other control characters into '?', no trailing space. */
 void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t n);
 
+/* The reply's message, with a hint when the tide schema is missing (run tide migrate). */
+const char *tide_pg_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
+
 #endif

@@ -105,16 +105,6 @@ static int fail(struct tide_store *store, int code, const char *fmt, ...)
 	return code;
 }
 
-/* Adds what a user can do about the errors that mean "this database has no tide schema". */
-const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n)
-{
-	if (strcmp(reply->sqlstate, "42883") == 0 || strcmp(reply->sqlstate, "42P01") == 0) {
-		snprintf(buf, n, "%s (is the database migrated? run `tide migrate`)", reply->err);
-		return buf;
-	}
-	return reply->err;
-}
-
 static void on_open(struct tide_pg *pg, int status, const char *err, void *arg)
 {
 	(void)pg;
@@ -167,39 +157,16 @@ void tide_set_application_name(const char *name)
 	         name && name[0] ? name : "tide");
 }
 
+static void close_bulk(struct tide_store *store);
+
 void tide_store_close(struct tide_store *store)
 {
 	if (!store)
 		return;
-	tide_store_close_copy(store);
+	close_bulk(store);
 	tide_pg_close(store->pg);
 	free(store->url);
 	free(store);
-}
-
-int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err, size_t n)
-{
-	if (!name || len == 0) {
-		snprintf(err, n, "the %s is empty", what);
-		return TIDE_EINVAL;
-	}
-	const char *nul = memchr(name, '\0', len);
-	if (nul) {
-		snprintf(err, n, "the %s contains a NUL byte (at byte %zu)", what,
-		         (size_t)(nul - name) + 1);
-		return TIDE_EINVAL;
-	}
-	if (len > max) {
-		snprintf(err, n, "the %s is %zu bytes long; at most %zu are allowed", what, len,
-		         max);
-		return TIDE_EINVAL;
-	}
-	size_t bad = tide_utf8_check(name, len);
-	if (bad < len) {
-		snprintf(err, n, "the %s is not valid UTF-8 (at byte %zu)", what, bad + 1);
-		return TIDE_EINVAL;
-	}
-	return 0;
 }
 
 int tide_store_set_partition(struct tide_store *store, const char *partition)
@@ -275,27 +242,6 @@ void tide_store_wake(struct tide_store *store)
 	tide_wake(store->pg, &store->wake);
 }
 
-bool tide_uuid_valid(const char *s)
-{
-	static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
-	for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-		char c = s[i];
-		if (shape[i] == '-' ? c != '-' : !strchr("0123456789abcdefABCDEF", c) || !c)
-			return false;
-	}
-	return s[sizeof(shape) - 1] == '\0';
-}
-
-void tide_expected_format(int64_t expected, char *buf, size_t n)
-{
-	switch (expected) {
-	case TIDE_EXPECT_ANY: snprintf(buf, n, "any"); break;
-	case TIDE_EXPECT_NO_STREAM: snprintf(buf, n, "no_stream"); break;
-	case TIDE_EXPECT_STREAM_EXISTS: snprintf(buf, n, "stream_exists"); break;
-	default: snprintf(buf, n, "%" PRId64, expected); break;
-	}
-}
-
 static bool store_usable(struct tide_store *store)
 {
 	if (tide_pg_ready(store->pg))
@@ -314,11 +260,110 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 	free(c);
 }
 
+/* --- appends by COPY, on the store's second connection (append_copy.c) ------------- */
+
+/* Fails the appends still waiting for that connection (a later loop turn than theirs). */
+static void fail_waiting(struct tide_store *store, int status, const char *err)
+{
+	struct tide_copy_append *ca = store->bulk_waiting;
+	store->bulk_waiting = NULL;
+	while (ca) {
+		struct tide_copy_append *next = *tide_copy_append_next(ca);
+		tide_copy_append_fail(ca, status, err);
+		ca = next;
+	}
+}
+
+#define CANNOT_QUEUE "cannot send the append on the connection for large appends"
+
+static void on_bulk_open(struct tide_pg *pg, int status, const char *err, void *arg)
+{
+	(void)pg;
+	struct tide_store *store = arg;
+	if (status) {
+		char buf[640];
+		snprintf(buf, sizeof(buf), "cannot open the connection for large appends: %s", err);
+		fail_waiting(store, TIDE_ECONN, buf);
+		return;
+	}
+	while (store->bulk_waiting) {
+		struct tide_copy_append *ca = store->bulk_waiting;
+		store->bulk_waiting = *tide_copy_append_next(ca);
+		if (!tide_copy_append_queue(store->bulk, ca)) {
+			tide_pg_close(store->bulk);
+			store->bulk = NULL;
+			tide_copy_append_fail(ca, TIDE_ECONN, CANNOT_QUEUE);
+			fail_waiting(store, TIDE_ECONN, CANNOT_QUEUE);
+			return;
+		}
+	}
+}
+
+static void close_bulk(struct tide_store *store)
+{
+	fail_waiting(store, TIDE_ECLOSED, "the connection was closed");
+	tide_pg_close(store->bulk);
+	store->bulk = NULL;
+}
+
+static int append_copy(struct tide_store *store, const char *stream,
+                       const struct tide_event *events, size_t n, int64_t expected,
+                       tide_append_cb cb, void *arg)
+{
+	if (!store_usable(store))
+		return TIDE_ECONN;
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	c->store = store;
+	c->cb.append = cb;
+	c->arg = arg;
+	c->partition_gen = store->partition_gen;
+	struct tide_copy_append *ca = NULL;
+	int rc = tide_copy_append_build(stream, store->partition, events, n, expected,
+	                                !store->partition_ready, on_append, c, store->error,
+	                                sizeof(store->error), &ca);
+	if (rc) {
+		free(c);
+		return rc;
+	}
+	if (store->bulk && !tide_pg_ready(store->bulk) && !store->bulk_waiting) {
+		/* Lost since its last use: open it again. */
+		tide_pg_close(store->bulk);
+		store->bulk = NULL;
+	}
+	if (!store->bulk) {
+		rc = tide_pg_open(store->loop, store->url, store->application_name, TIDE_PG_SIMPLE,
+		                  on_bulk_open, store, &store->bulk);
+		if (rc) {
+			tide_copy_append_discard(ca);
+			free(c);
+			return fail(store, rc, "out of memory");
+		}
+	}
+	if (!tide_pg_ready(store->bulk)) {
+		/* Opening: queued once it is open. */
+		struct tide_copy_append **tail = &store->bulk_waiting;
+		while (*tail)
+			tail = tide_copy_append_next(*tail);
+		*tail = ca;
+		return 0;
+	}
+	if (!tide_copy_append_queue(store->bulk, ca)) {
+		tide_pg_close(store->bulk);
+		store->bulk = NULL;
+		tide_copy_append_discard(ca);
+		free(c);
+		return fail(store, TIDE_ECONN, CANNOT_QUEUE);
+	}
+	return 0;
+}
+
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
 	if (n >= TIDE_COPY_MIN_EVENTS && !store->in_transaction)
-		return tide_store_append_copy(store, stream, events, n, expected, cb, arg);
+		return append_copy(store, stream, events, n, expected, cb, arg);
 	struct tide_append *a = NULL;
 	int rc = tide_append_build(stream, store->partition, events, n, expected,
 	                           !store->partition_ready, store->error, sizeof(store->error), &a);
@@ -501,8 +546,7 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	struct call *c = &rc->c;
 	char buf[640];
 	if (reply->status) {
-		c->cb.read(reply->status, tide_store_explain(reply, buf, sizeof(buf)), NULL,
-		           c->arg);
+		c->cb.read(reply->status, tide_pg_explain(reply, buf, sizeof(buf)), NULL, c->arg);
 		free(rc);
 		return;
 	}

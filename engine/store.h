@@ -8,6 +8,7 @@
 #include <stdbool.h>
 
 #include "append.h"
+#include "input.h"
 #include "pg.h"
 #include "tide.h"
 
@@ -17,7 +18,7 @@ struct tide_store {
 	/* Appends of TIDE_COPY_MIN_EVENTS or more (append_copy.c): opened on first use, and
 	 * the appends waiting for it to open. */
 	struct tide_pg *bulk;
-	struct copy_append *bulk_waiting;
+	struct tide_copy_append *bulk_waiting;
 	char *url;
 	char partition[TIDE_MAX_PARTITION_BYTES + 1]; /* the emt_* partition every call uses */
 	char application_name[64];
@@ -49,31 +50,9 @@ TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
                                           const char *application_name, tide_open_cb cb, void *arg,
                                           struct tide_store **out);
 
-/* An append by COPY on the store's second connection (append_copy.c): the contract of
- * tide_store_append. Not inside a transaction of the caller's. */
-TIDE_MUST_CHECK int tide_store_append_copy(struct tide_store *store, const char *stream,
-                                           const struct tide_event *events, size_t n,
-                                           int64_t expected, tide_append_cb cb, void *arg);
-/* Fails the appends waiting for that connection and closes it. */
-void tide_store_close_copy(struct tide_store *store);
-
-/* The reply's message, with a hint when the tide schema is missing. */
-const char *tide_store_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
-
-bool tide_uuid_valid(const char *s);
-
 /* tide_wake on the store's connection: send it behind the COMMIT of a transaction of the
  * caller's that appended. */
 void tide_store_wake(struct tide_store *store);
-
-/* 0 when name[0..len) is a name tide stores (a stream, an event type, a partition):
- * 1..max bytes of valid UTF-8 without NUL bytes. Otherwise TIDE_EINVAL and one line in
- * err that names it by `what` ("stream name"). */
-int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err,
-                    size_t n);
-
-/* "any", "no_stream", "stream_exists" or the number. */
-void tide_expected_format(int64_t expected, char *buf, size_t n);
 
 /* The whole schema as one idempotent psql script (malloc'd; NULL when out of memory). */
 char *tide_migrate_script(void);

@@ -95,8 +95,7 @@ static void record(struct txn_call *c, const struct tide_pg_reply *reply, const 
 		return;
 	char buf[640];
 	c->status = lost(reply) ? lost_status(reply) : reply->status;
-	snprintf(c->err, sizeof(c->err), "%s: %s", what,
-	         tide_store_explain(reply, buf, sizeof(buf)));
+	snprintf(c->err, sizeof(c->err), "%s: %s", what, tide_pg_explain(reply, buf, sizeof(buf)));
 }
 
 static void report_begin(struct txn_call *c)
@@ -219,7 +218,7 @@ static void on_end(const struct tide_pg_reply *reply, void *arg)
 		status = reply->status;
 		snprintf(c->err, sizeof(c->err), "%s failed: %s",
 		         committing ? "COMMIT" : "ROLLBACK",
-		         tide_store_explain(reply, buf, sizeof(buf)));
+		         tide_pg_explain(reply, buf, sizeof(buf)));
 		err = c->err;
 	} else if (committing && strcmp(PQcmdStatus(reply->res), "COMMIT") != 0) {
 		/* COMMIT of a transaction in which a statement failed rolls it back. */
