@@ -26,6 +26,8 @@ struct tide_batch_spec {
 	 * after the script went on) names the script line and the statement. It costs a
 	 * little per statement: the consumer asks for it when finding a failing event. */
 	bool trace_sql;
+	/* What the generation's targets are called: NAME plus this (sql/0007); NULL for "". */
+	const char *target_suffix;
 	/* The script's SQL runs as this role (SET LOCAL ROLE); before the closing statement
 	 * the batch checks that the script did not change it, and resets it. NULL: the
 	 * connecting user. */

@@ -82,9 +82,9 @@ end })
 
 -- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine.
 local processor
-function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset)
+function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset, suffix)
   processor = processor or require "tide.processor"
-  local sql, appender = processor.sql_handle(raw, query, exec, result, append)
+  local sql, appender = processor.sql_handle(raw, query, exec, result, append, suffix)
   if reset then processor.reset(p, sql) end
   if setup then processor.setup(p, sql) end
   return processor.run_batch(p, events, sql, log, appender)

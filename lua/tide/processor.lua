@@ -9,11 +9,34 @@ local array = model.array
 
 local M = {}
 
+-- The physical name of a projection's target NAME: NAME plus the suffix of the generation
+-- being built ('' for a processor never rebuilt blue-green, '__vV' for version V; see
+-- sql/0007). Table names are plain lower-case identifiers, so that the name a reader
+-- queries and the one the script writes are the same without quoting rules.
+local MAX_IDENTIFIER = 63
+function M.target_name(name, suffix, what)
+  if type(name) ~= "string" or not name:match("^[a-z_][a-z0-9_]*$") then
+    error(what .. " wants a lower-case SQL name ([a-z_][a-z0-9_]*), got " .. tostring(name), 3)
+  end
+  local physical = name .. (suffix or "")
+  if #physical > MAX_IDENTIFIER then
+    error(what .. ": '" .. physical .. "' is longer than PostgreSQL's " .. MAX_IDENTIFIER
+      .. " bytes; use a shorter name", 3)
+  end
+  return physical
+end
+
 -- Wraps the C transaction handle: misuse and failed queries raise, as the script expects.
 -- raw_query yields until the rows are there; raw_result then hands them over. The second
 -- value appends in the transaction (for reactors' ctx.append; scripts never see it).
-function M.sql_handle(raw, query, exec, result, append)
-  local handle = {}
+-- suffix: the target suffix of the generation this batch builds (sql:table).
+function M.sql_handle(raw, query, exec, result, append, suffix)
+  local handle = { suffix = suffix or "" }
+  -- sql:table("product_sales"): the table this generation writes; readers query the name
+  -- itself (after a blue-green rebuild, a view of the live generation's table).
+  function handle:table(name)
+    return M.target_name(name, self.suffix, "sql:table")
+  end
   function handle:exec(q, ...)
     if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
     local ok, err = exec(raw, q, ...)
@@ -85,8 +108,9 @@ local function documents(p, events, sql)
     end
   end
   if #order == 0 then return end
+  local collection = p.collection .. sql.suffix
   local docs = {}
-  for _, row in ipairs(sql:query(DOCS_LOAD, p.collection, order)) do docs[row.id] = row.doc end
+  for _, row in ipairs(sql:query(DOCS_LOAD, collection, order)) do docs[row.id] = row.doc end
   for _, id in ipairs(order) do
     local doc = docs[id]
     for _, e in ipairs(by_id[id]) do
@@ -94,9 +118,9 @@ local function documents(p, events, sql)
       doc = p.evolve(doc, e)
     end
     if doc == nil then
-      sql:exec(DOC_DELETE, p.collection, id)
+      sql:exec(DOC_DELETE, collection, id)
     else
-      sql:exec(DOC_PUT, p.collection, id, doc)
+      sql:exec(DOC_PUT, collection, id, doc)
     end
   end
 end
@@ -138,7 +162,7 @@ end
 -- Called when a projection's version changes: clear what it built, then replay.
 function M.reset(p, sql)
   if p.collection then
-    sql:exec("DELETE FROM tide_documents WHERE collection = $1", p.collection)
+    sql:exec("DELETE FROM tide_documents WHERE collection = $1", p.collection .. sql.suffix)
   end
   if p.reset then p.reset(sql) end
 end
