@@ -224,7 +224,7 @@ static void resume(struct tide_batch *b)
 {
 	struct tide_vm_error e;
 	/* The first resume starts tide.processor_run with its arguments (set_up). */
-	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 11, &e);
+	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 12, &e);
 	b->started = true;
 	if (rc == LUA_YIELD && b->query_out)
 		return; /* a query is out; its reply resumes us */
@@ -725,7 +725,8 @@ void tide_batch_events_free(struct tide_vm *vm, int ref)
 }
 
 /* The coroutine and its arguments: tide.processor_run(p, events, raw handle, query, exec,
- * result, append, log, setup, reset, target suffix), built on the main state and moved over. */
+ * result, append, log, setup, reset, target suffix, processor id), built on the main state and
+ * moved over. */
 static int set_up(lua_State *L)
 {
 	struct tide_batch *b = lua_touserdata(L, 1);
@@ -752,7 +753,8 @@ static int set_up(lua_State *L)
 	lua_pushboolean(L, spec->setup);
 	lua_pushboolean(L, spec->reset);
 	lua_pushstring(L, spec->target_suffix ? spec->target_suffix : "");
-	lua_xmove(L, b->co, 12); /* a new thread has room for this many (LUA_MINSTACK) */
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.processor_id"); /* set by the loader */
+	lua_xmove(L, b->co, 13); /* a new thread has room for this many (LUA_MINSTACK) */
 	return 0;
 }
 

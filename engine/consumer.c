@@ -81,6 +81,22 @@ struct tide_consumer {
 	uint64_t busy_since_ns;
 	char last_error[1024];
 	char status[16];
+	/* Blue-green rebuilds (rebuild.h). The suffix of the targets this consumer writes: a
+	 * builder's is given; the processor's comes with each claim. */
+	char *rebuild_of; /* a builder: the processor it builds for */
+	char target_suffix[48];
+	bool built; /* a builder that caught up (on_built fired) */
+	struct tide_progress progress;
+	uint64_t progress_at, progress_logged_at; /* ms */
+	bool version_checked; /* the processor: its row's version was looked at */
+	bool awaiting;        /* the processor: no generation until its build is done */
+	int stored_version;   /* ... and what it was (0: no row) */
+	struct {
+		bool pending;
+		char *builder;
+		char suffix[48];
+		bool keep;
+	} sw;
 };
 
 static void claim(struct tide_consumer *c);
@@ -89,13 +105,18 @@ static void next_step(struct tide_consumer *c);
 static void release(struct tide_consumer *c);
 static void connect_store(struct tide_consumer *c);
 static void begin_attempt(struct tide_consumer *c);
+static void switch_build(struct tide_consumer *c);
+static void check_version(struct tide_consumer *c);
+static void await_build(struct tide_consumer *c);
+static void start_progress(struct tide_consumer *c);
+static void note_progress(struct tide_consumer *c, bool done);
 
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
 	static const char *const names[] = {
-	        "new",     "broken",    "connecting", "claiming",  "waiting",
-	        "reading", "recording", "running",    "parking",   "retrying",
-	        "idle",    "backoff",   "halted",     "releasing", "stopped",
+	        "new",       "broken",     "connecting", "claiming",  "waiting", "reading",
+	        "recording", "running",    "parking",    "retrying",  "idle",    "backoff",
+	        "halted",    "rebuilding", "switching",  "releasing", "stopped",
 	};
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -116,6 +137,8 @@ static void enter(struct tide_consumer *c, enum tide_consumer_state s)
 /* Says what `tide status` shows: running, failed, halted, waiting (stopped: release). */
 static void report(struct tide_consumer *c, const char *status)
 {
+	if (c->rebuild_of && strcmp(status, "running") == 0)
+		status = "rebuilding"; /* a builder runs to build */
 	if (status != c->status)
 		snprintf(c->status, sizeof(c->status), "%s", status);
 	tide_lease_report(&c->lease, status, c->last_error, c->generation);
@@ -175,6 +198,11 @@ static void on_timer(uv_timer_t *t)
 		report(c, "failed"); /* the heartbeat of a script that does not load */
 		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 		break;
+	case TIDE_CONSUMER_REBUILDING:
+		report(c, "rebuilding"); /* the heartbeat of one waiting for its build */
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		break;
+	case TIDE_CONSUMER_SWITCHING: switch_build(c); break; /* trying again */
 	case TIDE_CONSUMER_IDLE:
 	case TIDE_CONSUMER_BACKOFF:
 		if (renewal_due(c))
@@ -242,6 +270,7 @@ static bool swap_generation(struct tide_consumer *c)
 	c->cur = c->pending;
 	memset(&c->pending, 0, sizeof(c->pending));
 	c->has_pending = false;
+	c->awaiting = false;
 	c->generation++;
 	c->setup_pending = true;
 	snprintf(c->script_hash, sizeof(c->script_hash), "%016" PRIx64, c->cur.hash);
@@ -261,6 +290,8 @@ static bool swap_generation(struct tide_consumer *c)
 		         "partition changed: going on from its own checkpoint there", (char *)NULL);
 		return true;
 	}
+	if (c->sw.pending)
+		return true; /* claim() switches first */
 	if (had && old_version != c->cur.version) {
 		char v[16];
 		snprintf(v, sizeof(v), "%d", c->cur.version);
@@ -337,6 +368,15 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 		tide_log("info", "connect.restored", "processor", c->id, (char *)NULL);
 	c->reconnects = 0;
 	c->lease.pg = c->store->pg;
+	if (c->awaiting && !c->has_pending) {
+		await_build(c);
+		return;
+	}
+	if (!c->version_checked && !c->rebuild_of && c->o.on_rebuild && c->has_pending &&
+	    c->pending.blue_green && !c->cur.vm) {
+		check_version(c);
+		return;
+	}
 	if (!c->cur.vm && !c->has_pending) {
 		enter(c, TIDE_CONSUMER_BROKEN);
 		report(c, "failed"); /* broken from the start: show why */
@@ -415,8 +455,17 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	c->attempt.events = cl.events;
 	snprintf(c->attempt.error, sizeof(c->attempt.error), "%s", cl.error);
 	snprintf(c->attempt.script, sizeof(c->attempt.script), "%s", cl.script);
-	if (cl.rebuilt)
-		c->reset_pending = true;
+	if (!c->rebuild_of) {
+		snprintf(c->target_suffix, sizeof(c->target_suffix), "%s", cl.suffix);
+		if (cl.rebuilt)
+			c->reset_pending = true;
+	} else if (!c->progress.started_ns) {
+		/* A builder starting afresh clears what an abandoned build left in its targets;
+		 * one that goes on from its checkpoint keeps them. */
+		if (c->cursor.transaction_id == 0 && c->cursor.global_position == 0)
+			c->reset_pending = true;
+		start_progress(c);
+	}
 	if (was_waiting) {
 		char cur[48];
 		tide_cursor_format(&c->cursor, cur);
@@ -462,6 +511,10 @@ static void claim(struct tide_consumer *c)
 		lost(c, c->store ? tide_pg_error(c->store->pg) : "not connected");
 		return;
 	}
+	if (c->sw.pending) {
+		switch_build(c);
+		return;
+	}
 	/* The partition is the script's: reads follow it from this claim on. */
 	if (tide_store_set_partition(c->store, c->cur.partition) != 0) {
 		set_error(c, tide_store_error(c->store)); /* the loader checked: not expected */
@@ -474,6 +527,144 @@ static void claim(struct tide_consumer *c)
 	enter(c, TIDE_CONSUMER_CLAIMING);
 	if (tide_lease_claim(&c->lease, on_claim, c) != 0)
 		lost(c, tide_pg_error(c->store->pg));
+}
+
+/* --- blue-green rebuilds (rebuild.h) -------------------------------------------------------- */
+
+/* No generation of its own while a builder makes the next one: a heartbeat only. */
+static void await_build(struct tide_consumer *c)
+{
+	c->awaiting = true;
+	enter(c, TIDE_CONSUMER_REBUILDING);
+	report(c, "rebuilding");
+	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+}
+
+/* The generation g (taken) is of another version than the processor's row: the processor
+ * builds it beside what runs. */
+static void hand_to_builder(struct tide_consumer *c, struct tide_generation *g)
+{
+	char suffix[sizeof(c->target_suffix)];
+	tide_rebuild_suffix(g->version, c->target_suffix, suffix, sizeof(suffix));
+	c->o.on_rebuild(g, suffix, c->o.arg);
+	if (g->vm)
+		tide_generation_free(g); /* not taken */
+}
+
+static void on_version(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) {
+		lost(c, reply->err); /* looked at again after the reconnect */
+		return;
+	}
+	c->version_checked = true;
+	if (PQntuples(reply->res) == 1) {
+		c->stored_version = atoi(PQgetvalue(reply->res, 0, 0));
+		snprintf(c->target_suffix, sizeof(c->target_suffix), "%s",
+		         PQgetvalue(reply->res, 0, 1));
+	}
+	if (c->has_pending && c->stored_version && c->pending.version != c->stored_version) {
+		struct tide_generation g = c->pending;
+		memset(&c->pending, 0, sizeof(c->pending));
+		c->has_pending = false;
+		await_build(c);
+		hand_to_builder(c, &g);
+		return;
+	}
+	swap_generation(c);
+	claim(c);
+}
+
+/* Before the first claim: a version other than the row's is built blue-green, not claimed
+ * (a claim would make it the processor's version at once, with nothing built). */
+static void check_version(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_CLAIMING);
+	if (tide_rebuild_check(c->store->pg, c->id, on_version, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+static void on_switched(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) {
+		set_error(c, reply->err);
+		tide_log("error", "rebuild.switch_failed", "processor", c->id, "error", reply->err,
+		         "reason", "tried again in 30 s; the old targets keep serving meanwhile",
+		         (char *)NULL);
+		report(c, "failed");
+		enter(c, TIDE_CONSUMER_SWITCHING);
+		uv_timer_start(&c->timer, on_timer, MAX_BACKOFF_MS, 0);
+		return;
+	}
+	char v[16];
+	snprintf(v, sizeof(v), "%d", c->cur.version);
+	tide_log("info", "processor.switched", "processor", c->id, "version", v, "old_version",
+	         PQgetvalue(reply->res, 0, 0), "targets", PQgetvalue(reply->res, 0, 2), "suffix",
+	         c->sw.suffix, "reason", "the rebuild caught up: readers now see the new version",
+	         (char *)NULL);
+	snprintf(c->target_suffix, sizeof(c->target_suffix), "%s", c->sw.suffix);
+	c->sw.pending = false;
+	free(c->sw.builder);
+	c->sw.builder = NULL;
+	set_error(c, "");
+	claim(c); /* the checkpoint is the builder's now */
+}
+
+/* Between batches, with the new generation in place: the switch, then the claim. */
+static void switch_build(struct tide_consumer *c)
+{
+	if (!c->store || !tide_pg_ready(c->store->pg)) {
+		lost(c, c->store ? tide_pg_error(c->store->pg) : "not connected");
+		return;
+	}
+	enter(c, TIDE_CONSUMER_SWITCHING);
+	if (tide_rebuild_switch(c->store->pg, c->id, c->sw.builder, c->cur.partition,
+	                        c->cur.version, c->sw.suffix, c->sw.keep, on_switched, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+static void on_counted(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!reply->status && PQntuples(reply->res) == 1)
+		c->progress.total += strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+}
+
+/* A builder's first claim: how much there is to build (counted beside the first read). */
+static void start_progress(struct tide_consumer *c)
+{
+	c->progress.started_ns = uv_hrtime();
+	c->progress_at = c->progress_logged_at = now_ms(c);
+	if (tide_store_count_after(c->store, &c->cursor, (const char *const *)c->cur.types,
+	                           c->cur.ntypes, on_counted, c) != 0)
+		c->progress.total = -1;
+}
+
+/* After each batch of a builder: the status row about once a second, a log line every ten
+ * (and when done). */
+static void note_progress(struct tide_consumer *c, bool done)
+{
+	uint64_t now = now_ms(c);
+	if (!done && now - c->progress_at < 1000)
+		return;
+	c->progress_at = now;
+	tide_progress_update(&c->progress, uv_hrtime());
+	tide_rebuild_report(c->store->pg, c->id, c->rebuild_of, &c->progress);
+	if (c->o.on_progress)
+		c->o.on_progress(&c->progress, c->o.arg);
+	if (done || now - c->progress_logged_at >= 10000) {
+		c->progress_logged_at = now;
+		char line[160];
+		tide_progress_format(&c->progress, line, sizeof(line));
+		tide_log("info", done ? "rebuild.caught_up" : "rebuild.progress", "processor",
+		         c->rebuild_of, "progress", line, (char *)NULL);
+	}
 }
 
 /* --- stopping ----------------------------------------------------------------------------- */
@@ -732,6 +923,10 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		c->cursor = c->batch.next;
 		c->attempt.known = false;
 		c->busy_events += c->batch.count;
+		if (c->rebuild_of) {
+			c->progress.done += c->batch.count;
+			note_progress(c, false);
+		}
 		c->backoff_until = 0;
 		if (c->single_left > 0)
 			c->single_left--;
@@ -804,6 +999,7 @@ static void run_batch(struct tide_consumer *c)
 	        .setup = c->setup_pending,
 	        .reset = c->reset_pending,
 	        .role = c->sql_role,
+	        .target_suffix = c->target_suffix,
 	        /* A lone event, or one being tried again: an SQL error names its line. */
 	        .trace_sql = c->batch.count <= 1 || c->single_left > 0 || c->dead_letter != 0,
 	};
@@ -955,6 +1151,13 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 	             r->next.global_position != c->cursor.global_position;
 	if (r->count == 0 && !moved && !c->setup_pending && !c->reset_pending) {
 		caught_up(c);
+		if (c->rebuild_of && !c->built) {
+			c->built = true;
+			note_progress(c, true);
+			enter(c, TIDE_CONSUMER_IDLE);
+			c->o.on_built(c->o.arg); /* it stops us */
+			return;
+		}
 		enter(c, TIDE_CONSUMER_IDLE);
 		if (c->wake_pending) {
 			c->wake_pending = false;
@@ -1058,6 +1261,8 @@ static void consumer_free_strings(struct tide_consumer *c)
 	free(c->app);
 	free(c->name);
 	free(c->sql_role);
+	free(c->rebuild_of);
+	free(c->sw.builder);
 }
 
 struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
@@ -1073,8 +1278,11 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 	c->app = strdup(o->app ? o->app : "");
 	c->name = strdup(o->name ? o->name : o->id);
 	c->sql_role = o->sql_role ? strdup(o->sql_role) : NULL;
+	c->rebuild_of = o->rebuild_of ? strdup(o->rebuild_of) : NULL;
+	snprintf(c->target_suffix, sizeof(c->target_suffix), "%s",
+	         o->target_suffix ? o->target_suffix : "");
 	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name ||
-	    (o->sql_role && !c->sql_role)) {
+	    (o->sql_role && !c->sql_role) || (o->rebuild_of && !c->rebuild_of)) {
 		consumer_free_strings(c);
 		free(c);
 		return NULL;
@@ -1099,6 +1307,14 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 
 void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generation *g)
 {
+	int version = c->cur.vm ? c->cur.version : c->awaiting ? c->stored_version : 0;
+	if (!c->rebuild_of && c->o.on_rebuild && g->blue_green && version &&
+	    g->version != version) {
+		struct tide_generation mine = *g;
+		memset(g, 0, sizeof(*g));
+		hand_to_builder(c, &mine);
+		return;
+	}
 	if (c->has_pending)
 		tide_generation_free(&c->pending);
 	c->pending = *g;
@@ -1116,6 +1332,7 @@ void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generatio
 	case TIDE_CONSUMER_WAITING:
 	case TIDE_CONSUMER_BACKOFF:
 	case TIDE_CONSUMER_HALTED:
+	case TIDE_CONSUMER_REBUILDING:
 		uv_timer_stop(&c->timer);
 		c->backoff_until = 0;
 		swap_generation(c);
@@ -1123,6 +1340,48 @@ void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generatio
 		break;
 	default: break; /* what is in flight finishes first (next_step, on_read) */
 	}
+}
+
+void tide_consumer_switch(struct tide_consumer *c, struct tide_generation *g, const char *builder,
+                          const char *suffix, bool keep)
+{
+	free(c->sw.builder);
+	c->sw.builder = strdup(builder);
+	if (!c->sw.builder) {
+		tide_log("error", "rebuild.switch_failed", "processor", c->id, "error",
+		         "out of memory", (char *)NULL);
+		tide_generation_free(g);
+		return;
+	}
+	snprintf(c->sw.suffix, sizeof(c->sw.suffix), "%s", suffix);
+	c->sw.keep = keep;
+	c->sw.pending = true;
+	c->awaiting = false;
+	if (c->has_pending)
+		tide_generation_free(&c->pending);
+	c->pending = *g;
+	memset(g, 0, sizeof(*g));
+	c->has_pending = true;
+	switch (c->state) {
+	case TIDE_CONSUMER_IDLE:
+	case TIDE_CONSUMER_WAITING:
+	case TIDE_CONSUMER_BACKOFF:
+	case TIDE_CONSUMER_HALTED:
+	case TIDE_CONSUMER_REBUILDING:
+	case TIDE_CONSUMER_BROKEN:
+		uv_timer_stop(&c->timer);
+		c->backoff_until = 0;
+		swap_generation(c);
+		claim(c);
+		break;
+	default: break; /* between batches (next_step, on_read) */
+	}
+}
+
+void tide_consumer_take_generation(struct tide_consumer *c, struct tide_generation *out)
+{
+	*out = c->cur;
+	memset(&c->cur, 0, sizeof(c->cur));
 }
 
 void tide_consumer_set_broken(struct tide_consumer *c, const char *err)

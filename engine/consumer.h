@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "loader.h"
+#include "rebuild.h"
 
 struct tide_consumer;
 
@@ -26,6 +27,16 @@ struct tide_consumer_opts {
 	int batch_size;
 	unsigned poll_ms, lease_ms;
 	void (*on_stopped)(void *arg); /* after tide_consumer_stop, once all is closed */
+	/* Blue-green rebuilds (rebuild.h). A builder is a consumer with rebuild_of set: the
+	 * processor id whose new version it builds, into targets named with target_suffix. */
+	const char *rebuild_of, *target_suffix; /* copied */
+	/* The processor: gen (taken) is of another version than the processor's row and is
+	 * to be built beside what runs, under suffix. NULL: rebuild in place. */
+	void (*on_rebuild)(struct tide_generation *gen, const char *suffix, void *arg);
+	/* A builder: it has caught up with the log (once). */
+	void (*on_built)(void *arg);
+	/* A builder: how far it got, about once a second. */
+	void (*on_progress)(const struct tide_progress *p, void *arg);
 	void *arg;
 };
 
@@ -44,6 +55,8 @@ enum tide_consumer_state {
 	TIDE_CONSUMER_IDLE,       /* caught up; a wake-up or the poll timer reads again */
 	TIDE_CONSUMER_BACKOFF,    /* the last try failed; the timer tries again */
 	TIDE_CONSUMER_HALTED,     /* on_error = "stop" gave up: waits for a new script */
+	TIDE_CONSUMER_REBUILDING, /* no generation of its own: a builder makes the next one */
+	TIDE_CONSUMER_SWITCHING,  /* making a finished build the processor's (rebuild.h) */
 	TIDE_CONSUMER_RELEASING,  /* stopping: giving the lease back */
 	TIDE_CONSUMER_STOPPED,
 };
@@ -67,6 +80,15 @@ void tide_consumer_wake(struct tide_consumer *c);
 
 /* Dead letters may have been queued for a retry: look at the next chance. */
 void tide_consumer_check_retries(struct tide_consumer *c);
+
+/* Makes the finished build of builder (a stopped builder whose generation g is taken) this
+ * processor's, between batches: tide_rebuild_switch, then g goes on from the builder's
+ * checkpoint. keep: the old targets stay. */
+void tide_consumer_switch(struct tide_consumer *c, struct tide_generation *g, const char *builder,
+                          const char *suffix, bool keep);
+
+/* Moves the running generation out of a stopped consumer (*out is zeroed when none). */
+void tide_consumer_take_generation(struct tide_consumer *c, struct tide_generation *out);
 
 /* Finishes what is in flight, gives the lease back, closes; then on_stopped. */
 void tide_consumer_stop(struct tide_consumer *c);

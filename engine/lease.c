@@ -31,7 +31,8 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	static const struct tide_pg_stmt stmt = {
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt, attempt_at,"
-	        " attempt_events, attempts, attempt_error, attempt_script, retries, refused"
+	        " attempt_events, attempts, attempt_error, attempt_script, retries, refused,"
+	        " (SELECT target_suffix FROM tide_processors WHERE processor_id = $1)"
 	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6, $7, $8, $9, $10,"
 	        "  $11::boolean)",
 	        11,
@@ -56,7 +57,7 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->error = out->script = "";
+	out->error = out->script = out->suffix = "";
 	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 10))
 		out->refused = PQgetvalue(res, 0, 10);
 	if (PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't')
@@ -72,6 +73,7 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 	out->error = PQgetvalue(res, 0, 7);
 	out->script = PQgetvalue(res, 0, 8);
 	out->retries = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
+	out->suffix = PQgetvalue(res, 0, 11); /* "" for NULL: a row this claim made */
 }
 
 int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)

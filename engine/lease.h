@@ -37,6 +37,7 @@ struct tide_claim {
 	const char *script;  /* the hash of the script that made the tries (maybe "") */
 	int64_t retries;     /* dead letters queued for a retry */
 	const char *refused; /* NULL, or why the id is not this script's (in res) */
+	const char *suffix;  /* the processor's target suffix (sql/0007; in res) */
 };
 
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);

@@ -86,6 +86,10 @@ static int read_settings(lua_State *L)
 	                                               : TIDE_ON_ERROR_DEAD_LETTER;
 	g->max_attempts = (int)raw_number(L, t, "max_attempts");
 	g->backoff_ms = (unsigned)raw_number(L, t, "backoff_ms");
+	lua_pushliteral(L, "blue_green");
+	lua_rawget(L, t);
+	g->blue_green = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 	lua_pushliteral(L, "types");
 	lua_rawget(L, t);
 	if (lua_istable(L, -1)) {

@@ -31,7 +31,8 @@ struct tide_generation {
 	enum tide_on_error on_error;
 	int max_attempts;
 	unsigned backoff_ms;
-	uint64_t hash; /* of the file's content */
+	uint64_t hash;   /* of the file's content */
+	bool blue_green; /* a new version is built beside the running one (consumer.c) */
 };
 
 void tide_generation_free(struct tide_generation *g);

@@ -13,6 +13,7 @@
 #include "consumer.h"
 #include "loader.h"
 #include "log.h"
+#include "rebuild.h"
 
 enum state {
 	P_LOADING,  /* the first load is under way */
@@ -33,6 +34,19 @@ struct tide_processor {
 	uint64_t failed_hash; /* content that failed to load: not worth loading again */
 	bool showing_error;
 	bool inert; /* it never ran: it stops quietly */
+	/* A blue-green rebuild (rebuild.h): the builder of a new version, running beside the
+	 * consumer; done once it caught up (it is stopping, then the consumer switches). A
+	 * version to build after the builder in hand stops waits in next_build. */
+	struct tide_consumer *builder;
+	char builder_id[TIDE_MAX_NAME_BYTES + 16], builder_suffix[48];
+	int builder_version;
+	bool builder_done;
+	struct tide_generation next_build;
+	char next_suffix[48];
+	bool reload_after_switch;
+	char *app, *name, *script;
+	bool takeover;
+	int stopped; /* consumers stopped, of those to wait for */
 };
 
 static const char *state_name(enum state s)
@@ -51,18 +65,138 @@ static void set_state(struct tide_processor *p, enum state s)
 	p->state = s;
 }
 
-static void consumer_stopped(void *arg)
+static void stopped_one(struct tide_processor *p)
 {
-	struct tide_processor *p = arg;
+	if (++p->stopped < (p->builder ? 2 : 1))
+		return;
 	if (!p->inert)
 		tide_log("info", "processor.stopped", "processor", p->id, (char *)NULL);
 	p->o.on_stopped(p, p->o.arg);
+}
+
+static void consumer_stopped(void *arg)
+{
+	stopped_one(arg);
 }
 
 static void stop_consumer(struct tide_processor *p)
 {
 	set_state(p, P_STOPPING);
 	tide_consumer_stop(p->consumer);
+	if (p->builder)
+		tide_consumer_stop(p->builder);
+}
+
+/* --- blue-green rebuilds ------------------------------------------------------------------- */
+
+static void start_builder(struct tide_processor *p, struct tide_generation *g, const char *suffix);
+
+static void builder_stopped(void *arg)
+{
+	struct tide_processor *p = arg;
+	if (p->stop_requested) {
+		stopped_one(p); /* freed with the processor */
+		return;
+	}
+	struct tide_generation g;
+	tide_consumer_take_generation(p->builder, &g);
+	tide_consumer_free(p->builder);
+	p->builder = NULL;
+	if (p->next_build.vm) {
+		tide_generation_free(&g);
+		struct tide_generation next = p->next_build;
+		memset(&p->next_build, 0, sizeof(p->next_build));
+		start_builder(p, &next, p->next_suffix);
+		return;
+	}
+	if (p->builder_done && g.vm) {
+		p->builder_done = false;
+		tide_consumer_switch(p->consumer, &g, p->builder_id, p->builder_suffix, false);
+	}
+	tide_generation_free(&g); /* abandoned: its checkpoint stays for a later build */
+	if (p->reload_after_switch) {
+		p->reload_after_switch = false;
+		tide_processor_reload(p, true);
+	}
+}
+
+static void builder_built(void *arg)
+{
+	struct tide_processor *p = arg;
+	p->builder_done = true;
+	tide_consumer_stop(p->builder);
+}
+
+static void start_builder(struct tide_processor *p, struct tide_generation *g, const char *suffix)
+{
+	char name[TIDE_MAX_NAME_BYTES + 16];
+	snprintf(name, sizeof(name), "%s" TIDE_REBUILD_TAG, p->name);
+	if (!tide_rebuild_builder_id(p->id, p->builder_id, sizeof(p->builder_id))) {
+		tide_log("error", "rebuild.failed", "processor", p->id, "error",
+		         "the processor id is too long for its rebuild's", (char *)NULL);
+		tide_generation_free(g);
+		return;
+	}
+	struct tide_consumer_opts co = {
+	        .loop = p->o.loop,
+	        .url = p->o.url,
+	        .owner = p->o.owner,
+	        .id = p->builder_id,
+	        .app = p->app,
+	        .name = name,
+	        .script = p->script,
+	        .given = p->path,
+	        .takeover = p->takeover,
+	        .sql_role = p->o.sql_role,
+	        .batch_size = p->o.batch_size,
+	        .poll_ms = p->o.poll_ms,
+	        .lease_ms = p->o.lease_ms,
+	        .on_stopped = builder_stopped,
+	        .rebuild_of = p->id,
+	        .target_suffix = suffix,
+	        .on_built = builder_built,
+	        .arg = p,
+	};
+	p->builder = tide_consumer_new(&co);
+	if (!p->builder) {
+		tide_log("error", "rebuild.failed", "processor", p->id, "error", "out of memory",
+		         (char *)NULL);
+		tide_generation_free(g);
+		return;
+	}
+	char v[16];
+	snprintf(v, sizeof(v), "%d", g->version);
+	tide_log("info", "processor.rebuild", "processor", p->id, "version", v, "builder",
+	         p->builder_id, "suffix", suffix, "reason",
+	         "a new version: built from the start beside the running one, which keeps "
+	         "serving until the new one has caught up",
+	         (char *)NULL);
+	p->builder_version = g->version;
+	p->builder_done = false;
+	snprintf(p->builder_suffix, sizeof(p->builder_suffix), "%s", suffix);
+	tide_consumer_set_generation(p->builder, g);
+}
+
+/* The consumer hands over a generation of another version: build it (after the builder in
+ * hand, if any, has stopped). */
+static void on_rebuild(struct tide_generation *g, const char *suffix, void *arg)
+{
+	struct tide_processor *p = arg;
+	if (p->stop_requested)
+		return; /* not taken: the consumer frees it */
+	if (p->builder) {
+		if (p->next_build.vm)
+			tide_generation_free(&p->next_build);
+		p->next_build = *g;
+		memset(g, 0, sizeof(*g));
+		snprintf(p->next_suffix, sizeof(p->next_suffix), "%s", suffix);
+		p->builder_done = false;
+		tide_consumer_stop(p->builder);
+		return;
+	}
+	struct tide_generation mine = *g;
+	memset(g, 0, sizeof(*g));
+	start_builder(p, &mine, suffix);
 }
 
 static void load_done(struct tide_load_result *r, void *arg)
@@ -111,7 +245,18 @@ static void load_done(struct tide_load_result *r, void *arg)
 		p->hash = r->hash;
 		p->showing_error = false;
 		set_state(p, P_ACTIVE);
-		tide_consumer_set_generation(p->consumer, &r->gen);
+		if (p->builder && p->builder_done) {
+			p->reload_after_switch = true; /* the switch comes first */
+		} else if (p->builder && r->gen.version == p->builder_version) {
+			tide_consumer_set_generation(p->builder, &r->gen); /* the build goes on */
+		} else {
+			if (p->builder && !p->next_build.vm) {
+				tide_log("info", "processor.rebuild_abandoned", "processor", p->id,
+				         "builder", p->builder_id, (char *)NULL);
+				tide_consumer_stop(p->builder);
+			}
+			tide_consumer_set_generation(p->consumer, &r->gen);
+		}
 		break;
 	}
 	if (p->reload_again) {
@@ -173,12 +318,21 @@ struct tide_processor *tide_processor_new(const struct tide_processor_opts *o,
 	        .poll_ms = o->poll_ms,
 	        .lease_ms = o->lease_ms,
 	        .on_stopped = consumer_stopped,
+	        .on_rebuild = on_rebuild,
 	        .arg = p,
 	};
-	p->consumer = p->id && p->path ? tide_consumer_new(&co) : NULL;
+	p->app = strdup(who->app ? who->app : "");
+	p->name = strdup(who->name ? who->name : who->id);
+	p->script = strdup(script);
+	p->takeover = who->takeover;
+	p->consumer =
+	        p->id && p->path && p->app && p->name && p->script ? tide_consumer_new(&co) : NULL;
 	if (!p->consumer) {
 		free(p->id);
 		free(p->path);
+		free(p->app);
+		free(p->name);
+		free(p->script);
 		free(p);
 		return NULL;
 	}
@@ -191,6 +345,8 @@ void tide_processor_wake(struct tide_processor *p)
 {
 	if (p->state == P_ACTIVE)
 		tide_consumer_wake(p->consumer);
+	if (p->builder && !p->stop_requested)
+		tide_consumer_wake(p->builder);
 }
 
 void tide_processor_check_retries(struct tide_processor *p)
@@ -216,8 +372,14 @@ bool tide_processor_stopping(const struct tide_processor *p)
 void tide_processor_free(struct tide_processor *p)
 {
 	tide_consumer_free(p->consumer);
+	if (p->builder)
+		tide_consumer_free(p->builder);
+	tide_generation_free(&p->next_build);
 	free(p->id);
 	free(p->path);
+	free(p->app);
+	free(p->name);
+	free(p->script);
 	free(p);
 }
 

@@ -688,6 +688,29 @@ static char *types_literal(const char *const *types, size_t n)
 	return s;
 }
 
+int tide_store_count_after(struct tide_store *store, const struct tide_cursor *after,
+                           const char *const *types, size_t ntypes, tide_pg_reply_cb cb, void *arg)
+{
+	static const struct tide_pg_stmt stmt = {
+	        "tide_count_after",
+	        "SELECT count(*) FROM emt_messages WHERE partition = $1 AND NOT is_archived"
+	        " AND global_position > $2::bigint"
+	        " AND ($3::text[] IS NULL OR message_type = ANY($3::text[]))",
+	        3,
+	};
+	if (!store_usable(store))
+		return TIDE_ECONN;
+	char *filter = NULL;
+	if (ntypes > 0 && !(filter = types_literal(types, ntypes)))
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	char pos[24];
+	snprintf(pos, sizeof(pos), "%" PRId64, after ? after->global_position : 0);
+	const char *values[3] = {store->partition, pos, filter};
+	int err = tide_pg_exec(store->pg, &stmt, values, cb, arg);
+	free(filter);
+	return err;
+}
+
 int tide_store_read_all_types(struct tide_store *store, const struct tide_cursor *after,
                               int64_t max, const char *const *types, size_t ntypes, tide_read_cb cb,
                               void *arg)

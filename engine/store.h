@@ -54,6 +54,13 @@ TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
  * caller's that appended. */
 void tide_store_wake(struct tide_store *store);
 
+/* For a rebuild's progress: the events of the store's partition after `after` (by global
+ * position) of the given types (all when ntypes is 0); the reply's one value. */
+TIDE_MUST_CHECK int tide_store_count_after(struct tide_store *store,
+                                           const struct tide_cursor *after,
+                                           const char *const *types, size_t ntypes,
+                                           tide_pg_reply_cb cb, void *arg);
+
 /* The whole schema as one idempotent psql script (malloc'd; NULL when out of memory). */
 char *tide_migrate_script(void);
 

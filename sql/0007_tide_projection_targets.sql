@@ -15,19 +15,22 @@ ALTER TABLE tide_documents
 -- a table NAME becomes a view of NAME__vV, and a collection is looked up in tide_targets.
 ALTER TABLE tide_processors ADD COLUMN IF NOT EXISTS target_suffix text NOT NULL DEFAULT '';
 
--- What readers see: the physical collection or table behind a public name, when it is not
--- the name itself.
+-- Every physical target a rebuild made, and which one readers see (live) under its public
+-- name when it is not the name itself. A building generation registers its targets here as
+-- it first writes them (not live); the switch makes them live and drops the old ones.
 CREATE TABLE IF NOT EXISTS tide_targets (
-    kind         text NOT NULL CHECK (kind IN ('collection', 'table')),
-    name         text NOT NULL,
-    physical     text NOT NULL,
-    processor_id text NOT NULL,
-    PRIMARY KEY (kind, name)
+    kind         text    NOT NULL CHECK (kind IN ('collection', 'table')),
+    physical     text    NOT NULL,
+    name         text    NOT NULL,
+    processor_id text    NOT NULL,
+    live         boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (kind, physical)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS tide_targets_live ON tide_targets (kind, name) WHERE live;
 
 -- The collection readers see under a public name.
 CREATE OR REPLACE FUNCTION tide_collection(p_name text) RETURNS text
 LANGUAGE sql STABLE AS $tide_collection$
     SELECT COALESCE((SELECT physical FROM tide_targets
-                      WHERE kind = 'collection' AND name = p_name), p_name);
+                      WHERE kind = 'collection' AND name = p_name AND live), p_name);
 $tide_collection$;

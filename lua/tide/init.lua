@@ -82,12 +82,14 @@ end })
 
 -- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine.
 local processor
-function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset, suffix)
+function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset, suffix,
+                         id)
   processor = processor or require "tide.processor"
   local sql, appender = processor.sql_handle(raw, query, exec, result, append, suffix)
-  if reset then processor.reset(p, sql) end
+  if reset then processor.reset(p, sql, id) end
   if setup then processor.setup(p, sql) end
-  return processor.run_batch(p, events, sql, log, appender)
+  processor.run_batch(p, events, sql, log, appender)
+  processor.register_targets(p, sql, id)
 end
 
 -- The daemon's view of a processor script: its settings, checked, as a plain table.

@@ -109,8 +109,13 @@ function M.settings(p)
     types = {}
     for i = 1, #p.events do types[i] = p.events[i] end
   end
+  -- A projection without reset() writes targets tide names (documents, sql:table): a new
+  -- version is built beside the running one and switched to (blue-green). One with reset()
+  -- clears fixed tables itself, so it is rebuilt in place, as a reactor is replayed.
+  local blue_green = p.kind == "projection" and p.reset == nil
   return {
     kind = p.kind, version = version, partition = partition, types = types,
+    blue_green = blue_green,
     on_error = p.on_error or DEFAULTS.on_error,
     max_attempts = p.max_attempts or DEFAULTS.max_attempts,
     backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,

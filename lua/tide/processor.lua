@@ -4,7 +4,8 @@
 -- error, if any, fails the batch at commit); sql:query(q, ...) returns the rows.
 -- Parameters are $1, $2, ...; tables are sent as JSON, nil/tide.null as NULL.
 local model = require "tide.model"
-local ipairs, tostring, type, error, setmetatable = ipairs, tostring, type, error, setmetatable
+local ipairs, pairs, tostring, type, error, setmetatable =
+  ipairs, pairs, tostring, type, error, setmetatable
 local array = model.array
 
 local M = {}
@@ -31,11 +32,13 @@ end
 -- value appends in the transaction (for reactors' ctx.append; scripts never see it).
 -- suffix: the target suffix of the generation this batch builds (sql:table).
 function M.sql_handle(raw, query, exec, result, append, suffix)
-  local handle = { suffix = suffix or "" }
+  local handle = { suffix = suffix or "", tables = {} }
   -- sql:table("product_sales"): the table this generation writes; readers query the name
   -- itself (after a blue-green rebuild, a view of the live generation's table).
   function handle:table(name)
-    return M.target_name(name, self.suffix, "sql:table")
+    local physical = M.target_name(name, self.suffix, "sql:table")
+    self.tables[name] = true
+    return physical
   end
   function handle:exec(q, ...)
     if type(q) ~= "string" then error("sql:exec wants the SQL text first", 2) end
@@ -159,10 +162,33 @@ function M.run_batch(p, events, sql, log, appender)
   end
 end
 
+-- A generation with a suffix (a rebuild's, or the one a rebuild made live) records the
+-- targets it wrote in tide_targets, in its batch's transaction, so that the switch knows
+-- what to make live (sql/0010). Cheap enough to do every batch: one pipelined statement.
+local TARGETS = "INSERT INTO tide_targets (kind, physical, name, processor_id)"
+  .. " SELECT $1, n || $2, n, $3 FROM jsonb_array_elements_text($4::jsonb) AS n"
+  .. " ON CONFLICT (kind, physical) DO NOTHING"
+function M.register_targets(p, sql, id)
+  if sql.suffix == "" then return end
+  if p.collection then sql:exec(TARGETS, "collection", sql.suffix, id, array { p.collection }) end
+  local tables = array()
+  for name in pairs(sql.tables) do tables[#tables + 1] = name end
+  if #tables > 0 then sql:exec(TARGETS, "table", sql.suffix, id, tables) end
+end
+
 -- Called when a projection's version changes: clear what it built, then replay.
-function M.reset(p, sql)
+-- A rebuild starting afresh (sql.suffix ~= ""): also the tables an abandoned build of the
+-- same suffix left behind, which setup() would otherwise find full.
+local STALE_TABLES = "SELECT physical FROM tide_targets WHERE kind = 'table'"
+  .. " AND processor_id = $1 AND physical = name || $2 AND NOT live"
+function M.reset(p, sql, id)
   if p.collection then
     sql:exec("DELETE FROM tide_documents WHERE collection = $1", p.collection .. sql.suffix)
+  end
+  if sql.suffix ~= "" then
+    for _, row in ipairs(sql:query(STALE_TABLES, id, sql.suffix)) do
+      sql:exec('DROP TABLE IF EXISTS "' .. row.physical .. '"')
+    end
   end
   if p.reset then p.reset(sql) end
 end
