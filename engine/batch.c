@@ -810,6 +810,8 @@ void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *
 
 	const char *v[1] = {b->role};
 	if (send_stmt(b, "BEGIN", 0, NULL, on_exec) &&
+	    (!spec->open_sql ||
+	     send_stmt(b, spec->open_sql, spec->open_nargs, spec->open_args, on_exec)) &&
 	    (!b->role || send_stmt(b, "SELECT set_config('role', $1, true)", 1, v, on_exec))) {
 		resume(b);
 	} else {

@@ -32,6 +32,11 @@ struct tide_batch_spec {
 	 * the batch checks that the script did not change it, and resets it. NULL: the
 	 * connecting user. */
 	const char *role;
+	/* Runs in the transaction first, as the connecting user: checks that the batch may
+	 * go on (the processor's targets are still the ones it writes). Arguments are text. */
+	const char *open_sql;
+	int open_nargs;
+	const char *open_args[TIDE_BATCH_MAX_ARGS];
 	/* Runs in the transaction after the script, as the connecting user: moves the
 	 * checkpoint (or marks a dead letter done). Arguments are text, copied. */
 	const char *close_sql;

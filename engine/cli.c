@@ -17,6 +17,7 @@
 #include "cli_dlq.h"
 #include "cli_import.h"
 #include "cli_init.h"
+#include "cli_rebuild.h"
 #include "cli_test.h"
 #include "daemon.h"
 #include "json.h"
@@ -42,6 +43,7 @@ static const char usage_main[] =
         "  test        run the busted specs (*_spec.lua) of a directory with tide's runtime\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
         "  status      show the daemon's processors: state, checkpoint, lag, errors\n"
+        "  rebuild     build a projection again beside itself, then switch readers to it\n"
         "  forget      remove a processor that is gone: its status, checkpoints, dead letters\n"
         "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
         "\n"
@@ -688,6 +690,8 @@ int tide_cli_main(int argc, char **argv)
 		return tide_cli_init_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "import") == 0)
 		return tide_cli_import_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "rebuild") == 0)
+		return tide_cli_rebuild_main(argc - 1, argv + 1);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_main, argc < 2 ? stderr : stdout);

@@ -3,9 +3,12 @@
  * warning naming the backend whose open transaction holds every consumer back; `tide
  * forget`: a processor's rows removed. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli_common.h"
+#include "json.h"
+#include "rebuild.h"
 #include "store.h"
 
 /* A processor no daemon has looked after since its heartbeat (seen_until) passed shows as
@@ -14,7 +17,8 @@ static const struct tide_pg_stmt stmt_status = {
         "tide_status",
         "WITH p AS ("
         " SELECT t.processor_id, t.kind, t.generation, t.owner, t.last_error, t.script,"
-        "  t.partition, t.version, t.app, t.attempt_traceback,"
+        "  t.partition, t.version, t.app, t.attempt_traceback, t.rebuild_of, t.rebuild_done,"
+        "  t.rebuild_total, t.rebuild_rate,"
         "  CASE WHEN t.status <> 'stopped' AND coalesce(t.seen_until, t.lease_until) < now()"
         "   THEN 'expired' ELSE t.status END AS status,"
         "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
@@ -27,7 +31,9 @@ static const struct tide_pg_stmt stmt_status = {
         "  p.partition,"
         "  (SELECT count(*) FROM tide_dead_letters d WHERE d.processor_id = p.processor_id"
         "    AND d.partition = p.partition),"
-        "  p.version, coalesce(p.app, ''), coalesce(p.attempt_traceback, '')"
+        "  p.version, coalesce(p.app, ''), coalesce(p.attempt_traceback, ''),"
+        "  coalesce(p.rebuild_of, ''), coalesce(p.rebuild_done, 0), coalesce(p.rebuild_total, 0),"
+        "  coalesce(p.rebuild_rate, 0)"
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
         "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
         "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
@@ -52,6 +58,10 @@ enum {
 	COL_VERSION,
 	COL_APP,
 	COL_TRACEBACK,
+	COL_REBUILD_OF, /* a builder (rebuild.h): whose, and how far it got */
+	COL_REBUILD_DONE,
+	COL_REBUILD_TOTAL,
+	COL_REBUILD_RATE,
 	NCOLS
 };
 
@@ -69,6 +79,38 @@ static void on_blocker(const struct tide_pg_reply *reply, void *arg)
 		        PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 0));
 	}
 	tide_cli_done(cli);
+}
+
+/* A builder's progress; false for other rows. */
+static bool rebuild_progress(PGresult *res, int r, struct tide_progress *p)
+{
+	if (!PQgetvalue(res, r, COL_REBUILD_OF)[0])
+		return false;
+	memset(p, 0, sizeof(*p));
+	p->done = strtoll(PQgetvalue(res, r, COL_REBUILD_DONE), NULL, 10);
+	p->total = strtoll(PQgetvalue(res, r, COL_REBUILD_TOTAL), NULL, 10);
+	p->rate = strtod(PQgetvalue(res, r, COL_REBUILD_RATE), NULL);
+	if (p->total < p->done)
+		p->total = p->done;
+	p->eta_s = p->rate > 0 ? (double)(p->total - p->done) / p->rate : -1;
+	return true;
+}
+
+/* "rebuild": {"of", "done", "total", "events_per_second", "eta_seconds"} of a builder. */
+static void add_rebuild(cJSON *o, PGresult *res, int r)
+{
+	struct tide_progress p;
+	if (!rebuild_progress(res, r, &p))
+		return;
+	cJSON *b = cJSON_AddObjectToObject(o, "rebuild");
+	cJSON_AddStringToObject(b, "of", PQgetvalue(res, r, COL_REBUILD_OF));
+	tide_json_add_i64(b, "done", p.done);
+	tide_json_add_i64(b, "total", p.total);
+	cJSON_AddNumberToObject(b, "events_per_second", (double)(int64_t)p.rate);
+	if (p.eta_s >= 0)
+		cJSON_AddNumberToObject(b, "eta_seconds", (double)(int64_t)(p.eta_s + 0.5));
+	else
+		cJSON_AddNullToObject(b, "eta_seconds");
 }
 
 /* JSON lines, keys in this order; numbers as numbers, no error as null. */
@@ -97,6 +139,7 @@ static void print_json(PGresult *res, int rows)
 	};
 	for (int r = 0; r < rows; r++) {
 		cJSON *o = cJSON_CreateObject();
+		add_rebuild(o, res, r);
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
 			const char *v = PQgetvalue(res, r, keys[k].col);
 			if (keys[k].as == 'n')
@@ -159,6 +202,13 @@ static void print_table(PGresult *res, int rows)
 		       PQgetvalue(res, r, COL_LAG_EVENTS), PQgetvalue(res, r, COL_LAG_SECONDS),
 		       PQgetvalue(res, r, COL_GENERATION), owner,
 		       PQgetvalue(res, r, COL_DEAD_LETTERS), err[0] ? err : "-");
+		struct tide_progress p;
+		if (rebuild_progress(res, r, &p)) {
+			char line[160];
+			tide_progress_format(&p, line, sizeof(line));
+			printf("%*s  rebuilding %s: %s\n", width, "",
+			       PQgetvalue(res, r, COL_REBUILD_OF), line);
+		}
 		/* The traceback of the failure under way: its first frames (the log has it all). */
 		const char *tb = PQgetvalue(res, r, COL_TRACEBACK);
 		const char *frames = strstr(tb, "stack traceback:\n");

@@ -110,6 +110,7 @@ static void check_version(struct tide_consumer *c);
 static void await_build(struct tide_consumer *c);
 static void start_progress(struct tide_consumer *c);
 static void note_progress(struct tide_consumer *c, bool done);
+static bool transient(const char *sqlstate);
 
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
@@ -595,11 +596,14 @@ static void on_switched(const struct tide_pg_reply *reply, void *arg)
 	if (reply->status) {
 		set_error(c, reply->err);
 		tide_log("error", "rebuild.switch_failed", "processor", c->id, "error", reply->err,
-		         "reason", "tried again in 30 s; the old targets keep serving meanwhile",
+		         "reason", "tried again soon; the old targets keep serving meanwhile",
 		         (char *)NULL);
 		report(c, "failed");
 		enter(c, TIDE_CONSUMER_SWITCHING);
-		uv_timer_start(&c->timer, on_timer, MAX_BACKOFF_MS, 0);
+		/* A deadlock (with inline appenders, say) is over at once; anything else is
+		 * unlikely to pass soon. */
+		uv_timer_start(&c->timer, on_timer,
+		               transient(reply->sqlstate) ? jitter(RETRY_MS) : MAX_BACKOFF_MS, 0);
 		return;
 	}
 	char v[16];
@@ -1003,6 +1007,8 @@ static void run_batch(struct tide_consumer *c)
 	        /* A lone event, or one being tried again: an SQL error names its line. */
 	        .trace_sql = c->batch.count <= 1 || c->single_left > 0 || c->dead_letter != 0,
 	};
+	if (!c->rebuild_of) /* a builder's targets are its own until its switch */
+		tide_lease_enter(&c->lease, c->target_suffix, &spec);
 	if (c->dead_letter) {
 		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
 	} else {

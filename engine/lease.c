@@ -179,6 +179,14 @@ void tide_lease_commit(const struct tide_lease *l, struct tide_cursor from, stru
 	checkpoint_args(l, from, to, spec->close_text, spec->close_args);
 }
 
+void tide_lease_enter(const struct tide_lease *l, const char *suffix, struct tide_batch_spec *spec)
+{
+	spec->open_sql = "SELECT tide_processor_enter($1, $2)";
+	spec->open_nargs = 2;
+	spec->open_args[0] = l->id;
+	spec->open_args[1] = suffix;
+}
+
 int tide_lease_park(const struct tide_lease *l, struct tide_cursor from, struct tide_cursor to,
                     bool park, int attempts, const char *error, const char *traceback,
                     tide_pg_reply_cb cb, void *arg)

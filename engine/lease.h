@@ -63,6 +63,10 @@ void tide_lease_attempt_failed(const struct tide_lease *l, struct tide_cursor at
 void tide_lease_commit(const struct tide_lease *l, struct tide_cursor from, struct tide_cursor to,
                        struct tide_batch_spec *spec);
 
+/* Sets the opening statement of a batch: it goes on only while the processor's targets
+ * are those with suffix (a rebuild switched them otherwise: 40001). suffix is not copied. */
+void tide_lease_enter(const struct tide_lease *l, const char *suffix, struct tide_batch_spec *spec);
+
 /* Moves the checkpoint past the one event at `to`, parking it as a dead letter first when
  * park is set. */
 TIDE_MUST_CHECK int tide_lease_park(const struct tide_lease *l, struct tide_cursor from,

@@ -103,3 +103,22 @@ BEGIN
     RETURN QUERY SELECT v_version, v_suffix, v_count;
 END;
 $tide_rebuild_switch$;
+
+-- The first statement of every batch of a running processor: takes its row FOR SHARE (so a
+-- switch waits for the batch, and a batch started after a switch sees it) and refuses to go
+-- on writing targets that a rebuild has replaced: 40001, as when its checkpoint moved, and
+-- the daemon claims again to learn the new ones. Batches and the switch take the row before
+-- any target, so neither waits for the other in a cycle.
+CREATE OR REPLACE FUNCTION tide_processor_enter(p_id text, p_suffix text) RETURNS void
+LANGUAGE plpgsql AS $tide_processor_enter$
+DECLARE
+    v_suffix text;
+BEGIN
+    SELECT target_suffix INTO v_suffix FROM tide_processors
+     WHERE processor_id = p_id FOR SHARE;
+    IF FOUND AND v_suffix <> p_suffix THEN
+        RAISE EXCEPTION 'processor % was rebuilt: its targets are now those with suffix "%"',
+            p_id, v_suffix USING ERRCODE = '40001';
+    END IF;
+END;
+$tide_processor_enter$;
