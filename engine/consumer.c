@@ -636,8 +636,10 @@ static void switch_build(struct tide_consumer *c)
 static void on_counted(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
-	if (!reply->status && PQntuples(reply->res) == 1)
-		c->progress.total += strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	if (reply->status || PQntuples(reply->res) != 1)
+		return;
+	c->progress.total += strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	note_progress(c, false); /* tide status shows the build from its start */
 }
 
 /* A builder's first claim: how much there is to build (counted beside the first read). */
@@ -655,7 +657,7 @@ static void start_progress(struct tide_consumer *c)
 static void note_progress(struct tide_consumer *c, bool done)
 {
 	uint64_t now = now_ms(c);
-	if (!done && now - c->progress_at < 1000)
+	if (!done && c->progress.done > 0 && now - c->progress_at < 1000)
 		return;
 	c->progress_at = now;
 	tide_progress_update(&c->progress, uv_hrtime());

@@ -410,8 +410,12 @@ return tide.projection {
     S.save(dir .. "/sums.lua", docs:format(2, 10))
     S.wait_for(function() return read(log):find("processor.rebuild", 1, true) end, 10, "the rebuild")
     S.wait_for(function() return checkpoint(url, "sums") >= last_position(url) and scalar(url, "SELECT count(*) FROM emt_processors WHERE processor_id = 'spec/sums' AND version = 2 AND last_processed_checkpoint::bigint >= " .. last_position(url)) == 1 end, 30, "the replay")
+    -- Built blue-green (spec/rebuild_spec.lua): readers find the new documents through
+    -- tide_collection; the old ones are gone.
+    S.wait_for(function() return read(log):find("processor.switched", 1, true) end, 10, "the switch")
     assert.are.equal(scalar(url, "SELECT 10 * sum((message_data->>'by')::int) FROM emt_messages WHERE stream_id = 's-0'"),
-      scalar(url, "SELECT (doc->>'n')::int FROM tide_documents WHERE collection = 'sums' AND id = 's-0'"))
+      scalar(url, "SELECT (doc->>'n')::int FROM tide_documents WHERE collection = tide_collection('sums') AND id = 's-0'"))
+    assert.are.equal(0, scalar(url, "SELECT count(*) FROM tide_documents WHERE collection = 'sums'"))
     stop(pid)
   end)
 
