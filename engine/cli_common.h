@@ -63,13 +63,15 @@ void tide_cli_print_line(cJSON *o);
 int tide_cli_run_script(struct cli *cli); /* handle, aggregate, replay */
 int tide_cli_run_replay(struct cli *cli);
 
-/* cli_script.c's, for the commands that run a script: a fresh sandboxed VM with the script's
- * processor table anchored at *ref, NULL (with err) when the file cannot be read or the
- * script does not load; the exit status of an error kind of the runtime (err.kind); a
- * script error's stack on stderr, after its one-line message: the script's frames and the
- * C functions between them, not the runtime's, nor the C frames below the script's last. */
-struct tide_vm *tide_cli_load_script(struct cli *cli, const char *path, int *ref, char *err,
-                                     size_t n);
+/* cli_script.c's, for the commands that run a script: a fresh sandboxed VM (*vm) with the
+ * script's processor table anchored at *ref; else a negative code and err: the file cannot
+ * be read or the script does not load (TIDE_VM_NOT_PROCESSOR: it returned no processor).
+ * The exit status of an error kind of the runtime (err.kind). A script error's stack on
+ * stderr, after its one-line message: the script's frames and the C functions between
+ * them, not the runtime's, nor the C frames below the script's last. */
+struct tide_vm;
+int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **vm, int *ref,
+                         char *err, size_t n);
 int tide_cli_error_status(const char *kind);
 void tide_cli_print_traceback(const char *tb);
 int tide_cli_run_check(struct cli *cli);

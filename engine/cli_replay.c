@@ -345,9 +345,8 @@ int tide_cli_run_replay(struct cli *cli)
 	        .colour = !(no_colour && no_colour[0]),
 	        .shown = cJSON_CreateObject(),
 	};
-	struct tide_vm *vm =
-	        r.shown ? tide_cli_load_script(cli, cli->script, &r.ref, err, sizeof(err)) : NULL;
-	if (!vm) {
+	struct tide_vm *vm = NULL;
+	if (!r.shown || tide_cli_load_script(cli, cli->script, &vm, &r.ref, err, sizeof(err))) {
 		cJSON_Delete(r.shown);
 		tide_cli_fail(cli, TIDE_EDB, r.shown ? err : "out of memory");
 		return 1;

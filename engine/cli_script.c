@@ -29,13 +29,14 @@ int tide_cli_error_status(const char *kind)
 	return TIDE_EDB;
 }
 
-struct tide_vm *tide_cli_load_script(struct cli *cli, const char *path, int *ref, char *err,
-                                     size_t n)
+int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **out, int *ref,
+                         char *err, size_t n)
 {
+	*out = NULL;
 	size_t len;
 	char *src = tide_file_read(path, &len, err, n);
 	if (!src)
-		return NULL;
+		return TIDE_EINVAL;
 	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
 	struct tide_vm *vm = NULL;
 	int rc = tide_vm_open(&opts, &vm, err, n);
@@ -44,9 +45,10 @@ struct tide_vm *tide_cli_load_script(struct cli *cli, const char *path, int *ref
 	free(src);
 	if (rc) {
 		tide_vm_close(vm);
-		return NULL;
+		return rc;
 	}
-	return vm;
+	*out = vm;
+	return 0;
 }
 
 /* The processor at ref, checked as `tide run` checks it (tide.model.settings, under the CPU
@@ -75,7 +77,14 @@ static bool check_script(struct cli *cli, const char *path)
 	char err[2048];
 	struct kind_read k = {0};
 	struct tide_vm_error e;
-	struct tide_vm *vm = tide_cli_load_script(cli, path, &k.ref, err, sizeof(err));
+	struct tide_vm *vm;
+	if (tide_cli_load_script(cli, path, &vm, &k.ref, err, sizeof(err)) ==
+	    TIDE_VM_NOT_PROCESSOR) {
+		/* As `tide run` has it: a module beside the scripts, not a broken script. */
+		fprintf(stderr, "tide check: skipping %s (%s; `tide run` leaves it alone)\n", path,
+		        tide_vm_unprefixed(err, path));
+		return true;
+	}
 	if (vm && tide_vm_protected(vm, read_kind, &k, &e) != 0) {
 		snprintf(err, sizeof(err), "%.900s: %s", path, e.message);
 		tide_vm_close(vm);
@@ -388,8 +397,8 @@ int tide_cli_run_script(struct cli *cli)
 		return tide_cli_run_replay(cli);
 	char err[1024];
 	struct script_run s = {.cli = cli};
-	struct tide_vm *vm = tide_cli_load_script(cli, cli->script, &s.ref, err, sizeof(err));
-	if (!vm) {
+	struct tide_vm *vm;
+	if (tide_cli_load_script(cli, cli->script, &vm, &s.ref, err, sizeof(err)) != 0) {
 		tide_cli_fail(cli, TIDE_EDB, err);
 		return 1;
 	}
