@@ -162,8 +162,9 @@ static const char usage_check[] =
         "\n"
         "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
         "and prints \"ok SCRIPT (kind)\" or the error with its file and line. A DIR stands\n"
-        "for its *.lua files. Specs (*_spec.lua, see `tide test`) are skipped with a line on\n"
-        "stderr. Needs no database. Exits 1 when any script fails.\n";
+        "for its *.lua files. Specs (*_spec.lua, see `tide test`) and modules (files that\n"
+        "return no processor, which `tide run` skips too) are skipped with a line on stderr.\n"
+        "Needs no database. Exits 1 when any script fails.\n";
 
 static const char usage_status[] =
         "usage: tide status [--json] [--database URL]\n"

@@ -178,8 +178,7 @@ static void view_initial(struct replay *r, const char *id, cJSON *state)
 
 /* {"stream_position","global_position","type","data","metadata"?,"id"?,"state"}: metadata
  * when the event has some, id for a document projection's events. Takes state. */
-static bool json_event(struct replay *r, lua_State *L, int e, const char *id, cJSON *state,
-                       char *err, size_t n)
+static bool json_event(lua_State *L, int e, const char *id, cJSON *state, char *err, size_t n)
 {
 	cJSON *o = cJSON_CreateObject();
 	if (!o) {
@@ -214,7 +213,6 @@ static bool json_event(struct replay *r, lua_State *L, int e, const char *id, cJ
 		cJSON_AddStringToObject(o, "id", id);
 	cJSON_AddItemToObject(o, "state", state);
 	tide_cli_print_line(o);
-	(void)r;
 	return true;
 }
 
@@ -240,7 +238,7 @@ static int l_emit(lua_State *L)
 	} else if (r->view) {
 		view_event(r, L, 1, id, state);
 	} else {
-		ok = json_event(r, L, 1, id, state, err, sizeof(err));
+		ok = json_event(L, 1, id, state, err, sizeof(err));
 	}
 	lua_pushboolean(L, ok);
 	if (ok)

@@ -247,7 +247,11 @@ return tide.decider {
     local r = S.tide("replay " .. q(S.root .. "/examples/cart/notify_on_confirm.lua") .. " cart-1"
       .. " --database 'postgresql:///none?host=/nonexistent'")
     assert.are.equal(2, r.code, r.err)
-    -- Bad usage.
+    -- Help, and bad usage.
+    r = S.tide("replay --help")
+    assert.are.equal(0, r.code)
+    assert.truthy(r.out:find("usage: tide replay SCRIPT STREAM [--to N] [--json]", 1, true), r.out)
+    assert.truthy(S.tide("--help").out:find("\n  replay ", 1, true))
     r = replay(q(CART))
     assert.are.equal(2, r.code)
     assert.truthy(r.err:find("missing arguments: usage is tide replay SCRIPT STREAM", 1, true), r.err)

@@ -6,6 +6,7 @@
 -- (snapshot = a decider: that decider's initial/evolve, per id as documents). A keyed
 -- projection's documents hold only this stream's events. SQL projections and reactors have
 -- no state to fold: they are refused.
+local model = require "tide.model"
 local command = require "tide.command"
 local processor = require "tide.processor"
 local type, tostring, ipairs, error, setmetatable = type, tostring, ipairs, error, setmetatable
@@ -64,9 +65,9 @@ end
 -- before the first event folds onto it. emit returns true, or false and why the state
 -- cannot be shown. opts.to: the last stream position (default: the end). call runs script
 -- code (the VM's guard, or command.direct_call).
--- → { events = read, folded = N, position = the last read } | nil, err: err.kind "invalid"
--- (p cannot be replayed), "script" (initial, id or evolve failed, or a state cannot be
--- shown: named by its event), "timeout", "memory", or the store's.
+-- → { events = read, folded = N, position = the last read, what = "decider"|... } | nil,
+-- err: err.kind "invalid" (p cannot be replayed), "script" (initial, id or evolve failed, or
+-- a state cannot be shown: named by its event), "timeout", "memory", or the store's.
 function M.run(store, p, stream, opts, emit, call)
   if type(stream) ~= "string" or stream == "" then error("replay: stream must be a name", 2) end
   if type(emit) ~= "function" then error("replay: emit must be a function", 2) end
@@ -98,9 +99,11 @@ function M.run(store, p, stream, opts, emit, call)
 
   local function step(e)
     local id = ""
+    if f.keyed and f.set and not f.set[e.type] then return true end
+    -- The script gets a copy: what it changes in its event must not show in what is printed.
+    local given = model.copy(e)
     if f.keyed then
-      if f.set and not f.set[e.type] then return true end
-      local ok, got, kind, tb = call(processor.document_id, p, e)
+      local ok, got, kind, tb = call(processor.document_id, p, given)
       if not ok then
         return command.script_failure("id failed on " .. event_name(e, stream), got, kind, tb)
       end
@@ -114,7 +117,7 @@ function M.run(store, p, stream, opts, emit, call)
       if not ok then return nil, state end
       states[id], known[id] = state, true
     end
-    local ok, state, kind, tb = call(f.evolve, states[id], e)
+    local ok, state, kind, tb = call(f.evolve, states[id], given)
     if not ok then
       return command.script_failure("evolve failed on " .. event_name(e, stream), state, kind, tb)
     end
