@@ -39,6 +39,7 @@ static const char usage_main[] =
         "  import      append the events of a newline-delimited JSON file, in one transaction\n"
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
+        "  replay      fold a stream through a decider or projection, event by event\n"
         "  check       load processor scripts in the sandbox and report problems\n"
         "  test        run the busted specs (*_spec.lua) of a directory with tide's runtime\n"
         "  run         run the projections and reactors of directories (the daemon)\n"
@@ -136,13 +137,36 @@ static const char usage_aggregate[] =
         "{\"state\":...,\"version\":N}.\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
 
+static const char usage_replay[] =
+        "usage: tide replay SCRIPT STREAM [--to N] [--json] [--cpu-ms N] [--partition P]\n"
+        "                   [--database URL]\n"
+        "\n"
+        "Folds STREAM through SCRIPT event by event and prints each event with the state after\n"
+        "it: the debugging loop for a script. SCRIPT is a decider (initial/evolve: the stream's\n"
+        "state), a document projection (collection: the document of each event's id(event),\n"
+        "default the stream, from initial(); events outside its `events` list, or whose id is\n"
+        "false, are left out) or a snapshot projection (its snapshot decider's evolve). A keyed\n"
+        "projection's documents hold only this stream's events. Nothing is written.\n"
+        "On a terminal: a readable view, the changes since the state before marked + (added),\n"
+        "~ (changed) and - (removed), in colour unless NO_COLOR is set. Otherwise, or with\n"
+        "--json, one JSON object per event: {\"stream_position\",\"global_position\",\"type\",\n"
+        "\"data\",\"metadata\" (when not empty),\"id\" (a projection's document),\"state\"}.\n"
+        "  --to N        stop after stream position N\n"
+        "  --json        JSON lines on a terminal too\n"
+        "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
+        "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
+        "A script error stops the replay after the events before it (already printed), with\n"
+        "the event's position and type, file:line and the script's stack on stderr: exit 1.\n"
+        "An SQL projection or a reactor has no state to fold: exit 2.\n";
+
 static const char usage_check[] =
         "usage: tide check (SCRIPT|DIR)... [--cpu-ms N]\n"
         "\n"
         "Loads each processor script in the sandbox, as `tide run` and `tide handle` would,\n"
         "and prints \"ok SCRIPT (kind)\" or the error with its file and line. A DIR stands\n"
-        "for its *.lua files. Specs (*_spec.lua, see `tide test`) are skipped with a line on\n"
-        "stderr. Needs no database. Exits 1 when any script fails.\n";
+        "for its *.lua files. Specs (*_spec.lua, see `tide test`) and modules (files that\n"
+        "return no processor, which `tide run` skips too) are skipped with a line on stderr.\n"
+        "Needs no database. Exits 1 when any script fails.\n";
 
 static const char usage_status[] =
         "usage: tide status [--json] [--database URL]\n"
@@ -379,6 +403,7 @@ static const struct command commands[] = {
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
         {"handle", usage_handle, NULL, 3, " retries cpu-ms partition "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition "},
+        {"replay", usage_replay, NULL, 2, " to json cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
         {"forget", usage_forget, tide_cli_run_forget, 1, " "},

@@ -1,8 +1,9 @@
 /* cli_common.h — what the files of the `tide` command line share: the state of one
  * invocation and the helpers that report its outcome (cli_common.c). cli.c parses and runs
  * the store commands and calls the others; cli_script.c runs Lua scripts (handle,
- * aggregate, check); cli_status.c shows the daemon's processors and forgets one; cli_dlq.c the dead
- * letters. None of them calls back into cli.c. */
+ * aggregate, check), cli_replay.c folds a stream through one (replay); cli_status.c shows the
+ * daemon's processors and forgets one; cli_dlq.c the dead letters. None of them calls back into
+ * cli.c. */
 #ifndef TIDE_CLI_COMMON_H
 #define TIDE_CLI_COMMON_H
 
@@ -28,12 +29,12 @@ struct cli {
 	/* read, read-all */
 	struct tide_read_opts read;
 	struct tide_cursor after;
-	/* handle, aggregate */
+	/* handle, aggregate, replay (its --to is read.to) */
 	const char *script;
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
-	bool json;          /* status */
+	bool json;          /* status; replay: JSON lines on a terminal too */
 	int notify_trigger; /* migrate: 1 --notify-trigger, -1 --no-notify-trigger, 0 neither */
 	char **scripts;     /* check */
 	int nscripts;
@@ -59,7 +60,20 @@ const char *tide_cli_database_url(const char *given);
 /* Prints o as one line of JSON and frees it. */
 void tide_cli_print_line(cJSON *o);
 
-int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
+int tide_cli_run_script(struct cli *cli); /* handle, aggregate, replay */
+int tide_cli_run_replay(struct cli *cli);
+
+/* cli_script.c's, for the commands that run a script: a fresh sandboxed VM (*vm) with the
+ * script's processor table anchored at *ref; else a negative code and err: the file cannot
+ * be read or the script does not load (TIDE_VM_NOT_PROCESSOR: it returned no processor).
+ * The exit status of an error kind of the runtime (err.kind). A script error's stack on
+ * stderr, after its one-line message: the script's frames and the C functions between
+ * them, not the runtime's, nor the C frames below the script's last. */
+struct tide_vm;
+int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **vm, int *ref,
+                         char *err, size_t n);
+int tide_cli_error_status(const char *kind);
+void tide_cli_print_traceback(const char *tb);
 int tide_cli_run_check(struct cli *cli);
 void tide_cli_run_status(struct cli *cli);
 void tide_cli_run_forget(struct cli *cli);

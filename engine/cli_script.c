@@ -1,5 +1,6 @@
 /* cli_script.c — `tide handle`, `tide aggregate` and `tide check`: a decider or processor
- * script loaded in a sandboxed VM, driven through the Lua runtime (lua/tide/command.lua). */
+ * script loaded in a sandboxed VM, driven through the Lua runtime (lua/tide/command.lua);
+ * `tide replay` (cli_replay.c) loads its script and reports its errors the same way. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,7 @@
 #include "lua_vm.h"
 #include "pg.h"
 
-/* The exit status for an error kind of the runtime (err.kind). */
-static int status_of(const char *kind)
+int tide_cli_error_status(const char *kind)
 {
 	if (!kind)
 		return TIDE_EDB;
@@ -29,14 +29,14 @@ static int status_of(const char *kind)
 	return TIDE_EDB;
 }
 
-/* A fresh sandboxed VM with the script's processor table anchored at *ref; NULL (with
- * err) when the file cannot be read or the script does not load. */
-static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, char *err, size_t n)
+int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **out, int *ref,
+                         char *err, size_t n)
 {
+	*out = NULL;
 	size_t len;
 	char *src = tide_file_read(path, &len, err, n);
 	if (!src)
-		return NULL;
+		return TIDE_EINVAL;
 	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
 	struct tide_vm *vm = NULL;
 	int rc = tide_vm_open(&opts, &vm, err, n);
@@ -45,9 +45,10 @@ static struct tide_vm *load_script(struct cli *cli, const char *path, int *ref, 
 	free(src);
 	if (rc) {
 		tide_vm_close(vm);
-		return NULL;
+		return rc;
 	}
-	return vm;
+	*out = vm;
+	return 0;
 }
 
 /* The processor at ref, checked as `tide run` checks it (tide.model.settings, under the CPU
@@ -76,7 +77,14 @@ static bool check_script(struct cli *cli, const char *path)
 	char err[2048];
 	struct kind_read k = {0};
 	struct tide_vm_error e;
-	struct tide_vm *vm = load_script(cli, path, &k.ref, err, sizeof(err));
+	struct tide_vm *vm;
+	if (tide_cli_load_script(cli, path, &vm, &k.ref, err, sizeof(err)) ==
+	    TIDE_VM_NOT_PROCESSOR) {
+		/* As `tide run` has it: a module beside the scripts, not a broken script. */
+		fprintf(stderr, "tide check: skipping %s (%s; `tide run` leaves it alone)\n", path,
+		        tide_vm_unprefixed(err, path));
+		return true;
+	}
 	if (vm && tide_vm_protected(vm, read_kind, &k, &e) != 0) {
 		snprintf(err, sizeof(err), "%.900s: %s", path, e.message);
 		tide_vm_close(vm);
@@ -300,7 +308,7 @@ static int run_script(lua_State *L)
 		int err = lua_gettop(L);
 		lua_getfield(L, err, "kind");
 		const char *kind = lua_tostring(L, -1);
-		s->status = status_of(kind);
+		s->status = tide_cli_error_status(kind);
 		s->rejected = kind && strcmp(kind, "rejected") == 0;
 		lua_getfield(L, err, "message");
 		snprintf(s->message, sizeof(s->message), "%s",
@@ -357,9 +365,7 @@ static bool script_frame(const char *line, size_t len)
 	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
 }
 
-/* A script error's stack on stderr, after its one-line message: the script's frames and the
- * C functions between them; not the runtime's, nor the C frames below the script's last. */
-static void print_traceback(const char *tb)
+void tide_cli_print_traceback(const char *tb)
 {
 	const char *p = strstr(tb, "stack traceback:");
 	if (!p || !(p = strchr(p, '\n')))
@@ -387,10 +393,12 @@ static void print_traceback(const char *tb)
 
 int tide_cli_run_script(struct cli *cli)
 {
+	if (strcmp(cli->cmd, "replay") == 0)
+		return tide_cli_run_replay(cli);
 	char err[1024];
 	struct script_run s = {.cli = cli};
-	struct tide_vm *vm = load_script(cli, cli->script, &s.ref, err, sizeof(err));
-	if (!vm) {
+	struct tide_vm *vm;
+	if (tide_cli_load_script(cli, cli->script, &vm, &s.ref, err, sizeof(err)) != 0) {
 		tide_cli_fail(cli, TIDE_EDB, err);
 		return 1;
 	}
@@ -408,7 +416,7 @@ int tide_cli_run_script(struct cli *cli)
 	if (s.status) {
 		tide_cli_fail(cli, s.status, s.message);
 		if (s.traceback)
-			print_traceback(s.traceback);
+			tide_cli_print_traceback(s.traceback);
 		if (s.rejected) {
 			cli->exit_code = EXIT_REJECTED;
 			if (s.json)

@@ -58,6 +58,8 @@ struct run {
 	int exit_code;
 	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
+	char **specs; /* the spec files found (and said to be skipped), malloc'd */
+	size_t nspecs;
 };
 
 static const char usage_run[] =
@@ -67,8 +69,11 @@ static const char usage_run[] =
         "                [--memory-mb N] [--sql-role ROLE] [--log-format text|json]\n"
         "                [--log-level L] DIR...\n"
         "\n"
-        "Runs every *.lua file of the directories as a processor (tide.projection or\n"
-        "tide.reactor; *_spec.lua files are tests and left alone) until SIGTERM or SIGINT.\n"
+        "Runs every *.lua file of the directories that returns a tide.projection or a\n"
+        "tide.reactor as a processor, until SIGTERM or SIGINT. Specs (*_spec.lua) are not\n"
+        "loaded; files that return anything else (a decider, a module of helpers) are\n"
+        "loaded and skipped; each is logged once (script.skipped). A file that fails to\n"
+        "load is a failed processor.\n"
         "A processor's id is APP/NAME: NAME is the file name without .lua, APP the\n"
         "app's name (--app, else the directory's name). A processor whose id was\n"
         "claimed by another script (or kind) is refused, naming both scripts, unless\n"
@@ -78,7 +83,8 @@ static const char usage_run[] =
         "found by a cheap probe of the log while idle (--probe-ms); it also polls.\n"
         "A saved file is reloaded between batches if it loads cleanly (else the running\n"
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
-        "a deleted file stops its processor, a new one starts one; SIGHUP reloads all.\n"
+        "a deleted file stops its processor, a new one starts one, and so does a file\n"
+        "that stops or starts returning a projection or reactor; SIGHUP reloads all.\n"
         "  --config FILE      a Lua file returning { database, app, batch_size,\n"
         "                     probe_interval_ms, poll_interval_ms, lease_ms, cpu_ms,\n"
         "                     memory_mb, sql_role,\n"
@@ -132,10 +138,17 @@ static void maybe_exit(struct run *r)
 	}
 }
 
+static void on_debounce(uv_timer_t *t);
+
 static void processor_stopped(struct tide_processor *p, void *arg)
 {
 	struct run *r = arg;
 	struct tide_daemon *d = &r->d;
+	/* Stopped with its file still there (it became a module, or came back while it
+	 * stopped): look again, to skip it or start it afresh. */
+	struct stat st;
+	if (!d->stopping && stat(tide_processor_path(p), &st) == 0)
+		uv_timer_start(&r->debounce, on_debounce, DEBOUNCE_MS, 0);
 	if (d->procs == p) {
 		d->procs = tide_processor_next(p);
 	} else {
@@ -161,6 +174,22 @@ static bool name_of(const char *file, char *name, size_t n)
 		return false;
 	snprintf(name, n, "%.*s", (int)(len - 4), file);
 	return true;
+}
+
+/* A spec is never loaded (its `require`s are busted's); the first time it is seen, say so. */
+static void skip_spec(struct run *r, const char *path)
+{
+	for (size_t i = 0; i < r->nspecs; i++)
+		if (strcmp(r->specs[i], path) == 0)
+			return;
+	tide_log("info", "script.skipped", "script", path, "reason",
+	         "a spec (busted's tests: run them with `tide test`)", (char *)NULL);
+	char **more = realloc(r->specs, (r->nspecs + 1) * sizeof(*more));
+	char *copy = more ? strdup(path) : NULL;
+	if (more)
+		r->specs = more;
+	if (copy)
+		r->specs[r->nspecs++] = copy;
 }
 
 static bool taken_over(struct run *r, const char *id)
@@ -192,10 +221,12 @@ static void rescan(struct run *r, bool force)
 		struct dirent *e;
 		while ((e = readdir(dir))) {
 			char name[256], id[512], path[4096];
+			snprintf(path, sizeof(path), "%s/%s", r->dirs[i], e->d_name);
+			if (e->d_name[0] != '.' && tide_file_is_spec(e->d_name))
+				skip_spec(r, path);
 			if (!name_of(e->d_name, name, sizeof(name)))
 				continue;
 			snprintf(id, sizeof(id), "%s/%s", r->apps[i], name);
-			snprintf(path, sizeof(path), "%s/%s", r->dirs[i], e->d_name);
 			struct tide_processor *p = find(r, id);
 			if (p && strcmp(tide_processor_path(p), path) != 0) {
 				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
@@ -980,5 +1011,8 @@ int tide_daemon_main(int argc, char **argv)
 	/* Every way out, the usage errors included, gives back what the settings kept. */
 	for (int i = 0; i < r.nconfig_strings; i++)
 		free(r.config_strings[i]);
+	for (size_t i = 0; i < r.nspecs; i++)
+		free(r.specs[i]);
+	free(r.specs);
 	return code;
 }

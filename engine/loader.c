@@ -2,7 +2,8 @@
  * file, skips content that is already running (or known to fail), runs the script in the
  * sandbox, and reads its settings through the runtime (tide.model.settings), under the
  * CPU guard and inside a protected call, so that a hostile script can neither hang the
- * loader nor crash it. */
+ * loader nor crash it. A script that returns no projection or reactor (a decider, a module
+ * of helpers) is inert: nothing to run. */
 #include "loader.h"
 
 #include <errno.h>
@@ -148,12 +149,19 @@ static void load_work(uv_work_t *req)
 		snprintf(j->err, sizeof(j->err), "%.400s: %.600s", j->path, e.message);
 		rc = -1;
 	}
+	if (rc == TIDE_VM_NOT_PROCESSOR) {
+		/* A module beside the scripts: what it returned, without the path the log has. */
+		r->outcome = TIDE_LOAD_INERT;
+		r->err = tide_vm_unprefixed(j->err, j->path);
+	}
 	if (rc != 0) {
 		tide_generation_free(g);
 		return;
 	}
 	if (strcmp(g->kind, "decider") == 0) {
 		tide_generation_free(g);
+		snprintf(j->err, sizeof(j->err),
+		         "a decider: it handles commands with `tide handle`");
 		r->outcome = TIDE_LOAD_INERT;
 		return;
 	}

@@ -49,7 +49,7 @@ struct tide_load_request {
 enum tide_load_outcome {
 	TIDE_LOAD_OK,        /* gen is the new generation; the callback's owner takes it */
 	TIDE_LOAD_UNCHANGED, /* the content is known (hash) */
-	TIDE_LOAD_INERT,     /* a decider: nothing to run in the daemon */
+	TIDE_LOAD_INERT,     /* no projection or reactor (a decider, a module): err says what */
 	TIDE_LOAD_FAILED,    /* err says why */
 };
 

@@ -467,6 +467,7 @@ struct load_args {
 	const char *path, *source;
 	size_t len;
 	bool processor;
+	bool not_processor; /* it ran, and returned no processor */
 	int ref;
 	char *err;
 	size_t n;
@@ -496,10 +497,17 @@ static int do_load(lua_State *L)
 		return 0;
 	}
 	if (!lua_istable(L, base + 2)) {
-		snprintf(a->err, a->n, "%s: %s", a->path,
-		         a->processor ? "the script must return a processor, e.g. "
-		                        "`return tide.decider { ... }`"
-		                      : "the file must return a table");
+		a->not_processor = a->processor;
+		bool none = lua_isnoneornil(L, base + 2);
+		if (a->processor)
+			snprintf(
+			        a->err, a->n,
+			        "%s: the script returned %s%s, not a processor (a script ends with "
+			        "`return tide.decider { ... }`, tide.projection or tide.reactor)",
+			        a->path, none ? "nothing" : "a ",
+			        none ? "" : lua_typename(L, lua_type(L, base + 2)));
+		else
+			snprintf(a->err, a->n, "%s: the file must return a table", a->path);
 		return 0;
 	}
 	if (a->processor) {
@@ -508,9 +516,10 @@ static int do_load(lua_State *L)
 		lua_pushliteral(L, "kind");
 		lua_rawget(L, base + 2);
 		if (lua_type(L, -1) != LUA_TSTRING) {
+			a->not_processor = true;
 			snprintf(a->err, a->n,
-			         "%s: the script returned a plain table; build it with "
-			         "tide.decider, tide.projection or tide.reactor",
+			         "%s: the script returned a plain table, not a processor built "
+			         "with tide.decider, tide.projection or tide.reactor",
 			         a->path);
 			return 0;
 		}
@@ -531,7 +540,7 @@ static int load(struct tide_vm *vm, const char *path, const char *source, size_t
 		return TIDE_EINVAL;
 	}
 	err[0] = '\0';
-	struct load_args a = {vm, path, source, len, processor, LUA_NOREF, err, n};
+	struct load_args a = {vm, path, source, len, processor, false, LUA_NOREF, err, n};
 	if (lua_cpcall(vm->L, do_load, &a) != 0) {
 		snprintf(err, n, "%s: %s", path,
 		         lua_tostring(vm->L, -1) ? lua_tostring(vm->L, -1) : "error");
@@ -542,10 +551,16 @@ static int load(struct tide_vm *vm, const char *path, const char *source, size_t
 	if (a.ref == LUA_NOREF) {
 		if (!err[0])
 			snprintf(err, n, "%s: cannot load the script", path);
-		return TIDE_EINVAL;
+		return a.not_processor ? TIDE_VM_NOT_PROCESSOR : TIDE_EINVAL;
 	}
 	*ref = a.ref;
 	return 0;
+}
+
+const char *tide_vm_unprefixed(const char *err, const char *path)
+{
+	size_t n = strlen(path);
+	return strncmp(err, path, n) == 0 && strncmp(err + n, ": ", 2) == 0 ? err + n + 2 : err;
 }
 
 int tide_vm_load(struct tide_vm *vm, const char *path, const char *source, size_t len, int *ref,

@@ -29,7 +29,13 @@ lua_State *tide_vm_state(struct tide_vm *vm);
 
 /* Runs a script's source (chunk named after path) in the sandbox under the CPU guard and
  * anchors the processor table it returned in the registry (*ref). On failure err says
- * "file:line: what". */
+ * "file:line: what"; TIDE_VM_NOT_PROCESSOR when the script ran cleanly but returned no
+ * processor (nothing, a value that is not a table, a table without a kind: a module of
+ * helpers, say), which `tide run` and `tide check DIR` skip. */
+#define TIDE_VM_NOT_PROCESSOR (-100)
+
+/* err past the "path: " it starts with, for a caller that names the file already. */
+const char *tide_vm_unprefixed(const char *err, const char *path);
 TIDE_MUST_CHECK int tide_vm_load(struct tide_vm *vm, const char *path, const char *source,
                                  size_t len, int *ref, char *err, size_t n);
 

@@ -19,7 +19,7 @@ enum state {
 	P_LOADING,  /* the first load is under way */
 	P_ACTIVE,   /* a generation runs (or is being handed over) */
 	P_BROKEN,   /* no generation loaded yet: the error is shown until a good save */
-	P_INERT,    /* a decider: it lives beside projections but runs with `tide handle` */
+	P_INERT,    /* no projection or reactor: a decider (it runs with `tide handle`), a module */
 	P_STOPPING, /* the consumer is finishing */
 };
 
@@ -218,13 +218,21 @@ static void load_done(struct tide_load_result *r, void *arg)
 		}
 		break;
 	case TIDE_LOAD_INERT:
+		p->hash = r->hash;
 		if (p->state == P_LOADING) {
-			tide_log("info", "processor.skipped", "processor", p->id, "reason",
-			         "a decider: it handles commands with `tide handle`", (char *)NULL);
+			tide_log("info", "script.skipped", "processor", p->id, "script", p->path,
+			         "reason", r->err, (char *)NULL);
 			set_state(p, P_INERT);
 			p->inert = true;
+		} else if (p->state != P_INERT) {
+			/* It ran (or failed to): it stops as if its file were gone; the daemon
+			 * then finds the file again, as a script to skip. */
+			tide_log("info", "processor.retired", "processor", p->id, "reason",
+			         "its script returns no projection or reactor any more",
+			         (char *)NULL);
+			tide_processor_stop(p);
+			return;
 		}
-		p->hash = r->hash;
 		break;
 	case TIDE_LOAD_FAILED:
 		p->failed_hash = r->hash;
@@ -238,12 +246,14 @@ static void load_done(struct tide_load_result *r, void *arg)
 			tide_log("error", "processor.load_failed", "processor", p->id, "error",
 			         r->err, (char *)NULL);
 			set_state(p, P_BROKEN);
+			p->inert = false;
 			tide_consumer_set_broken(p->consumer, r->err);
 		}
 		break;
 	case TIDE_LOAD_OK:
 		p->hash = r->hash;
 		p->showing_error = false;
+		p->inert = false; /* a module that became a projection, say */
 		set_state(p, P_ACTIVE);
 		if (p->builder && p->builder_done) {
 			p->reload_after_switch = true; /* the switch comes first */

@@ -165,7 +165,7 @@ return d
     r = S.tide("check " .. q(script("plain", "return { initial = 1 }")))
     assert.truthy(r.err:find("plain table", 1, true), r.err)
     r = S.tide("check " .. q(script("nothing", "local x = 1")))
-    assert.truthy(r.err:find("must return a processor", 1, true), r.err)
+    assert.truthy(r.err:find("returned nothing, not a processor", 1, true), r.err)
     r = S.tide("check " .. q(script("syntax", "return tide.decider {")))
     assert.are.equal(1, r.code)
     assert.truthy(r.err:find("syntax.lua:1:", 1, true), r.err)

@@ -62,6 +62,8 @@ local function script_failure(what, msg, kind, tb, extra)
   extra.traceback = tb
   return fail("script", what .. ": " .. msg, extra)
 end
+-- For the runtime's other folds (tide.replay): the same report of a failed script call.
+M.script_failure = script_failure
 
 -- initial/evolve failed while folding stream: name the event it was at (fold's at[1]).
 local function fold_failure(stream, events, at, msg, kind, tb)

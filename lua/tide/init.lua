@@ -98,4 +98,13 @@ M.processor_settings = model.settings
 M.aggregate = command.aggregate
 M.handle = command.handle
 
+-- tide.replay(store, processor, stream, { to = N }, emit) → { events, folded, position, what }
+-- | nil, err: the stream folded through a decider or a document/snapshot projection,
+-- emit(event, state, id) after each event (see lua/tide/replay.lua); `tide replay`'s entry.
+local replay
+function M.replay(store, p, stream, opts, emit)
+  replay = replay or require "tide.replay"
+  return replay.run(store, p, stream, opts, emit, guard())
+end
+
 return M
