@@ -111,7 +111,7 @@ static const char usage_read_all[] =
 
 static const char usage_handle[] =
         "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
-        "                   [--database URL]\n"
+        "                   [--stats] [--database URL]\n"
         "\n"
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
@@ -124,6 +124,10 @@ static const char usage_handle[] =
         "                stream's lock (default 2)\n"
         "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
+        "  --stats       add \"stats\":{\"events_read\":N,...} (and the snapshot used, saved)\n"
+        "A decider with snapshot = { every = N } folds from its latest snapshot (kept under\n"
+        "the decider's name, default the file name without .lua) and saves a new one after\n"
+        "the append; a snapshot that cannot be read or saved is a warning on stderr.\n"
         "Exits 4 when decide rejects the command with tide.reject(message [, details]): the\n"
         "message on stderr, and on stdout\n"
         "{\"error\":{\"kind\":\"rejected\",\"message\":...,\"details\":...}}. Any other error\n"
@@ -131,11 +135,14 @@ static const char usage_handle[] =
         "stderr.\n";
 
 static const char usage_aggregate[] =
-        "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--partition P] [--database URL]\n"
+        "usage: tide aggregate SCRIPT STREAM [--cpu-ms N] [--partition P] [--stats]\n"
+        "                      [--database URL]\n"
         "\n"
         "Folds STREAM with the decider SCRIPT's initial/evolve and prints\n"
-        "{\"state\":...,\"version\":N}.\n"
-        "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n";
+        "{\"state\":...,\"version\":N}. With snapshot = { every = N } in the decider it folds\n"
+        "from the stream's latest snapshot and saves a new one every N events (see tide handle).\n"
+        "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
+        "  --stats       add \"stats\":{\"events_read\":N,\"snapshot_position\":P,...}\n";
 
 static const char usage_replay[] =
         "usage: tide replay SCRIPT STREAM [--to N] [--json] [--cpu-ms N] [--partition P]\n"
@@ -361,6 +368,7 @@ enum {
 	OPT_RETRIES,
 	OPT_CPU_MS,
 	OPT_JSON,
+	OPT_STATS,
 	OPT_PARTITION,
 	OPT_HELP,
 	OPT_NOTIFY_TRIGGER,
@@ -381,6 +389,7 @@ static const struct option options[] = {
         {"retries", required_argument, NULL, OPT_RETRIES},
         {"cpu-ms", required_argument, NULL, OPT_CPU_MS},
         {"json", no_argument, NULL, OPT_JSON},
+        {"stats", no_argument, NULL, OPT_STATS},
         {"partition", required_argument, NULL, OPT_PARTITION},
         {"help", no_argument, NULL, OPT_HELP},
         {"notify-trigger", no_argument, NULL, OPT_NOTIFY_TRIGGER},
@@ -401,8 +410,8 @@ static const struct command commands[] = {
         {"append", usage_append, run_append, 3, " expected metadata id partition "},
         {"read", usage_read, run_read, 1, " from to max backward partition "},
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
-        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition "},
-        {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition "},
+        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition stats "},
+        {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition stats "},
         {"replay", usage_replay, NULL, 2, " to json cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
@@ -579,6 +588,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_NOTIFY_TRIGGER: cli->notify_trigger = 1; break;
 		case OPT_NO_NOTIFY_TRIGGER: cli->notify_trigger = -1; break;
 		case OPT_JSON: cli->json = true; break;
+		case OPT_STATS: cli->stats = true; break;
 		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {

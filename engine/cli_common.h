@@ -34,6 +34,7 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
+	bool stats;         /* handle, aggregate: --stats */
 	bool json;          /* status; replay: JSON lines on a terminal too */
 	int notify_trigger; /* migrate: 1 --notify-trigger, -1 --no-notify-trigger, 0 neither */
 	char **scripts;     /* check */

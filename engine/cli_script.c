@@ -166,8 +166,9 @@ struct script_run {
 	int status;    /* 0, or the TIDE_E* status of the failure */
 	bool rejected; /* the decider refused the command (tide.reject) */
 	char message[1024];
-	char *traceback; /* a script error's stack (malloc), printed after its message */
-	char *json;      /* the output line (cJSON allocator) */
+	char warning[1024]; /* a snapshot that could not be read or saved: said on stderr */
+	char *traceback;    /* a script error's stack (malloc), printed after its message */
+	char *json;         /* the output line (cJSON allocator) */
 };
 
 /* Adds field key of the table at idx to o, encoded (keys of objects inside sorted); nothing
@@ -253,6 +254,43 @@ static char *rejection_json(lua_State *L, int err, struct script_run *s)
 	return text;
 }
 
+/* Pushes the name of the script's file without its directory and ".lua". */
+static void push_script_name(lua_State *L, const char *path)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	size_t len = strlen(base);
+	if (len > 4 && strcmp(base + len - 4, ".lua") == 0)
+		len -= 4;
+	lua_pushlstring(L, base, len);
+}
+
+/* The stats of aggregate or handle (the table at idx): a snapshot that could not be read or
+ * saved becomes the warning; with --stats (o not NULL) they go into the output as "stats". */
+static bool add_stats(lua_State *L, int idx, cJSON *o, struct script_run *s)
+{
+	static const char *const keys[] = {"events_read",
+	                                   "snapshot_position",
+	                                   "snapshot_upgraded_from",
+	                                   "snapshot_ignored",
+	                                   "snapshot_saved",
+	                                   "snapshot_error",
+	                                   NULL};
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return true;
+	lua_getfield(L, idx, "snapshot_error");
+	if (lua_isstring(L, -1))
+		snprintf(s->warning, sizeof(s->warning), "%s", lua_tostring(L, -1));
+	lua_pop(L, 1);
+	if (!o)
+		return true;
+	cJSON *stats = ordered(L, idx, keys, s);
+	if (!stats)
+		return false;
+	cJSON_AddItemToObject(o, "stats", stats);
+	return true;
+}
+
 static int run_script(lua_State *L)
 {
 	struct script_run *s = lua_touserdata(L, 1);
@@ -291,21 +329,27 @@ static int run_script(lua_State *L)
 	lua_pushvalue(L, store);
 	lua_pushvalue(L, decider);
 	lua_pushstring(L, cli->stream);
-	int nargs = 3;
+	if (cli->command_json &&
+	    tide_lua_push_json_text(L, cli->command_json, strlen(cli->command_json)) != 0) {
+		s->status = TIDE_EINVAL;
+		snprintf(s->message, sizeof(s->message), "COMMAND_JSON is not valid JSON");
+		return 0;
+	}
+	/* opts: the stats always (a snapshot's failure is worth a warning), the file name as
+	 * the name a decider's snapshots are kept under when it has none of its own. */
+	lua_createtable(L, 0, 3);
 	if (cli->command_json) {
-		if (tide_lua_push_json_text(L, cli->command_json, strlen(cli->command_json)) != 0) {
-			s->status = TIDE_EINVAL;
-			snprintf(s->message, sizeof(s->message), "COMMAND_JSON is not valid JSON");
-			return 0;
-		}
-		lua_createtable(L, 0, 1);
 		lua_pushnumber(L, (lua_Number)cli->retries);
 		lua_setfield(L, -2, "retries");
-		nargs = 5;
 	}
-	lua_call(L, nargs, 2);
-	if (lua_isnil(L, -2)) {
-		int err = lua_gettop(L);
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "stats");
+	push_script_name(L, cli->script);
+	lua_setfield(L, -2, "name");
+	int first = lua_gettop(L) - (cli->command_json ? 5 : 4); /* the function's slot */
+	lua_call(L, cli->command_json ? 5 : 4, cli->command_json ? 2 : 3);
+	if (lua_isnil(L, first)) {
+		int err = first + 1;
 		lua_getfield(L, err, "kind");
 		const char *kind = lua_tostring(L, -1);
 		s->status = tide_cli_error_status(kind);
@@ -331,21 +375,29 @@ static int run_script(lua_State *L)
 		return 0;
 	}
 	cJSON *out;
+	int stats;
 	if (!cli->command_json) { /* aggregate: state, version → {"state":...,"version":N} */
+		stats = first + 2;
 		out = cJSON_CreateObject();
 		cJSON *state =
-		        out ? tide_lua_to_json(L, -2, "state", s->message, sizeof(s->message))
+		        out ? tide_lua_to_json(L, first, "state", s->message, sizeof(s->message))
 		            : NULL;
 		if (state) {
 			cJSON_AddItemToObject(out, "state", state);
-			tide_json_add_i64(out, "version", (int64_t)lua_tonumber(L, -1));
+			tide_json_add_i64(out, "version", (int64_t)lua_tonumber(L, first + 1));
 		} else {
 			cJSON_Delete(out);
 			out = NULL;
 		}
 	} else {
-		lua_pop(L, 1);
-		out = handle_json(L, lua_gettop(L), s);
+		lua_settop(L, first);
+		out = handle_json(L, first, s);
+		lua_getfield(L, first, "stats");
+		stats = lua_gettop(L);
+	}
+	if (out && !add_stats(L, stats, cli->stats ? out : NULL, s)) {
+		cJSON_Delete(out);
+		out = NULL;
 	}
 	s->json = out ? cJSON_PrintUnformatted(out) : NULL;
 	cJSON_Delete(out);
@@ -425,6 +477,11 @@ int tide_cli_run_script(struct cli *cli)
 		code = cli->exit_code;
 	} else {
 		puts(s.json);
+	}
+	if (s.warning[0]) {
+		char line[sizeof(s.warning)];
+		tide_pg_redact(NULL, s.warning, line, sizeof(line));
+		fprintf(stderr, "tide %s: warning: %s\n", cli->cmd, line);
 	}
 	free(s.traceback);
 	cJSON_free(s.json);

@@ -13,6 +13,7 @@
 #include "json.h"
 #include "lua_json.h"
 #include "lua_vm.h"
+#include "snapshot.h"
 #include "store.h"
 #include "tide.h"
 
@@ -768,6 +769,173 @@ static int l_rollback(lua_State *L)
 	return end_transaction(L, false);
 }
 
+/* A stream and a decider name (arguments 2 and 3) without NUL bytes; NULL with nil, err
+ * pushed (2 values) when one has. */
+static const char *snapshot_names(lua_State *L, const char **decider)
+{
+	size_t stream_len, decider_len;
+	const char *stream = luaL_checklstring(L, 2, &stream_len);
+	*decider = luaL_checklstring(L, 3, &decider_len);
+	char err[200];
+	if (strlen(stream) != stream_len || strlen(*decider) != decider_len) {
+		bool bad_stream = strlen(stream) != stream_len;
+		tide_check_name(bad_stream ? "stream name" : "decider name",
+		                bad_stream ? stream : *decider,
+		                bad_stream ? stream_len : decider_len, TIDE_MAX_NAME_BYTES, err,
+		                sizeof(err));
+		tide_lua_push_error(L, "invalid", err);
+		return NULL;
+	}
+	return stream;
+}
+
+struct snapshot_wait {
+	struct wait w;
+	bool found, current;
+	int version;
+	int64_t position, global;
+	const char *text; /* the state's JSON, while the callback runs */
+	int state_ref;    /* then as a Lua string, anchored */
+};
+
+static int anchor_state(lua_State *L)
+{
+	struct snapshot_wait *sw = lua_touserdata(L, 1);
+	lua_pushstring(L, sw->text);
+	sw->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static void on_snapshot(int status, const char *err, const struct tide_snapshot *s, void *arg)
+{
+	struct snapshot_wait *sw = arg;
+	sw->w.done = true;
+	sw->w.status = status;
+	if (status) {
+		snprintf(sw->w.err, sizeof(sw->w.err), "%s", err);
+		return;
+	}
+	if (!s)
+		return;
+	sw->found = true;
+	sw->current = s->current;
+	sw->version = s->version;
+	sw->position = s->stream_position;
+	sw->global = s->global_position;
+	sw->text = s->state;
+	/* Under lua_cpcall: a memory error must not unwind through the loop. */
+	if (lua_cpcall(sw->w.L, anchor_state, sw) != 0) {
+		sw->w.status = TIDE_ENOMEM;
+		snprintf(sw->w.err, sizeof(sw->w.err), "cannot read the snapshot into Lua: %s",
+		         lua_tostring(sw->w.L, -1));
+		lua_pop(sw->w.L, 1);
+	}
+	sw->text = NULL;
+}
+
+/* store:snapshot_load(stream, decider) → { version, position, global_position, state,
+ * current } | false (none) | nil, err. `current` is false when the stream's active event at
+ * `position` is no longer the one the snapshot was taken at (see engine/snapshot.h). */
+static int l_snapshot_load(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	const char *decider;
+	const char *stream = snapshot_names(L, &decider);
+	if (!stream)
+		return 2;
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	struct snapshot_wait sw = {.w = {.L = L}, .state_ref = LUA_NOREF};
+	int rc = tide_snapshot_load(s->store, stream, decider, on_snapshot, &sw);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &sw.w.done);
+	if (sw.w.status) {
+		luaL_unref(L, LUA_REGISTRYINDEX, sw.state_ref);
+		return finish(L, &sw.w);
+	}
+	if (!sw.found) {
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, sw.state_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, sw.state_ref);
+	int text = lua_gettop(L);
+	size_t len;
+	const char *json = lua_tolstring(L, text, &len);
+	if (tide_lua_push_json_text(L, json, len) != 0)
+		return tide_lua_push_error(L, "invalid",
+		                           "the snapshot's state is not JSON tide can read");
+	lua_createtable(L, 0, 5);
+	lua_pushnumber(L, sw.version);
+	lua_setfield(L, -2, "version");
+	lua_pushnumber(L, (lua_Number)sw.position);
+	lua_setfield(L, -2, "position");
+	lua_pushnumber(L, (lua_Number)sw.global);
+	lua_setfield(L, -2, "global_position");
+	lua_pushvalue(L, -2);
+	lua_setfield(L, -2, "state");
+	lua_pushboolean(L, sw.current);
+	lua_setfield(L, -2, "current");
+	return 1;
+}
+
+static int64_t whole_arg(lua_State *L, int i, const char *what, int64_t min)
+{
+	lua_Number n = luaL_checknumber(L, i);
+	if (n < (lua_Number)min || n != (lua_Number)(int64_t)n)
+		luaL_error(L, "snapshot_save: %s must be a whole number >= %d", what, (int)min);
+	return (int64_t)n;
+}
+
+/* store:snapshot_save(stream, decider, version, position, global_position, state) → true |
+ * nil, err: the state folded up to stream position `position` (whose event has
+ * global_position) as the snapshot of (stream, decider), taken with the decider's snapshot
+ * version. A state that cannot be JSON (a function in it, a list with holes, more than
+ * TIDE_MAX_SNAPSHOT_BYTES) is nil, err with kind "invalid" and a message that says where. */
+static int l_snapshot_save(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	const char *decider;
+	const char *stream = snapshot_names(L, &decider);
+	if (!stream)
+		return 2;
+	int64_t version = whole_arg(L, 4, "version", 1);
+	if (version > INT32_MAX)
+		return luaL_error(L, "snapshot_save: version must be at most %d", INT32_MAX);
+	struct tide_snapshot snap = {
+	        .version = (int)version,
+	        .stream_position = whole_arg(L, 5, "position", 1),
+	        .global_position = whole_arg(L, 6, "global_position", 0),
+	};
+	luaL_checkany(L, 7);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	char err[400];
+	int why = 0;
+	char *text =
+	        tide_lua_encode(L, 7, "state", TIDE_MAX_SNAPSHOT_BYTES, &why, err, sizeof(err));
+	if (!text) {
+		char msg[480];
+		snprintf(msg, sizeof(msg), "the state cannot be stored as JSON: %s", err);
+		return tide_lua_push_error(
+		        L, why == TIDE_LUA_JSON_NOMEM ? kind_of(TIDE_ENOMEM) : "invalid", msg);
+	}
+	snap.state = text;
+	struct wait w = {.L = L};
+	int rc = tide_snapshot_save(s->store, stream, decider, &snap, on_end, &w);
+	cJSON_free(text);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status)
+		return finish(L, &w);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 static int l_close(lua_State *L)
 {
 	luaL_checkudata(L, 1, STORE_MT);
@@ -825,9 +993,17 @@ int tide_lua_open_core(lua_State *L)
 	tide_lua_error_init(L);
 	if (luaL_newmetatable(L, STORE_MT)) {
 		static const luaL_Reg methods[] = {
-		        {"append", l_append}, {"read", l_read},     {"read_all", l_read_all},
-		        {"begin", l_begin},   {"commit", l_commit}, {"rollback", l_rollback},
-		        {"sleep", l_sleep},   {"close", l_close},   {NULL, NULL},
+		        {"append", l_append},
+		        {"read", l_read},
+		        {"read_all", l_read_all},
+		        {"begin", l_begin},
+		        {"commit", l_commit},
+		        {"rollback", l_rollback},
+		        {"sleep", l_sleep},
+		        {"close", l_close},
+		        {"snapshot_load", l_snapshot_load},
+		        {"snapshot_save", l_snapshot_save},
+		        {NULL, NULL},
 		};
 		lua_newtable(L);
 		luaL_register(L, NULL, methods);

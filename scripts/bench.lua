@@ -403,6 +403,52 @@ do
   record("handle", "handle one command in process: read, decide, append (ms, median of 50)", median(handles), "ms")
 end
 
+-- 4b. Aggregate a 100,000-event stream in process, without a snapshot (every event read and
+-- folded) and with one (snapshot = { every = 1,000 }: a snapshot taken 500 events before the
+-- stream's end, half the distance between two, so 500 events are read and folded).
+do
+  local url = fresh_db("bench_snapshot")
+  local N, TAIL = 100000, 500
+  psql(url, string.format([[
+    INSERT INTO emt_streams (stream_id, stream_position, stream_type, stream_metadata)
+    VALUES ('long-1', %d, 'long', '{}');
+    INSERT INTO emt_messages (stream_id, stream_position, message_data, message_metadata,
+                              message_schema_version, message_type, message_id, transaction_id)
+    SELECT 'long-1', i, '%s', '{}', '1', 'Added', gen_random_uuid()::text, pg_current_xact_id()
+      FROM generate_series(1, %d) AS i]], N - TAIL, DATA, N - TAIL))
+  psql(url, "VACUUM ANALYZE emt_messages")
+  local store = assert(tide.connect(url))
+  local function summing(snapshot)
+    return tide.decider {
+      name = "summing", snapshot = snapshot,
+      initial = function() return { sum = 0 } end,
+      evolve = function(s, e) s.sum = s.sum + e.data.amount return s end,
+      decide = function() end,
+    }
+  end
+  local plain, snapped = summing(nil), summing({ every = 1000 })
+  local _, _, first = assert(store:aggregate(snapped, "long-1", { stats = true }))
+  assert(first.snapshot_saved == N - TAIL, "the first aggregate did not save a snapshot")
+  local tail = {}
+  for i = 1, 100 do tail[i] = { type = "Added", data = { amount = 1 } } end
+  for _ = 1, TAIL / 100 do assert(store:append("long-1", tail)) end
+  local without, with = {}, {}
+  for i = 1, 6 do
+    local t0 = now_ms()
+    local s1, v1 = assert(store:aggregate(plain, "long-1"))
+    local t1 = now_ms()
+    local s2, v2, stats = assert(store:aggregate(snapped, "long-1", { stats = true }))
+    local t2 = now_ms()
+    assert(s1.sum == N and v1 == N and s2.sum == N and v2 == N and stats.events_read == TAIL)
+    if i > 1 then without[#without + 1], with[#with + 1] = t1 - t0, t2 - t1 end -- first: warm-up
+  end
+  store:close()
+  record("aggregate_100k", "aggregate a 100,000-event stream without snapshot (ms, median of 5)",
+    median(without), "ms", { better = "lower" })
+  record("aggregate_100k_snapshot", "aggregate a 100,000-event stream with snapshot (ms, median of 5)",
+    median(with), "ms", { target = 5, better = "lower" })
+end
+
 -- The daemon helpers.
 local function start_daemon(url, dir, extra)
   local log = dir .. "/daemon.log"

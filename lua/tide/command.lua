@@ -3,8 +3,19 @@
 -- on a version conflict, read the new events only and retry (bounded, exponential backoff
 -- with jitter) → then once more under the stream's lock, which cannot conflict.
 -- The store is anything with read/append/sleep, and begin/commit/rollback to lock (the C
--- store, blocking on its own loop).
+-- store, blocking on its own loop), and snapshot_load/snapshot_save for aggregate snapshots
+-- (a store without them folds every stream from its first event).
 -- `call` runs script code: the VM passes its CPU/memory guard; hosts call directly.
+--
+-- Aggregate snapshots (a decider with snapshot = { every = N, version = V }): a fold from
+-- nothing starts from the stream's snapshot for this decider, when it has one that can be
+-- trusted (its event is still the stream's event at that position) and of the decider's
+-- version (or upgrade(old_state, old_version) made one of it), and reads only the events
+-- after it. When a fold has moved `every` events past where it started (or started from an
+-- upgraded snapshot), the state is saved as the new snapshot: after the command's append
+-- committed, never inside it. Reading or saving one never fails a call: stats say what
+-- happened (events_read, snapshot_position, snapshot_ignored, snapshot_upgraded_from,
+-- snapshot_saved, snapshot_error).
 local model = require "tide.model"
 local error, type, setmetatable, tostring, select, unpack, xpcall, pcall, rawget =
   error, type, setmetatable, tostring, select, unpack, xpcall, pcall, rawget
@@ -78,42 +89,29 @@ local function fold_failure(stream, events, at, msg, kind, tb)
   return script_failure(what, msg, kind, tb, { stream = stream })
 end
 
-local function version_of(events)
-  local last = events[#events]
-  return last and last.stream_position or 0
-end
-
 local function check_decider(decider)
   if type(decider) ~= "table" or decider.kind ~= "decider" then
     error("expected a decider (built with tide.decider), got " .. type(decider), 3)
   end
 end
 
--- state, version | nil, err
-function M.aggregate(store, decider, stream, call)
-  check_decider(decider)
-  if type(stream) ~= "string" or stream == "" then error("aggregate: stream must be a name", 2) end
-  local events, err = store:read(stream)
-  if not events then return nil, err end
-  local at = {}
-  local ok, state, kind, tb = (call or M.direct_call)(model.fold, decider, events, at)
-  if not ok then return fold_failure(stream, events, at, state, kind, tb) end
-  return state, version_of(events)
-end
-
 -- The events after version, folded onto state (the stream's whole history from initial()
--- when state is nil): state, version | nil, err. A tail that does not start right after
--- version (the stream was archived and begun again) is no tail: then the whole stream.
-local function catch_up(store, decider, stream, call, state, version)
+-- when state is nil): true, state, version, global, restarted | false, err. global is the
+-- global position of the event at version (nil when nothing was read). A tail that does not
+-- start right after version (the stream was archived and begun again) is no tail: then the
+-- whole stream, and restarted is true. stats.events_read counts what was read.
+local function catch_up(store, decider, stream, call, state, version, stats)
   local events, err
   if state == nil then
     events, err = store:read(stream)
   else
     events, err = store:read(stream, { from = version + 1 })
   end
-  if not events then return nil, err end
+  if not events then return false, err end
+  stats.events_read = stats.events_read + #events
   if state ~= nil and events[1] and events[1].stream_position ~= version + 1 then
-    return catch_up(store, decider, stream, call, nil, 0)
+    local ok, folded, v, g = catch_up(store, decider, stream, call, nil, 0, stats)
+    return ok, folded, v, g, true
   end
   local at = {}
   local ok, folded, kind, tb
@@ -122,9 +120,125 @@ local function catch_up(store, decider, stream, call, state, version)
   else
     ok, folded, kind, tb = call(model.fold_onto, decider, state, events, at)
   end
-  if not ok then return fold_failure(stream, events, at, folded, kind, tb) end
+  if not ok then return false, select(2, fold_failure(stream, events, at, folded, kind, tb)) end
   local last = events[#events]
-  return folded, last and last.stream_position or (state == nil and 0 or version)
+  if last then return true, folded, last.stream_position, last.global_position end
+  return true, folded, state == nil and 0 or version
+end
+
+-- The name a decider's snapshots are kept under (nil: it takes none): its own `name`, else
+-- opts.name (the CLI gives the script's file name).
+local function snapshot_name(decider, opts)
+  if decider.snapshot == nil then return nil end
+  local name = decider.name
+  if name == nil and opts then name = opts.name end
+  if type(name) ~= "string" or name == "" then
+    error("a decider with a snapshot needs a name to keep it under: give the decider "
+      .. "name = \"...\" (tide handle and tide aggregate use the script's file name)", 3)
+  end
+  return name
+end
+
+-- The stream's snapshot, ready to fold the tail onto: state, position, global | nil (fold
+-- from the start; stats say why) | nil, nil, nil, err when upgrade failed (a bug).
+local function load_snapshot(store, decider, name, stream, call, stats)
+  if not store.snapshot_load then return nil end
+  local snap, err = store:snapshot_load(stream, name)
+  if snap == nil then
+    stats.snapshot_error = "the snapshot could not be read: " .. tostring(err)
+    return nil
+  end
+  if not snap then return nil end
+  if not snap.current then
+    stats.snapshot_ignored = "the stream's event " .. snap.position .. " is no longer the one "
+      .. "the snapshot was taken at (archived, truncated or begun again)"
+    return nil
+  end
+  local state, want = snap.state, decider.snapshot.version
+  if snap.version ~= want then
+    if not decider.upgrade then
+      stats.snapshot_ignored = "taken with snapshot version " .. snap.version
+        .. ", the decider's is " .. want .. " (and it has no upgrade)"
+      return nil
+    end
+    local ok, up, kind, tb = call(decider.upgrade, state, snap.version)
+    if not ok then
+      return nil, nil, nil, select(2, script_failure("upgrade failed on the snapshot of stream "
+        .. stream .. " (version " .. snap.version .. ", position " .. snap.position .. ")",
+        up, kind, tb, { stream = stream }))
+    end
+    if up == nil then
+      stats.snapshot_ignored = "upgrade returned nil for snapshot version " .. snap.version
+      return nil
+    end
+    state = up
+    stats.snapshot_upgraded_from = snap.version
+  end
+  return state, snap.position, snap.global_position
+end
+
+-- The stream folded from its snapshot (when one can be used) or from the start: true,
+-- state, version, global | false, err.
+local function fold_stream(store, decider, name, stream, call, stats)
+  local state, position, global, err
+  if name then
+    state, position, global, err = load_snapshot(store, decider, name, stream, call, stats)
+    if err then return false, err end
+  end
+  local ok, folded, v, g, restarted = catch_up(store, decider, stream, call, state, position or 0,
+    stats)
+  if not ok then return false, folded end
+  if state ~= nil then
+    if restarted then
+      stats.snapshot_ignored = "the stream does not go on from the snapshot's position "
+        .. position .. " (archived and begun again)"
+      stats.snapshot_upgraded_from = nil
+    else
+      stats.snapshot_position = position
+      g = g or global
+    end
+  end
+  return true, folded, v, g
+end
+
+-- Whether the state at version is due to be saved as the stream's snapshot.
+local function snapshot_due(decider, name, stats, version)
+  if not name or version == 0 then return false end
+  return stats.snapshot_upgraded_from ~= nil
+    or version - (stats.snapshot_position or 0) >= decider.snapshot.every
+end
+
+-- Saves state (folded up to version, whose event has global position global) as the
+-- stream's snapshot. A failure is only noted: stats.snapshot_error.
+local function save_snapshot(store, decider, name, stream, stats, state, version, global)
+  if not store.snapshot_save or global == nil then return end
+  local ok, err = store:snapshot_save(stream, name, decider.snapshot.version, version, global,
+    state)
+  if ok then
+    stats.snapshot_saved = version
+  else
+    -- After one that could not be read: both, in one line.
+    stats.snapshot_error = (stats.snapshot_error and stats.snapshot_error .. "; " or "")
+      .. "the snapshot at position " .. version .. " was not saved: " .. tostring(err)
+  end
+end
+
+-- state, version [, stats] | nil, err. opts: { stats = true } adds the stats (see the top);
+-- name, the decider's snapshot name when it has none of its own.
+function M.aggregate(store, decider, stream, call, opts)
+  check_decider(decider)
+  if type(stream) ~= "string" or stream == "" then error("aggregate: stream must be a name", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("aggregate: opts must be a table", 2) end
+  local name = snapshot_name(decider, opts)
+  local stats = { events_read = 0 }
+  local ok, state, version, global = fold_stream(store, decider, name, stream,
+    call or M.direct_call, stats)
+  if not ok then return nil, state end
+  if snapshot_due(decider, name, stats, version) then
+    save_snapshot(store, decider, name, stream, stats, state, version, global)
+  end
+  if opts and opts.stats then return state, version, stats end
+  return state, version
 end
 
 -- decide(command, state) and its events checked: list | nil, err.
@@ -163,7 +277,7 @@ local LOCKED_ATTEMPTS = 3
 -- and fold them onto state (nothing to read when the locked version is ours), decide,
 -- append expecting the locked version, commit. Anything but a commit rolls back. Result
 -- as M.handle's (without attempts and locked) | nil, err.
-local function locked_attempt(store, decider, stream, command, call, state, version)
+local function locked_attempt(store, decider, stream, command, call, state, version, stats)
   local locked, err = store:begin(stream)
   if locked == nil then return nil, err end
   local function abandon(e)
@@ -177,8 +291,8 @@ local function locked_attempt(store, decider, stream, command, call, state, vers
     state, version = nil, 0
   end
   if state == nil or at ~= version then
-    local folded, v = catch_up(store, decider, stream, call, state, version)
-    if folded == nil then return abandon(v) end
+    local ok, folded, v = catch_up(store, decider, stream, call, state, version, stats)
+    if not ok then return abandon(folded) end
     state, version = folded, v
   end
   -- No copy: nothing follows this decision but its commit, or starting over from the store.
@@ -203,20 +317,24 @@ local function locked_attempt(store, decider, stream, command, call, state, vers
   return res
 end
 
--- { events, next_expected_version, global_positions, attempts, locked } | nil, err
--- Optimistic attempts first: read, fold, decide, append expecting the version read; after a
+-- { events, next_expected_version, global_positions, attempts, locked [, stats] } | nil, err
+-- Optimistic attempts first: read (from the snapshot, see the top), fold, decide, append
+-- expecting the version read; after a
 -- conflict only the events after that version are read and folded onto a copy of the state
 -- kept from before decide (which may change the one it is given). After retries + 1 of those
 -- (opts.retries, default 2) an attempt that cannot conflict: in a transaction on the store's
 -- connection that locks the stream's row (store:begin), read the tail, decide, append,
 -- commit. opts.lock == false, or a store without begin (a test's stand-in), gives up after
 -- the optimistic attempts instead. attempts counts the decisions (1 without a conflict);
--- locked says whether the last one held the lock.
+-- locked says whether the last one held the lock. opts.stats adds the stats (see the top),
+-- opts.name is the decider's snapshot name when it has none of its own. The snapshot is saved
+-- after an optimistic attempt that appended (or had nothing to append), from the state it
+-- decided on; not after a locked one, where decide had that state itself.
 -- err.kind: "rejected" (decide called tide.reject: err.message is its message as given,
 -- err.details its details), "script" (any other error in initial/evolve/decide, or decide
 -- returned something that is not a list of events: err.message has file:line,
--- err.traceback the stack), "conflict" (attempts exhausted), "timeout", "memory", or the
--- store's kinds.
+-- err.traceback the stack; also upgrade's), "conflict" (attempts exhausted), "timeout",
+-- "memory", or the store's kinds.
 function M.handle(store, decider, stream, command, opts, call)
   check_decider(decider)
   if type(stream) ~= "string" or stream == "" then error("handle: stream must be a name", 2) end
@@ -228,15 +346,32 @@ function M.handle(store, decider, stream, command, opts, call)
   local retries = opts.retries or M.default_retries
   local backoff = opts.backoff_ms or 2
   local can_lock = opts.lock ~= false and store.begin ~= nil
-  local state, version -- folded before decide ran, and the version it is at
+  local name = snapshot_name(decider, opts)
+  local stats = { events_read = 0 }
+  local state, version, global -- folded before decide ran, its version and that event's position
   local last_conflict
   local attempts = 0
 
+  -- An optimistic attempt's result: the snapshot first, when it is due.
+  local function done(res)
+    if snapshot_due(decider, name, stats, version) then
+      save_snapshot(store, decider, name, stream, stats, state, version, global)
+    end
+    if opts.stats then res.stats = stats end
+    return res
+  end
+
   for attempt = 1, retries + 1 do
     attempts = attempt
-    local folded, v = catch_up(store, decider, stream, call, state, version or 0)
-    if folded == nil then return nil, v end
-    state, version = folded, v
+    local ok, folded, v, g, restarted
+    if attempt == 1 then
+      ok, folded, v, g = fold_stream(store, decider, name, stream, call, stats)
+    else
+      ok, folded, v, g, restarted = catch_up(store, decider, stream, call, state, version, stats)
+      if restarted then stats.snapshot_position, stats.snapshot_upgraded_from = nil, nil end
+    end
+    if not ok then return nil, folded end
+    state, version, global = folded, v, g or (not restarted and global or nil)
     -- decide gets a copy: what it changes must not leak into the next attempt's fold.
     local ok, given, kind, tb = call(model.copy, state)
     if not ok then
@@ -248,12 +383,12 @@ function M.handle(store, decider, stream, command, opts, call)
     if #list == 0 then
       local res = unchanged(list, version)
       res.attempts, res.locked = attempt, false
-      return res
+      return done(res)
     end
     local res, aerr = store:append(stream, list, { expected = version })
     if res then
       res.events, res.attempts, res.locked = model.array(list), attempt, false
-      return res
+      return done(res)
     end
     if aerr.kind ~= "conflict" then return nil, aerr end
     last_conflict = aerr
@@ -265,9 +400,11 @@ function M.handle(store, decider, stream, command, opts, call)
 
   for _ = 1, can_lock and LOCKED_ATTEMPTS or 0 do
     attempts = attempts + 1
-    local res, err = locked_attempt(store, decider, stream, command, call, state, version)
+    local res, err = locked_attempt(store, decider, stream, command, call, state, version,
+      stats)
     if res then
       res.attempts, res.locked = attempts, true
+      if opts.stats then res.stats = stats end
       return res
     end
     if err.kind ~= "conflict" then return nil, err end

@@ -43,12 +43,17 @@ function Store:commit() return self.raw:commit() end
 function Store:rollback() return self.raw:rollback() end
 function Store:sleep(ms) return self.raw:sleep(ms) end
 function Store:close() return self.raw:close() end
--- store:aggregate(decider, stream) → state, version | nil, err
-function Store:aggregate(decider, stream)
-  return command.aggregate(self.raw, decider, stream, guard())
+-- store:snapshot_load(stream, decider_name) → { version, position, global_position, state,
+--   current } | false | nil, err;  store:snapshot_save(stream, decider_name, version,
+--   position, global_position, state) → true | nil, err (aggregate and handle use them)
+function Store:snapshot_load(stream, name) return self.raw:snapshot_load(stream, name) end
+function Store:snapshot_save(...) return self.raw:snapshot_save(...) end
+-- store:aggregate(decider, stream [, { stats, name }]) → state, version [, stats] | nil, err
+function Store:aggregate(decider, stream, opts)
+  return command.aggregate(self.raw, decider, stream, guard(), opts)
 end
--- store:handle(decider, stream, command, { retries, backoff_ms, lock })
---   → { events, next_expected_version, global_positions, attempts, locked } | nil, err
+-- store:handle(decider, stream, command, { retries, backoff_ms, lock, stats, name })
+--   → { events, next_expected_version, global_positions, attempts, locked, stats? } | nil, err
 function Store:handle(decider, stream, cmd, opts)
   return command.handle(self.raw, decider, stream, cmd, opts, guard())
 end

@@ -122,7 +122,42 @@ function M.settings(p)
   }
 end
 
--- decider { initial, evolve, decide, stream_type? }
+-- A decider's aggregate snapshots (tide.command): snapshot = { every = N, version = V }
+-- (version defaults to 1, and is set here), and upgrade(old_state, old_version), which
+-- only a decider with snapshots can have.
+local function check_snapshot(spec)
+  local s = spec.snapshot
+  if s == nil then
+    if spec.upgrade ~= nil then
+      error("tide.decider: 'upgrade' turns an older snapshot into a state: it needs "
+        .. "snapshot = { every = N, version = V } too", 3)
+    end
+    return
+  end
+  if type(s) ~= "table" then
+    error("tide.decider: 'snapshot' must be a table { every = N, version = V }, got " .. type(s), 3)
+  end
+  for k in next, s do
+    if k ~= "every" and k ~= "version" then
+      error("tide.decider: 'snapshot' has an unknown key '" .. tostring(k)
+        .. "' (it takes every and version)", 3)
+    end
+  end
+  if not whole(s.every, 1, 1e9) then
+    error("tide.decider: 'snapshot.every' must be a whole number of events from 1 to "
+      .. "1000000000 (a snapshot every N events), got " .. tostring(s.every), 3)
+  end
+  if s.version == nil then s.version = 1 end
+  if not whole(s.version, 1, 2147483647) then
+    error("tide.decider: 'snapshot.version' must be a whole number >= 1 (raise it when the "
+      .. "state's shape changes), got " .. tostring(s.version), 3)
+  end
+  if spec.upgrade ~= nil and type(spec.upgrade) ~= "function" then
+    error("tide.decider: 'upgrade' must be a function, got " .. type(spec.upgrade), 3)
+  end
+end
+
+-- decider { initial, evolve, decide, stream_type?, name?, snapshot?, upgrade? }
 function M.decider(spec)
   check_spec(spec, "tide.decider")
   check_fn(spec, "tide.decider", "initial", true)
@@ -131,6 +166,10 @@ function M.decider(spec)
   if spec.stream_type ~= nil and type(spec.stream_type) ~= "string" then
     error("tide.decider: 'stream_type' must be a string", 2)
   end
+  if spec.name ~= nil and (type(spec.name) ~= "string" or spec.name == "") then
+    error("tide.decider: 'name' must be a non-empty string", 2)
+  end
+  check_snapshot(spec)
   spec.kind = "decider"
   return spec
 end
