@@ -33,6 +33,11 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
+	/* doc, docs: --where KEY=VALUE texts (argv's), checked and put together when run */
+	const char *collection, *doc_id;
+	struct tide_docs_opts docs;
+	const char *where[32];
+	int nwhere;
 	bool json;          /* status */
 	int notify_trigger; /* migrate: 1 --notify-trigger, -1 --no-notify-trigger, 0 neither */
 	char **scripts;     /* check */

@@ -74,8 +74,14 @@ end
 
 local DOCS_LOAD = "SELECT id, doc FROM tide_documents WHERE collection = $1"
   .. " AND id IN (SELECT jsonb_array_elements_text($2::jsonb))"
-local DOC_PUT = "INSERT INTO tide_documents (collection, id, doc) VALUES ($1, $2, $3::jsonb)"
-  .. " ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc, updated_at = now()"
+-- A document records the event it reflects last (sql/0007): its stream, stream position and
+-- global position.
+local DOC_PUT = "INSERT INTO tide_documents (collection, id, doc, last_stream_id,"
+  .. " last_stream_position, last_global_position) VALUES ($1, $2, $3::jsonb, $4, $5, $6)"
+  .. " ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,"
+  .. " last_stream_id = excluded.last_stream_id,"
+  .. " last_stream_position = excluded.last_stream_position,"
+  .. " last_global_position = excluded.last_global_position, updated_at = now()"
 local DOC_DELETE = "DELETE FROM tide_documents WHERE collection = $1 AND id = $2"
 
 -- The document id of an event: id(e) (default: its stream), false to leave the event out
@@ -112,15 +118,17 @@ local function documents(p, events, sql)
   local docs = {}
   for _, row in ipairs(sql:query(DOCS_LOAD, collection, order)) do docs[row.id] = row.doc end
   for _, id in ipairs(order) do
-    local doc = docs[id]
-    for _, e in ipairs(by_id[id]) do
+    local doc, list = docs[id], by_id[id]
+    for _, e in ipairs(list) do
       if doc == nil and p.initial then doc = p.initial() end
       doc = p.evolve(doc, e)
     end
     if doc == nil then
       sql:exec(DOC_DELETE, collection, id)
     else
-      sql:exec(DOC_PUT, collection, id, doc)
+      local last = list[#list]
+      sql:exec(DOC_PUT, collection, id, doc, last.stream_id, last.stream_position,
+        last.global_position)
     end
   end
 end
