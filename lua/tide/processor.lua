@@ -190,9 +190,10 @@ local function snapshot_table(p, sql)
   return t
 end
 
--- The statements of a snapshot table, made once per physical table name.
+-- The statements of a snapshot table, made once per projection and physical table name.
+local statements = setmetatable({}, { __mode = "k" })
 local function snapshot_sql(p, t)
-  local cache = p.snapshot_sql
+  local cache = statements[p]
   if not cache or cache.table ~= t then
     local names = sorted_columns(p)
     local cols = { "id", "partition", "state", "last_stream_id", "last_stream_position",
@@ -217,7 +218,7 @@ local function snapshot_sql(p, t)
         .. table.concat(vals, ", ") .. ") ON CONFLICT (id) DO UPDATE SET "
         .. table.concat(sets, ", "),
     }
-    p.snapshot_sql = cache
+    statements[p] = cache
   end
   return cache
 end
