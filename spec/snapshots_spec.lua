@@ -308,3 +308,20 @@ describe("require of a script beside the script", function()
     assert.truthy(r.err:find("a require loop", 1, true), r.err)
   end)
 end)
+
+describe("testing.projection of a snapshot projection", function()
+  it("folds each id's events with the decider, as the daemon does", function()
+    package.path = "examples/cart/?.lua;" .. package.path
+    _G.tide = _G.tide or require "tide"
+    local testing = require "tide.testing"
+    local p = testing.projection(dofile("examples/cart/cart_snapshots.lua"))
+    local opened = { type = "CartOpened", data = { customer = "ada" } }
+    local tea = { type = "ItemAdded", data = { sku = "tea", qty = 2, price = 4.5 } }
+    p.given({ opened, tea }, "cart-1")
+      .then_document("cart-1", { status = "open", customer = "ada", items = { tea = { qty = 2, price = 4.5 } } })
+      .then_no_document("cart-2")
+    assert.has_error(function()
+      p.given({ opened }, "cart-1").then_document("cart-1", { status = "confirmed", items = {} })
+    end)
+  end)
+end)
