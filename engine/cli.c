@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli_dlq.h"
+#include "cli_docs.h"
 #include "cli_import.h"
 #include "cli_init.h"
 #include "cli_rebuild.h"
@@ -47,6 +48,8 @@ static const char usage_main[] =
         "  rebuild     build a projection again beside itself, then switch readers to it\n"
         "  forget      remove a processor that is gone: its status, checkpoints, dead letters\n"
         "  dlq         list, show, retry or discard dead letters (events processors gave up on)\n"
+        "  doc         print one document of a document projection's collection\n"
+        "  docs        list the documents of a collection, filtered by their content\n"
         "\n"
         "The database comes from --database URL, else TIDE_DATABASE_URL, else DATABASE_URL.\n"
         "Run `tide COMMAND --help` for a command's options.\n"
@@ -196,6 +199,30 @@ static const char usage_forget[] =
         "its dead letters, so that a deleted script stops showing with a growing lag, or a\n"
         "script starts afresh. What the processor built (its tables, its documents) stays.\n"
         "Refused while a daemon runs the processor: stop it or remove its script first.\n";
+
+static const char usage_doc[] =
+        "usage: tide doc COLLECTION ID [--database URL]\n"
+        "\n"
+        "Prints the document ID of COLLECTION (a document projection's `collection`) as one\n"
+        "compact JSON object, keys in this order: id, doc, last_stream_id,\n"
+        "last_stream_position, last_global_position (the event the document reflects last)\n"
+        "and updated_at. After a blue-green rebuild it is the live generation's. Exits 1\n"
+        "with a message on stderr when there is no such document.\n";
+
+static const char usage_docs[] =
+        "usage: tide docs COLLECTION [--where KEY=VALUE]... [--limit N] [--after ID]\n"
+        "                 [--database URL]\n"
+        "\n"
+        "Prints the documents of COLLECTION in id order, one JSON object per line as\n"
+        "`tide doc` prints one.\n"
+        "  --where KEY=VALUE  only documents whose KEY is VALUE (JSONB containment, doc @>\n"
+        "                     {\"KEY\": VALUE}); repeat for more keys, all must hold. VALUE is\n"
+        "                     JSON when it is JSON (42, true, null, \"42\", {\"sku\":\"tea\"}:\n"
+        "                     an object or array matches what it contains), else a string\n"
+        "                     (status=open is \"open\"; status=\"42\" the string \"42\")\n"
+        "  --limit N          at most N documents, 1 to 1000 (default 100)\n"
+        "  --after ID         only documents after ID: pass the last id printed for the\n"
+        "                     next page (a page shorter than the limit is the last)\n";
 
 static int parse_count(struct cli *cli, const char *flag, const char *text, int64_t *out)
 {
@@ -373,6 +400,8 @@ enum {
 	OPT_HELP,
 	OPT_NOTIFY_TRIGGER,
 	OPT_NO_NOTIFY_TRIGGER,
+	OPT_WHERE,
+	OPT_LIMIT,
 };
 
 static const struct option options[] = {
@@ -394,6 +423,8 @@ static const struct option options[] = {
         {"help", no_argument, NULL, OPT_HELP},
         {"notify-trigger", no_argument, NULL, OPT_NOTIFY_TRIGGER},
         {"no-notify-trigger", no_argument, NULL, OPT_NO_NOTIFY_TRIGGER},
+        {"where", required_argument, NULL, OPT_WHERE},
+        {"limit", required_argument, NULL, OPT_LIMIT},
         {NULL, 0, NULL, 0},
 };
 
@@ -416,6 +447,8 @@ static const struct command commands[] = {
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
         {"forget", usage_forget, tide_cli_run_forget, 1, " "},
+        {"doc", usage_doc, tide_cli_run_doc, 2, " "},
+        {"docs", usage_docs, tide_cli_run_docs, 1, " where limit after "},
 };
 
 static int parse_expected(struct cli *cli, const char *v)
@@ -597,8 +630,14 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 			cli->cpu_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_WHERE:
+		case OPT_LIMIT:
+			rc = tide_cli_docs_option(cli, options[opt - OPT_DATABASE].name, optarg);
+			break;
 		case OPT_AFTER:
-			if (tide_cursor_parse(optarg, &cli->after))
+			if (cmd->run == tide_cli_run_docs)
+				rc = tide_cli_docs_option(cli, "after", optarg);
+			else if (tide_cursor_parse(optarg, &cli->after))
 				rc = tide_cli_usage_error(
 				        cli,
 				        "--after wants a cursor XID:POS as printed by read-all, "
@@ -640,6 +679,8 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 			return tide_cli_usage_error(cli, "%s", err);
 		return 0;
 	}
+	if (cmd->run == tide_cli_run_doc || cmd->run == tide_cli_run_docs)
+		return tide_cli_docs_args(cli, pos);
 	if (cmd->positionals >= 1) {
 		cli->stream = pos[0];
 		bool processor = cmd->run == tide_cli_run_forget;

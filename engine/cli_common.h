@@ -34,6 +34,11 @@ struct cli {
 	const char *command_json;
 	unsigned cpu_ms;
 	int64_t retries;
+	/* doc, docs: --where KEY=VALUE texts (argv's), checked and put together when run */
+	const char *collection, *doc_id;
+	struct tide_docs_opts docs;
+	const char *where[32];
+	int nwhere;
 	bool stats;         /* handle, aggregate: --stats */
 	bool json;          /* status; replay: JSON lines on a terminal too */
 	int notify_trigger; /* migrate: 1 --notify-trigger, -1 --no-notify-trigger, 0 neither */

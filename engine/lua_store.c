@@ -407,6 +407,205 @@ static int l_read_all(lua_State *L)
 	return finish(L, &w);
 }
 
+/* --- documents ------------------------------------------------------------------------ */
+
+/* The documents of a reply as a Lua list of { id, doc, last_stream_id, last_stream_position,
+ * last_global_position, updated_at }, anchored in the registry. Run under lua_cpcall from the
+ * reply's callback, as build_read. */
+struct docs_build {
+	const struct tide_docs_result *r;
+	int ref;
+	const char *undecodable; /* the id of a document nested too deeply for Lua */
+};
+
+static int build_docs(lua_State *L)
+{
+	struct docs_build *b = lua_touserdata(L, 1);
+	int markers = tide_lua_json_markers(L);
+	lua_createtable(L, (int)b->r->count, 0);
+	for (size_t i = 0; i < b->r->count; i++) {
+		const struct tide_document *d = &b->r->documents[i];
+		lua_createtable(L, 0, 6);
+		lua_pushstring(L, d->id);
+		lua_setfield(L, -2, "id");
+		if (tide_lua_decode(L, markers, d->doc, strlen(d->doc)) != 0) {
+			b->undecodable = d->id;
+			return 0;
+		}
+		lua_setfield(L, -2, "doc");
+		if (d->last_stream_id) {
+			lua_pushstring(L, d->last_stream_id);
+			lua_setfield(L, -2, "last_stream_id");
+			lua_pushnumber(L, (lua_Number)d->last_stream_position);
+			lua_setfield(L, -2, "last_stream_position");
+			lua_pushnumber(L, (lua_Number)d->last_global_position);
+			lua_setfield(L, -2, "last_global_position");
+		}
+		lua_pushstring(L, d->updated_at);
+		lua_setfield(L, -2, "updated_at");
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static void on_docs(int status, const char *err, const struct tide_docs_result *r, void *arg)
+{
+	struct wait *w = arg;
+	w->done = true;
+	w->status = status;
+	if (status) {
+		snprintf(w->err, sizeof(w->err), "%s", err);
+		return;
+	}
+	struct docs_build b = {r, LUA_NOREF, NULL};
+	if (lua_cpcall(w->L, build_docs, &b) != 0) {
+		w->status = TIDE_ENOMEM;
+		snprintf(w->err, sizeof(w->err), "cannot read the documents into Lua: %s",
+		         lua_tostring(w->L, -1));
+		lua_pop(w->L, 1);
+		return;
+	}
+	if (b.undecodable) {
+		char id[160];
+		tide_snippet(id, sizeof(id), b.undecodable, strlen(b.undecodable), 100);
+		w->status = TIDE_EINVAL;
+		snprintf(w->err, sizeof(w->err),
+		         "document %s cannot be read into Lua: it is nested more than %d levels "
+		         "deep",
+		         id, TIDE_MAX_JSON_DEPTH);
+		return;
+	}
+	lua_rawgeti(w->L, LUA_REGISTRYINDEX, b.ref);
+	luaL_unref(w->L, LUA_REGISTRYINDEX, b.ref);
+	w->nret = 1;
+}
+
+/* A string argument (a number is taken as its text, as tostring gives it, which is how a
+ * document projection makes an id); raises for other types. NULL (and *invalid set) for a
+ * string with a NUL byte: the store cannot look it up. */
+static const char *doc_text(lua_State *L, int idx, const char *fn, const char *what, char *invalid,
+                            size_t n)
+{
+	int t = lua_type(L, idx);
+	if (t != LUA_TSTRING && t != LUA_TNUMBER)
+		luaL_error(L, "%s: %s must be a string, got %s", fn, what, lua_typename(L, t));
+	size_t len;
+	const char *s = lua_tolstring(L, idx, &len);
+	if (strlen(s) != len) {
+		tide_check_name(what, s, len, TIDE_MAX_NAME_BYTES, invalid, n);
+		return NULL;
+	}
+	return s;
+}
+
+/* store:doc(collection, id) → doc, info | nil (no such document) | nil, err.
+ * info = { id, last_stream_id, last_stream_position, last_global_position, updated_at }. */
+static int l_doc(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	char invalid[200] = "";
+	const char *collection = doc_text(L, 2, "doc", "collection name", invalid, sizeof(invalid));
+	const char *id =
+	        collection ? doc_text(L, 3, "doc", "document id", invalid, sizeof(invalid)) : NULL;
+	if (!id)
+		return tide_lua_push_error(L, "invalid", invalid);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	struct wait w = {.L = L};
+	int rc = tide_store_doc(s->store, collection, id, on_docs, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status)
+		return tide_lua_push_error(L, kind_of(w.status), w.err);
+	lua_rawgeti(L, -1, 1);
+	if (lua_isnil(L, -1))
+		return 1;
+	lua_getfield(L, -1, "doc");
+	lua_insert(L, -2);
+	lua_pushnil(L);
+	lua_setfield(L, -2, "doc");
+	return 2;
+}
+
+/* store:docs(collection [, { where = { key = value, ... }, limit = N, after = id }])
+ *   → list of { id, doc, last_stream_id, last_stream_position, last_global_position,
+ *   updated_at } in id order | nil, err */
+static int l_docs(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	char invalid[400] = "";
+	const char *collection =
+	        doc_text(L, 2, "docs", "collection name", invalid, sizeof(invalid));
+	struct tide_docs_opts o = {0};
+	char *where = NULL;
+	if (collection && !lua_isnoneornil(L, 3)) {
+		if (!lua_istable(L, 3))
+			return luaL_error(L, "docs: options must be a table, got %s",
+			                  luaL_typename(L, 3));
+		lua_pushnil(L);
+		while (lua_next(L, 3)) {
+			lua_pop(L, 1);
+			const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+			if (!k || (strcmp(k, "where") && strcmp(k, "limit") && strcmp(k, "after")))
+				return luaL_error(L,
+				                  "docs: unknown option %s%s%s (the options are "
+				                  "where, limit and after)",
+				                  k ? "'" : "", k ? k : luaL_typename(L, -1),
+				                  k ? "'" : "");
+		}
+		lua_getfield(L, 3, "limit");
+		if (!lua_isnil(L, -1)) {
+			lua_Number n = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
+			if (n < 1 || n > TIDE_DOCS_MAX_LIMIT || n != (lua_Number)(int64_t)n)
+				return luaL_error(L,
+				                  "docs: limit must be a whole number from 1 to %d "
+				                  "(default %d); read further pages with after",
+				                  TIDE_DOCS_MAX_LIMIT, TIDE_DOCS_DEFAULT_LIMIT);
+			o.limit = (int64_t)n;
+		}
+		lua_getfield(L, 3, "after");
+		if (!lua_isnil(L, -1))
+			o.after = doc_text(L, -1, "docs", "after", invalid, sizeof(invalid));
+		lua_getfield(L, 3, "where");
+		if (!lua_isnil(L, -1) && !invalid[0]) {
+			if (!lua_istable(L, -1))
+				return luaL_error(
+				        L, "docs: where must be a table of key = value, got %s",
+				        luaL_typename(L, -1));
+			char err[300];
+			where = tide_lua_to_json_text(L, -1, "where", err, sizeof(err));
+			if (!where)
+				return luaL_error(L, "docs: %s", err);
+			if (where[0] != '{') {
+				cJSON_free(where);
+				return luaL_error(L,
+				                  "docs: where must be a table of key = value, not "
+				                  "a list");
+			}
+			o.where = where;
+		}
+	}
+	if (invalid[0]) {
+		cJSON_free(where);
+		return tide_lua_push_error(L, "invalid", invalid);
+	}
+	int lost = ensure_connected(L, s);
+	if (lost) {
+		cJSON_free(where);
+		return lost;
+	}
+	struct wait w = {.L = L};
+	int rc = tide_store_docs(s->store, collection, &o, on_docs, &w);
+	cJSON_free(where);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	return finish(L, &w);
+}
+
 struct append_wait {
 	struct wait w;
 	struct tide_append_result r;
@@ -1003,6 +1202,8 @@ int tide_lua_open_core(lua_State *L)
 		        {"close", l_close},
 		        {"snapshot_load", l_snapshot_load},
 		        {"snapshot_save", l_snapshot_save},
+		        {"doc", l_doc},
+		        {"docs", l_docs},
 		        {NULL, NULL},
 		};
 		lua_newtable(L);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "file.h"
 #include "lua_pattern.h"
 #include "lua_store.h"
 #include "watchdog.h"
@@ -39,6 +40,7 @@ struct tide_vm {
 	bool timed_out;
 	struct tide_watch watch;
 	int env_ref;
+	char *dir; /* of the script loaded last: where require finds its siblings */
 };
 
 static uint64_t now_ns(void)
@@ -256,14 +258,107 @@ static int l_undefined_global(lua_State *L)
 	return luaL_error(L, "undefined global '%s'", lua_tostring(L, 2));
 }
 
+/* Registry keys: the modules a script required (name → what the file returned, or
+ * LOADING while it runs), and the sentinel. */
+static const char KEY_MODULES[] = "tide.script_modules";
+static const char KEY_LOADING[] = "tide.script_module_loading";
+
+/* A sibling's name: a file name without a path, so that a script reaches no file but the
+ * ones beside it; not the name of one of LuaJIT's own libraries, which stay out of reach
+ * (a script beside that asks for "ffi" gets an error, not a file of that name). */
+static bool module_name_ok(const char *name, size_t len)
+{
+	static const char *const builtin[] = {"ffi",       "jit",    "debug", "os",   "io",
+	                                      "package",   "string", "table", "math", "bit",
+	                                      "coroutine", "_G",     NULL};
+	if (len == 0 || len > 200)
+		return false;
+	for (const char *const *b = builtin; *b; b++)
+		if (strcmp(name, *b) == 0)
+			return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_'))
+			return false;
+	}
+	return true;
+}
+
+/* Loads DIR/name.lua (DIR: the script's own directory) into the sandbox's environment and
+ * runs it; its value stays in the modules table (true for nil, as Lua's require). */
+static int require_sibling(lua_State *L, const char *name)
+{
+	struct tide_vm *vm = vm_of(L);
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_MODULES);
+	int modules = lua_gettop(L);
+	lua_getfield(L, modules, name);
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_LOADING);
+	if (lua_rawequal(L, -1, -2))
+		return luaL_error(L,
+		                  "require \"%s\": %s.lua is still loading: a require loop "
+		                  "(it requires itself through the modules it requires)",
+		                  name, name);
+	lua_pop(L, 1);
+	if (!lua_isnil(L, -1))
+		return 1;
+	lua_pop(L, 1);
+	char path[4200], err[4400];
+	snprintf(path, sizeof(path), "%s/%s.lua", vm->dir ? vm->dir : ".", name);
+	size_t len;
+	char *src = tide_file_read(path, &len, err, sizeof(err));
+	if (!src)
+		return luaL_error(L,
+		                  "require \"%s\": %s (a script may require \"tide\" and the "
+		                  "scripts beside it)",
+		                  name, err);
+	int rc = LUA_ERRSYNTAX;
+	char chunk[4300];
+	snprintf(chunk, sizeof(chunk), "@%s", path);
+	if (len > 0 && src[0] == '\x1b')
+		lua_pushfstring(L, "%s: precompiled bytecode is not accepted; give the Lua source",
+		                path);
+	else
+		rc = luaL_loadbuffer(L, src, len, chunk);
+	free(src);
+	if (rc != 0)
+		return lua_error(L); /* the message names the file and line */
+	lua_rawgeti(L, LUA_REGISTRYINDEX, vm->env_ref);
+	lua_setfenv(L, -2);
+	lua_getfield(L, LUA_REGISTRYINDEX, KEY_LOADING);
+	lua_setfield(L, modules, name);
+	if (lua_pcall(L, 0, 1, 0) != 0) {
+		/* Forgotten, so that another require tries again rather than see a loop. */
+		lua_pushnil(L);
+		lua_setfield(L, modules, name);
+		return lua_error(L);
+	}
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		lua_pushboolean(L, 1);
+	}
+	lua_pushvalue(L, -1);
+	lua_setfield(L, modules, name);
+	return 1;
+}
+
+/* require "tide" (the script API), or require "name": name.lua beside the script. */
 static int l_sandbox_require(lua_State *L)
 {
-	const char *name = luaL_checkstring(L, 1);
-	if (strcmp(name, "tide") != 0)
-		return luaL_error(L, "module '%s' is not available to scripts (only \"tide\")",
+	size_t len;
+	const char *name = luaL_checklstring(L, 1, &len);
+	if (strcmp(name, "tide") == 0) {
+		lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
+		return 1;
+	}
+	if (!module_name_ok(name, len))
+		return luaL_error(L,
+		                  "module '%s' is not available to scripts: require \"tide\", or a "
+		                  "script beside this one by its name (letters, digits and _, no "
+		                  "path or .lua)",
 		                  name);
-	lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
-	return 1;
+	lua_settop(L, 1);
+	return require_sibling(L, name);
 }
 
 static void copy_fields(lua_State *L, const char *lib, const char *const *names, int dst)
@@ -380,6 +475,10 @@ static int build_sandbox(lua_State *L)
 	lua_setfield(L, env, "pcall");
 	lua_pushcfunction(L, l_sandbox_require);
 	lua_setfield(L, env, "require");
+	lua_newtable(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_MODULES);
+	lua_newtable(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, KEY_LOADING);
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.script_api");
 	lua_setfield(L, env, "tide");
 	lua_pushvalue(L, env);
@@ -454,6 +553,7 @@ void tide_vm_close(struct tide_vm *vm)
 	if (!vm)
 		return;
 	lua_close(vm->L);
+	free(vm->dir);
 	free(vm);
 }
 
@@ -540,6 +640,14 @@ static int load(struct tide_vm *vm, const char *path, const char *source, size_t
 		return TIDE_EINVAL;
 	}
 	err[0] = '\0';
+	/* require finds the script's siblings in its directory. */
+	const char *slash = strrchr(path, '/');
+	free(vm->dir);
+	vm->dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+	if (!vm->dir) {
+		snprintf(err, n, "%s: out of memory", path);
+		return TIDE_ENOMEM;
+	}
 	struct load_args a = {vm, path, source, len, processor, false, LUA_NOREF, err, n};
 	if (lua_cpcall(vm->L, do_load, &a) != 0) {
 		snprintf(err, n, "%s: %s", path,

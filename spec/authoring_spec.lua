@@ -52,7 +52,7 @@ describe("tide check", function()
     local r = S.tide("check examples/cart")
     assert.are.equal(0, r.code, r.err)
     assert.truthy(r.err:find("tide check: skipping examples/cart/cart_spec.lua (a spec)\n", 1, true), r.err)
-    for _, name in ipairs({ "cart.lua (decider)", "cart_summary.lua (projection)",
+    for _, name in ipairs({ "cart.lua (decider)", "cart_snapshots.lua (projection)", "cart_summary.lua (projection)",
                             "notify_on_confirm.lua (reactor)", "product_sales.lua (projection)" }) do
       assert.truthy(r.out:find("ok examples/cart/" .. name, 1, true), r.out)
     end
@@ -62,7 +62,7 @@ describe("tide check", function()
     local r = S.sh(q(S.bin) .. " check examples/cart/*.lua")
     assert.are.equal(0, r.code, r.err)
     assert.are.equal("tide check: skipping examples/cart/cart_spec.lua (a spec)\n", r.err)
-    assert.are.equal(4, select(2, r.out:gsub("ok examples/cart/", "")), r.out)
+    assert.are.equal(5, select(2, r.out:gsub("ok examples/cart/", "")), r.out)
   end)
 
   it("still fails on a broken script of a directory, and on a directory with no scripts", function()

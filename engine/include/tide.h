@@ -244,6 +244,56 @@ TIDE_MUST_CHECK int tide_store_rollback(struct tide_store *store, tide_end_cb cb
  * or commit's or rollback's callback, or their synchronous TIDE_ECONN). */
 bool tide_store_in_transaction(const struct tide_store *store);
 
+/* Documents: what document projections keep in tide_documents, one JSON document per id of
+ * a collection. A collection is named as the projection names it; readers see the generation
+ * of it that is live (sql/0007's tide_collection(): after a blue-green rebuild, the new one).
+ * Strings are owned by the store and valid only during the callback that delivers them. */
+struct tide_document {
+	const char *id;
+	const char *doc; /* JSON text, as PostgreSQL prints jsonb */
+	/* The event it reflects last: its stream, stream position and global position
+	 * (NULL and 0 for a document written before tide recorded them). */
+	const char *last_stream_id;
+	int64_t last_stream_position;
+	int64_t last_global_position;
+	const char *updated_at; /* ISO 8601 UTC */
+};
+
+struct tide_docs_result {
+	const struct tide_document *documents; /* in id order */
+	size_t count;
+};
+
+#define TIDE_DOCS_DEFAULT_LIMIT 100
+#define TIDE_DOCS_MAX_LIMIT     1000
+
+struct tide_docs_opts {
+	/* A JSON object: only documents that contain it (jsonb's @>: {"status":"open"}
+	 * matches every document whose status is "open"); NULL: every document. */
+	const char *where;
+	/* Only documents whose id comes after this one (the last id of the previous page);
+	 * NULL: from the first. Ids are in the database's text order (its collation). */
+	const char *after;
+	int64_t limit; /* at most this many, 1..TIDE_DOCS_MAX_LIMIT; 0: TIDE_DOCS_DEFAULT_LIMIT */
+};
+
+/* status as for the other callbacks; result is NULL when status != 0. */
+typedef void (*tide_docs_cb)(int status, const char *err, const struct tide_docs_result *result,
+                             void *arg);
+
+/* The document id of collection: result->count is 1, or 0 when there is none (not an
+ * error). TIDE_EINVAL (cb not called, message in tide_store_error()) when the collection
+ * or the id is empty, longer than TIDE_MAX_NAME_BYTES or not valid UTF-8. */
+TIDE_MUST_CHECK int tide_store_doc(struct tide_store *store, const char *collection, const char *id,
+                                   tide_docs_cb cb, void *arg);
+
+/* A page of collection's documents in id order; opts may be NULL (the first
+ * TIDE_DOCS_DEFAULT_LIMIT). A page shorter than the limit is the last. TIDE_EINVAL (cb not
+ * called) for a bad collection name or after (as tide_store_doc), a limit out of range, or
+ * a where that is not a JSON object. */
+TIDE_MUST_CHECK int tide_store_docs(struct tide_store *store, const char *collection,
+                                    const struct tide_docs_opts *opts, tide_docs_cb cb, void *arg);
+
 /* Applies pending schema migrations in one transaction on a connection of its own:
  * idempotent, serialized between processes by an advisory lock, and safe on a database
  * whose Emmett tables already exist. The store need not be connected yet. */

@@ -35,6 +35,12 @@ function Store:append(stream, events, opts) return self.raw:append(stream, event
 function Store:read(stream, opts) return self.raw:read(stream, opts) end
 -- store:read_all(cursor?, max?) → events, next_cursor | nil, err
 function Store:read_all(cursor, max) return self.raw:read_all(cursor, max) end
+-- store:doc(collection, id) → doc, info | nil (no such document) | nil, err; info has id,
+-- last_stream_id, last_stream_position, last_global_position, updated_at.
+function Store:doc(collection, id) return self.raw:doc(collection, id) end
+-- store:docs(collection, { where = { key = value }, limit = N, after = id })
+--   → { { id, doc, last_stream_id, ... }, ... } in id order | nil, err
+function Store:docs(collection, opts) return self.raw:docs(collection, opts) end
 -- store:begin([stream]) → version | "no_stream" (true without a stream) | nil, err: a
 -- transaction with the stream's row locked; every call runs inside it until commit/rollback.
 function Store:begin(stream) return self.raw:begin(stream) end

@@ -1,8 +1,9 @@
 -- tide.model: the constructors processor scripts are written with (decider, projection,
 -- reactor) and the JSON null sentinel. Pure Lua: usable from plain busted, with no
 -- database and no C module.
-local error, type, pairs, setmetatable, getmetatable, tostring, next, rawget, rawset =
-  error, type, pairs, setmetatable, getmetatable, tostring, next, rawget, rawset
+local error, type, pairs, ipairs, setmetatable, getmetatable, tostring, next, rawget, rawset =
+  error, type, pairs, ipairs, setmetatable, getmetatable, tostring, next, rawget, rawset
+local table = table
 local debug_getmetatable = debug and debug.getmetatable
 local floor = math.floor
 
@@ -174,15 +175,98 @@ function M.decider(spec)
   return spec
 end
 
+-- A snapshot projection's table and columns (lua/tide/processor.lua writes them). Column
+-- types are a small set whose names PostgreSQL prints back the same way (format_type), so
+-- that a table made by an older version of the script can be checked against this one.
+M.snapshot_types = {
+  text = "text", integer = "integer", bigint = "bigint", numeric = "numeric",
+  ["double precision"] = "double precision", boolean = "boolean", date = "date",
+  timestamptz = "timestamp with time zone", jsonb = "jsonb",
+}
+-- The columns every snapshot table has: name, type as format_type prints it, constraints.
+M.snapshot_columns = {
+  { "id", "text", "PRIMARY KEY" }, { "partition", "text", "NOT NULL" },
+  { "state", "jsonb", "NOT NULL" }, { "last_stream_id", "text", "" },
+  { "last_stream_position", "bigint", "" }, { "last_global_position", "bigint", "" },
+  { "updated_at", "timestamp with time zone", "NOT NULL DEFAULT now()" },
+}
+local MAX_SNAPSHOT_COLUMNS = 32 -- of the script's own; a row's write has at most 64 parameters
+local SQL_NAME = "^[a-z_][a-z0-9_]*$"
+
+local function check_snapshot(spec)
+  local what = "tide.projection"
+  local d = spec.snapshot
+  if type(d) ~= "table" or type(d.initial) ~= "function" or type(d.evolve) ~= "function" then
+    error(what .. ": 'snapshot' must be a decider (tide.decider { initial, evolve, ... }, e.g."
+      .. " require \"cart\" for cart.lua beside the script), got " .. type(d), 3)
+  end
+  local t = spec.table
+  if type(t) ~= "string" or not t:match(SQL_NAME) or #t > 50 then
+    error(what .. ": a snapshot projection wants 'table', a lower-case SQL name"
+      .. " ([a-z_][a-z0-9_]*, at most 50 bytes), got " .. tostring(t), 3)
+  end
+  if t:match("^emt_") or t:match("^tide_") then
+    error(what .. ": 'table' must not start with emt_ or tide_ (the store's own tables), got "
+      .. t, 3)
+  end
+  for _, f in ipairs({ "id", "columns" }) do
+    if spec[f] ~= nil and type(spec[f]) ~= "function" then
+      error(what .. ": '" .. f .. "' must be a function, got " .. type(spec[f]), 3)
+    end
+  end
+  local types = spec.column_types
+  if spec.columns == nil then
+    if types ~= nil then error(what .. ": 'column_types' without 'columns'", 3) end
+    return
+  end
+  if type(types) ~= "table" then
+    error(what .. ": 'columns' wants 'column_types' = { name = \"type\", ... } too", 3)
+  end
+  local n = 0
+  for name, ty in pairs(types) do
+    n = n + 1
+    if type(name) ~= "string" or not name:match(SQL_NAME) or #name > 63 then
+      error(what .. ": column_types: a column name must be a lower-case SQL name"
+        .. " ([a-z_][a-z0-9_]*, at most 63 bytes), got " .. tostring(name), 3)
+    end
+    for _, fixed in ipairs(M.snapshot_columns) do
+      if name == fixed[1] then
+        error(what .. ": column_types: '" .. name .. "' is a column every snapshot table"
+          .. " has already; name yours otherwise", 3)
+      end
+    end
+    if not M.snapshot_types[ty] then
+      local list = {}
+      for k in pairs(M.snapshot_types) do list[#list + 1] = k end
+      table.sort(list)
+      error(what .. ": column_types." .. name .. ": the type must be one of "
+        .. table.concat(list, ", ") .. "; got " .. tostring(ty), 3)
+    end
+  end
+  if n == 0 then error(what .. ": 'column_types' declares no column", 3) end
+  if n > MAX_SNAPSHOT_COLUMNS then
+    error(what .. ": at most " .. MAX_SNAPSHOT_COLUMNS .. " columns, got " .. n, 3)
+  end
+end
+
 -- projection { name?, events?, partition?, handle(events, sql) }: one call per batch;
 -- projection { ..., handle_event(event, sql) }: one call per event;
--- projection { collection, id?, initial?, evolve(doc, event), events?, partition? }
+-- projection { collection, id?, initial?, evolve(doc, event), events?, partition? };
+-- projection { snapshot = decider, table, id?, columns?, column_types?, events?, partition? }
 function M.projection(spec)
   check_spec(spec, "tide.projection")
   check_events(spec, "tide.projection")
   check_partition(spec, "tide.projection")
   check_policy(spec, "tide.projection")
-  if spec.collection ~= nil then
+  if spec.snapshot ~= nil then
+    for _, k in ipairs({ "collection", "handle", "handle_event", "evolve", "initial" }) do
+      if spec[k] ~= nil then
+        error("tide.projection: a snapshot projection folds with its decider's initial and"
+          .. " evolve; it takes no '" .. k .. "'", 2)
+      end
+    end
+    check_snapshot(spec)
+  elseif spec.collection ~= nil then
     if type(spec.collection) ~= "string" or not spec.collection:match("^[%a_][%w_]*$") then
       error("tide.projection: 'collection' must be a name of letters, digits and _", 2)
     end

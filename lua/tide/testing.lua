@@ -192,10 +192,14 @@ function M.decider(d)
 end
 
 -- testing.projection(p) → { given(events [, stream]) → { then_document, then_no_document, then_state } }
+-- A snapshot projection's documents are its rows' states, folded with its decider.
 function M.projection(p)
-  if type(p) ~= "table" or p.kind ~= "projection" or not p.collection then
-    error("testing.projection wants a document projection (tide.projection with a collection)", 2)
+  if type(p) ~= "table" or p.kind ~= "projection" or not (p.collection or p.snapshot) then
+    error("testing.projection wants a document projection (tide.projection with a collection)"
+      .. " or a snapshot projection", 2)
   end
+  local initial, evolve = p.initial, p.evolve
+  if p.snapshot then initial, evolve = p.snapshot.initial, p.snapshot.evolve end
   local t = {}
   function t.given(events, stream)
     local docs = {}
@@ -205,8 +209,8 @@ function M.projection(p)
         if id ~= false then
           id = tostring(id)
           local doc = docs[id]
-          if doc == nil and p.initial then doc = p.initial() end
-          docs[id] = p.evolve(doc, e)
+          if doc == nil and initial then doc = initial() end
+          docs[id] = evolve(doc, e)
         end
       end
     end
