@@ -58,15 +58,15 @@ describe("tide run beside specs and modules", function()
     local pid = S.sh(string.format("%s run %s --app %s --database %s >%s 2>&1 & echo $!", q(S.bin),
       q(examples), D.APP, q(url), q(log))).out:match("%d+")
     D.track(pid)
-    S.wait_for(function() return count(read(log), "event=processor.started ") == 3 end, 20,
-      "the two projections and the reactor to start")
+    S.wait_for(function() return count(read(log), "event=processor.started ") == 4 end, 20,
+      "the three projections and the reactor to start")
     local text = read(log)
     assert.are.equal(1, count(text, "event=script.skipped script=" .. examples:gsub("%p", "%%%0")
       .. "/cart_spec.lua reason=\"a spec %(busted's tests: run them with `tide test`%)\""), text)
     assert.are.equal(1, count(text, "event=script.skipped processor=spec/cart script=[^ ]*/cart.lua "
       .. "reason=\"a decider: it handles commands with `tide handle`\""), text)
     assert.are.equal(0, count(text, "level=error"), text)
-    for _, name in ipairs({ "cart_summary", "product_sales", "notify_on_confirm" }) do
+    for _, name in ipairs({ "cart_summary", "product_sales", "cart_snapshots", "notify_on_confirm" }) do
       assert.truthy(text:find("event=processor.started processor=spec/" .. name .. " ", 1, true), text)
     end
 
@@ -84,7 +84,7 @@ describe("tide run beside specs and modules", function()
 
     -- tide status shows the three and nothing failed.
     local rows = status(url)
-    for _, name in ipairs({ "cart_summary", "product_sales", "notify_on_confirm" }) do
+    for _, name in ipairs({ "cart_summary", "product_sales", "cart_snapshots", "notify_on_confirm" }) do
       assert.are.equal("running", rows[name] and rows[name].state, name)
     end
     assert.is_nil(rows.cart)

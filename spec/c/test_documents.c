@@ -222,8 +222,8 @@ static void live_generation(void)
 	CHECK(tide_store_doc(store, "sales", "tea", on_docs, s) == 0);
 	test_wait(&s->done);
 	CHECK(s->count == 1 && strcmp(s->d[0].doc, "{\"v\": 1}") == 0);
-	exec_sql(c, "INSERT INTO tide_targets (kind, name, physical, processor_id)"
-	            " VALUES ('collection', 'sales', 'sales__v2', 'app/sales')");
+	exec_sql(c, "INSERT INTO tide_targets (kind, name, physical, processor_id, live)"
+	            " VALUES ('collection', 'sales', 'sales__v2', 'app/sales', true)");
 	memset(s, 0, sizeof(*s));
 	CHECK(tide_store_doc(store, "sales", "tea", on_docs, s) == 0);
 	test_wait(&s->done);
