@@ -46,8 +46,8 @@ struct run {
 	bool built;
 	struct tide_progress progress;
 	uint64_t started_ns;
-	uv_timer_t retry; /* the switch, after a deadlock with a daemon's batch */
-	int switches;
+	bool locked; /* the processor's row, in the transaction of the switch */
+	cJSON *out;  /* what is printed once the switch commits */
 };
 
 static void finish(struct run *r, int status, const char *err)
@@ -60,59 +60,66 @@ static void finish(struct run *r, int status, const char *err)
 	tide_cli_done(&r->cli);
 }
 
-/* --- the switch ---------------------------------------------------------------------------- */
+/* --- the switch ---------------------------------------------------------------------------- *
+ * Once the build has caught up, this process's own connection opens a transaction and takes
+ * the processor's row FOR UPDATE: a daemon's batch of it (tide_processor_enter) and inline
+ * appenders (FOR SHARE) wait from then on, so no event reaches the old targets any more. The
+ * builder then takes what was appended meanwhile, stops, and the switch runs and commits in
+ * that transaction: the new targets hold every event, and whatever waited goes on with them. */
 
-static void send_switch(struct run *r);
-
-static void on_retry(uv_timer_t *t)
+static void on_committed(const struct tide_pg_reply *reply, void *arg)
 {
-	send_switch(t->data);
+	struct run *r = arg;
+	char buf[600];
+	if (reply->status) {
+		finish(r, reply->status, tide_pg_explain(reply, buf, sizeof(buf)));
+		return;
+	}
+	if (r->shown)
+		fputc('\n', stderr); /* the last bar stays */
+	r->shown = false;
+	tide_cli_print_line(r->out);
+	r->out = NULL;
+	finish(r, 0, NULL);
 }
 
-/* A daemon's batch may hold the old targets while it waits for the processor's row, which
- * the switch holds while it waits for them: PostgreSQL ends one of the two (40P01). */
-static bool worth_another_switch(struct run *r, const struct tide_pg_reply *reply)
+static void on_ignored(const struct tide_pg_reply *reply, void *arg)
 {
-	static const char *const codes[] = {"40P01", "40001", "55P03"};
-	if (reply->status != TIDE_EDB || r->switches >= 20)
-		return false;
-	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
-		if (strcmp(reply->sqlstate, codes[i]) == 0)
-			return true;
-	return false;
+	(void)reply;
+	(void)arg;
+}
+
+/* Ends the transaction of the switch with ROLLBACK and the run with err. */
+static void abandon(struct run *r, int status, const char *err)
+{
+	if (r->cli.store && tide_pg_ready(r->cli.store->pg) &&
+	    tide_pg_exec_sql(r->cli.store->pg, "ROLLBACK", 0, NULL, on_ignored, NULL) != 0)
+		status = TIDE_ECONN;
+	finish(r, status, err);
 }
 
 static void on_switched(const struct tide_pg_reply *reply, void *arg)
 {
 	struct run *r = arg;
-	char buf[800];
-	if (worth_another_switch(r, reply)) {
-		uint64_t ms = 50u << (r->switches < 5 ? r->switches : 5);
-		uv_timer_start(&r->retry, on_retry, ms + (uint64_t)rand() % ms, 0);
-		return;
-	}
-	uv_close((uv_handle_t *)&r->retry, NULL);
+	char buf[800], why[400];
 	if (reply->status) {
 		snprintf(buf, sizeof(buf),
 		         "the build caught up, but switching readers to it failed: %s (run `tide "
 		         "rebuild %s` again: it goes on from where it is)",
-		         tide_pg_explain(reply, buf + 400, 400), r->id);
-		finish(r, reply->status, buf);
+		         tide_pg_explain(reply, why, sizeof(why)), r->id);
+		abandon(r, reply->status, buf);
 		return;
 	}
 	double s = (double)(uv_hrtime() - r->started_ns) / 1e9;
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "processor", r->id);
-	cJSON_AddNumberToObject(o, "version", r->gen.version);
-	cJSON_AddRawToObject(o, "old_version", PQgetvalue(reply->res, 0, 0));
-	tide_json_add_i64(o, "events", r->progress.done);
-	cJSON_AddNumberToObject(o, "seconds", (double)(int64_t)(s * 1000) / 1000);
-	cJSON_AddRawToObject(o, "targets", PQgetvalue(reply->res, 0, 2));
-	if (r->shown)
-		fputc('\n', stderr); /* the last bar stays */
-	r->shown = false;
-	tide_cli_print_line(o);
-	finish(r, 0, NULL);
+	r->out = cJSON_CreateObject();
+	cJSON_AddStringToObject(r->out, "processor", r->id);
+	cJSON_AddNumberToObject(r->out, "version", r->gen.version);
+	cJSON_AddRawToObject(r->out, "old_version", PQgetvalue(reply->res, 0, 0));
+	tide_json_add_i64(r->out, "events", r->progress.done);
+	cJSON_AddNumberToObject(r->out, "seconds", (double)(int64_t)(s * 1000) / 1000);
+	cJSON_AddRawToObject(r->out, "targets", PQgetvalue(reply->res, 0, 2));
+	if (tide_pg_exec_sql(r->cli.store->pg, "COMMIT", 0, NULL, on_committed, r) != 0)
+		finish(r, TIDE_ECONN, tide_pg_error(r->cli.store->pg));
 }
 
 static void builder_stopped(void *arg)
@@ -122,29 +129,41 @@ static void builder_stopped(void *arg)
 	tide_consumer_free(r->builder);
 	r->builder = NULL;
 	if (!r->built) {
-		finish(r, TIDE_ECONN, "the build stopped before it caught up");
+		abandon(r, TIDE_ECONN, "the build stopped before it caught up");
 		return;
 	}
-	uv_timer_init(&r->cli.loop, &r->retry);
-	r->retry.data = r;
-	send_switch(r);
+	if (tide_rebuild_switch(r->cli.store->pg, r->id, r->builder_id, r->partition,
+	                        r->gen.version, r->suffix, r->keep, on_switched, r) != 0)
+		finish(r, TIDE_ECONN, tide_pg_error(r->cli.store->pg));
 }
 
-static void send_switch(struct run *r)
+static void on_locked(const struct tide_pg_reply *reply, void *arg)
 {
-	r->switches++;
-	if (tide_rebuild_switch(r->cli.store->pg, r->id, r->builder_id, r->partition,
-	                        r->gen.version, r->suffix, r->keep, on_switched, r) != 0) {
-		uv_close((uv_handle_t *)&r->retry, NULL);
-		finish(r, TIDE_ECONN, tide_pg_error(r->cli.store->pg));
+	struct run *r = arg;
+	char buf[600];
+	if (reply->status) {
+		abandon(r, reply->status, tide_pg_explain(reply, buf, sizeof(buf)));
+		return;
 	}
+	r->locked = true;
+	tide_consumer_build_on(r->builder); /* what came before the lock */
 }
 
 static void builder_built(void *arg)
 {
 	struct run *r = arg;
-	r->built = true;
-	tide_consumer_stop(r->builder);
+	static const struct tide_pg_stmt lock = {
+	        "tide_rebuild_lock",
+	        "SELECT 1 FROM tide_processors WHERE processor_id = $1 FOR UPDATE", 1};
+	if (r->locked) { /* caught up under the lock: done */
+		r->built = true;
+		tide_consumer_stop(r->builder);
+		return;
+	}
+	const char *v[1] = {r->id};
+	if (tide_pg_exec_sql(r->cli.store->pg, "BEGIN", 0, NULL, on_ignored, NULL) != 0 ||
+	    tide_pg_exec(r->cli.store->pg, &lock, v, on_locked, r) != 0)
+		finish(r, TIDE_ECONN, tide_pg_error(r->cli.store->pg));
 }
 
 static void draw(struct run *r, const struct tide_progress *p)
@@ -370,6 +389,7 @@ int tide_cli_rebuild_main(int argc, char **argv)
 	uv_run(&r.cli.loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r.cli.loop);
 	tide_generation_free(&r.gen);
+	cJSON_Delete(r.out);
 	free(r.script);
 	free(r.app);
 	free(r.name);

@@ -1386,6 +1386,12 @@ void tide_consumer_switch(struct tide_consumer *c, struct tide_generation *g, co
 	}
 }
 
+void tide_consumer_build_on(struct tide_consumer *c)
+{
+	c->built = false;
+	tide_consumer_wake(c);
+}
+
 void tide_consumer_take_generation(struct tide_consumer *c, struct tide_generation *out)
 {
 	*out = c->cur;

@@ -87,6 +87,9 @@ void tide_consumer_check_retries(struct tide_consumer *c);
 void tide_consumer_switch(struct tide_consumer *c, struct tide_generation *g, const char *builder,
                           const char *suffix, bool keep);
 
+/* A builder that caught up: read on, and call on_built again once caught up once more. */
+void tide_consumer_build_on(struct tide_consumer *c);
+
 /* Moves the running generation out of a stopped consumer (*out is zeroed when none). */
 void tide_consumer_take_generation(struct tide_consumer *c, struct tide_generation *out);
 
