@@ -76,9 +76,13 @@ int tide_cli_run_replay(struct cli *cli);
  * stderr, after its one-line message: the script's frames and the C functions between
  * them, not the runtime's, nor the C frames below the script's last. */
 struct tide_vm;
+struct lua_State;
 int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **vm, int *ref,
                          char *err, size_t n);
 int tide_cli_error_status(const char *kind);
+/* In a script's VM (under its guard): the runtime's store for cli's database and partition,
+ * pushed; its stack index, or 0 with msg saying why it could not connect. */
+int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, char *msg, size_t n);
 void tide_cli_print_traceback(const char *tb);
 int tide_cli_run_check(struct cli *cli);
 void tide_cli_run_status(struct cli *cli);

@@ -290,23 +290,11 @@ static int run_replay(lua_State *L)
 
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	int runtime = lua_gettop(L);
-	lua_getfield(L, runtime, "connect");
-	lua_pushstring(L, cli->url);
-	lua_createtable(L, 0, 1);
-	if (cli->partition) {
-		lua_pushstring(L, cli->partition);
-		lua_setfield(L, -2, "partition");
-	}
-	lua_call(L, 2, 2);
-	if (lua_isnil(L, -2)) {
-		lua_getfield(L, -1, "message");
+	int store = tide_cli_connect_vm(L, cli, r->message, sizeof(r->message));
+	if (!store) {
 		r->status = TIDE_ECONN;
-		snprintf(r->message, sizeof(r->message), "cannot connect to the database: %s",
-		         lua_tostring(L, -1));
 		return 0;
 	}
-	lua_pop(L, 1);
-	int store = lua_gettop(L);
 	if (r->view)
 		printf("%s%s%s through %s (%s)\n\n", paint(r, BOLD), cli->stream, paint(r, RESET),
 		       cli->script, r->what);

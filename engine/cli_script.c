@@ -14,6 +14,27 @@
 #include "lua_vm.h"
 #include "pg.h"
 
+int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, char *msg, size_t n)
+{
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "connect");
+	lua_remove(L, -2);
+	lua_pushstring(L, cli->url);
+	lua_createtable(L, 0, 1);
+	if (cli->partition) {
+		lua_pushstring(L, cli->partition);
+		lua_setfield(L, -2, "partition");
+	}
+	lua_call(L, 2, 2);
+	if (lua_isnil(L, -2)) {
+		lua_getfield(L, -1, "message");
+		snprintf(msg, n, "cannot connect to the database: %s", lua_tostring(L, -1));
+		return 0;
+	}
+	lua_pop(L, 1);
+	return lua_gettop(L);
+}
+
 int tide_cli_error_status(const char *kind)
 {
 	if (!kind)
@@ -307,24 +328,11 @@ static int run_script(lua_State *L)
 	}
 	lua_pop(L, 1);
 
-	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
-	lua_getfield(L, -1, "connect");
-	lua_pushstring(L, cli->url);
-	lua_createtable(L, 0, 1);
-	if (cli->partition) {
-		lua_pushstring(L, cli->partition);
-		lua_setfield(L, -2, "partition");
-	}
-	lua_call(L, 2, 2);
-	if (lua_isnil(L, -2)) {
-		lua_getfield(L, -1, "message");
+	int store = tide_cli_connect_vm(L, cli, s->message, sizeof(s->message));
+	if (!store) {
 		s->status = TIDE_ECONN;
-		snprintf(s->message, sizeof(s->message), "cannot connect to the database: %s",
-		         lua_tostring(L, -1));
 		return 0;
 	}
-	lua_pop(L, 1);
-	int store = lua_gettop(L);
 	lua_getfield(L, store, cli->command_json ? "handle" : "aggregate");
 	lua_pushvalue(L, store);
 	lua_pushvalue(L, decider);
