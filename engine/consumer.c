@@ -88,6 +88,7 @@ struct tide_consumer {
 	bool built; /* a builder that caught up (on_built fired) */
 	struct tide_progress progress;
 	uint64_t progress_at, progress_logged_at; /* ms */
+	int64_t progress_logged_done;
 	bool version_checked; /* the processor: its row's version was looked at */
 	bool awaiting;        /* the processor: no generation until its build is done */
 	int stored_version;   /* ... and what it was (0: no row) */
@@ -664,8 +665,10 @@ static void note_progress(struct tide_consumer *c, bool done)
 	tide_rebuild_report(c->store->pg, c->id, c->rebuild_of, &c->progress);
 	if (c->o.on_progress)
 		c->o.on_progress(&c->progress, c->o.arg);
-	if (done || now - c->progress_logged_at >= 10000) {
+	if (done ? c->progress.done != c->progress_logged_done
+	         : now - c->progress_logged_at >= 10000) {
 		c->progress_logged_at = now;
+		c->progress_logged_done = c->progress.done;
 		char line[160];
 		tide_progress_format(&c->progress, line, sizeof(line));
 		tide_log("info", done ? "rebuild.caught_up" : "rebuild.progress", "processor",
