@@ -733,7 +733,8 @@ static int run_command(struct cli *cli, const struct command *cmd, bool print)
 	}
 
 	if (!cmd->run)
-		return tide_cli_run_script(cli);
+		return strcmp(cli->cmd, "replay") == 0 ? tide_cli_run_replay(cli)
+		                                       : tide_cli_run_script(cli);
 
 	uv_loop_init(&cli->loop);
 	if (tide_store_open(&cli->loop, cli->url, on_open, cli, &cli->store)) {

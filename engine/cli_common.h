@@ -66,7 +66,7 @@ const char *tide_cli_database_url(const char *given);
 /* Prints o as one line of JSON and frees it. */
 void tide_cli_print_line(cJSON *o);
 
-int tide_cli_run_script(struct cli *cli); /* handle, aggregate, replay */
+int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
 int tide_cli_run_replay(struct cli *cli);
 
 /* cli_script.c's, for the commands that run a script: a fresh sandboxed VM (*vm) with the

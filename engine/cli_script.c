@@ -453,8 +453,6 @@ void tide_cli_print_traceback(const char *tb)
 
 int tide_cli_run_script(struct cli *cli)
 {
-	if (strcmp(cli->cmd, "replay") == 0)
-		return tide_cli_run_replay(cli);
 	char err[1024];
 	struct script_run s = {.cli = cli};
 	struct tide_vm *vm;
