@@ -67,7 +67,7 @@ static const char usage_migrate[] =
 
 static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
-        "                   [--partition P] [--database URL]\n"
+        "                   [--partition P] [--projections DIR] [--database URL]\n"
         "\n"
         "Appends one event and prints {\"next_expected_version\":N,\"global_positions\":[..]}.\n"
         "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
@@ -76,8 +76,11 @@ static const char usage_append[] =
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
         "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
+        "  --projections DIR  run the inline projections of DIR (inline = true) inside the\n"
+        "                  append's transaction; one that fails rolls the append back\n"
         "Exits 2 on bad input and 3 on a version conflict, writing nothing; 5 when the\n"
-        "connection was lost after the event was sent (it may or may not be in the log).\n";
+        "connection was lost after the event was sent (it may or may not be in the log); 1\n"
+        "when an inline projection failed (its error and stack on stderr; nothing written).\n";
 
 /* Printed after usage_append, from the limits of tide.h. */
 static const char limits_append[] =
@@ -108,7 +111,7 @@ static const char usage_read_all[] =
 
 static const char usage_handle[] =
         "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
-        "                   [--database URL]\n"
+        "                   [--projections DIR] [--database URL]\n"
         "\n"
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
@@ -121,6 +124,8 @@ static const char usage_handle[] =
         "                stream's lock (default 2)\n"
         "  --cpu-ms N    CPU time limit per call into the script (default 1000)\n"
         "  --partition P the Emmett partition (tenant) of STREAM (default emt:default)\n"
+        "  --projections DIR  run the inline projections of DIR (inline = true) inside the\n"
+        "                append's transaction; one that fails rolls the append back (exit 1)\n"
         "Exits 4 when decide rejects the command with tide.reject(message [, details]): the\n"
         "message on stderr, and on stdout\n"
         "{\"error\":{\"kind\":\"rejected\",\"message\":...,\"details\":...}}. Any other error\n"
@@ -242,6 +247,8 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 	struct cli *cli = arg;
 	if (status) {
 		tide_cli_fail(cli, status, err);
+		if (r && r->traceback) /* an inline projection's */
+			tide_cli_print_traceback(r->traceback);
 	} else {
 		cJSON *o = cJSON_CreateObject();
 		tide_json_add_i64(o, "next_expected_version", r->next_expected_version);
@@ -258,8 +265,10 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 
 static void run_append(struct cli *cli)
 {
-	int rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
-	                           on_appended, cli);
+	int rc = cli->projections ? tide_store_set_projections(cli->store, cli->projections) : 0;
+	if (rc == 0)
+		rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
+		                       on_appended, cli);
 	if (rc) {
 		tide_cli_fail(cli, rc, tide_store_error(cli->store));
 		tide_cli_done(cli);
@@ -339,6 +348,7 @@ enum {
 	OPT_HELP,
 	OPT_NOTIFY_TRIGGER,
 	OPT_NO_NOTIFY_TRIGGER,
+	OPT_PROJECTIONS,
 };
 
 static const struct option options[] = {
@@ -359,6 +369,7 @@ static const struct option options[] = {
         {"help", no_argument, NULL, OPT_HELP},
         {"notify-trigger", no_argument, NULL, OPT_NOTIFY_TRIGGER},
         {"no-notify-trigger", no_argument, NULL, OPT_NO_NOTIFY_TRIGGER},
+        {"projections", required_argument, NULL, OPT_PROJECTIONS},
         {NULL, 0, NULL, 0},
 };
 
@@ -372,10 +383,10 @@ struct command {
 
 static const struct command commands[] = {
         {"migrate", usage_migrate, run_migrate, 0, " print notify-trigger no-notify-trigger "},
-        {"append", usage_append, run_append, 3, " expected metadata id partition "},
+        {"append", usage_append, run_append, 3, " expected metadata id partition projections "},
         {"read", usage_read, run_read, 1, " from to max backward partition "},
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
-        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition "},
+        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition projections "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
         {"status", usage_status, tide_cli_run_status, 0, " json "},
@@ -553,6 +564,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_NO_NOTIFY_TRIGGER: cli->notify_trigger = -1; break;
 		case OPT_JSON: cli->json = true; break;
 		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
+		case OPT_PROJECTIONS: cli->projections = optarg; break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;

@@ -28,6 +28,8 @@ struct cli {
 	/* read, read-all */
 	struct tide_read_opts read;
 	struct tide_cursor after;
+	/* append, handle: a directory whose inline projections the append runs */
+	const char *projections;
 	/* handle, aggregate */
 	const char *script;
 	const char *command_json;
@@ -58,6 +60,10 @@ const char *tide_cli_database_url(const char *given);
 
 /* Prints o as one line of JSON and frees it. */
 void tide_cli_print_line(cJSON *o);
+
+/* A script error's stack on stderr, after its one-line message: the script's frames and the
+ * C functions between them; not the runtime's, nor the C frames below the script's last. */
+void tide_cli_print_traceback(const char *traceback);
 
 int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
 int tide_cli_run_check(struct cli *cli);

@@ -264,17 +264,24 @@ static int run_script(lua_State *L)
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	lua_getfield(L, -1, "connect");
 	lua_pushstring(L, cli->url);
-	lua_createtable(L, 0, 1);
+	lua_createtable(L, 0, 2);
 	if (cli->partition) {
 		lua_pushstring(L, cli->partition);
 		lua_setfield(L, -2, "partition");
 	}
+	if (cli->projections) {
+		lua_pushstring(L, cli->projections);
+		lua_setfield(L, -2, "projections");
+	}
 	lua_call(L, 2, 2);
 	if (lua_isnil(L, -2)) {
-		lua_getfield(L, -1, "message");
-		s->status = TIDE_ECONN;
-		snprintf(s->message, sizeof(s->message), "cannot connect to the database: %s",
-		         lua_tostring(L, -1));
+		lua_getfield(L, -1, "kind");
+		const char *kind = lua_tostring(L, -1);
+		bool loading = kind && strcmp(kind, "connection") != 0;
+		lua_getfield(L, -2, "message");
+		s->status = loading ? status_of(kind) : TIDE_ECONN;
+		snprintf(s->message, sizeof(s->message), "%s%s",
+		         loading ? "" : "cannot connect to the database: ", lua_tostring(L, -1));
 		return 0;
 	}
 	lua_pop(L, 1);
@@ -350,41 +357,6 @@ static int run_script(lua_State *L)
 	return 0;
 }
 
-/* Whether a traceback line is a frame of the script's, or of a C function it called, as
- * opposed to the runtime's own (its chunks are "[tide runtime ...]"). */
-static bool script_frame(const char *line, size_t len)
-{
-	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
-}
-
-/* A script error's stack on stderr, after its one-line message: the script's frames and the
- * C functions between them; not the runtime's, nor the C frames below the script's last. */
-static void print_traceback(const char *tb)
-{
-	const char *p = strstr(tb, "stack traceback:");
-	if (!p || !(p = strchr(p, '\n')))
-		return;
-	p++;
-	const char *last = NULL; /* the end of the script's last Lua frame */
-	for (const char *q = p; *q;) {
-		const char *end = strchr(q, '\n');
-		size_t len = end ? (size_t)(end - q) : strlen(q);
-		if (script_frame(q, len) && !memmem(q, len, "[C]:", 4))
-			last = q + len;
-		q += len + (end != NULL);
-	}
-	if (!last)
-		return;
-	fputs("stack traceback:\n", stderr);
-	while (p < last) {
-		const char *end = strchr(p, '\n');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (script_frame(p, len))
-			fprintf(stderr, "%.*s\n", (int)len, p);
-		p += len + 1;
-	}
-}
-
 int tide_cli_run_script(struct cli *cli)
 {
 	char err[1024];
@@ -408,7 +380,7 @@ int tide_cli_run_script(struct cli *cli)
 	if (s.status) {
 		tide_cli_fail(cli, s.status, s.message);
 		if (s.traceback)
-			print_traceback(s.traceback);
+			tide_cli_print_traceback(s.traceback);
 		if (s.rejected) {
 			cli->exit_code = EXIT_REJECTED;
 			if (s.json)

@@ -84,8 +84,21 @@ local function check_policy(spec, kind)
   end
 end
 
+-- inline = true: a projection that runs inside the transaction that appends (engine/inline.c),
+-- wherever tide appends with its directory, instead of in the daemon.
+local function check_inline(spec, kind, projection)
+  if spec.inline == nil then return end
+  if type(spec.inline) ~= "boolean" then
+    error(kind .. ": 'inline' must be true or false, got " .. tostring(spec.inline), 3)
+  end
+  if spec.inline and not projection then
+    error(kind .. ": 'inline' is for projections (a reactor runs in the daemon)", 3)
+  end
+end
+
 -- The daemon's settings of a processor, checked (a script may return a table built by hand):
--- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms }.
+-- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms,
+--   inline }.
 function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
     error("the script must return a processor built with tide.projection or tide.reactor", 0)
@@ -103,6 +116,7 @@ function M.settings(p)
     error("partition must be a non-empty name", 0)
   end
   check_policy(p, p.kind)
+  check_inline(p, p.kind, p.kind == "projection")
   local types
   if p.events ~= nil then
     check_events(p, p.kind)
@@ -114,6 +128,7 @@ function M.settings(p)
     on_error = p.on_error or DEFAULTS.on_error,
     max_attempts = p.max_attempts or DEFAULTS.max_attempts,
     backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,
+    inline = p.inline == true,
   }
 end
 
@@ -133,11 +148,13 @@ end
 -- projection { name?, events?, partition?, handle(events, sql) }: one call per batch;
 -- projection { ..., handle_event(event, sql) }: one call per event;
 -- projection { collection, id?, initial?, evolve(doc, event), events?, partition? }
+-- Any of them with inline = true runs inside the appending transaction (engine/inline.c).
 function M.projection(spec)
   check_spec(spec, "tide.projection")
   check_events(spec, "tide.projection")
   check_partition(spec, "tide.projection")
   check_policy(spec, "tide.projection")
+  check_inline(spec, "tide.projection", true)
   if spec.collection ~= nil then
     if type(spec.collection) ~= "string" or not spec.collection:match("^[%a_][%w_]*$") then
       error("tide.projection: 'collection' must be a name of letters, digits and _", 2)
@@ -163,6 +180,7 @@ function M.reactor(spec)
   check_events(spec, "tide.reactor")
   check_partition(spec, "tide.reactor")
   check_policy(spec, "tide.reactor")
+  check_inline(spec, "tide.reactor", false)
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
   return spec
