@@ -348,6 +348,31 @@ return tide.reactor {
         scalar(url, "SELECT string_agg(processor_id || '|' || status, E'\\n' ORDER BY processor_id) FROM tide_processors WHERE processor_id IN ('spec/carts', 'spec/totals')"))
     end)
 
+    it("takes a saved inline projection at once, and stops a processor whose script becomes inline", function()
+      S.write(dir .. "/confirm.lua", [[
+local tide = require "tide"
+return tide.reactor {
+  events = { "Ordered" },
+  handle = function(e, ctx) ctx.append("cart-" .. e.data.cart, { { type = "Added", data = { n = 1 } } }) end,
+}
+]])
+      os.remove(dir .. "/totals.lua")
+      S.write(dir .. "/later.lua", D.seen_script("async"))
+      local pid, log = D.start(url, dir)
+      S.wait_for(function() return D.read(log):find("event=processor.started processor=spec/later", 1, true) end, 20, "the processor")
+      assert.are.equal(0, tide("append order-1 Ordered '{\"cart\":\"1\"}'").code)
+      S.wait_for(function() return doc(url, "carts", "cart-1") end, 30, "the first append")
+      S.save(dir .. "/carts.lua", (CARTS:gsub("e%.data%.n or", "10 * e.data.n or")))
+      S.save(dir .. "/later.lua", (CARTS:gsub('"carts"', '"later"')))
+      S.wait_for(function() return D.read(log):find("event=processor.inline processor=spec/later", 1, true) end, 20, "the processor to stop")
+      S.wait_for(function() return D.read(log):find("processors=spec/carts,spec/later", 1, true) end, 20, "the new scripts")
+      assert.are.equal(0, tide("append order-2 Ordered '{\"cart\":\"1\"}'").code)
+      S.wait_for(function() return #doc(url, "carts", "cart-1").seen == 2 end, 30, "the second append")
+      assert.are.equal(11, doc(url, "carts", "cart-1").items)
+      assert.are.equal(1, doc(url, "later", "cart-1").items)
+      D.stop(pid)
+    end)
+
     it("fails the reactor's batch when a projection fails: neither its append nor the checkpoint moves", function()
       S.write(dir .. "/confirm.lua", [[
 local tide = require "tide"
