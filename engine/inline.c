@@ -44,6 +44,7 @@ struct projection {
 	bool setup_done;
 	char setup_suffix[MAX_SUFFIX];
 	int told_version; /* the row's version its not running was last logged for */
+	bool row_known;   /* its row was there: appends need not make sure of it */
 };
 
 struct tide_inline_set {
@@ -545,6 +546,7 @@ struct tide_inline_append {
 	uv_timer_t *defer;
 	struct wanted *want;
 	size_t nwant, at, running;
+	bool rows_made; /* the INSERT of missing rows was sent */
 	/* The append's outcome. */
 	struct tide_append_rows rows;
 	struct tide_message *messages; /* the events as the projections get them */
@@ -718,6 +720,7 @@ static bool send_stmt(struct tide_inline_append *x, const struct tide_pg_stmt *s
 }
 
 static void step(struct tide_inline_append *x);
+static bool send_rows(struct tide_inline_append *x);
 
 static void note_failure(struct tide_inline_append *x, const struct tide_pg_reply *reply)
 {
@@ -789,10 +792,20 @@ static void on_generations(const struct tide_pg_reply *reply, void *arg)
 				break;
 			}
 			w->found = true;
+			w->p->row_known = true;
 			w->version = atoi(PQgetvalue(reply->res, r, 1));
 			memcpy(w->suffix, suffix, strlen(suffix) + 1);
 		}
 	}
+	/* A row taken for granted is gone (`tide forget`): make it, and read again. */
+	bool missing = false;
+	for (size_t i = 0; i < x->nwant; i++)
+		if (!x->want[i].found) {
+			x->want[i].p->row_known = false;
+			missing = true;
+		}
+	if (missing && !x->rows_made && !x->status)
+		send_rows(x);
 	step(x);
 }
 
@@ -825,8 +838,14 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 	step(x);
 }
 
+/* The projections' rows: made when one may be missing (the first append of this set, or
+ * after one went missing), then read FOR SHARE. */
 static bool send_rows(struct tide_inline_append *x)
 {
+	bool make = false;
+	for (size_t i = 0; i < x->nwant; i++)
+		make = make || !x->want[i].p->row_known;
+	x->rows_made = x->rows_made || make;
 	const char *ids[64], *apps[64];
 	const char **idv = x->nwant <= 64 ? ids : calloc(x->nwant, sizeof(char *));
 	const char **appv = x->nwant <= 64 ? apps : calloc(x->nwant, sizeof(char *));
@@ -853,7 +872,7 @@ static bool send_rows(struct tide_inline_append *x)
 	const char *generations[1] = {id_text};
 	const char *role[1] = {x->role};
 	ok = (!x->role || send_stmt(x, &stmt_role_none, NULL, on_reply)) &&
-	     send_stmt(x, &stmt_rows, rows, on_reply) &&
+	     (!make || send_stmt(x, &stmt_rows, rows, on_reply)) &&
 	     send_stmt(x, &stmt_generations, generations, on_generations) &&
 	     (!x->role || send_stmt(x, &stmt_role, role, on_reply));
 done:
