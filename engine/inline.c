@@ -10,7 +10,9 @@
  * each projection whose row has its script's version runs on the appended events, in a
  * nested batch (batch.c) of its own VM, writing to the row's target suffix; the last one
  * sends COMMIT behind its statements, so a document projection costs two round trips more
- * than a plain append (its documents' read, then its writes with the COMMIT). A projection
+ * than a plain append (its documents' read, then its writes with the COMMIT): measured with
+ * `scripts/bench --quick` (durable server, 2 busy cores, 1 client), 971 appends/s with one
+ * inline document projection against 2,781 plain ones in the same run (0.35). A projection
  * whose row has another version is not run: a rebuild to that version is under way (it folds
  * what this append missed), or this appender runs an outdated script. A failure anywhere
  * rolls the whole append back and reports the projection's error.
