@@ -46,9 +46,10 @@
 	" RETURNING stream_position"
 #define STREAM_EXISTING(COUNT) STREAM_EXISTING_AT(COUNT, "$7")
 
-/* POSITIONS: the global positions (one event: the number itself, no array to build). */
+/* RETURNING: what the rows give back; RESULT: the columns after the new version (one
+ * event: the global position itself, no array to build). */
 /* clang-format off */
-#define APPEND_SQL(STREAM, COUNT, EVENTS, POSITIONS)                                               \
+#define APPEND_SQL(STREAM, COUNT, EVENTS, RETURNING, RESULT)                                       \
 	"WITH s AS (" STREAM(COUNT) "), m AS ("                                                    \
 	" INSERT INTO emt_messages (stream_id, stream_position, partition, message_data,"          \
 	"  message_metadata, message_schema_version, message_type, message_kind, message_id,"      \
@@ -57,12 +58,22 @@
 	"  coalesce(e.metadata, '{}'), '1', e.type, 'E', coalesce(e.id, gen_random_uuid()::text)," \
 	"  pg_current_xact_id(), false"                                                            \
 	" FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"                                  \
-	" RETURNING global_position)"                                                              \
-	" SELECT s.stream_position, " POSITIONS " FROM s"
+	" RETURNING " RETURNING ")"                                                                \
+	" SELECT s.stream_position, " RESULT " FROM s"
 #define POSITIONS_ONE  "(SELECT global_position FROM m)"
 #define POSITIONS_MANY "ARRAY(SELECT global_position FROM m ORDER BY 1)"
-#define APPEND_ONE(STREAM)  APPEND_SQL(STREAM, COUNT_ONE, EVENTS_ONE, POSITIONS_ONE)
-#define APPEND_MANY(STREAM) APPEND_SQL(STREAM, COUNT_MANY, EVENTS_MANY, POSITIONS_MANY)
+#define APPEND_ONE(STREAM)  APPEND_SQL(STREAM, COUNT_ONE, EVENTS_ONE, "global_position", POSITIONS_ONE)
+#define APPEND_MANY(STREAM) APPEND_SQL(STREAM, COUNT_MANY, EVENTS_MANY, "global_position", POSITIONS_MANY)
+/* For inline projections (tide_append_return_rows) the rows' message ids and time stamp
+ * too, `created` as reads give it (store.c): separate statements, so that an append without
+ * inline projections sends exactly what it did. */
+#define ROWS_RETURNING "global_position, message_id, created"
+#define ROWS_CREATED                                                                               \
+	"(SELECT to_char(min(created) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM m)"
+#define ROWS_ONE  POSITIONS_ONE ", (SELECT message_id FROM m), " ROWS_CREATED
+#define ROWS_MANY POSITIONS_MANY ", ARRAY(SELECT message_id FROM m ORDER BY global_position), " ROWS_CREATED
+#define APPEND_ROWS_ONE(STREAM)  APPEND_SQL(STREAM, COUNT_ONE, EVENTS_ONE, ROWS_RETURNING, ROWS_ONE)
+#define APPEND_ROWS_MANY(STREAM) APPEND_SQL(STREAM, COUNT_MANY, EVENTS_MANY, ROWS_RETURNING, ROWS_MANY)
 /* clang-format on */
 
 enum shape { ANY, NEW, EXISTING };
@@ -74,6 +85,15 @@ static const struct tide_pg_stmt stmts[3][2] = {
                  {"tide_append_new_n", APPEND_MANY(STREAM_NEW), 6}},
         [EXISTING] = {{"tide_append_existing", APPEND_ONE(STREAM_EXISTING), 7},
                       {"tide_append_existing_n", APPEND_MANY(STREAM_EXISTING), 7}},
+};
+
+static const struct tide_pg_stmt rows_stmts[3][2] = {
+        [ANY] = {{"tide_append_rows_any", APPEND_ROWS_ONE(STREAM_ANY), 6},
+                 {"tide_append_rows_any_n", APPEND_ROWS_MANY(STREAM_ANY), 6}},
+        [NEW] = {{"tide_append_rows_new", APPEND_ROWS_ONE(STREAM_NEW), 6},
+                 {"tide_append_rows_new_n", APPEND_ROWS_MANY(STREAM_NEW), 6}},
+        [EXISTING] = {{"tide_append_rows_existing", APPEND_ROWS_ONE(STREAM_EXISTING), 7},
+                      {"tide_append_rows_existing_n", APPEND_ROWS_MANY(STREAM_EXISTING), 7}},
 };
 
 /* The stream's row alone, for an append whose events go by COPY (append_copy.c): $3 the
@@ -121,7 +141,9 @@ struct tide_append {
 	const struct tide_pg_stmt *stmt;
 	char *values[7]; /* stream, partition, types, data, metadata, ids, version */
 	int64_t expected;
+	size_t n;
 	bool ensure;
+	struct tide_append_rows *rows; /* filled on success (tide_append_return_rows) */
 	int sends;
 	struct tide_pg *pg;
 	struct tide_wake *wake;
@@ -255,6 +277,7 @@ int tide_append_build(const char *stream, const char *partition, const struct ti
 	enum shape shape = shape_of(expected);
 	a->stmt = &stmts[shape][n > 1];
 	a->expected = expected;
+	a->n = n;
 	a->ensure = ensure_partition;
 	bool ok = true;
 	a->values[0] = dup_or_null(stream, &ok);
@@ -284,6 +307,37 @@ int tide_append_build(const char *stream, const char *partition, const struct ti
 	}
 	*out = a;
 	return 0;
+}
+
+void tide_append_return_rows(struct tide_append *a, struct tide_append_rows *out)
+{
+	/* The same shape of statement, from the other table. */
+	a->stmt = &rows_stmts[0][0] + (a->stmt - &stmts[0][0]);
+	a->rows = out;
+}
+
+/* Fills a->rows from the reply's last two columns; false when out of memory or the reply
+ * is not what the statement gives. */
+static bool take_rows(struct tide_append *a, PGresult *res)
+{
+	struct tide_append_rows *out = a->rows;
+	if (PQnfields(res) < 4)
+		return false;
+	out->message_ids = calloc(a->n, sizeof(*out->message_ids));
+	if (!out->message_ids)
+		return false;
+	/* One event: the id itself; more: an array of UUIDs, which need no quotes ({a,b}). */
+	const char *p = PQgetvalue(res, 0, 2);
+	if (*p == '{')
+		p++;
+	for (size_t i = 0; i < a->n; i++) {
+		size_t len = strcspn(p, ",}");
+		snprintf(out->message_ids[i], sizeof(out->message_ids[i]), "%.*s", (int)len, p);
+		p += len + (p[len] == ',');
+	}
+	out->count = a->n;
+	snprintf(out->created, sizeof(out->created), "%s", PQgetvalue(res, 0, 3));
+	return true;
 }
 
 static void done(struct tide_append *a, int status, const char *err,
@@ -404,7 +458,7 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	r.next_expected_version = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
 	r.count = tide_append_parse_positions(PQgetvalue(reply->res, 0, 1), &positions);
 	r.global_positions = positions;
-	if (!positions)
+	if (!positions || (a->rows && !take_rows(a, reply->res)))
 		done(a, TIDE_ENOMEM, "out of memory", NULL);
 	else
 		done(a, 0, NULL, &r);

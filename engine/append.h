@@ -35,6 +35,19 @@ TIDE_MUST_CHECK int tide_append_send(struct tide_pg *pg, struct tide_append *a,
 
 void tide_append_free(struct tide_append *a);
 
+/* What an append wrote besides its positions, for the inline projections that get its events
+ * (inline.c): each event's message id, and the time stamp of the rows (`created`, the
+ * transaction's start) as reads give it. */
+struct tide_append_rows {
+	char (*message_ids)[37]; /* count of them, in the events' order; malloc'd: free() it */
+	size_t count;
+	char created[40];
+};
+
+/* Makes a built append return its rows too (another statement: an append that does not ask
+ * sends exactly what it did): *out is filled just before its callback reports success. */
+void tide_append_return_rows(struct tide_append *a, struct tide_append_rows *out);
+
 /* --- shared with appends by COPY (append_copy.c) --- */
 
 /* Appends of this many events or more go by COPY when the store can (measured: below it

@@ -62,6 +62,8 @@ struct tide_batch {
 	bool query_failed;     /* a query failed: its error is raised in the script */
 	bool result_is_error;  /* result_ref holds an error table (a ctx.append conflict) */
 	bool appended;         /* a ctx.append succeeded: wake consumers after the commit */
+	bool nested;           /* in a transaction of the caller's (spec->nested) */
+	bool close_sent;       /* nested: close_sql went out */
 	struct tide_wake *wake;
 	char *append_stream;  /* the stream of the ctx.append out */
 	char query_err[1024]; /* ... and the batch fails with it even if the script goes on */
@@ -122,6 +124,7 @@ static void report(struct tide_batch *b)
 	        .err = b->status ? b->err : NULL,
 	        .sqlstate = b->sqlstate,
 	        .traceback = b->traceback,
+	        .closed = b->close_sent,
 	};
 	b->cb(&o, b->arg);
 }
@@ -200,8 +203,39 @@ static bool send_stmt(struct tide_batch *b, const char *sql, int n, const char *
 	return true;
 }
 
+/* A nested batch's closing statement: a COMMIT that found its transaction failed ends it
+ * all the same, and says so with the status ROLLBACK. */
+static void on_close(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_batch *b = arg;
+	if (!reply->status && strcmp(PQcmdStatus(reply->res), "ROLLBACK") == 0)
+		fail_batch(b,
+		           "the transaction was rolled back, not committed: a statement in it had "
+		           "failed",
+		           NULL);
+	on_exec(reply, arg);
+}
+
+/* Nested: the caller ends the transaction; the batch sends close_sql after a script that
+ * succeeded, and reports once the replies are in. */
+static void end_nested(struct tide_batch *b)
+{
+	if (!b->failed && b->close_sql) {
+		b->close_sent = send_stmt(b, b->close_sql, b->close_nargs,
+		                          (const char *const *)b->close_args, on_close);
+		if (b->close_sent && b->wake)
+			tide_wake(b->pg, b->wake);
+	}
+	b->over = true;
+	try_finish(b);
+}
+
 static void end_transaction(struct tide_batch *b)
 {
+	if (b->nested) {
+		end_nested(b);
+		return;
+	}
 	bool sent;
 	if (b->failed) {
 		sent = send_stmt(b, "ROLLBACK", 0, NULL, on_end);
@@ -224,7 +258,7 @@ static void resume(struct tide_batch *b)
 {
 	struct tide_vm_error e;
 	/* The first resume starts tide.processor_run with its arguments (set_up). */
-	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 12, &e);
+	int rc = tide_vm_resume(b->vm, b->co, b->started ? 0 : 13, &e);
 	b->started = true;
 	if (rc == LUA_YIELD && b->query_out)
 		return; /* a query is out; its reply resumes us */
@@ -607,6 +641,13 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 	resume(b);
 }
 
+static struct tide_batch_appender appender;
+
+void tide_batch_set_appender(const struct tide_batch_appender *a)
+{
+	appender = a ? *a : (struct tide_batch_appender){0};
+}
+
 /* raw_append(handle, stream, events, opts, partition): sends the append (the statement of
  * engine/append.c, as every tide writer does) in the batch's transaction and yields until
  * it is done; raw_result(handle) then gives { next_expected_version, global_positions }
@@ -640,12 +681,17 @@ static int l_sql_append(lua_State *L)
 	int rc = tide_append_build(stream, partition, e.events, e.n, expected,
 	                           strcmp(partition, TIDE_DEFAULT_PARTITION) != 0, invalid,
 	                           sizeof(invalid), &a);
-	tide_lua_events_free(&e);
-	if (rc)
+	if (rc) {
+		tide_lua_events_free(&e);
 		return luaL_error(L, "ctx.append: %s", invalid);
+	}
 	free(b->append_stream);
 	b->append_stream = strdup(stream);
-	if (tide_append_send(b->pg, a, NULL, on_append, b) != 0) {
+	rc = appender.send ? appender.send(appender.ctx, b->loop, b->pg, a, stream, partition,
+	                                   e.events, e.n, b->role, on_append, b)
+	                   : tide_append_send(b->pg, a, NULL, on_append, b);
+	tide_lua_events_free(&e);
+	if (rc != 0) {
 		lua_pushnil(L);
 		lua_pushstring(L, tide_pg_error(b->pg));
 		return 2;
@@ -725,8 +771,8 @@ void tide_batch_events_free(struct tide_vm *vm, int ref)
 }
 
 /* The coroutine and its arguments: tide.processor_run(p, events, raw handle, query, exec,
- * result, append, log, setup, reset, target suffix, processor id), built on the main state and
- * moved over. */
+ * result, append, log, setup, reset, target suffix, processor id, in an append), built on the
+ * main state and moved over. */
 static int set_up(lua_State *L)
 {
 	struct tide_batch *b = lua_touserdata(L, 1);
@@ -754,7 +800,8 @@ static int set_up(lua_State *L)
 	lua_pushboolean(L, spec->reset);
 	lua_pushstring(L, spec->target_suffix ? spec->target_suffix : "");
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.processor_id"); /* set by the loader */
-	lua_xmove(L, b->co, 13); /* a new thread has room for this many (LUA_MINSTACK) */
+	lua_pushboolean(L, spec->in_append);
+	lua_xmove(L, b->co, 14); /* a new thread has room for this many (LUA_MINSTACK) */
 	return 0;
 }
 
@@ -785,6 +832,7 @@ void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *
 	b->arg = arg;
 	b->co_ref = b->handle_ref = b->result_ref = LUA_NOREF;
 	b->trace_sql = spec->trace_sql;
+	b->nested = spec->nested;
 	b->starting = true;
 	bool ok = true;
 	b->role = dup_or_null(spec->role, &ok);
@@ -809,10 +857,13 @@ void tide_batch_run(const struct tide_batch_spec *spec, tide_batch_cb cb, void *
 	}
 
 	const char *v[1] = {b->role};
-	if (send_stmt(b, "BEGIN", 0, NULL, on_exec) &&
-	    (!spec->open_sql ||
-	     send_stmt(b, spec->open_sql, spec->open_nargs, spec->open_args, on_exec)) &&
-	    (!b->role || send_stmt(b, "SELECT set_config('role', $1, true)", 1, v, on_exec))) {
+	if (b->nested) {
+		resume(b);
+	} else if (send_stmt(b, "BEGIN", 0, NULL, on_exec) &&
+	           (!spec->open_sql ||
+	            send_stmt(b, spec->open_sql, spec->open_nargs, spec->open_args, on_exec)) &&
+	           (!b->role ||
+	            send_stmt(b, "SELECT set_config('role', $1, true)", 1, v, on_exec))) {
 		resume(b);
 	} else {
 		b->over = true;

@@ -1,7 +1,8 @@
 /* batch.h — where a batch reaches Lua: one transaction on the processor's connection
  * (BEGIN → [role] → the script's SQL → [role check] → the closing statement, e.g. the
  * checkpoint → COMMIT), with the script run in a coroutine of its VM that yields while a
- * sql:query is out. */
+ * sql:query is out. A nested batch runs in a transaction its caller began and ends (an
+ * inline projection in an append: inline.c). */
 #ifndef TIDE_BATCH_H
 #define TIDE_BATCH_H
 
@@ -28,6 +29,13 @@ struct tide_batch_spec {
 	bool trace_sql;
 	/* What the generation's targets are called: NAME plus this (sql/0007); NULL for "". */
 	const char *target_suffix;
+	/* In a transaction the caller began and ends: no BEGIN, role or COMMIT. After the script
+	 * succeeded, close_sql (if any) is sent at once, behind its statements — "COMMIT", say,
+	 * with wake behind it — and the batch reports once every reply is in. */
+	bool nested;
+	/* The batch runs inside an append (inline.c): a document projection keyed by id(event)
+	 * locks its documents first, as concurrent appenders may share them. */
+	bool in_append;
 	/* The script's SQL runs as this role (SET LOCAL ROLE); before the closing statement
 	 * the batch checks that the script did not change it, and resets it. NULL: the
 	 * connecting user. */
@@ -52,6 +60,7 @@ struct tide_batch_outcome {
 	const char *err;       /* one line: what failed */
 	const char *sqlstate;  /* from the server, or "" */
 	const char *traceback; /* the script's Lua traceback, or "" */
+	bool closed;           /* nested: close_sql was sent */
 };
 
 /* Fires once, on a later loop turn than tide_batch_run's. */
@@ -70,5 +79,18 @@ void tide_batch_events_free(struct tide_vm *vm, int ref);
 
 /* Registers the C side of the transaction handle in vm (once per VM). */
 void tide_batch_init_vm(struct tide_vm *vm);
+
+/* How a reactor's ctx.append reaches the database. By default the append goes alone on the
+ * batch's connection (tide_append_send); `tide run` hands it to its inline projections
+ * (inline.c), which run in the batch's transaction after it. send takes a as
+ * tide_append_send does, copies what it keeps of events, and calls cb once; role is the
+ * batch's sql_role or NULL. Set before any batch runs; NULL: the default. */
+struct tide_batch_appender {
+	int (*send)(void *ctx, uv_loop_t *loop, struct tide_pg *pg, struct tide_append *a,
+	            const char *stream, const char *partition, const struct tide_event *events,
+	            size_t n, const char *role, tide_append_cb cb, void *arg);
+	void *ctx;
+};
+void tide_batch_set_appender(const struct tide_batch_appender *appender);
 
 #endif

@@ -73,7 +73,7 @@ static const char usage_migrate[] =
 
 static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
-        "                   [--partition P] [--database URL]\n"
+        "                   [--partition P] [--projections DIR] [--database URL]\n"
         "\n"
         "Appends one event and prints {\"next_expected_version\":N,\"global_positions\":[..]}.\n"
         "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
@@ -82,8 +82,11 @@ static const char usage_append[] =
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
         "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
+        "  --projections DIR  run the inline projections of DIR (inline = true) inside the\n"
+        "                  append's transaction; one that fails rolls the append back\n"
         "Exits 2 on bad input and 3 on a version conflict, writing nothing; 5 when the\n"
-        "connection was lost after the event was sent (it may or may not be in the log).\n";
+        "connection was lost after the event was sent (it may or may not be in the log); 1\n"
+        "when an inline projection failed (its error and stack on stderr; nothing written).\n";
 
 /* Printed after usage_append, from the limits of tide.h. */
 static const char limits_append[] =
@@ -114,7 +117,7 @@ static const char usage_read_all[] =
 
 static const char usage_handle[] =
         "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
-        "                   [--stats] [--database URL]\n"
+        "                   [--stats] [--projections DIR] [--database URL]\n"
         "\n"
         "Loads the decider SCRIPT (return tide.decider { initial, evolve, decide }) in a sandbox,\n"
         "reads STREAM, folds it with evolve, calls decide(command, state) and appends the events\n"
@@ -131,6 +134,8 @@ static const char usage_handle[] =
         "A decider with snapshot = { every = N } folds from its latest snapshot (kept under\n"
         "the decider's name, default the file name without .lua) and saves a new one after\n"
         "the append; a snapshot that cannot be read or saved is a warning on stderr.\n"
+        "  --projections DIR  run the inline projections of DIR (inline = true) inside the\n"
+        "                append's transaction; one that fails rolls the append back (exit 1)\n"
         "Exits 4 when decide rejects the command with tide.reject(message [, details]): the\n"
         "message on stderr, and on stdout\n"
         "{\"error\":{\"kind\":\"rejected\",\"message\":...,\"details\":...}}. Any other error\n"
@@ -302,6 +307,8 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 	struct cli *cli = arg;
 	if (status) {
 		tide_cli_fail(cli, status, err);
+		if (r && r->traceback) /* an inline projection's */
+			tide_cli_print_traceback(r->traceback);
 	} else {
 		cJSON *o = cJSON_CreateObject();
 		tide_json_add_i64(o, "next_expected_version", r->next_expected_version);
@@ -318,8 +325,10 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 
 static void run_append(struct cli *cli)
 {
-	int rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
-	                           on_appended, cli);
+	int rc = cli->projections ? tide_store_set_projections(cli->store, cli->projections) : 0;
+	if (rc == 0)
+		rc = tide_store_append(cli->store, cli->stream, &cli->event, 1, cli->expected,
+		                       on_appended, cli);
 	if (rc) {
 		tide_cli_fail(cli, rc, tide_store_error(cli->store));
 		tide_cli_done(cli);
@@ -402,6 +411,7 @@ enum {
 	OPT_NO_NOTIFY_TRIGGER,
 	OPT_WHERE,
 	OPT_LIMIT,
+	OPT_PROJECTIONS,
 };
 
 static const struct option options[] = {
@@ -425,6 +435,7 @@ static const struct option options[] = {
         {"no-notify-trigger", no_argument, NULL, OPT_NO_NOTIFY_TRIGGER},
         {"where", required_argument, NULL, OPT_WHERE},
         {"limit", required_argument, NULL, OPT_LIMIT},
+        {"projections", required_argument, NULL, OPT_PROJECTIONS},
         {NULL, 0, NULL, 0},
 };
 
@@ -438,10 +449,10 @@ struct command {
 
 static const struct command commands[] = {
         {"migrate", usage_migrate, run_migrate, 0, " print notify-trigger no-notify-trigger "},
-        {"append", usage_append, run_append, 3, " expected metadata id partition "},
+        {"append", usage_append, run_append, 3, " expected metadata id partition projections "},
         {"read", usage_read, run_read, 1, " from to max backward partition "},
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
-        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition stats "},
+        {"handle", usage_handle, NULL, 3, " retries cpu-ms partition stats projections "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition stats "},
         {"replay", usage_replay, NULL, 2, " to json cpu-ms partition "},
         {"check", usage_check, NULL, -1, " cpu-ms "},
@@ -623,6 +634,7 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_JSON: cli->json = true; break;
 		case OPT_STATS: cli->stats = true; break;
 		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
+		case OPT_PROJECTIONS: cli->projections = optarg; break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;

@@ -29,6 +29,8 @@ struct cli {
 	/* read, read-all */
 	struct tide_read_opts read;
 	struct tide_cursor after;
+	/* append, handle: a directory whose inline projections the append runs */
+	const char *projections;
 	/* handle, aggregate, replay (its --to is read.to) */
 	const char *script;
 	const char *command_json;
@@ -66,24 +68,25 @@ const char *tide_cli_database_url(const char *given);
 /* Prints o as one line of JSON and frees it. */
 void tide_cli_print_line(cJSON *o);
 
+/* A script error's stack on stderr, after its one-line message: the script's frames and the
+ * C functions between them; not the runtime's, nor the C frames below the script's last. */
+void tide_cli_print_traceback(const char *traceback);
+
 int tide_cli_run_script(struct cli *cli); /* handle, aggregate */
 int tide_cli_run_replay(struct cli *cli);
 
 /* cli_script.c's, for the commands that run a script: a fresh sandboxed VM (*vm) with the
  * script's processor table anchored at *ref; else a negative code and err: the file cannot
  * be read or the script does not load (TIDE_VM_NOT_PROCESSOR: it returned no processor).
- * The exit status of an error kind of the runtime (err.kind). A script error's stack on
- * stderr, after its one-line message: the script's frames and the C functions between
- * them, not the runtime's, nor the C frames below the script's last. */
+ * The exit status of an error kind of the runtime (err.kind). */
 struct tide_vm;
 struct lua_State;
 int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **vm, int *ref,
                          char *err, size_t n);
 int tide_cli_error_status(const char *kind);
-/* In a script's VM (under its guard): the runtime's store for cli's database and partition,
- * pushed; its stack index, or 0 with msg saying why it could not connect. */
-int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, char *msg, size_t n);
-void tide_cli_print_traceback(const char *tb);
+/* In a script's VM (under its guard): the runtime's store for cli's database, partition and
+ * inline projections, pushed; its stack index, or 0 with *status and msg saying why not. */
+int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, int *status, char *msg, size_t n);
 int tide_cli_run_check(struct cli *cli);
 void tide_cli_run_status(struct cli *cli);
 void tide_cli_run_forget(struct cli *cli);

@@ -290,11 +290,9 @@ static int run_replay(lua_State *L)
 
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	int runtime = lua_gettop(L);
-	int store = tide_cli_connect_vm(L, cli, r->message, sizeof(r->message));
-	if (!store) {
-		r->status = TIDE_ECONN;
+	int store = tide_cli_connect_vm(L, cli, &r->status, r->message, sizeof(r->message));
+	if (!store)
 		return 0;
-	}
 	if (r->view)
 		printf("%s%s%s through %s (%s)\n\n", paint(r, BOLD), cli->stream, paint(r, RESET),
 		       cli->script, r->what);

@@ -14,21 +14,31 @@
 #include "lua_vm.h"
 #include "pg.h"
 
-int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, char *msg, size_t n)
+int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, int *status, char *msg, size_t n)
 {
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	lua_getfield(L, -1, "connect");
 	lua_remove(L, -2);
 	lua_pushstring(L, cli->url);
-	lua_createtable(L, 0, 1);
+	lua_createtable(L, 0, 2);
 	if (cli->partition) {
 		lua_pushstring(L, cli->partition);
 		lua_setfield(L, -2, "partition");
 	}
+	if (cli->projections) {
+		lua_pushstring(L, cli->projections);
+		lua_setfield(L, -2, "projections");
+	}
 	lua_call(L, 2, 2);
 	if (lua_isnil(L, -2)) {
-		lua_getfield(L, -1, "message");
-		snprintf(msg, n, "cannot connect to the database: %s", lua_tostring(L, -1));
+		/* Connected, but the inline projections did not load: their own error. */
+		lua_getfield(L, -1, "kind");
+		const char *kind = lua_tostring(L, -1);
+		bool loading = kind && strcmp(kind, "connection") != 0;
+		lua_getfield(L, -2, "message");
+		*status = loading ? tide_cli_error_status(kind) : TIDE_ECONN;
+		snprintf(msg, n, "%s%s",
+		         loading ? "" : "cannot connect to the database: ", lua_tostring(L, -1));
 		return 0;
 	}
 	lua_pop(L, 1);
@@ -328,9 +338,8 @@ static int run_script(lua_State *L)
 	}
 	lua_pop(L, 1);
 
-	int store = tide_cli_connect_vm(L, cli, s->message, sizeof(s->message));
+	int store = tide_cli_connect_vm(L, cli, &s->status, s->message, sizeof(s->message));
 	if (!store) {
-		s->status = TIDE_ECONN;
 		return 0;
 	}
 	lua_getfield(L, store, cli->command_json ? "handle" : "aggregate");
@@ -416,39 +425,6 @@ static int run_script(lua_State *L)
 			         "out of memory printing the result");
 	}
 	return 0;
-}
-
-/* Whether a traceback line is a frame of the script's, or of a C function it called, as
- * opposed to the runtime's own (its chunks are "[tide runtime ...]"). */
-static bool script_frame(const char *line, size_t len)
-{
-	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
-}
-
-void tide_cli_print_traceback(const char *tb)
-{
-	const char *p = strstr(tb, "stack traceback:");
-	if (!p || !(p = strchr(p, '\n')))
-		return;
-	p++;
-	const char *last = NULL; /* the end of the script's last Lua frame */
-	for (const char *q = p; *q;) {
-		const char *end = strchr(q, '\n');
-		size_t len = end ? (size_t)(end - q) : strlen(q);
-		if (script_frame(q, len) && !memmem(q, len, "[C]:", 4))
-			last = q + len;
-		q += len + (end != NULL);
-	}
-	if (!last)
-		return;
-	fputs("stack traceback:\n", stderr);
-	while (p < last) {
-		const char *end = strchr(p, '\n');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (script_frame(p, len))
-			fprintf(stderr, "%.*s\n", (int)len, p);
-		p += len + 1;
-	}
 }
 
 int tide_cli_run_script(struct cli *cli)

@@ -15,6 +15,7 @@
 
 #include "cli_common.h"
 #include "file.h"
+#include "inline.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "processor.h"
@@ -55,6 +56,10 @@ struct run {
 	bool probe_out, probed, seq_moved;
 	uint64_t probe_seq, probe_xmin, pending_xmax;
 	bool force_reload;
+	bool inline_told; /* the last word on inline projections named some */
+	/* The inline projections among the scripts: not processors here, but run by reactors'
+	 * ctx.append (inline.c). */
+	struct tide_inline_dirs *inline_dirs;
 	int exit_code;
 	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
@@ -200,13 +205,40 @@ static bool taken_over(struct run *r, const char *id)
 	return false;
 }
 
+/* Says which scripts are inline projections (at start, and when that changes). */
+static void tell_inline(struct run *r)
+{
+	struct tide_inline_set *set = tide_inline_dirs_set(r->inline_dirs);
+	size_t n = tide_inline_set_count(set);
+	char ids[2048] = "";
+	for (size_t i = 0, o = 0; i < n && o < sizeof(ids); i++)
+		o += (size_t)snprintf(ids + o, sizeof(ids) - o, "%s%s", i ? "," : "",
+		                      tide_inline_set_id(set, i));
+	if (n > 0 || r->inline_told)
+		tide_log("info", "daemon.inline_projections", "processors", n ? ids : "none",
+		         "effect",
+		         "not run as processors here: they run inside appends (reactors' "
+		         "ctx.append here, and every appender given their directory)",
+		         (char *)NULL);
+	r->inline_told = n > 0;
+}
+
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
 static void rescan(struct run *r, bool force)
 {
+	if (r->inline_dirs && tide_inline_dirs_scan(r->inline_dirs))
+		tell_inline(r);
+	struct tide_inline_set *inl = tide_inline_dirs_set(r->inline_dirs);
 	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p)) {
 		struct stat st;
-		if (stat(tide_processor_path(p), &st) != 0 && !tide_processor_stopping(p)) {
+		if (tide_processor_stopping(p))
+			continue;
+		if (stat(tide_processor_path(p), &st) != 0) {
 			tide_log("info", "processor.removed", "processor", tide_processor_id(p),
+			         "script", tide_processor_path(p), (char *)NULL);
+			tide_processor_stop(p);
+		} else if (tide_inline_set_has(inl, tide_processor_id(p))) {
+			tide_log("info", "processor.inline", "processor", tide_processor_id(p),
 			         "script", tide_processor_path(p), (char *)NULL);
 			tide_processor_stop(p);
 		}
@@ -227,6 +259,8 @@ static void rescan(struct run *r, bool force)
 			if (!name_of(e->d_name, name, sizeof(name)))
 				continue;
 			snprintf(id, sizeof(id), "%s/%s", r->apps[i], name);
+			if (tide_inline_set_has(inl, id))
+				continue;
 			struct tide_processor *p = find(r, id);
 			if (p && strcmp(tide_processor_path(p), path) != 0) {
 				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
@@ -680,6 +714,12 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 	}
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
 	listen_start(r);
+	r->inline_dirs = tide_inline_dirs_new(r->dirs, r->apps, r->ndirs, r->d.popts.cpu_ms,
+	                                      r->d.popts.memory);
+	if (r->inline_dirs) {
+		struct tide_batch_appender appender = tide_inline_dirs_appender(r->inline_dirs);
+		tide_batch_set_appender(&appender);
+	}
 	rescan(r, false);
 	for (int i = 0; i < r->ntakeover; i++)
 		if (!find(r, r->takeover[i]))
@@ -999,6 +1039,8 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_close((uv_handle_t *)&r->log_probe, NULL);
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
+	tide_batch_set_appender(NULL);
+	tide_inline_dirs_free(r->inline_dirs);
 	tide_log("info", "daemon.stopped", (char *)NULL);
 	return r->exit_code;
 }

@@ -1,9 +1,9 @@
-/* loader.c — loads a processor script into a fresh VM on libuv's thread pool: reads the
- * file, skips content that is already running (or known to fail), runs the script in the
- * sandbox, and reads its settings through the runtime (tide.model.settings), under the
- * CPU guard and inside a protected call, so that a hostile script can neither hang the
- * loader nor crash it. A script that returns no projection or reactor (a decider, a module
- * of helpers) is inert: nothing to run. */
+/* loader.c — loads a processor script into a fresh VM on libuv's thread pool (or at once,
+ * for the inline projections an appender runs: inline.c): reads the file, skips content that is
+ * already running (or known to fail), runs the script in the sandbox, and reads its settings
+ * through the runtime (tide.model.settings), under the CPU guard and inside a protected call, so
+ * that a hostile script can neither hang the loader nor crash it. A script that returns no
+ * projection or reactor (a decider, a module of helpers) is inert: nothing to run. */
 #include "loader.h"
 
 #include <errno.h>
@@ -22,6 +22,12 @@ struct load_job {
 	void *arg;
 	struct tide_load_result result;
 	char err[1024];
+};
+
+/* What read_settings needs. */
+struct settings_read {
+	struct tide_generation *g;
+	const char *id;
 };
 
 const char *tide_on_error_name(enum tide_on_error e)
@@ -64,8 +70,8 @@ static lua_Number raw_number(lua_State *L, int t, const char *key)
 /* Under tide_vm_protected: settings = runtime.processor_settings(processor). */
 static int read_settings(lua_State *L)
 {
-	struct load_job *j = lua_touserdata(L, 1);
-	struct tide_generation *g = &j->result.gen;
+	struct settings_read *sr = lua_touserdata(L, 1);
+	struct tide_generation *g = sr->g;
 	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
 	lua_getfield(L, -1, "processor_settings");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
@@ -91,6 +97,10 @@ static int read_settings(lua_State *L)
 	lua_rawget(L, t);
 	g->blue_green = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	lua_pushliteral(L, "inline");
+	lua_rawget(L, t);
+	g->is_inline = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 	lua_pushliteral(L, "types");
 	lua_rawget(L, t);
 	if (lua_istable(L, -1)) {
@@ -113,46 +123,47 @@ static int read_settings(lua_State *L)
 			lua_pop(L, 1);
 		}
 	}
-	lua_pushstring(L, j->id);
+	lua_pushstring(L, sr->id);
 	lua_setfield(L, LUA_REGISTRYINDEX, "tide.processor_id");
 	tide_batch_init_vm(g->vm);
 	return 0;
 }
 
-static void load_work(uv_work_t *req)
+void tide_load_now(const struct tide_load_request *req, struct tide_load_result *r, char *err,
+                   size_t n)
 {
-	struct load_job *j = req->data;
-	struct tide_load_result *r = &j->result;
+	memset(r, 0, sizeof(*r));
 	r->outcome = TIDE_LOAD_FAILED;
-	r->err = j->err;
+	r->err = err;
 	size_t len;
-	char *buf = tide_file_read(j->path, &len, j->err, sizeof(j->err));
+	char *buf = tide_file_read(req->path, &len, err, n);
 	if (!buf)
 		return;
 	r->hash = tide_hash(buf, len);
-	if (!j->r.force && (r->hash == j->r.known_hash || r->hash == j->r.failed_hash)) {
+	if (!req->force && (r->hash == req->known_hash || r->hash == req->failed_hash)) {
 		r->outcome = TIDE_LOAD_UNCHANGED;
 		free(buf);
 		return;
 	}
 	struct tide_generation *g = &r->gen;
 	g->hash = r->hash;
-	struct tide_vm_opts opts = {.cpu_ms = j->r.cpu_ms, .memory_limit = j->r.memory};
-	if (tide_vm_open(&opts, &g->vm, j->err, sizeof(j->err)) != 0) {
+	struct tide_vm_opts opts = {.cpu_ms = req->cpu_ms, .memory_limit = req->memory};
+	if (tide_vm_open(&opts, &g->vm, err, n) != 0) {
 		free(buf);
 		return;
 	}
-	int rc = tide_vm_load(g->vm, j->path, buf, len, &g->ref, j->err, sizeof(j->err));
+	int rc = tide_vm_load(g->vm, req->path, buf, len, &g->ref, err, n);
 	free(buf);
 	struct tide_vm_error e;
-	if (rc == 0 && tide_vm_protected(g->vm, read_settings, j, &e) != 0) {
-		snprintf(j->err, sizeof(j->err), "%.400s: %.600s", j->path, e.message);
+	struct settings_read sr = {g, req->id};
+	if (rc == 0 && tide_vm_protected(g->vm, read_settings, &sr, &e) != 0) {
+		snprintf(err, n, "%.400s: %.600s", req->path, e.message);
 		rc = -1;
 	}
 	if (rc == TIDE_VM_NOT_PROCESSOR) {
 		/* A module beside the scripts: what it returned, without the path the log has. */
 		r->outcome = TIDE_LOAD_INERT;
-		r->err = tide_vm_unprefixed(j->err, j->path);
+		r->err = tide_vm_unprefixed(err, req->path);
 	}
 	if (rc != 0) {
 		tide_generation_free(g);
@@ -160,12 +171,17 @@ static void load_work(uv_work_t *req)
 	}
 	if (strcmp(g->kind, "decider") == 0) {
 		tide_generation_free(g);
-		snprintf(j->err, sizeof(j->err),
-		         "a decider: it handles commands with `tide handle`");
+		snprintf(err, n, "a decider: it handles commands with `tide handle`");
 		r->outcome = TIDE_LOAD_INERT;
 		return;
 	}
 	r->outcome = TIDE_LOAD_OK;
+}
+
+static void load_work(uv_work_t *req)
+{
+	struct load_job *j = req->data;
+	tide_load_now(&j->r, &j->result, j->err, sizeof(j->err));
 }
 
 static void load_done(uv_work_t *req, int status)
@@ -189,6 +205,8 @@ int tide_load(uv_loop_t *loop, const struct tide_load_request *req, tide_load_cb
 	j->r = *req;
 	j->path = strdup(req->path);
 	j->id = strdup(req->id);
+	j->r.path = j->path;
+	j->r.id = j->id;
 	j->cb = cb;
 	j->arg = arg;
 	if (!j->path || !j->id || uv_queue_work(loop, &j->req, load_work, load_done) != 0) {

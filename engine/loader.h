@@ -1,6 +1,7 @@
 /* loader.h — a processor script's generations: the file read and loaded into a fresh
- * sandboxed VM off the loop (libuv's work queue), and the settings read from what the
- * script returned. A generation replaces the running one only between batches. */
+ * sandboxed VM off the loop (libuv's work queue; or at once, for inline projections), and
+ * the settings read from what the script returned. A generation replaces the running one
+ * only between batches. */
 #ifndef TIDE_LOADER_H
 #define TIDE_LOADER_H
 
@@ -33,6 +34,7 @@ struct tide_generation {
 	unsigned backoff_ms;
 	uint64_t hash;   /* of the file's content */
 	bool blue_green; /* a new version is built beside the running one (consumer.c) */
+	bool is_inline;  /* a projection with inline = true: it runs where events are appended */
 };
 
 void tide_generation_free(struct tide_generation *g);
@@ -66,5 +68,11 @@ typedef void (*tide_load_cb)(struct tide_load_result *r, void *arg);
  * a later loop turn). Returns 0 or TIDE_ENOMEM (then cb never fires). */
 TIDE_MUST_CHECK int tide_load(uv_loop_t *loop, const struct tide_load_request *req, tide_load_cb cb,
                               void *arg);
+
+/* The same load, done at once on the calling thread (reading the file blocks it): r is
+ * filled as tide_load's callback would get it, r->err pointing into err. A generation in
+ * r->gen (TIDE_LOAD_OK) belongs to the caller. */
+void tide_load_now(const struct tide_load_request *req, struct tide_load_result *r, char *err,
+                   size_t n);
 
 #endif

@@ -129,12 +129,14 @@ static int l_store_gc(lua_State *L)
 	return 0;
 }
 
-/* connect(url [, partition]) → store | nil, err */
+/* connect(url [, partition [, projections]]) → store | nil, err. projections: a directory
+ * whose inline projections every append runs (tide_store_set_projections). */
 static int l_connect(lua_State *L)
 {
 	size_t url_len, part_len = 0;
 	const char *url = luaL_checklstring(L, 1, &url_len);
 	const char *partition = luaL_optlstring(L, 2, TIDE_DEFAULT_PARTITION, &part_len);
+	const char *projections = luaL_optstring(L, 3, NULL);
 	if (strlen(url) != url_len)
 		return tide_lua_push_error(L, "invalid", "the database URL contains a NUL byte");
 	if (strlen(partition) != part_len) {
@@ -152,6 +154,8 @@ static int l_connect(lua_State *L)
 	if (tide_store_open(&s->loop, url, on_open, &w, &s->store))
 		return luaL_error(L, "out of memory");
 	int rc = tide_store_set_partition(s->store, partition);
+	if (!rc && projections)
+		rc = tide_store_set_projections(s->store, projections);
 	if (rc)
 		snprintf(w.err, sizeof(w.err), "%s", tide_store_error(s->store));
 	else
@@ -610,6 +614,7 @@ struct append_wait {
 	struct wait w;
 	struct tide_append_result r;
 	int64_t *positions;
+	char *processor, *traceback; /* an inline projection's failure */
 };
 
 static void on_append(int status, const char *err, const struct tide_append_result *r, void *arg)
@@ -621,9 +626,14 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 		snprintf(a->w.err, sizeof(a->w.err), "%s", err);
 	if (r) {
 		a->r = *r;
+		a->r.processor = a->r.traceback = NULL; /* valid only during the callback */
 		a->positions = malloc((r->count ? r->count : 1) * sizeof(int64_t));
 		if (a->positions && r->count)
 			memcpy(a->positions, r->global_positions, r->count * sizeof(int64_t));
+		if (r->processor)
+			a->processor = strdup(r->processor);
+		if (r->traceback && r->traceback[0])
+			a->traceback = strdup(r->traceback);
 	}
 }
 
@@ -856,12 +866,23 @@ static int l_append(lua_State *L)
 		tide_lua_push_conflict(L, a.w.err, &a.r);
 		nret = 2;
 	} else if (a.w.status) {
+		/* An inline projection's failure: its id and stack too. */
 		nret = tide_lua_push_error(L, kind_of(a.w.status), a.w.err);
+		if (a.processor) {
+			lua_pushstring(L, a.processor);
+			lua_setfield(L, -2, "processor");
+		}
+		if (a.traceback) {
+			lua_pushstring(L, a.traceback);
+			lua_setfield(L, -2, "traceback");
+		}
 	} else {
 		a.r.global_positions = a.positions;
 		tide_lua_push_append_result(L, &a.r);
 	}
 	free(a.positions);
+	free(a.processor);
+	free(a.traceback);
 	return nret;
 }
 

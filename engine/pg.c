@@ -842,6 +842,31 @@ const char *tide_pg_error(const struct tide_pg *pg)
 	return pg->error;
 }
 
+char *tide_pg_text_array(const char *const *v, size_t n)
+{
+	size_t len = 3;
+	for (size_t i = 0; i < n; i++)
+		len += 2 * strlen(v[i]) + 3;
+	char *s = malloc(len), *o = s;
+	if (!s)
+		return NULL;
+	*o++ = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			*o++ = ',';
+		*o++ = '"';
+		for (const char *c = v[i]; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				*o++ = '\\';
+			*o++ = *c;
+		}
+		*o++ = '"';
+	}
+	*o++ = '}';
+	*o = '\0';
+	return s;
+}
+
 /* Adds what a user can do about the errors that mean "this database has no tide schema". */
 const char *tide_pg_explain(const struct tide_pg_reply *reply, char *buf, size_t n)
 {

@@ -99,6 +99,10 @@ const char *tide_pg_error(const struct tide_pg *pg);
  * space, other control characters into '?', no trailing space. */
 void tide_pg_redact(const struct tide_pg *pg, const char *msg, char *dst, size_t n);
 
+/* v as the text of a PostgreSQL text[] ({"a","b"}, with " and \ escaped), for a parameter;
+ * malloc'd, NULL when out of memory. */
+char *tide_pg_text_array(const char *const *v, size_t n);
+
 /* The reply's message, with a hint when the tide schema is missing (run tide migrate). */
 const char *tide_pg_explain(const struct tide_pg_reply *reply, char *buf, size_t n);
 

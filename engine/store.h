@@ -30,6 +30,10 @@ struct tide_store {
 	struct tide_wake wake;  /* post-commit wake-ups (tide_store_wake) */
 	bool partition_ready;   /* partition's tables exist (an append to it succeeded) */
 	unsigned partition_gen; /* counts tide_store_set_partition calls */
+	/* Inline projections (inline.c): the set every append runs, and the appends that run
+	 * it, in order: the first is in flight, the others wait for it (store.c's calls). */
+	struct tide_inline_set *inline_set;
+	struct call *inline_head, *inline_tail;
 	/* A transaction of the caller's is open on pg (BEGIN sent): appends in it wake
 	 * consumers only once it commits. */
 	bool in_transaction, appended_in_transaction;

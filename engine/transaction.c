@@ -157,6 +157,10 @@ int tide_store_begin(struct tide_store *store, const char *stream, tide_begin_cb
 {
 	if (store->transaction_state != TXN_NONE)
 		return fail(store, TIDE_EINVAL, "a transaction is already open on this store");
+	if (store->inline_head)
+		return fail(
+		        store, TIDE_EINVAL,
+		        "an append with inline projections is in flight: wait for its callback");
 	if (stream && tide_check_name("stream name", stream, strlen(stream), TIDE_MAX_NAME_BYTES,
 	                              store->error, sizeof(store->error)))
 		return TIDE_EINVAL;
@@ -245,6 +249,11 @@ static int end(struct tide_store *store, bool commit, tide_end_cb cb, void *arg)
 	case TXN_ENDING: return fail(store, TIDE_EINVAL, "the transaction is already ending");
 	default: break;
 	}
+	if (store->inline_head && tide_pg_ready(store->pg))
+		return fail(
+		        store, TIDE_EINVAL,
+		        "an append with inline projections is in flight in the transaction: wait "
+		        "for its callback");
 	if (!tide_pg_ready(store->pg) || store->pg != store->transaction_pg) {
 		ended(store, false);
 		return fail(store, TIDE_ECONN,

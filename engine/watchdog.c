@@ -4,6 +4,7 @@
  * to within a tick, and a script that behaves runs at full interpreter speed. */
 #include "watchdog.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -43,6 +44,17 @@ static void *watch_loop(void *arg)
 	return NULL;
 }
 
+/* The thread runs this file's code until the process ends. In a Lua host, that code is the
+ * module tide.core (sandboxed VMs run there for inline projections), which LuaJIT unloads
+ * at lua_close: the waiting thread would then wake in unmapped memory. Keep the module
+ * mapped for good (the tide binary, linked statically, is the program itself). */
+static void pin_module(void)
+{
+	Dl_info info;
+	if (dladdr((void *)watch_loop, &info) && info.dli_fname)
+		(void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 int tide_watchdog_arm(struct tide_watch *w, lua_State *L, lua_Hook hook, uint64_t deadline_ns)
 {
 	w->L = L;
@@ -51,6 +63,7 @@ int tide_watchdog_arm(struct tide_watch *w, lua_State *L, lua_Hook hook, uint64_
 	w->hooked = false;
 	pthread_mutex_lock(&mu);
 	if (!started) {
+		pin_module();
 		pthread_t t;
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);

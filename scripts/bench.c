@@ -1,6 +1,7 @@
 /* bench.c — the append driver of scripts/bench: N clients (one connection each, one
  * append in flight each) append K events per call through libtide for a duration or a
- * number of calls, optionally spaced by an interval, and print one JSON object:
+ * number of calls, optionally spaced by an interval, optionally running the inline
+ * projections of a directory (`--projections DIR`), and print one JSON object:
  * {"calls":…, "events":…, "seconds":…, "events_per_s":…, "p50_ms":…, "p99_ms":…}.
  * Streams: each client its own `--streams N` (PREFIX-CLIENT-K, round robin), or with
  * `--stream-pool N` one pool shared by all clients (PREFIX-K, K uniform at random), as
@@ -23,7 +24,7 @@ struct client {
 
 static struct {
 	uv_loop_t *loop;
-	const char *url, *prefix;
+	const char *url, *prefix, *projections;
 	int clients, per_call, streams, pool;
 	const char *data;
 	long max_calls; /* per client; 0: run for duration */
@@ -157,6 +158,8 @@ int main(int argc, char **argv)
 			b.prefix = argv[i + 1];
 		else if (!strcmp(argv[i], "--database"))
 			b.url = argv[i + 1];
+		else if (!strcmp(argv[i], "--projections"))
+			b.projections = argv[i + 1];
 		else {
 			fprintf(stderr, "bench: unknown option %s\n", argv[i]);
 			return 2;
@@ -166,7 +169,8 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 		        "usage: tide-bench --database URL [--clients N] [--events-per-call K]"
 		        " [--calls C | --seconds S] [--interval-ms MS]"
-		        " [--streams N | --stream-pool N] [--prefix P] [--data JSON]\n");
+		        " [--streams N | --stream-pool N] [--prefix P] [--data JSON]"
+		        " [--projections DIR]\n");
 		return 2;
 	}
 	b.events = calloc((size_t)b.per_call, sizeof(*b.events));
@@ -183,6 +187,10 @@ int main(int argc, char **argv)
 		cl[i].timer.data = &cl[i];
 		if (tide_store_open(&loop, b.url, on_open, NULL, &cl[i].store) != 0)
 			return 1;
+		if (b.projections && tide_store_set_projections(cl[i].store, b.projections) != 0) {
+			fprintf(stderr, "bench: %s\n", tide_store_error(cl[i].store));
+			return 1;
+		}
 	}
 	while (b.open < b.clients)
 		uv_run(&loop, UV_RUN_ONCE);

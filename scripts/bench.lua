@@ -245,6 +245,45 @@ for _, clients in ipairs({ 1, 8, 32 }) do
                       emmett_show = ep50 and string.format("%.2f / %.2f", ep50, ep99) or nil, target = "", met = "" }
 end
 
+-- 1b. Appends with one inline document projection (a document per stream, folded in the
+-- append's transaction), 1 client, over 1,000 streams; its reference is tide's own plain
+-- one-event append, measured alternately with it in the same run.
+do
+  local dir = work .. "/inline/bench"
+  sh("rm -rf " .. q(dir) .. " && mkdir -p " .. q(dir))
+  write(dir .. "/totals.lua", [[
+local tide = require "tide"
+return tide.projection {
+  inline = true,
+  collection = "bench_totals",
+  initial = function() return { amount = 0, events = 0 } end,
+  evolve = function(doc, e)
+    doc.amount = doc.amount + e.data.amount
+    doc.events = doc.events + 1
+    return doc
+  end,
+}
+]])
+  local plain_url = fresh_db("bench_inline_ref")
+  local url = fresh_db("bench_inline")
+  local plains, inlines = alternate(
+    function(secs)
+      return driver(plain_url, string.format("--clients 1 --seconds %g --stream-pool %d", secs, REF_STREAMS))
+    end,
+    function(secs)
+      return driver(url, string.format("--clients 1 --seconds %g --stream-pool %d --projections %s", secs,
+        REF_STREAMS, q(dir)))
+    end)
+  local plain = rates(plains)
+  local note
+  local folded = tonumber(psql(url, "SELECT coalesce(sum((doc->>'events')::bigint), 0) FROM tide_documents WHERE collection = 'bench_totals'"))
+  local appended = tonumber(psql(url, "SELECT count(*) FROM emt_messages"))
+  if folded ~= appended then note = string.format("the projection folded %d of %d events", folded, appended) end
+  record("append_inline_c1", "append 1 event/call with one inline document projection, 1 client (events/s)",
+    rates(inlines), "events/s", { ref = plain, ref_show = commas(plain) .. " (plain append)", note = note })
+  results.append_inline_c1.slices = { tide = slices(inlines), reference = slices(plains) }
+end
+
 -- 2. Appends, 100 events per call, 1 client, over 1,000 streams. Reference (b): the same
 -- one statement for 100 rows (the stream row moves by 100, the rows take the positions
 -- below its new version).

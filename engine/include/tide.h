@@ -37,6 +37,9 @@ enum {
 	/* The connection was lost after an append was sent: it may or may not have been
 	 * committed. Read the stream to find out before trying again. */
 	TIDE_EUNKNOWN = -7,
+	/* A script failed: an inline projection while appending (its error, or its CPU or
+	 * memory limit; nothing was written), or a script that does not load. */
+	TIDE_ESCRIPT = -8,
 };
 
 /* What tide accepts, checked once on the way in (tide_store_append(), whoever calls it:
@@ -104,6 +107,10 @@ struct tide_append_result {
 	/* On TIDE_ECONFLICT: what was expected and the version found (-1: no stream). */
 	int64_t expected;
 	int64_t actual;
+	/* When an inline projection failed (TIDE_ESCRIPT, or TIDE_EDB when its SQL did): its
+	 * processor id (APP/NAME) and its script's stack ("" when there is none); else NULL. */
+	const char *processor;
+	const char *traceback;
 };
 
 struct tide_read_result {
@@ -121,7 +128,8 @@ struct tide_read_opts {
 };
 
 /* status is 0 or a TIDE_E* code; err is a message when status != 0 (else NULL).
- * result is NULL when status is an error other than TIDE_ECONFLICT. */
+ * result is NULL when status is an error other than TIDE_ECONFLICT or an inline
+ * projection's failure (result->processor). */
 typedef void (*tide_open_cb)(struct tide_store *store, int status, const char *err, void *arg);
 typedef void (*tide_append_cb)(int status, const char *err, const struct tide_append_result *result,
                                void *arg);
@@ -151,6 +159,20 @@ void tide_store_close(struct tide_store *store);
 #define TIDE_DEFAULT_PARTITION "emt:default"
 TIDE_MUST_CHECK int tide_store_set_partition(struct tide_store *store, const char *partition);
 const char *tide_store_partition(const struct tide_store *store);
+
+/* The inline projections every later append of this store runs inside its transaction
+ * (README "Inline projections"): the *.lua files of dir but specs, loaded in the sandbox as
+ * `tide run` loads scripts, now, on the calling thread (it reads files: call it while setting
+ * the store up, not on a busy loop). Files returning a projection with inline = true are
+ * kept, the others ignored; their processor ids are APP/NAME, APP the directory's name. An
+ * append then sends BEGIN, the append, the projections' bookkeeping and their SQL, and COMMIT
+ * (always on the store's connection: no COPY), and fails with the error of a projection that
+ * fails, writing nothing. While it is in flight, further appends wait for it, and other
+ * requests sent on the store run inside its transaction. dir NULL: none. Returns TIDE_EINVAL
+ * when dir cannot be read or an append is in flight, TIDE_ESCRIPT when a file does not load,
+ * TIDE_ENOMEM; the message in tide_store_error() names the file; the store then keeps the
+ * projections it had. */
+TIDE_MUST_CHECK int tide_store_set_projections(struct tide_store *store, const char *dir);
 
 /* True while the store's connection is up. After a lost connection (TIDE_ECONN or
  * TIDE_EUNKNOWN) requests fail with TIDE_ECONN until tide_store_reconnect succeeds. */

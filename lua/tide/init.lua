@@ -70,16 +70,23 @@ local function load_core()
   return core
 end
 
--- tide.connect(url [, { partition = name }]) → store | nil, err. Every call of the store
--- works in that partition (Emmett's tenant column; default "emt:default"). A partition name
--- the store cannot use (too long, not UTF-8) is nil, err with err.kind == "invalid".
+-- tide.connect(url [, { partition = name, projections = dir }]) → store | nil, err. Every
+-- call of the store works in that partition (Emmett's tenant column; default "emt:default").
+-- A partition name the store cannot use (too long, not UTF-8) is nil, err with err.kind ==
+-- "invalid". projections: a directory whose inline projections (inline = true) every append
+-- runs inside its transaction; a file there that does not load is nil, err (kind "script").
 function M.connect(url, opts)
   if type(url) ~= "string" or url == "" then error("tide.connect wants a database URL", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("tide.connect: options must be a table", 2) end
   local partition = opts and opts.partition
   if not model.valid_partition(partition) then
     error("tide.connect: partition must be a non-empty string", 2)
   end
-  local raw, err = load_core().connect(url, partition)
+  local projections = opts and opts.projections
+  if projections ~= nil and (type(projections) ~= "string" or projections == "") then
+    error("tide.connect: projections must be a directory (a non-empty string)", 2)
+  end
+  local raw, err = load_core().connect(url, partition, projections)
   if not raw then return nil, err end
   return setmetatable({ raw = raw, partition = partition or "emt:default" }, Store)
 end
@@ -91,14 +98,16 @@ M.json = setmetatable({}, { __index = function(t, k)
   return rawget(t, k)
 end })
 
--- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine.
+-- The daemon's entry for one batch (see engine/batch.c): runs in a coroutine. in_append: an
+-- inline projection, inside the transaction that appended the events (engine/inline.c).
 local processor
 function M.processor_run(p, events, raw, query, exec, result, append, log, setup, reset, suffix,
-                         id)
+                         id, in_append)
   processor = processor or require "tide.processor"
   local sql, appender = processor.sql_handle(raw, query, exec, result, append, suffix)
   if reset then processor.reset(p, sql, id) end
   if setup then processor.setup(p, sql) end
+  if in_append then processor.lock_documents(p, events, sql) end
   processor.run_batch(p, events, sql, log, appender)
   processor.register_targets(p, sql, id)
 end

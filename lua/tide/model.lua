@@ -85,8 +85,21 @@ local function check_policy(spec, kind)
   end
 end
 
+-- inline = true: a projection that runs inside the transaction that appends (engine/inline.c),
+-- wherever tide appends with its directory, instead of in the daemon.
+local function check_inline(spec, kind, projection)
+  if spec.inline == nil then return end
+  if type(spec.inline) ~= "boolean" then
+    error(kind .. ": 'inline' must be true or false, got " .. tostring(spec.inline), 3)
+  end
+  if spec.inline and not projection then
+    error(kind .. ": 'inline' is for projections (a reactor runs in the daemon)", 3)
+  end
+end
+
 -- The daemon's settings of a processor, checked (a script may return a table built by hand):
--- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms }.
+-- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms,
+--   inline }.
 function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
     error("the script must return a processor built with tide.projection or tide.reactor", 0)
@@ -104,6 +117,7 @@ function M.settings(p)
     error("partition must be a non-empty name", 0)
   end
   check_policy(p, p.kind)
+  check_inline(p, p.kind, p.kind == "projection")
   local types
   if p.events ~= nil then
     check_events(p, p.kind)
@@ -120,6 +134,7 @@ function M.settings(p)
     on_error = p.on_error or DEFAULTS.on_error,
     max_attempts = p.max_attempts or DEFAULTS.max_attempts,
     backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,
+    inline = p.inline == true,
   }
 end
 
@@ -253,11 +268,13 @@ end
 -- projection { ..., handle_event(event, sql) }: one call per event;
 -- projection { collection, id?, initial?, evolve(doc, event), events?, partition? };
 -- projection { snapshot = decider, table, id?, columns?, column_types?, events?, partition? }
+-- Any of them with inline = true runs inside the appending transaction (engine/inline.c).
 function M.projection(spec)
   check_spec(spec, "tide.projection")
   check_events(spec, "tide.projection")
   check_partition(spec, "tide.projection")
   check_policy(spec, "tide.projection")
+  check_inline(spec, "tide.projection", true)
   if spec.snapshot ~= nil then
     for _, k in ipairs({ "collection", "handle", "handle_event", "evolve", "initial" }) do
       if spec[k] ~= nil then
@@ -291,6 +308,7 @@ function M.reactor(spec)
   check_events(spec, "tide.reactor")
   check_partition(spec, "tide.reactor")
   check_policy(spec, "tide.reactor")
+  check_inline(spec, "tide.reactor", false)
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
   return spec

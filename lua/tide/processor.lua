@@ -290,6 +290,30 @@ local function snapshots(p, events, sql)
   end
 end
 
+-- An inline projection's documents (engine/inline.c), before it reads them: appenders to
+-- different streams may fold events into one document keyed by id(event), each reading it
+-- before writing it. A lock per document for the rest of the transaction, taken in one order
+-- (by hash), makes the later appender wait for the earlier one's commit and then read what it
+-- wrote. Documents keyed by their stream need none: the append holds the stream's row.
+local DOCS_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1), k) FROM (SELECT DISTINCT"
+  .. " hashtext(i) AS k FROM jsonb_array_elements_text($2::jsonb) AS i ORDER BY 1) AS keys"
+
+function M.lock_documents(p, events, sql)
+  if not (p.kind == "projection" and p.collection and p.id) then return end
+  local ids, seen = array(), {}
+  for _, e in ipairs(selected(p, events)) do
+    local id = M.document_id(p, e)
+    if id ~= false then
+      id = tostring(id)
+      if not seen[id] then
+        seen[id] = true
+        ids[#ids + 1] = id
+      end
+    end
+  end
+  if #ids > 0 then sql:exec(DOCS_LOCK, p.collection .. sql.suffix, ids) end
+end
+
 local function reactor_context(log, partition, appender)
   local ctx = { log = log }
   -- ctx.append(stream, events, { expected, partition }): in the processor's transaction,
