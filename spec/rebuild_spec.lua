@@ -192,6 +192,32 @@ describe("blue-green rebuilds", function()
     stop(pid)
   end)
 
+  it("tide rebuild builds an inline projection again while appenders write through it, losing and repeating nothing", function()
+    local app = dir .. "/shop"
+    os.execute("mkdir -p " .. q(app))
+    S.write(app .. "/totals.lua", TOTALS:format(1, 1):gsub("version = 1,", "version = 1,\n  inline = true,"))
+    D.load_events(url, 500, 5) -- before the projection: only a rebuild folds these in
+    local function append_inline(stream)
+      local r = S.tide(string.format("append %s Added '{\"by\":1}' --projections %s --database %s", stream, q(app), q(url)))
+      assert.are.equal(0, r.code, r.err)
+    end
+    for i = 1, 10 do append_inline("s-" .. (i % 5)) end
+    assert.are.equal(5, scalar(url, "SELECT count(*) FROM tide_documents WHERE collection = 'totals'"))
+    assert.are.equal("inline", S.psql(url, "SELECT status FROM tide_processors WHERE processor_id = 'shop/totals'"))
+    local appender = S.sh(string.format("(for i in $(seq 1 40); do %s append s-$((i %% 5)) Added '{\"by\":1}' --projections %s --database %s >/dev/null || echo failed >>%s; done) >/dev/null 2>&1 & echo $!",
+      q(S.bin), q(app), q(url), q(dir .. "/failed"))).out:match("%d+")
+    local r = S.tide("rebuild shop/totals --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    S.wait_for(function() return not D.alive(appender) end, 60, "the appender")
+    assert.are.equal("", D.read(dir .. "/failed"))
+    -- Every event of the log, each once: those before the projection, those appended
+    -- through it before, during and after the rebuild.
+    assert.are.equal(0, totals_off(url, 1))
+    assert.are.equal(scalar(url, "SELECT sum((message_data->>'by')::bigint) FROM emt_messages"),
+      scalar(url, "SELECT sum((doc->>'n')::bigint) FROM tide_documents WHERE collection = tide_collection('totals')"))
+    assert.are.equal("totals__v1", S.psql(url, "SELECT tide_collection('totals')"))
+  end)
+
   it("tide rebuild refuses what it cannot rebuild, with a reason, and changes nothing", function()
     S.write(dir .. "/sums.lua", sums(1, 1))
     S.write(dir .. "/fixed.lua", D.TOTALS:gsub("setup =", "reset = function(sql) sql:exec('TRUNCATE totals') end,\n  setup ="))
