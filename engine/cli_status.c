@@ -25,8 +25,12 @@ static const struct tide_pg_stmt stmt_status = {
         "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
         " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
         "  AND e.partition = t.partition AND e.version = t.version)"
-        " SELECT p.processor_id, p.kind, p.status, p.xid::text || ':' || p.pos, lag.n,"
-        "  coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3),"
+        /* An inline projection has no checkpoint: it is as far as the appends it ran in. */
+        " SELECT p.processor_id, p.kind, p.status,"
+        "  CASE WHEN p.status = 'inline' THEN '' ELSE p.xid::text || ':' || p.pos END,"
+        "  CASE WHEN p.status <> 'inline' THEN lag.n END,"
+        "  CASE WHEN p.status <> 'inline' THEN"
+        "   coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3) END,"
         "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, ''),"
         "  p.partition,"
         "  (SELECT count(*) FROM tide_dead_letters d WHERE d.processor_id = p.processor_id"
@@ -119,7 +123,7 @@ static void print_json(PGresult *res, int rows)
 	static const struct {
 		const char *key;
 		int col;
-		char as; /* s: string, n: number, e: string or null when empty */
+		char as; /* s: string, n: number, e: string or null when empty, N: number or null */
 	} keys[] = {
 	        {"id", COL_ID, 's'},
 	        {"app", COL_APP, 'e'},
@@ -127,9 +131,9 @@ static void print_json(PGresult *res, int rows)
 	        {"state", COL_STATE, 's'},
 	        {"version", COL_VERSION, 'n'},
 	        {"partition", COL_PARTITION, 's'},
-	        {"checkpoint", COL_CHECKPOINT, 's'},
-	        {"lag_events", COL_LAG_EVENTS, 'n'},
-	        {"lag_seconds", COL_LAG_SECONDS, 'n'},
+	        {"checkpoint", COL_CHECKPOINT, 'e'},
+	        {"lag_events", COL_LAG_EVENTS, 'N'},
+	        {"lag_seconds", COL_LAG_SECONDS, 'N'},
 	        {"generation", COL_GENERATION, 'n'},
 	        {"owner", COL_OWNER, 's'},
 	        {"dead_letters", COL_DEAD_LETTERS, 'n'},
@@ -142,9 +146,9 @@ static void print_json(PGresult *res, int rows)
 		add_rebuild(o, res, r);
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
 			const char *v = PQgetvalue(res, r, keys[k].col);
-			if (keys[k].as == 'n')
+			if (keys[k].as == 'n' || (keys[k].as == 'N' && v[0]))
 				cJSON_AddRawToObject(o, keys[k].key, v);
-			else if (keys[k].as == 'e' && !v[0])
+			else if ((keys[k].as == 'e' || keys[k].as == 'N') && !v[0])
 				cJSON_AddNullToObject(o, keys[k].key);
 			else
 				cJSON_AddStringToObject(o, keys[k].key, v);
@@ -173,6 +177,11 @@ static void owner_shown(const char *owner, char *out, size_t n)
 	snprintf(out, n, "%.*s", (int)len, from);
 }
 
+static const char *or_dash(const char *v)
+{
+	return v[0] ? v : "-";
+}
+
 /* A table; under a failing processor, the first lines of its traceback. */
 #define TRACEBACK_LINES 4
 static void print_table(PGresult *res, int rows)
@@ -198,8 +207,9 @@ static void print_table(PGresult *res, int rows)
 		owner_shown(PQgetvalue(res, r, COL_OWNER), owner, sizeof(owner));
 		printf("%-*s %-10s %-8s %3s %-22s %8s %8s %4s %-20s %4s  %s\n", width, id,
 		       PQgetvalue(res, r, COL_KIND), PQgetvalue(res, r, COL_STATE),
-		       PQgetvalue(res, r, COL_VERSION), PQgetvalue(res, r, COL_CHECKPOINT),
-		       PQgetvalue(res, r, COL_LAG_EVENTS), PQgetvalue(res, r, COL_LAG_SECONDS),
+		       PQgetvalue(res, r, COL_VERSION), or_dash(PQgetvalue(res, r, COL_CHECKPOINT)),
+		       or_dash(PQgetvalue(res, r, COL_LAG_EVENTS)),
+		       or_dash(PQgetvalue(res, r, COL_LAG_SECONDS)),
 		       PQgetvalue(res, r, COL_GENERATION), owner,
 		       PQgetvalue(res, r, COL_DEAD_LETTERS), err[0] ? err : "-");
 		struct tide_progress p;

@@ -204,6 +204,10 @@ describe("blue-green rebuilds", function()
     for i = 1, 10 do append_inline("s-" .. (i % 5)) end
     assert.are.equal(5, scalar(url, "SELECT count(*) FROM tide_documents WHERE collection = 'totals'"))
     assert.are.equal("inline", S.psql(url, "SELECT status FROM tide_processors WHERE processor_id = 'shop/totals'"))
+    -- tide status: no checkpoint nor lag for it (it is as far as the appends it ran in)
+    local line = S.tide("status --json --database " .. q(url)).out:match('[^\n]*"shop/totals"[^\n]*')
+    assert.is_truthy(line and line:find('"state":"inline"', 1, true), line)
+    assert.is_truthy(line:find('"checkpoint":null,"lag_events":null,"lag_seconds":null', 1, true), line)
     local appender = S.sh(string.format("(for i in $(seq 1 40); do %s append s-$((i %% 5)) Added '{\"by\":1}' --projections %s --database %s >/dev/null || echo failed >>%s; done) >/dev/null 2>&1 & echo $!",
       q(S.bin), q(app), q(url), q(dir .. "/failed"))).out:match("%d+")
     local r = S.tide("rebuild shop/totals --database " .. q(url))
