@@ -108,6 +108,7 @@ static void connect_store(struct tide_consumer *c);
 static void begin_attempt(struct tide_consumer *c);
 static void switch_build(struct tide_consumer *c);
 static void check_version(struct tide_consumer *c);
+static bool wants_version_check(const struct tide_consumer *c);
 static void await_build(struct tide_consumer *c);
 static void start_progress(struct tide_consumer *c);
 static void note_progress(struct tide_consumer *c, bool done);
@@ -374,8 +375,7 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 		await_build(c);
 		return;
 	}
-	if (!c->version_checked && !c->rebuild_of && c->o.on_rebuild && c->has_pending &&
-	    c->pending.blue_green && !c->cur.vm) {
+	if (wants_version_check(c)) {
 		check_version(c);
 		return;
 	}
@@ -580,8 +580,15 @@ static void on_version(const struct tide_pg_reply *reply, void *arg)
 	claim(c);
 }
 
-/* Before the first claim: a version other than the row's is built blue-green, not claimed
- * (a claim would make it the processor's version at once, with nothing built). */
+/* Before the first claim of a processor's first generation: a version other than the row's
+ * is built blue-green, not claimed (a claim would make it the processor's version at once,
+ * with nothing built). */
+static bool wants_version_check(const struct tide_consumer *c)
+{
+	return !c->version_checked && !c->rebuild_of && c->o.on_rebuild && c->has_pending &&
+	       c->pending.blue_green && !c->cur.vm;
+}
+
 static void check_version(struct tide_consumer *c)
 {
 	enter(c, TIDE_CONSUMER_CLAIMING);
@@ -1336,6 +1343,10 @@ void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generatio
 	case TIDE_CONSUMER_NEW: connect_store(c); break;
 	case TIDE_CONSUMER_BROKEN:
 		uv_timer_stop(&c->timer);
+		if (wants_version_check(c)) {
+			check_version(c); /* its first good script may be of a new version */
+			break;
+		}
 		swap_generation(c);
 		claim(c);
 		break;

@@ -155,6 +155,23 @@ describe("blue-green rebuilds", function()
     stop(pid)
   end)
 
+  it("builds a new version saved over a script that was broken since the daemon started", function()
+    D.load_events(url, 300, 10)
+    S.write(dir .. "/sums.lua", sums(1, 1))
+    local pid = start(url, dir)
+    D.caught_up(url, "sums")
+    stop(pid)
+    S.write(dir .. "/sums.lua", "return tide.projection {") -- a syntax error
+    local log
+    pid, log = start(url, dir)
+    S.wait_for(function() return read(log):find("event=processor.load_failed processor=spec/sums", 1, true) end, 10, "the failed load")
+    S.save(dir .. "/sums.lua", sums(2, 10))
+    S.wait_for(function() return read(log):find("event=processor.switched processor=spec/sums version=2", 1, true) end, 30, "the switch")
+    S.wait_for(function() return sums_off(url, 10) == 0 end, 20, "version 2")
+    assert.are.equal("v", relkind(url, "sums"))
+    stop(pid)
+  end)
+
   it("tide rebuild builds the same version again, beside a running daemon, and --keep keeps the old targets", function()
     D.load_events(url, 2000, 20)
     S.write(dir .. "/sums.lua", sums(1, 1))
