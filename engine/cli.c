@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "json.h"
 #include "lua_json.h"
+#include "lua_store.h"
 #include "lua_vm.h"
 #include "store.h"
 
@@ -769,6 +770,7 @@ static int run_command(struct cli *cli, const struct command *cmd, bool print)
 
 int tide_cli_main(int argc, char **argv)
 {
+	tide_lua_store_allow_projections(tide_store_set_projections); /* handle --projections */
 	if (argc >= 2 && strcmp(argv[1], "run") == 0)
 		return tide_daemon_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)

@@ -129,6 +129,16 @@ static int l_store_gc(lua_State *L)
 	return 0;
 }
 
+/* What connect's projections option calls: tide_store_set_projections, handed over by the
+ * program (cli.c, lua_module.c). Not called directly: what runs inline projections runs Lua
+ * states that have this module, and a module that reached up to it would close a circle. */
+static int (*set_projections)(struct tide_store *store, const char *dir);
+
+void tide_lua_store_allow_projections(int (*set)(struct tide_store *store, const char *dir))
+{
+	set_projections = set;
+}
+
 /* connect(url [, partition [, projections]]) → store | nil, err. projections: a directory
  * whose inline projections every append runs (tide_store_set_projections). */
 static int l_connect(lua_State *L)
@@ -137,6 +147,9 @@ static int l_connect(lua_State *L)
 	const char *url = luaL_checklstring(L, 1, &url_len);
 	const char *partition = luaL_optlstring(L, 2, TIDE_DEFAULT_PARTITION, &part_len);
 	const char *projections = luaL_optstring(L, 3, NULL);
+	if (projections && !set_projections)
+		return tide_lua_push_error(L, "invalid",
+		                           "inline projections are not available in this program");
 	if (strlen(url) != url_len)
 		return tide_lua_push_error(L, "invalid", "the database URL contains a NUL byte");
 	if (strlen(partition) != part_len) {
@@ -155,7 +168,7 @@ static int l_connect(lua_State *L)
 		return luaL_error(L, "out of memory");
 	int rc = tide_store_set_partition(s->store, partition);
 	if (!rc && projections)
-		rc = tide_store_set_projections(s->store, projections);
+		rc = set_projections(s->store, projections);
 	if (rc)
 		snprintf(w.err, sizeof(w.err), "%s", tide_store_error(s->store));
 	else

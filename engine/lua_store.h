@@ -11,6 +11,11 @@
  * find tide.model. */
 int tide_lua_open_core(lua_State *L);
 
+struct tide_store;
+/* Lets connect take the projections option (tide_store_set_projections): the program's
+ * entry gives it (cli.c, lua_module.c). */
+void tide_lua_store_allow_projections(int (*set)(struct tide_store *store, const char *dir));
+
 /* Registers the metatable of tide's error tables (TIDE_LUA_ERROR_MT, lua_vm.h): its
  * __tostring gives the message. */
 void tide_lua_error_init(lua_State *L);

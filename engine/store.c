@@ -4,7 +4,6 @@
 #include "store.h"
 
 #include "append.h"
-#include "inline.h"
 #include "json.h"
 
 #include <cJSON.h>
@@ -77,9 +76,6 @@ struct call {
 	unsigned partition_gen; /* an append's: the store's partition when it was sent */
 	struct tide_cursor after;
 	bool global; /* a read of the global log */
-	/* An append with inline projections, and the next one waiting behind it. */
-	struct tide_inline_append *inline_append;
-	struct call *next;
 };
 
 const char *tide_strerror(int code)
@@ -98,10 +94,7 @@ const char *tide_strerror(int code)
 	}
 }
 
-static int fail(struct tide_store *store, int code, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-
-static int fail(struct tide_store *store, int code, const char *fmt, ...)
+int tide_store_fail(struct tide_store *store, int code, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -109,6 +102,8 @@ static int fail(struct tide_store *store, int code, const char *fmt, ...)
 	va_end(ap);
 	return code;
 }
+
+#define fail tide_store_fail
 
 static void on_open(struct tide_pg *pg, int status, const char *err, void *arg)
 {
@@ -164,62 +159,16 @@ void tide_set_application_name(const char *name)
 
 static void close_bulk(struct tide_store *store);
 
-/* The appends with inline projections fail: the one in flight with the connection, the
- * ones waiting behind it then, in order. None of them touches the store any more. */
-static void close_inline(struct tide_store *store)
-{
-	struct call *first = store->inline_head;
-	store->inline_head = store->inline_tail = NULL;
-	for (struct call *c = first; c; c = c->next)
-		c->store = NULL;
-	struct call *waiting = first ? first->next : NULL;
-	if (first)
-		tide_inline_append_abandon(first->inline_append);
-	tide_pg_close(store->pg);
-	while (waiting) {
-		struct call *next = waiting->next;
-		tide_inline_append_abandon(waiting->inline_append); /* reports, frees it */
-		waiting = next;
-	}
-}
-
 void tide_store_close(struct tide_store *store)
 {
 	if (!store)
 		return;
 	close_bulk(store);
-	close_inline(store);
+	if (store->inline_ops)
+		store->inline_ops->close(store); /* fails the appends it holds, in order */
 	tide_pg_close(store->pg);
-	tide_inline_set_unref(store->inline_set);
 	free(store->url);
 	free(store);
-}
-
-int tide_store_set_projections(struct tide_store *store, const char *dir)
-{
-	if (store->inline_head)
-		return fail(
-		        store, TIDE_EINVAL,
-		        "an append with inline projections is in flight: wait for its callback");
-	struct tide_inline_set *set = NULL;
-	if (dir) {
-		set = tide_inline_set_new(0, 0);
-		if (!set)
-			return fail(store, TIDE_ENOMEM, "out of memory");
-		int rc = tide_inline_set_load_dir(set, dir, NULL, true, store->error,
-		                                  sizeof(store->error));
-		if (rc) {
-			tide_inline_set_unref(set);
-			return rc;
-		}
-		if (tide_inline_set_count(set) == 0) {
-			tide_inline_set_unref(set); /* nothing to run: appends stay plain */
-			set = NULL;
-		}
-	}
-	tide_inline_set_unref(store->inline_set);
-	store->inline_set = set;
-	return 0;
 }
 
 int tide_store_set_partition(struct tide_store *store, const char *partition)
@@ -269,7 +218,7 @@ int tide_store_reconnect(struct tide_store *store, tide_open_cb cb, void *arg)
 {
 	if (store->reconnecting || tide_pg_ready(store->pg))
 		return fail(store, TIDE_EINVAL, "the store is connected or connecting");
-	if (store->inline_head)
+	if (tide_store_inline_busy(store))
 		return fail(store, TIDE_EINVAL,
 		            "an append with inline projections is still ending: wait for its "
 		            "callback");
@@ -299,7 +248,7 @@ void tide_store_wake(struct tide_store *store)
 	tide_wake(store->pg, &store->wake);
 }
 
-static bool store_usable(struct tide_store *store)
+bool tide_store_usable(struct tide_store *store)
 {
 	if (tide_pg_ready(store->pg))
 		return true;
@@ -367,7 +316,7 @@ static int append_copy(struct tide_store *store, const char *stream,
                        const struct tide_event *events, size_t n, int64_t expected,
                        tide_append_cb cb, void *arg)
 {
-	if (!store_usable(store))
+	if (!tide_store_usable(store))
 		return TIDE_ECONN;
 	struct call *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -416,97 +365,21 @@ static int append_copy(struct tide_store *store, const char *stream,
 	return 0;
 }
 
-/* --- appends with inline projections (inline.c) ----------------------------------- */
-
-static void on_inline_appended(int status, const char *err, const struct tide_append_result *r,
-                               void *arg)
-{
-	struct call *c = arg;
-	struct tide_store *store = c->store; /* NULL once the store is closing */
-	if (store) {
-		/* The next one starts before the caller hears: the callback may close the store. */
-		store->inline_head = c->next;
-		if (!c->next)
-			store->inline_tail = NULL;
-		if (status == 0 && c->partition_gen == store->partition_gen)
-			store->partition_ready = true;
-		if (store->inline_head)
-			tide_inline_append_start(store->inline_head->inline_append, store->pg);
-	}
-	c->cb.append(status, err, r, c->arg);
-	free(c);
-}
-
-/* One transaction per append, on the store's connection: they go one at a time. */
-static int append_inline(struct tide_store *store, const char *stream,
-                         const struct tide_event *events, size_t n, int64_t expected,
-                         tide_append_cb cb, void *arg)
-{
-	if (!store_usable(store))
-		return TIDE_ECONN;
-	struct tide_append *a = NULL;
-	int rc = tide_append_build(stream, store->partition, events, n, expected,
-	                           !store->partition_ready, store->error, sizeof(store->error), &a);
-	if (rc)
-		return rc;
-	struct call *c = calloc(1, sizeof(*c));
-	if (!c) {
-		tide_append_free(a);
-		return fail(store, TIDE_ENOMEM, "out of memory");
-	}
-	c->store = store;
-	c->cb.append = cb;
-	c->arg = arg;
-	c->partition_gen = store->partition_gen;
-	struct tide_inline_opts o = {
-	        .set = store->inline_set,
-	        .loop = store->loop,
-	        .mode = store->in_transaction ? TIDE_INLINE_SAVEPOINT : TIDE_INLINE_OWN,
-	        .stream = stream,
-	        .partition = store->partition,
-	        .events = events,
-	        .n = n,
-	        .wake = store->in_transaction ? NULL : &store->wake,
-	};
-	c->inline_append = tide_inline_append_new(&o, a, on_inline_appended, c);
-	if (!c->inline_append) {
-		free(c);
-		return fail(store, TIDE_ENOMEM, "out of memory");
-	}
-	if (store->in_transaction)
-		store->appended_in_transaction = true;
-	if (store->inline_tail) {
-		store->inline_tail->next = c;
-		store->inline_tail = c;
-		return 0;
-	}
-	store->inline_head = store->inline_tail = c;
-	tide_inline_append_start(c->inline_append, store->pg);
-	return 0;
-}
-
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
-	if (store->inline_set) {
-		/* An append no inline projection wants goes alone, unless one that runs them is
-		 * in flight: then its transaction is open on the connection. */
-		int rc = tide_append_check(stream, events, n, expected, store->error,
-		                           sizeof(store->error));
-		if (rc)
-			return rc;
-		if (store->inline_head ||
-		    tide_inline_set_wants(store->inline_set, store->partition, events, n))
-			return append_inline(store, stream, events, n, expected, cb, arg);
-	}
+	int rc;
+	if (store->inline_ops &&
+	    store->inline_ops->append(store, stream, events, n, expected, cb, arg, &rc))
+		return rc;
 	if (n >= TIDE_COPY_MIN_EVENTS && !store->in_transaction)
 		return append_copy(store, stream, events, n, expected, cb, arg);
 	struct tide_append *a = NULL;
-	int rc = tide_append_build(stream, store->partition, events, n, expected,
-	                           !store->partition_ready, store->error, sizeof(store->error), &a);
+	rc = tide_append_build(stream, store->partition, events, n, expected,
+	                       !store->partition_ready, store->error, sizeof(store->error), &a);
 	if (rc)
 		return rc;
-	if (!store_usable(store)) {
+	if (!tide_store_usable(store)) {
 		tide_append_free(a);
 		return TIDE_ECONN;
 	}
@@ -779,7 +652,7 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 		return TIDE_EINVAL;
 	if (opts->from < 0 || opts->to < 0 || opts->max < 0)
 		return fail(store, TIDE_EINVAL, "from, to and max must not be negative");
-	if (!store_usable(store))
+	if (!tide_store_usable(store))
 		return TIDE_ECONN;
 	struct read_call *rc = new_read(store, stream, cb, arg);
 	if (!rc)
@@ -809,7 +682,7 @@ int tide_store_count_after(struct tide_store *store, const struct tide_cursor *a
 	        " AND ($3::text[] IS NULL OR message_type = ANY($3::text[]))",
 	        3,
 	};
-	if (!store_usable(store))
+	if (!tide_store_usable(store))
 		return TIDE_ECONN;
 	char *filter = NULL;
 	if (ntypes > 0 && !(filter = tide_pg_text_array(types, ntypes)))
@@ -832,7 +705,7 @@ int tide_store_read_all_types(struct tide_store *store, const struct tide_cursor
 		if (!types[i] || !types[i][0])
 			return fail(store, TIDE_EINVAL, "event type %zu of the filter is empty",
 			            i + 1);
-	if (!store_usable(store))
+	if (!tide_store_usable(store))
 		return TIDE_ECONN;
 	char *filter = NULL;
 	if (ntypes > 0 && !(filter = tide_pg_text_array(types, ntypes)))

@@ -12,6 +12,23 @@
 #include "pg.h"
 #include "tide.h"
 
+struct tide_store;
+
+/* What runs a store's appends with inline projections (inline_store.c): the store knows it
+ * only through these, so that it need not know Lua, scripts or batches. */
+struct tide_store_inline {
+	/* Takes the append (true: *rc is what tide_store_append returns, cb fires as it would)
+	 * or leaves it to the plain path (false). */
+	bool (*append)(struct tide_store *store, const char *stream,
+	               const struct tide_event *events, size_t n, int64_t expected,
+	               tide_append_cb cb, void *arg, int *rc);
+	/* An append of its own is in flight or waiting: its transaction is open on pg. */
+	bool (*busy)(const struct tide_store *store);
+	/* The store is closing: fail what it holds (the one in flight with the connection),
+	 * and free its state. */
+	void (*close)(struct tide_store *store);
+};
+
 struct tide_store {
 	uv_loop_t *loop;
 	struct tide_pg *pg; /* pipelined connection for appends and reads */
@@ -30,10 +47,10 @@ struct tide_store {
 	struct tide_wake wake;  /* post-commit wake-ups (tide_store_wake) */
 	bool partition_ready;   /* partition's tables exist (an append to it succeeded) */
 	unsigned partition_gen; /* counts tide_store_set_partition calls */
-	/* Inline projections (inline.c): the set every append runs, and the appends that run
-	 * it, in order: the first is in flight, the others wait for it (store.c's calls). */
-	struct tide_inline_set *inline_set;
-	struct call *inline_head, *inline_tail;
+	/* Inline projections (inline_store.c, set by tide_store_set_projections): appends go
+	 * to inline_ops first, which takes those its projections want; its own in state. */
+	const struct tide_store_inline *inline_ops;
+	void *inline_state;
 	/* A transaction of the caller's is open on pg (BEGIN sent): appends in it wake
 	 * consumers only once it commits. */
 	bool in_transaction, appended_in_transaction;
@@ -57,6 +74,18 @@ TIDE_MUST_CHECK int tide_store_open_named(uv_loop_t *loop, const char *url,
 /* tide_wake on the store's connection: send it behind the COMMIT of a transaction of the
  * caller's that appended. */
 void tide_store_wake(struct tide_store *store);
+
+/* Sets the store's error message; returns code. */
+int tide_store_fail(struct tide_store *store, int code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* Whether pg can take requests; if not, the error says so (TIDE_ECONN). */
+bool tide_store_usable(struct tide_store *store);
+
+static inline bool tide_store_inline_busy(const struct tide_store *store)
+{
+	return store->inline_ops && store->inline_ops->busy(store);
+}
 
 /* For a rebuild's progress: the events of the store's partition after `after` (by global
  * position) of the given types (all when ntypes is 0); the reply's one value. */

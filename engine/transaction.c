@@ -157,7 +157,7 @@ int tide_store_begin(struct tide_store *store, const char *stream, tide_begin_cb
 {
 	if (store->transaction_state != TXN_NONE)
 		return fail(store, TIDE_EINVAL, "a transaction is already open on this store");
-	if (store->inline_head)
+	if (tide_store_inline_busy(store))
 		return fail(
 		        store, TIDE_EINVAL,
 		        "an append with inline projections is in flight: wait for its callback");
@@ -249,7 +249,7 @@ static int end(struct tide_store *store, bool commit, tide_end_cb cb, void *arg)
 	case TXN_ENDING: return fail(store, TIDE_EINVAL, "the transaction is already ending");
 	default: break;
 	}
-	if (store->inline_head && tide_pg_ready(store->pg))
+	if (tide_store_inline_busy(store) && tide_pg_ready(store->pg))
 		return fail(
 		        store, TIDE_EINVAL,
 		        "an append with inline projections is in flight in the transaction: wait "
