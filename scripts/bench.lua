@@ -503,6 +503,19 @@ local function stop_daemon(pid)
   end
   os.execute("kill -9 " .. pid .. " 2>/dev/null")
 end
+-- The rate the daemon logs once it has worked off its backlog (from its first read to the
+-- commit of the last batch), waited for up to `seconds`; polling with psql meanwhile would
+-- steal its CPU.
+local function caught_up_rate(dir, seconds)
+  for _ = 1, seconds * 100 do
+    local log = io.open(dir .. "/daemon.log")
+    local text = log and log:read("*a") or ""
+    if log then log:close() end
+    local rate = tonumber(text:match("event=processor%.caught_up[^\n]*events_per_second=(%d+)"))
+    if rate then return rate end
+    sleep_ms(10)
+  end
+end
 local function fresh_dir(name)
   local dir = work .. "/" .. name
   sh("rm -rf " .. q(dir) .. " && mkdir -p " .. q(dir))
@@ -553,17 +566,7 @@ for _, kind in ipairs({ "memory", "sql" }) do
   local dir = fresh_dir("process-" .. kind)
   write(dir .. "/p.lua", processors[kind])
   local pid = start_daemon(url, dir, "--batch-size 1000")
-  -- The daemon says when it has worked off a backlog, and how fast (from its first read to
-  -- the commit of the last batch); polling with psql meanwhile would steal its CPU.
-  local rate
-  for _ = 1, 6000 do
-    local log = io.open(dir .. "/daemon.log")
-    local text = log and log:read("*a") or ""
-    if log then log:close() end
-    rate = tonumber(text:match("event=processor%.caught_up[^\n]*events_per_second=(%d+)"))
-    if rate then break end
-    sleep_ms(10)
-  end
+  local rate = caught_up_rate(dir, 60)
   stop_daemon(pid)
   local note
   if not rate then
@@ -598,15 +601,7 @@ return tide.projection {
 }
 ]])
   local pid = start_daemon(url, dir, "--batch-size 1000")
-  local built
-  for _ = 1, 60000 do
-    local log = io.open(dir .. "/daemon.log")
-    local text = log and log:read("*a") or ""
-    if log then log:close() end
-    built = tonumber(text:match("event=processor%.caught_up[^\n]*events_per_second=(%d+)"))
-    if built then break end
-    sleep_ms(10)
-  end
+  local built = caught_up_rate(dir, 600)
   local out = sh(string.format("%s rebuild bench/docs --database %s 2>%s", TIDE, q(url), q(dir .. "/rebuild.err")))
   stop_daemon(pid)
   local events, seconds = json_field(out, "events"), json_field(out, "seconds")
