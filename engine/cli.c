@@ -242,22 +242,6 @@ static int parse_count(struct cli *cli, const char *flag, const char *text, int6
 	return 0;
 }
 
-/* One event as a JSON object, keys in this order; the JSON columns are spliced in as
- * PostgreSQL gave them, without the spaces its jsonb output adds. */
-static cJSON *message_json(const struct tide_message *m)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "stream_id", m->stream_id);
-	tide_json_add_i64(o, "stream_position", m->stream_position);
-	tide_json_add_i64(o, "global_position", m->global_position);
-	cJSON_AddStringToObject(o, "type", m->type);
-	tide_json_add_compact(o, "data", m->data);
-	tide_json_add_compact(o, "metadata", m->metadata);
-	cJSON_AddStringToObject(o, "message_id", m->message_id);
-	cJSON_AddStringToObject(o, "created", m->created);
-	return o;
-}
-
 /* --- migrate ----------------------------------------------------------------------- */
 
 static void on_trigger(const struct tide_pg_reply *reply, void *arg)
@@ -311,14 +295,7 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 		if (r && r->traceback) /* an inline projection's */
 			tide_cli_print_traceback(r->traceback);
 	} else {
-		cJSON *o = cJSON_CreateObject();
-		tide_json_add_i64(o, "next_expected_version", r->next_expected_version);
-		cJSON *positions = cJSON_AddArrayToObject(o, "global_positions");
-		for (size_t i = 0; i < r->count; i++) {
-			char buf[24];
-			snprintf(buf, sizeof(buf), "%" PRId64, r->global_positions[i]);
-			cJSON_AddItemToArray(positions, cJSON_CreateRaw(buf));
-		}
+		cJSON *o = tide_json_append_result(r);
 		tide_cli_print_line(o);
 	}
 	tide_cli_done(cli);
@@ -347,7 +324,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	for (size_t i = 0; i < r->count; i++)
-		tide_cli_print_line(message_json(&r->messages[i]));
+		tide_cli_print_line(tide_json_message(&r->messages[i], false));
 	tide_cli_done(cli);
 }
 
@@ -359,15 +336,8 @@ static void on_read_all(int status, const char *err, const struct tide_read_resu
 		tide_cli_done(cli);
 		return;
 	}
-	for (size_t i = 0; i < r->count; i++) {
-		const struct tide_message *m = &r->messages[i];
-		cJSON *o = message_json(m);
-		char cursor[48];
-		struct tide_cursor c = {m->transaction_id, m->global_position};
-		tide_cursor_format(&c, cursor);
-		cJSON_AddStringToObject(o, "cursor", cursor);
-		tide_cli_print_line(o);
-	}
+	for (size_t i = 0; i < r->count; i++)
+		tide_cli_print_line(tide_json_message(&r->messages[i], true));
 	tide_cli_done(cli);
 }
 

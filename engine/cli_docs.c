@@ -141,25 +141,6 @@ int tide_cli_docs_args(struct cli *cli, char **pos)
 	return 0;
 }
 
-/* One document as a JSON object, keys in this order; the document compact. */
-static cJSON *doc_json(const struct tide_document *d)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", d->id);
-	tide_json_add_compact(o, "doc", d->doc);
-	if (d->last_stream_id) {
-		cJSON_AddStringToObject(o, "last_stream_id", d->last_stream_id);
-		tide_json_add_i64(o, "last_stream_position", d->last_stream_position);
-		tide_json_add_i64(o, "last_global_position", d->last_global_position);
-	} else {
-		cJSON_AddNullToObject(o, "last_stream_id");
-		cJSON_AddNullToObject(o, "last_stream_position");
-		cJSON_AddNullToObject(o, "last_global_position");
-	}
-	cJSON_AddStringToObject(o, "updated_at", d->updated_at);
-	return o;
-}
-
 static void on_docs(int status, const char *err, const struct tide_docs_result *r, void *arg)
 {
 	struct cli *cli = arg;
@@ -172,7 +153,7 @@ static void on_docs(int status, const char *err, const struct tide_docs_result *
 		tide_cli_fail(cli, TIDE_EDB, msg); /* exit 1, the message on one line */
 	} else {
 		for (size_t i = 0; i < r->count; i++)
-			tide_cli_print_line(doc_json(&r->documents[i]));
+			tide_cli_print_line(tide_json_document(&r->documents[i]));
 	}
 	tide_cli_done(cli);
 }

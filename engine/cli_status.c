@@ -9,65 +9,8 @@
 #include "cli_common.h"
 #include "json.h"
 #include "rebuild.h"
+#include "status.h"
 #include "store.h"
-
-/* A processor no daemon has looked after since its heartbeat (seen_until) passed shows as
- * "expired": its daemon died or lost the database, and its last word is stale. */
-static const struct tide_pg_stmt stmt_status = {
-        "tide_status",
-        "WITH p AS ("
-        " SELECT t.processor_id, t.kind, t.generation, t.owner, t.last_error, t.script,"
-        "  t.partition, t.version, t.app, t.attempt_traceback, t.rebuild_of, t.rebuild_done,"
-        "  t.rebuild_total, t.rebuild_rate,"
-        "  CASE WHEN t.status <> 'stopped' AND coalesce(t.seen_until, t.lease_until) < now()"
-        "   THEN 'expired' ELSE t.status END AS status,"
-        "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
-        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
-        " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
-        "  AND e.partition = t.partition AND e.version = t.version)"
-        /* An inline projection has no checkpoint: it is as far as the appends it ran in. */
-        " SELECT p.processor_id, p.kind, p.status,"
-        "  CASE WHEN p.status = 'inline' THEN '' ELSE p.xid::text || ':' || p.pos END,"
-        "  CASE WHEN p.status <> 'inline' THEN lag.n END,"
-        "  CASE WHEN p.status <> 'inline' THEN"
-        "   coalesce(extract(epoch FROM now() - lag.oldest), 0)::numeric(12,3) END,"
-        "  p.generation, coalesce(p.owner, ''), coalesce(p.last_error, ''), coalesce(p.script, ''),"
-        "  p.partition,"
-        "  (SELECT count(*) FROM tide_dead_letters d WHERE d.processor_id = p.processor_id"
-        "    AND d.partition = p.partition),"
-        "  p.version, coalesce(p.app, ''), coalesce(p.attempt_traceback, ''),"
-        "  coalesce(p.rebuild_of, ''), coalesce(p.rebuild_done, 0), coalesce(p.rebuild_total, 0),"
-        "  coalesce(p.rebuild_rate, 0)"
-        " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
-        "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
-        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
-        " ORDER BY p.processor_id",
-        0,
-};
-
-/* The columns of stmt_status. */
-enum {
-	COL_ID,
-	COL_KIND,
-	COL_STATE,
-	COL_CHECKPOINT,
-	COL_LAG_EVENTS,
-	COL_LAG_SECONDS,
-	COL_GENERATION,
-	COL_OWNER,
-	COL_LAST_ERROR,
-	COL_SCRIPT,
-	COL_PARTITION,
-	COL_DEAD_LETTERS,
-	COL_VERSION,
-	COL_APP,
-	COL_TRACEBACK,
-	COL_REBUILD_OF, /* a builder (rebuild.h): whose, and how far it got */
-	COL_REBUILD_DONE,
-	COL_REBUILD_TOTAL,
-	COL_REBUILD_RATE,
-	NCOLS
-};
 
 static void on_blocker(const struct tide_pg_reply *reply, void *arg)
 {
@@ -85,76 +28,11 @@ static void on_blocker(const struct tide_pg_reply *reply, void *arg)
 	tide_cli_done(cli);
 }
 
-/* A builder's progress; false for other rows. */
-static bool rebuild_progress(PGresult *res, int r, struct tide_progress *p)
-{
-	if (!PQgetvalue(res, r, COL_REBUILD_OF)[0])
-		return false;
-	memset(p, 0, sizeof(*p));
-	p->done = strtoll(PQgetvalue(res, r, COL_REBUILD_DONE), NULL, 10);
-	p->total = strtoll(PQgetvalue(res, r, COL_REBUILD_TOTAL), NULL, 10);
-	p->rate = strtod(PQgetvalue(res, r, COL_REBUILD_RATE), NULL);
-	if (p->total < p->done)
-		p->total = p->done;
-	p->eta_s = p->rate > 0 ? (double)(p->total - p->done) / p->rate : -1;
-	return true;
-}
-
-/* "rebuild": {"of", "done", "total", "events_per_second", "eta_seconds"} of a builder. */
-static void add_rebuild(cJSON *o, PGresult *res, int r)
-{
-	struct tide_progress p;
-	if (!rebuild_progress(res, r, &p))
-		return;
-	cJSON *b = cJSON_AddObjectToObject(o, "rebuild");
-	cJSON_AddStringToObject(b, "of", PQgetvalue(res, r, COL_REBUILD_OF));
-	tide_json_add_i64(b, "done", p.done);
-	tide_json_add_i64(b, "total", p.total);
-	cJSON_AddNumberToObject(b, "events_per_second", (double)(int64_t)p.rate);
-	if (p.eta_s >= 0)
-		cJSON_AddNumberToObject(b, "eta_seconds", (double)(int64_t)(p.eta_s + 0.5));
-	else
-		cJSON_AddNullToObject(b, "eta_seconds");
-}
-
-/* JSON lines, keys in this order; numbers as numbers, no error as null. */
+/* JSON lines, as tide_status_json gives them. */
 static void print_json(PGresult *res, int rows)
 {
-	static const struct {
-		const char *key;
-		int col;
-		char as; /* s: string, n: number, e: string or null when empty, N: number or null */
-	} keys[] = {
-	        {"id", COL_ID, 's'},
-	        {"app", COL_APP, 'e'},
-	        {"kind", COL_KIND, 's'},
-	        {"state", COL_STATE, 's'},
-	        {"version", COL_VERSION, 'n'},
-	        {"partition", COL_PARTITION, 's'},
-	        {"checkpoint", COL_CHECKPOINT, 'e'},
-	        {"lag_events", COL_LAG_EVENTS, 'N'},
-	        {"lag_seconds", COL_LAG_SECONDS, 'N'},
-	        {"generation", COL_GENERATION, 'n'},
-	        {"owner", COL_OWNER, 's'},
-	        {"dead_letters", COL_DEAD_LETTERS, 'n'},
-	        {"last_error", COL_LAST_ERROR, 'e'},
-	        {"traceback", COL_TRACEBACK, 'e'},
-	        {"script", COL_SCRIPT, 's'},
-	};
-	for (int r = 0; r < rows; r++) {
-		cJSON *o = cJSON_CreateObject();
-		add_rebuild(o, res, r);
-		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-			const char *v = PQgetvalue(res, r, keys[k].col);
-			if (keys[k].as == 'n' || (keys[k].as == 'N' && v[0]))
-				cJSON_AddRawToObject(o, keys[k].key, v);
-			else if ((keys[k].as == 'e' || keys[k].as == 'N') && !v[0])
-				cJSON_AddNullToObject(o, keys[k].key);
-			else
-				cJSON_AddStringToObject(o, keys[k].key, v);
-		}
-		tide_cli_print_line(o);
-	}
+	for (int r = 0; r < rows; r++)
+		tide_cli_print_line(tide_status_json(res, r));
 }
 
 /* The first line of s (at most n - 1 bytes of it). */
@@ -213,7 +91,7 @@ static void print_table(PGresult *res, int rows)
 		       PQgetvalue(res, r, COL_GENERATION), owner,
 		       PQgetvalue(res, r, COL_DEAD_LETTERS), err[0] ? err : "-");
 		struct tide_progress p;
-		if (rebuild_progress(res, r, &p)) {
+		if (tide_status_progress(res, r, &p)) {
 			char line[160];
 			tide_progress_format(&p, line, sizeof(line));
 			printf("%*s  rebuilding %s: %s\n", width, "",
@@ -259,7 +137,7 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 
 void tide_cli_run_status(struct cli *cli)
 {
-	if (tide_pg_exec(cli->store->pg, &stmt_status, NULL, on_status, cli) != 0) {
+	if (tide_pg_exec(cli->store->pg, &tide_stmt_status, NULL, on_status, cli) != 0) {
 		tide_cli_fail(cli, TIDE_ECONN, tide_store_error(cli->store));
 		tide_cli_done(cli);
 	}

@@ -15,6 +15,7 @@
 
 #include "cli_common.h"
 #include "file.h"
+#include "http.h"
 #include "inline.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -22,6 +23,7 @@
 #include "store.h"
 
 #define MAX_DIRS    16
+#define MAX_TOKENS  32
 #define DEBOUNCE_MS 50
 
 /* What the processors share; popts is handed to each. */
@@ -65,6 +67,10 @@ struct run {
 	int nconfig_strings;
 	char **specs; /* the spec files found (and said to be skipped), malloc'd */
 	size_t nspecs;
+	/* The HTTP service (--http, http = {...}): its options, and the server once started. */
+	struct tide_http_opts http_opts;
+	struct tide_http_token tokens[MAX_TOKENS];
+	struct tide_http *http;
 };
 
 static const char usage_run[] =
@@ -72,7 +78,7 @@ static const char usage_run[] =
         "                [--batch-size N] [--probe-ms N] [--poll-ms N] [--lease-ms N]\n"
         "                [--cpu-ms N]\n"
         "                [--memory-mb N] [--sql-role ROLE] [--log-format text|json]\n"
-        "                [--log-level L] DIR...\n"
+        "                [--log-level L] [--http HOST:PORT [--http-insecure]] DIR...\n"
         "\n"
         "Runs every *.lua file of the directories that returns a tide.projection or a\n"
         "tide.reactor as a processor, until SIGTERM or SIGINT. Specs (*_spec.lua) are not\n"
@@ -93,7 +99,7 @@ static const char usage_run[] =
         "  --config FILE      a Lua file returning { database, app, batch_size,\n"
         "                     probe_interval_ms, poll_interval_ms, lease_ms, cpu_ms,\n"
         "                     memory_mb, sql_role,\n"
-        "                     log_format, log_level, directories = {...} }\n"
+        "                     log_format, log_level, http = {...}, directories = {...} }\n"
         "  --app NAME         the app the processors belong to (default: the name of\n"
         "                     each directory); 1 to 64 bytes, no '/'\n"
         "  --take-over ID     let this daemon's script take processor ID (APP/NAME) over\n"
@@ -110,6 +116,13 @@ static const char usage_run[] =
         "                     without it, scripts' SQL runs as the connecting user\n"
         "  --log-format F     text (key=value, default) or json\n"
         "  --log-level L      debug, info (default), warn or error\n"
+        "  --http HOST:PORT   serve the HTTP API (README \"HTTP API\") there, e.g.\n"
+        "                     127.0.0.1:8080; tokens come from the configuration file:\n"
+        "                     http = { listen = \"HOST:PORT\", connections = N,\n"
+        "                     tokens = { { name = \"ci\", token = \"SECRET\" (or sha256 =\n"
+        "                     \"HEX\"), scopes = { \"read\", \"append\", \"command\",\n"
+        "                     \"admin\" } } } }; without tokens every request may do all\n"
+        "  --http-insecure    serve a non-loopback address without tokens\n"
         "A failing event is retried, isolated from its batch, and then handled by the\n"
         "script's on_error policy (dead_letter by default: see `tide dlq --help`).\n"
         "Flags override the configuration file, which overrides TIDE_DATABASE_URL and\n"
@@ -522,6 +535,8 @@ static void stop_all(struct run *r, const char *why)
 		return;
 	r->d.stopping = true;
 	tide_log("info", "daemon.stopping", "signal", why, (char *)NULL);
+	tide_http_stop(r->http);
+	r->http = NULL;
 	uv_timer_stop(&r->debounce);
 	uv_timer_stop(&r->listen_retry);
 	uv_timer_start(&r->drain_deadline, on_drain_deadline, 15000, 0);
@@ -566,8 +581,9 @@ static char *keep(struct run *r, const char *s)
 
 /* What flags and the configuration file set; 0 / NULL: not set. */
 struct settings {
-	const char *url, *log_format, *log_level, *sql_role, *app;
-	long batch, probe, poll, lease, cpu, memory_mb;
+	const char *url, *log_format, *log_level, *sql_role, *app, *http;
+	long batch, probe, poll, lease, cpu, memory_mb, http_connections;
+	bool http_insecure;
 };
 
 struct config_read {
@@ -607,6 +623,98 @@ static const char *config_string(lua_State *L, struct config_read *c, const char
 	return v;
 }
 
+/* A token: { name = ..., token = SECRET or sha256 = HEX, scopes = { "read", ... } }. */
+static void read_token(lua_State *L, struct config_read *c, int i)
+{
+	struct run *r = c->r;
+	struct tide_http_token *t = &r->tokens[r->http_opts.ntokens];
+	memset(t, 0, sizeof(*t));
+	lua_getfield(L, -1, "name");
+	snprintf(t->name, sizeof(t->name), "%s",
+	         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "");
+	if (!t->name[0])
+		snprintf(t->name, sizeof(t->name), "token %d", i);
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "token");
+	lua_getfield(L, -2, "sha256");
+	size_t len = 0;
+	const char *secret = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+	const char *hash = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+	bool ok = (secret != NULL) != (hash != NULL);
+	if (secret && len < 16 && !c->err[0])
+		snprintf(c->err, sizeof(c->err),
+		         "%s: http.tokens[%d] (%s): a token must be at least 16 bytes long (e.g. "
+		         "`openssl rand -hex 32`)",
+		         c->path, i, t->name);
+	if (secret)
+		tide_http_sha256(secret, len, t->sha256);
+	if (hash && ok)
+		ok = strlen(hash) == 2 * TIDE_HTTP_SHA256_BYTES &&
+		     strspn(hash, "0123456789abcdefABCDEF") == 2 * TIDE_HTTP_SHA256_BYTES;
+	for (int b = 0; hash && ok && b < TIDE_HTTP_SHA256_BYTES; b++)
+		sscanf(hash + 2 * b, "%2hhx", &t->sha256[b]);
+	if (!ok && !c->err[0])
+		snprintf(c->err, sizeof(c->err),
+		         "%s: http.tokens[%d] (%s) wants either token = SECRET or sha256 = the 64 "
+		         "hex digits of the secret's SHA-256 (`printf %%s SECRET | sha256sum`)",
+		         c->path, i, t->name);
+	lua_pop(L, 2);
+	lua_getfield(L, -1, "scopes");
+	for (int j = 1; lua_istable(L, -1); j++) {
+		lua_rawgeti(L, -1, j);
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 1);
+			break;
+		}
+		if (!lua_isstring(L, -1) ||
+		    tide_http_scopes(lua_tostring(L, -1), &t->scopes) != 0) {
+			if (!c->err[0])
+				snprintf(
+				        c->err, sizeof(c->err),
+				        "%s: http.tokens[%d] (%s): unknown scope; scopes are read, "
+				        "append, command and admin",
+				        c->path, i, t->name);
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	if (!t->scopes && !c->err[0])
+		snprintf(c->err, sizeof(c->err),
+		         "%s: http.tokens[%d] (%s) wants scopes = { ... } (read, append, command, "
+		         "admin)",
+		         c->path, i, t->name);
+	r->http_opts.ntokens++;
+}
+
+/* http = { listen = "HOST:PORT", insecure = false, connections = N, tokens = { ... } } */
+static void read_http_config(lua_State *L, struct config_read *c)
+{
+	struct settings *s = c->s;
+	s->http = config_string(L, c, "listen");
+	s->http_connections = config_number(L, c, "connections");
+	lua_getfield(L, -1, "insecure");
+	s->http_insecure = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "tokens");
+	for (int i = 1; lua_istable(L, -1); i++) {
+		lua_rawgeti(L, -1, i);
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 1);
+			break;
+		}
+		if (!lua_istable(L, -1) || c->r->http_opts.ntokens == MAX_TOKENS) {
+			if (!c->err[0])
+				snprintf(c->err, sizeof(c->err),
+				         "%s: http.tokens[%d] must be a table (at most %d tokens)",
+				         c->path, i, MAX_TOKENS);
+		} else {
+			read_token(L, c, i);
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+}
+
 /* Under tide_vm_protected. */
 static int read_config(lua_State *L)
 {
@@ -625,6 +733,13 @@ static int read_config(lua_State *L)
 	s->log_level = config_string(L, c, "log_level");
 	s->sql_role = config_string(L, c, "sql_role");
 	s->app = config_string(L, c, "app");
+	lua_getfield(L, -1, "http");
+	if (lua_istable(L, -1))
+		read_http_config(L, c);
+	else if (!lua_isnil(L, -1) && !c->err[0])
+		snprintf(c->err, sizeof(c->err),
+		         "%s: http must be a table { listen = ..., tokens = ... }", c->path);
+	lua_pop(L, 1);
 	lua_getfield(L, -1, "directories");
 	if (lua_istable(L, -1)) {
 		for (int i = 1; r->ndirs < MAX_DIRS; i++) {
@@ -713,6 +828,20 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		return;
 	}
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
+	if (r->http_opts.listen) {
+		char err[512];
+		if (tide_http_start(&r->http_opts, &r->http, err, sizeof(err)) != 0) {
+			tide_log("error", "http.failed", "error", err, (char *)NULL);
+			r->exit_code = 2;
+			stop_all(r, "http");
+			return;
+		}
+		char tokens[16], address[80];
+		snprintf(tokens, sizeof(tokens), "%zu", r->http_opts.ntokens);
+		tide_http_address(r->http, address, sizeof(address));
+		tide_log("info", "http.listening", "address", address, "tokens", tokens,
+		         (char *)NULL);
+	}
 	listen_start(r);
 	r->inline_dirs = tide_inline_dirs_new(r->dirs, r->apps, r->ndirs, r->d.popts.cpu_ms,
 	                                      r->d.popts.memory);
@@ -854,6 +983,11 @@ static void overlay(struct settings *dst, const struct settings *src)
 		dst->cpu = src->cpu;
 	if (src->memory_mb)
 		dst->memory_mb = src->memory_mb;
+	if (src->http)
+		dst->http = src->http;
+	if (src->http_connections)
+		dst->http_connections = src->http_connections;
+	dst->http_insecure |= src->http_insecure;
 }
 
 static int run_daemon(struct run *r, int argc, char **argv)
@@ -880,6 +1014,8 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        {"take-over", required_argument, NULL, 't'},
 	        {"log-format", required_argument, NULL, 'f'},
 	        {"log-level", required_argument, NULL, 'v'},
+	        {"http", required_argument, NULL, 'H'},
+	        {"http-insecure", no_argument, NULL, 'I'},
 	        {"help", no_argument, NULL, 'h'},
 	        {NULL, 0, NULL, 0},
 	};
@@ -909,6 +1045,8 @@ static int run_daemon(struct run *r, int argc, char **argv)
 			break;
 		case 'f': flags.log_format = optarg; break;
 		case 'v': flags.log_level = optarg; break;
+		case 'H': flags.http = optarg; break;
+		case 'I': flags.http_insecure = true; break;
 		case 'h': fputs(usage_run, stdout); return 0;
 		case ':':
 			fprintf(stderr,
@@ -984,11 +1122,26 @@ static int run_daemon(struct run *r, int argc, char **argv)
 		                "TIDE_DATABASE_URL (see `tide run --help`)\n");
 		return 2;
 	}
+	r->http_opts.listen = set.http;
+	r->http_opts.insecure = set.http_insecure;
+	r->http_opts.connections = (int)set.http_connections;
+	r->http_opts.tokens = r->tokens;
+	r->http_opts.url = set.url;
+	r->http_opts.dirs = r->dirs;
+	r->http_opts.ndirs = r->ndirs;
+	r->http_opts.cpu_ms = (unsigned)set.cpu;
+	r->http_opts.memory = (size_t)set.memory_mb << 20;
+	char err[512];
+	if (set.http && tide_http_check(&r->http_opts, err, sizeof(err)) != 0) {
+		fprintf(stderr, "tide run: %s\n", err);
+		return 2;
+	}
 
 	char host[64] = "host";
 	gethostname(host, sizeof(host) - 1);
 	uv_loop_init(&r->loop);
 	r->d.loop = &r->loop;
+	r->http_opts.loop = &r->loop;
 	r->d.url = set.url;
 	snprintf(r->d.owner, sizeof(r->d.owner), "tide:%s:%d:%08x", host, (int)getpid(),
 	         (unsigned)(uv_hrtime() & 0xffffffffu));

@@ -1,0 +1,720 @@
+/* http.c — the daemon's HTTP server (http.h): listens on the loop through H2O, checks the
+ * bearer token against the route's scope, splits and decodes the path and the query, hands
+ * the call to its route, and keeps the pool of database connections routes work on. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "store.h"
+
+#define DEFAULT_CONNECTIONS 8
+#define MAX_CONNECTIONS     64
+#define MAX_BODY_BYTES      (64u << 20)
+#define STOP_GRACE_MS       2000
+
+/* A client's socket, known so that stopping can end connections H2O keeps alive. */
+struct conn {
+	uv_tcp_t tcp;
+	struct conn *prev, *next;
+};
+
+/* Links a request (in its pool) to its call: H2O disposes of the request when the client
+ * goes away, and the call, whose database work may still be in flight, must learn it. */
+struct tide_http_link {
+	struct tide_http_call *call;
+};
+
+struct tide_http {
+	struct tide_http_opts opts;
+	char *url, *listen;
+	struct tide_http_token *tokens;
+	h2o_globalconf_t config;
+	h2o_context_t ctx;
+	h2o_accept_ctx_t accept;
+	h2o_handler_t *handler;
+	uv_tcp_t listener;
+	struct conn *conns;
+	struct tide_store **pool;
+	int npool, next;
+	uv_timer_t reconnect, stop_timer;
+	uint64_t stop_deadline;
+	int calls; /* in flight */
+	bool stopping;
+};
+
+/* The route table: a pattern's "*" segment is an argument ({id}). */
+struct route {
+	const char *method;
+	const char *pattern;
+	unsigned scope; /* 0: public */
+	void (*run)(struct tide_http_call *c);
+};
+
+static const struct route routes[] = {
+        {"POST", "/streams/*", TIDE_SCOPE_APPEND, tide_http_append},
+        {"GET", "/streams/*", TIDE_SCOPE_READ, tide_http_read_stream},
+        {"GET", "/log", TIDE_SCOPE_READ, tide_http_read_log},
+        {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
+        {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
+        {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
+};
+#define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
+
+/* --- tokens ----------------------------------------------------------------------------- */
+
+void tide_http_sha256(const char *text, size_t len, unsigned char out[TIDE_HTTP_SHA256_BYTES])
+{
+	unsigned int n = 0;
+	EVP_Digest(text, len, out, &n, EVP_sha256(), NULL);
+}
+
+int tide_http_scopes(const char *name, unsigned *out)
+{
+	static const char *const names[] = {"read", "append", "command", "admin"};
+	for (unsigned i = 0; i < 4; i++)
+		if (strcmp(name, names[i]) == 0) {
+			*out |= 1u << i;
+			return 0;
+		}
+	return -1;
+}
+
+/* The scopes of the request's token; -1: a token was given but is not known (401), -2:
+ * none was given while tokens are configured (401). */
+static long token_scopes(struct tide_http *http, h2o_req_t *req, const char *query_token)
+{
+	if (http->opts.ntokens == 0)
+		return TIDE_SCOPE_READ | TIDE_SCOPE_APPEND | TIDE_SCOPE_COMMAND | TIDE_SCOPE_ADMIN;
+	const char *secret = NULL;
+	size_t len = 0;
+	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+	if (i != -1) {
+		h2o_iovec_t v = req->headers.entries[i].value;
+		if (v.len > 7 && strncasecmp(v.base, "Bearer ", 7) == 0) {
+			secret = v.base + 7;
+			len = v.len - 7;
+		} else {
+			return -1;
+		}
+	} else if (query_token) {
+		secret = query_token;
+		len = strlen(query_token);
+	}
+	if (!secret)
+		return -2;
+	unsigned char hash[TIDE_HTTP_SHA256_BYTES];
+	tide_http_sha256(secret, len, hash);
+	long scopes = -1;
+	for (size_t t = 0; t < http->opts.ntokens; t++) /* no early exit: constant time */
+		if (CRYPTO_memcmp(hash, http->tokens[t].sha256, sizeof(hash)) == 0)
+			scopes = http->tokens[t].scopes;
+	if (scopes > 0 && (scopes & TIDE_SCOPE_ADMIN))
+		scopes |= TIDE_SCOPE_READ | TIDE_SCOPE_APPEND | TIDE_SCOPE_COMMAND;
+	return scopes;
+}
+
+/* --- calls ------------------------------------------------------------------------------ */
+
+static void on_req_disposed(void *p)
+{
+	struct tide_http_link *link = p;
+	if (link->call) {
+		link->call->req = NULL;
+		link->call->link = NULL;
+	}
+}
+
+static void call_free(struct tide_http_call *c)
+{
+	if (c->link)
+		c->link->call = NULL;
+	c->http->calls--;
+	free(c->strings);
+	free(c);
+}
+
+void tide_http_call_end(struct tide_http_call *c)
+{
+	call_free(c);
+}
+
+const struct tide_http_opts *tide_http_opts(const struct tide_http *http)
+{
+	return &http->opts;
+}
+
+const char *tide_http_param(const struct tide_http_call *c, const char *name)
+{
+	for (int i = 0; i < c->nquery; i++)
+		if (strcmp(c->query[i][0], name) == 0)
+			return c->query[i][1];
+	return NULL;
+}
+
+h2o_iovec_t tide_http_body(const struct tide_http_call *c)
+{
+	return c->req ? c->req->entity : h2o_iovec_init("", 0);
+}
+
+static int hex(int ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	ch |= 0x20;
+	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* Percent-decodes src[0..len) to dst (NUL-terminated); '+' is a space in a query. NULL
+ * when an escape is broken or decodes to a NUL byte. */
+static char *decode(char *dst, const char *src, size_t len, bool query)
+{
+	char *out = dst;
+	for (size_t i = 0; i < len; i++) {
+		if (src[i] == '%') {
+			int hi = i + 2 < len ? hex((unsigned char)src[i + 1]) : -1;
+			int lo = i + 2 < len ? hex((unsigned char)src[i + 2]) : -1;
+			if (hi < 0 || lo < 0 || (hi | lo) == 0)
+				return NULL;
+			*out++ = (char)(hi << 4 | lo);
+			i += 2;
+		} else {
+			*out++ = query && src[i] == '+' ? ' ' : src[i];
+		}
+	}
+	*out = '\0';
+	return dst;
+}
+
+/* --- replies ---------------------------------------------------------------------------- */
+
+static const char *reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 422: return "Unprocessable Entity";
+	case 503: return "Service Unavailable";
+	default: return status < 500 ? "Error" : "Internal Server Error";
+	}
+}
+
+void tide_http_reply(struct tide_http_call *c, int status, const char *content_type,
+                     const char *body, size_t len)
+{
+	h2o_req_t *req = c->req;
+	if (req) {
+		req->res.status = status;
+		req->res.reason = reason(status);
+		h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+		               content_type, strlen(content_type));
+		if (status == 401)
+			h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE,
+			               NULL, H2O_STRLIT("Bearer realm=\"tide\""));
+		h2o_send_inline(req, body, len);
+	}
+	call_free(c);
+}
+
+void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body)
+{
+	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+	cJSON_Delete(body);
+	if (!text) {
+		static const char oom[] =
+		        "{\"error\":{\"kind\":\"memory\",\"message\":\"out of memory\"}}\n";
+		tide_http_reply(c, 500, "application/json", oom, sizeof(oom) - 1);
+		return;
+	}
+	size_t len = strlen(text);
+	char *line = realloc(text, len + 2);
+	if (line) {
+		line[len++] = '\n';
+		line[len] = '\0';
+		text = line;
+	}
+	tide_http_reply(c, status, "application/json", text, len);
+	free(text);
+}
+
+void tide_http_fail(struct tide_http_call *c, int status, const char *kind, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *o = cJSON_CreateObject();
+	cJSON *e = cJSON_AddObjectToObject(o, "error");
+	cJSON_AddStringToObject(e, "kind", kind);
+	cJSON_AddStringToObject(e, "message", msg);
+	tide_http_reply_json(c, status, o);
+}
+
+void tide_http_fail_code(struct tide_http_call *c, int code, const char *err)
+{
+	int status;
+	switch (code) {
+	case TIDE_EINVAL: status = 400; break;
+	case TIDE_ECONFLICT: status = 409; break;
+	case TIDE_ECONN:
+	case TIDE_EUNKNOWN:
+	case TIDE_ECLOSED: status = 503; break;
+	case TIDE_ESCRIPT: status = 422; break;
+	default: status = 500;
+	}
+	tide_http_fail(c, status, tide_strerror(code), "%s", err ? err : tide_strerror(code));
+}
+
+/* --- the pool --------------------------------------------------------------------------- */
+
+static void on_pool_open(struct tide_store *s, int status, const char *err, void *arg)
+{
+	(void)s;
+	struct tide_http *http = arg;
+	if (status && status != TIDE_ECLOSED && !http->stopping)
+		tide_log("warn", "http.database_unreachable", "error", err, (char *)NULL);
+}
+
+/* Connects again whatever lost its connection, once a second. */
+static void on_reconnect(uv_timer_t *t)
+{
+	struct tide_http *http = t->data;
+	for (int i = 0; i < http->npool; i++)
+		if (!tide_store_connected(http->pool[i]) &&
+		    tide_store_reconnect(http->pool[i], on_pool_open, http) != 0)
+			continue; /* still failing the old connection's requests: next time */
+}
+
+struct tide_store *tide_http_store(struct tide_http_call *c)
+{
+	struct tide_http *http = c->http;
+	for (int n = 0; n < http->npool; n++) {
+		struct tide_store *s = http->pool[http->next++ % http->npool];
+		if (!tide_store_connected(s))
+			continue;
+		int rc = tide_store_set_partition(s, c->partition ? c->partition
+		                                                  : TIDE_DEFAULT_PARTITION);
+		if (rc) { /* a partition name that breaks the rules */
+			tide_http_fail(c, 400, "invalid", "partition: %s", tide_store_error(s));
+			return NULL;
+		}
+		return s;
+	}
+	tide_http_fail(c, 503, "connection",
+	               "the database is unreachable; tide is reconnecting: try again later");
+	return NULL;
+}
+
+/* --- routing ---------------------------------------------------------------------------- */
+
+/* Whether the path's segments match pattern; the "*" segments are stored as arguments. */
+static bool match(const char *pattern, char **segs, int nsegs, struct tide_http_call *c)
+{
+	int i = 0;
+	c->nargs = 0;
+	for (const char *p = pattern + 1; *p || i < nsegs;) {
+		if (i >= nsegs || !*p)
+			return false;
+		const char *end = strchr(p, '/');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (len == 1 && *p == '*') {
+			if (!segs[i][0] || c->nargs == 3)
+				return false;
+			c->args[c->nargs++] = segs[i];
+		} else if (strlen(segs[i]) != len || memcmp(segs[i], p, len) != 0) {
+			return false;
+		}
+		i++;
+		p += len + (end ? 1 : 0);
+		if (!end)
+			return i == nsegs;
+	}
+	return i == nsegs;
+}
+
+static bool method_is(h2o_req_t *req, const char *m)
+{
+	return req->method.len == strlen(m) && memcmp(req->method.base, m, req->method.len) == 0;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+	struct tide_http *http = *(struct tide_http **)(self + 1);
+	struct tide_http_call *c = calloc(1, sizeof(*c));
+	/* Room for every decoded segment and parameter: never longer than the path. */
+	char *strings = malloc(req->path.len * 2 + 16);
+	if (!c || !strings) {
+		free(c);
+		free(strings);
+		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory", 0);
+		return 0;
+	}
+	c->http = http;
+	c->req = req;
+	c->strings = strings;
+	c->started = uv_hrtime();
+	c->route = -1;
+	http->calls++;
+	c->link = h2o_mem_alloc_shared(&req->pool, sizeof(*c->link), on_req_disposed);
+	c->link->call = c;
+
+	size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+	char *segs[8];
+	int nsegs = 0;
+	char *out = strings;
+	bool bad = false, too_deep = false;
+	for (size_t i = 1; i <= path_len && path_len > 1;) {
+		size_t end = i;
+		while (end < path_len && req->path.base[end] != '/')
+			end++;
+		if (nsegs == 8) {
+			too_deep = true;
+			break;
+		}
+		if (!decode(out, req->path.base + i, end - i, false))
+			bad = true;
+		segs[nsegs++] = out;
+		out += end - i + 1;
+		i = end + 1;
+	}
+	if (req->query_at != SIZE_MAX) {
+		const char *q = req->path.base + req->query_at + 1;
+		const char *qend = req->path.base + req->path.len;
+		while (q < qend && c->nquery < 16) {
+			const char *amp = memchr(q, '&', (size_t)(qend - q));
+			const char *pend = amp ? amp : qend;
+			const char *eq = memchr(q, '=', (size_t)(pend - q));
+			const char *kend = eq ? eq : pend;
+			if (kend > q) {
+				char *k = out;
+				if (!decode(out, q, (size_t)(kend - q), true))
+					bad = true;
+				out += kend - q + 1;
+				char *v = out;
+				if (!decode(out, eq ? eq + 1 : pend,
+				            eq ? (size_t)(pend - eq - 1) : 0, true))
+					bad = true;
+				out += (eq ? pend - eq - 1 : 0) + 1;
+				c->query[c->nquery][0] = k;
+				c->query[c->nquery][1] = v;
+				c->nquery++;
+			}
+			q = pend + 1;
+		}
+	}
+	if (bad) {
+		tide_http_fail(c, 400, "invalid",
+		               "the path or the query has a broken %%-escape or a %%00");
+		return 0;
+	}
+	int found = -1;
+	bool path_known = false;
+	for (int r = 0; r < NROUTES && found < 0 && !too_deep; r++)
+		if (match(routes[r].pattern, segs, nsegs, c)) {
+			path_known = true;
+			if (method_is(req, routes[r].method))
+				found = r;
+		}
+	if (found < 0) {
+		if (path_known)
+			tide_http_fail(c, 405, "method", "%.*s is not allowed on %.*s",
+			               (int)req->method.len, req->method.base, (int)path_len,
+			               req->path.base);
+		else
+			tide_http_fail(c, 404, "not_found",
+			               "no route %.*s %.*s (see the README's HTTP API)",
+			               (int)req->method.len, req->method.base, (int)path_len,
+			               req->path.base);
+		return 0;
+	}
+	match(routes[found].pattern, segs, nsegs, c); /* its arguments, not a later try's */
+	c->route = found;
+	const struct route *route = &routes[found];
+	if (route->scope) {
+		long scopes = token_scopes(http, req, tide_http_param(c, "access_token"));
+		if (scopes < 0) {
+			tide_http_fail(c, 401, "unauthorized",
+			               scopes == -2 ? "this server wants a bearer token "
+			                              "(Authorization: Bearer TOKEN)"
+			                            : "the bearer token is not known here");
+			return 0;
+		}
+		c->scopes = (unsigned)scopes;
+		if (!(c->scopes & route->scope)) {
+			tide_http_fail(c, 403, "forbidden",
+			               "the token may not do this: %s %s wants the %s scope",
+			               route->method, route->pattern,
+			               route->scope == TIDE_SCOPE_APPEND    ? "append"
+			               : route->scope == TIDE_SCOPE_COMMAND ? "command"
+			               : route->scope == TIDE_SCOPE_ADMIN   ? "admin"
+			                                                    : "read");
+			return 0;
+		}
+	}
+	c->partition = tide_http_param(c, "partition");
+	if (c->partition && !c->partition[0]) {
+		tide_http_fail(c, 400, "invalid", "partition must not be empty");
+		return 0;
+	}
+	route->run(c);
+	return 0;
+}
+
+/* --- listening -------------------------------------------------------------------------- */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+	struct conn *conn = (struct conn *)h;
+	struct tide_http *http = h->data;
+	if (conn->prev)
+		conn->prev->next = conn->next;
+	else
+		http->conns = conn->next;
+	if (conn->next)
+		conn->next->prev = conn->prev;
+	free(conn);
+}
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+	struct tide_http *http = listener->data;
+	if (status != 0 || http->stopping)
+		return;
+	struct conn *conn = calloc(1, sizeof(*conn));
+	if (!conn)
+		return;
+	uv_tcp_init(listener->loop, &conn->tcp);
+	conn->tcp.data = http;
+	conn->next = http->conns;
+	if (http->conns)
+		http->conns->prev = conn;
+	http->conns = conn;
+	if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
+		uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
+		return;
+	}
+	uv_tcp_nodelay(&conn->tcp, 1);
+	h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, on_conn_closed);
+	h2o_accept(&http->accept, sock);
+}
+
+/* HOST:PORT or [V6]:PORT into addr; whether the host is a loopback address. */
+static int parse_listen(const char *text, struct sockaddr_storage *addr, bool *loopback, char *err,
+                        size_t n)
+{
+	char host[128];
+	const char *colon = strrchr(text, ':');
+	if (!colon || colon == text || colon - text >= (long)sizeof(host)) {
+		snprintf(err, n, "--http wants HOST:PORT (127.0.0.1:8080, [::1]:8080), got '%s'",
+		         text);
+		return -1;
+	}
+	memcpy(host, text, (size_t)(colon - text));
+	host[colon - text] = '\0';
+	char *end;
+	long port = strtol(colon + 1, &end, 10);
+	if (*end || end == colon + 1 || port < 0 || port > 65535) {
+		snprintf(err, n, "--http wants a port of 0 to 65535, got '%s'", colon + 1);
+		return -1;
+	}
+	size_t hl = strlen(host);
+	if (host[0] == '[' && host[hl - 1] == ']') {
+		host[hl - 1] = '\0';
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
+		if (uv_ip6_addr(host + 1, (int)port, a6) != 0) {
+			snprintf(err, n, "--http: '%s' is not an IPv6 address", host + 1);
+			return -1;
+		}
+		*loopback = IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
+		return 0;
+	}
+	if (strcmp(host, "localhost") == 0)
+		snprintf(host, sizeof(host), "127.0.0.1");
+	struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+	if (uv_ip4_addr(host, (int)port, a4) != 0) {
+		snprintf(err, n,
+		         "--http: '%s' is not an IPv4 address (use 0.0.0.0, 127.0.0.1, [::1], ...)",
+		         host);
+		return -1;
+	}
+	*loopback = (ntohl(a4->sin_addr.s_addr) >> 24) == 127;
+	return 0;
+}
+
+static void http_free(struct tide_http *http)
+{
+	free(http->pool);
+	free(http->tokens);
+	free(http->url);
+	free(http->listen);
+	free(http);
+}
+
+static void on_listener_failed(uv_handle_t *h)
+{
+	http_free(h->data);
+}
+
+int tide_http_check(const struct tide_http_opts *opts, char *err, size_t n)
+{
+	struct sockaddr_storage addr;
+	bool loopback = false;
+	if (parse_listen(opts->listen, &addr, &loopback, err, n) != 0)
+		return -1;
+	if (!loopback && opts->ntokens == 0 && !opts->insecure) {
+		snprintf(err, n,
+		         "--http %s is not a loopback address and no token is configured: anyone "
+		         "who reaches it could read and append; configure http.tokens (see `tide "
+		         "run --help`), or pass --http-insecure",
+		         opts->listen);
+		return -1;
+	}
+	return 0;
+}
+
+int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, char *err, size_t n)
+{
+	struct sockaddr_storage addr = {0};
+	bool loopback;
+	if (tide_http_check(opts, err, n) != 0 ||
+	    parse_listen(opts->listen, &addr, &loopback, err, n))
+		return -1;
+	struct tide_http *http = calloc(1, sizeof(*http));
+	if (!http) {
+		snprintf(err, n, "out of memory");
+		return -1;
+	}
+	http->opts = *opts;
+	http->url = strdup(opts->url);
+	http->listen = strdup(opts->listen);
+	http->opts.url = http->url;
+	http->opts.listen = http->listen;
+	http->npool = opts->connections > 0 ? opts->connections : DEFAULT_CONNECTIONS;
+	if (http->npool > MAX_CONNECTIONS)
+		http->npool = MAX_CONNECTIONS;
+	http->pool = calloc((size_t)http->npool, sizeof(*http->pool));
+	if (opts->ntokens) {
+		http->tokens = malloc(opts->ntokens * sizeof(*http->tokens));
+		if (http->tokens)
+			memcpy(http->tokens, opts->tokens, opts->ntokens * sizeof(*http->tokens));
+		http->opts.tokens = http->tokens;
+	}
+	if (!http->url || !http->listen || !http->pool || (opts->ntokens && !http->tokens)) {
+		http_free(http);
+		snprintf(err, n, "out of memory");
+		return -1;
+	}
+	uv_tcp_init(opts->loop, &http->listener);
+	http->listener.data = http;
+	int rc = uv_tcp_bind(&http->listener, (struct sockaddr *)&addr, 0);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&http->listener, 511, on_accept);
+	if (rc != 0) {
+		snprintf(err, n, "cannot listen on %s: %s", opts->listen, uv_strerror(rc));
+		uv_close((uv_handle_t *)&http->listener, on_listener_failed);
+		return -1;
+	}
+
+	h2o_config_init(&http->config);
+	http->config.max_request_entity_size = MAX_BODY_BYTES;
+	h2o_hostconf_t *host = h2o_config_register_host(
+	        &http->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+	h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+	http->handler = h2o_create_handler(path, sizeof(*http->handler) + sizeof(http));
+	http->handler->on_req = on_req;
+	*(struct tide_http **)(http->handler + 1) = http;
+	h2o_context_init(&http->ctx, opts->loop, &http->config);
+	http->accept.ctx = &http->ctx;
+	http->accept.hosts = http->config.hosts;
+
+	for (int i = 0; i < http->npool; i++)
+		if (tide_store_open_named(opts->loop, http->url, "tide http", on_pool_open, http,
+		                          &http->pool[i]) != 0)
+			break;
+	uv_timer_init(opts->loop, &http->reconnect);
+	http->reconnect.data = http;
+	uv_timer_start(&http->reconnect, on_reconnect, 1000, 1000);
+	uv_unref((uv_handle_t *)&http->reconnect);
+	uv_timer_init(opts->loop, &http->stop_timer);
+	http->stop_timer.data = http;
+	*out = http;
+	return 0;
+}
+
+void tide_http_address(const struct tide_http *http, char *buf, size_t n)
+{
+	struct sockaddr_storage a;
+	int len = sizeof(a);
+	char host[64] = "?";
+	int port = 0;
+	if (uv_tcp_getsockname(&http->listener, (struct sockaddr *)&a, &len) == 0) {
+		if (a.ss_family == AF_INET6) {
+			uv_ip6_name((struct sockaddr_in6 *)&a, host, sizeof(host));
+			port = ntohs(((struct sockaddr_in6 *)&a)->sin6_port);
+			snprintf(buf, n, "[%s]:%d", host, port);
+			return;
+		}
+		uv_ip4_name((struct sockaddr_in *)&a, host, sizeof(host));
+		port = ntohs(((struct sockaddr_in *)&a)->sin_port);
+	}
+	snprintf(buf, n, "%s:%d", host, port);
+}
+
+/* --- stopping --------------------------------------------------------------------------- */
+
+static void on_stopped(uv_handle_t *h)
+{
+	http_free(h->data);
+}
+
+/* Waits for the calls in flight (at most STOP_GRACE_MS), then ends the connections H2O
+ * keeps alive by shutting their sockets (H2O then closes them as after a client's close),
+ * and disposes of everything once the last is closed. */
+static void on_stop_tick(uv_timer_t *t)
+{
+	struct tide_http *http = t->data;
+	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline)
+		for (struct conn *c = http->conns; c; c = c->next) {
+			uv_os_fd_t fd;
+			if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+				shutdown(fd, SHUT_RDWR);
+		}
+	if (http->conns)
+		return;
+	/* Closed first, so that its callback, which frees everything, runs after those of
+	 * the handles closed below (libuv runs a turn's close callbacks last-closed first). */
+	uv_close((uv_handle_t *)&http->stop_timer, on_stopped);
+	uv_close((uv_handle_t *)&http->reconnect, NULL);
+	h2o_context_dispose(&http->ctx);
+	h2o_config_dispose(&http->config);
+	for (int i = 0; i < http->npool; i++)
+		if (http->pool[i])
+			tide_store_close(http->pool[i]);
+}
+
+void tide_http_stop(struct tide_http *http)
+{
+	if (!http || http->stopping)
+		return;
+	http->stopping = true;
+	uv_close((uv_handle_t *)&http->listener, NULL);
+	h2o_context_request_shutdown(&http->ctx);
+	http->stop_deadline = uv_now(http->opts.loop) + STOP_GRACE_MS;
+	uv_timer_start(&http->stop_timer, on_stop_tick, 0, 20);
+}
