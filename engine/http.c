@@ -65,6 +65,7 @@ static const struct route routes[] = {
         {"POST", "/streams/*", TIDE_SCOPE_APPEND, tide_http_append},
         {"GET", "/streams/*", TIDE_SCOPE_READ, tide_http_read_stream},
         {"GET", "/log", TIDE_SCOPE_READ, tide_http_read_log},
+        {"GET", "/log/subscribe", TIDE_SCOPE_READ, tide_http_subscribe},
         {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
         {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
         {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
