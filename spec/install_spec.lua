@@ -50,6 +50,8 @@ describe("cmake --install", function()
   local sanitized = cache("TIDE_SANITIZE") == "ON"
   -- A sanitizer build's libtide needs the sanitizer runtime in the program that loads it:
   -- the host is then built by the same compiler with the same flags (its leaks count too).
+  -- The installed tide carries its own; `luajit` is spec/sanitize/bin's, which preloads it
+  -- for the installed core.so. Nothing else differs.
   local cc = sanitized and (cache("CMAKE_C_COMPILER") .. " -fsanitize=address,undefined -fno-sanitize-recover=all") or "cc"
 
   local prefix, destdir, manifest, dmanifest, luadir, cdir
