@@ -16,7 +16,7 @@
 
 #include "http.h"
 #include "http_sse.h"
-#include "json.h"
+#include "json_out.h"
 #include "log.h"
 
 #define QUEUE_BOUND  (1u << 20)
