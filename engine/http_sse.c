@@ -35,8 +35,9 @@ struct tide_sse {
 	bool end_told;
 	uint64_t last_sent; /* uv_now() of the last bytes handed to H2O */
 	uint64_t sent_at;   /* uv_now() of the send in flight */
-	uv_timer_t beat;    /* heartbeats and stalls */
-	uv_timer_t notify;  /* owner callbacks, each on a turn of its own */
+	uint64_t closed_at;
+	uv_timer_t beat;   /* heartbeats and stalls */
+	uv_timer_t notify; /* owner callbacks, each on a turn of its own */
 	int handles;
 };
 
@@ -242,7 +243,10 @@ static void on_beat(uv_timer_t *t)
 	uint64_t now = uv_now(t->loop);
 	if (sse->gone || sse->state == DONE)
 		return;
-	if (sse->in_flight && now - sse->sent_at >= sse->opts.stall_ms) {
+	/* Closing, the client gets stall_ms more to take the rest and the final event. */
+	uint64_t since = sse->state == CLOSING && sse->closed_at > sse->sent_at ? sse->closed_at
+	                                                                        : sse->sent_at;
+	if (sse->in_flight && now - since >= sse->opts.stall_ms) {
 		if (sse->state == CLOSING)
 			cut(sse);
 		else
@@ -332,6 +336,7 @@ void tide_sse_close(struct tide_sse *sse, const char *name, const char *id, cons
 	if ((name || data) && one_line(name) && one_line(id))
 		(void)frame(sse, name, id, data, data ? strlen(data) : 0);
 	sse->state = CLOSING;
+	sse->closed_at = uv_now(loop_of(sse));
 	sse->due = 0;
 	if (sse->started)
 		flush(sse);
