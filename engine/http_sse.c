@@ -117,7 +117,8 @@ static void flush(struct tide_sse *sse)
 		return;
 	if (n > CHUNK)
 		n = CHUNK;
-	memcpy(sse->chunk, sse->queue + sse->head, n);
+	if (n)
+		memcpy(sse->chunk, sse->queue + sse->head, n);
 	sse->head += n;
 	if (sse->head == sse->len)
 		sse->head = sse->len = 0;

@@ -306,8 +306,11 @@ describe("GET /log/subscribe", function()
       "the daemon to find the slow subscriber")
     local after = vm(pid, reset and "VmHWM" or "VmRSS")
     -- It stopped reading at about 1 MiB waiting: the growth is that and a page, not 50 MB.
-    assert.is_true(after - before < 16 * 1024,
-      string.format("RSS grew by %d kB (from %d kB)", after - before, before))
+    -- (ASan's quarantine keeps what is freed: the plain build measures the bound.)
+    if not os.getenv("TIDE_SANITIZER_DIR") then
+      assert.is_true(after - before < 16 * 1024,
+        string.format("RSS grew by %d kB (from %d kB)", after - before, before))
+    end
     -- The client reads again within the grace (stall_ms after the final event was queued):
     -- it gets what it had not taken yet, in order, and then the final event.
     slow.resume()
