@@ -25,6 +25,7 @@
 /* A client's socket, known so that stopping can end connections H2O keeps alive. */
 struct conn {
 	uv_tcp_t tcp;
+	struct tide_http *http; /* not in tcp.data: H2O's socket takes that over */
 	struct conn *prev, *next;
 };
 
@@ -515,7 +516,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 static void on_conn_closed(uv_handle_t *h)
 {
 	struct conn *conn = (struct conn *)h;
-	struct tide_http *http = h->data;
+	struct tide_http *http = conn->http;
 	if (conn->prev)
 		conn->prev->next = conn->next;
 	else
@@ -534,7 +535,7 @@ static void on_accept(uv_stream_t *listener, int status)
 	if (!conn)
 		return;
 	uv_tcp_init(listener->loop, &conn->tcp);
-	conn->tcp.data = http;
+	conn->http = http;
 	conn->next = http->conns;
 	if (http->conns)
 		http->conns->prev = conn;
