@@ -87,12 +87,16 @@ describe("GET /metrics", function()
     it("needs the tide binary, PostgreSQL and Prometheus", function() pending(why) end)
     return
   end
-  local url, dir, prometheus
+  local url, dir, prometheus, release
   before_each(function()
     url = S.fresh_db()
     dir = S.mkdtemp()
   end)
   after_each(function()
+    if release then
+      release()
+      release = nil
+    end
     if prometheus then
       os.execute("kill -9 " .. prometheus .. " 2>/dev/null")
       prometheus = nil
@@ -206,6 +210,10 @@ return {
       return scrape(port, "scrape-token-0123456789")['tide_processor_events_total{processor="' .. id .. '"}'] == 2
     end, 15, "the projection to handle both events")
 
+    -- A writing transaction left open holds every processor back: the gauge says how long.
+    local _
+    _, release = S.hold_transaction(url)
+
     S.write(dir .. "/prometheus.yml", string.format([[
 global:
   scrape_interval: 1s
@@ -255,5 +263,10 @@ scrape_configs:
     assert.are.equal("2", rows[1].value[2])
     local up = query('up{job="tide"}')
     assert.are.equal("1", up[1].value[2])
+    local held = S.wait_for(function()
+      local s = scrape(port, "scrape-token-0123456789").tide_held_back_seconds
+      return s >= 5 and s
+    end, 15, "the held-back gauge")
+    assert.is_true(held < 60)
   end)
 end)
