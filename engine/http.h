@@ -86,6 +86,7 @@ struct tide_http_call {
 	unsigned scopes;       /* what its token may do */
 	uint64_t started;      /* uv_hrtime() at arrival */
 	int route;             /* index in the route table (metrics) */
+	int status;            /* the reply's status, once known (metrics) */
 	void *route_state;     /* a route's own, freed by it */
 	struct tide_http_link *link;
 	/* decoded query parameters, and the strings above: one block */
@@ -103,6 +104,10 @@ h2o_iovec_t tide_http_body(const struct tide_http_call *c);
 /* A store of the pool, connected, working in the call's partition; NULL (and the call
  * answered 503) when the database is unreachable. */
 struct tide_store *tide_http_store(struct tide_http_call *c);
+
+/* The same without replying: NULL when the database is unreachable. The store's partition
+ * is whatever the last call set: for statements that do not depend on it. */
+struct tide_store *tide_http_store_if_up(struct tide_http_call *c);
 
 /* Replies with body as JSON (freed) and ends the call. */
 void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body);
@@ -134,5 +139,6 @@ void tide_http_read_log(struct tide_http_call *c);    /* GET /log */
 void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */
 void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
+void tide_http_metrics(struct tide_http_call *c);     /* GET /metrics (http_metrics.c) */
 
 #endif
