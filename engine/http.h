@@ -2,7 +2,7 @@
  * loop. http.c listens, checks bearer tokens, routes, and replies in JSON; each route lives
  * in a file of its own concern: http_streams.c (appends, stream and global-log reads),
  * http_subscribe.c (the live log as Server-Sent Events), http_commands.c (deciders),
- * http_admin.c (processors, documents, metrics, the dashboard). Every route answers from
+ * http_processors.c, http_documents.c, http_metrics.c, http_dashboard.c. Every route answers from
  * the loop: database work goes through a pool of pipelined stores, never a blocking call. */
 #ifndef TIDE_HTTP_H
 #define TIDE_HTTP_H
