@@ -182,6 +182,8 @@ static int run(lua_State *L)
 	if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "decider") != 0) {
 		r->status = TIDE_EINVAL;
 		r->not_decider = true;
+		snprintf(r->kind, sizeof(r->kind), "%s",
+		         lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "");
 		snprintf(r->message, sizeof(r->message),
 		         "the script is not a decider (return tide.decider { ... })");
 		return 0;

@@ -29,7 +29,7 @@ struct tide_command {
 
 struct tide_command_result {
 	int status;       /* 0, or the TIDE_E* of the failure */
-	bool not_decider; /* the script is no decider (status TIDE_EINVAL) */
+	bool not_decider; /* the script is no decider (status TIDE_EINVAL; kind: what it is) */
 	bool rejected;    /* decide refused the command (tide.reject) */
 	char kind[16];    /* the failure's kind as the runtime gives it: "rejected", "script",
 	                     "timeout", "memory", "conflict", "connection", ... */

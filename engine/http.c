@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 /* A client's socket, known so that stopping can end connections H2O keeps alive. */
 struct conn {
 	uv_tcp_t tcp;
+	struct tide_http *http; /* not tcp.data: H2O's socket takes that over */
 	struct conn *prev, *next;
 };
 
@@ -45,6 +47,7 @@ struct tide_http {
 	struct conn *conns;
 	struct tide_store **pool;
 	int npool, next;
+	struct tide_http_commands *commands;
 	uv_timer_t reconnect, stop_timer;
 	uint64_t stop_deadline;
 	int calls; /* in flight */
@@ -66,6 +69,7 @@ static const struct route routes[] = {
         {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
         {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
         {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
+        {"POST", "/commands/*/*", TIDE_SCOPE_COMMAND, tide_http_command},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 
@@ -150,6 +154,11 @@ void tide_http_call_end(struct tide_http_call *c)
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http)
 {
 	return &http->opts;
+}
+
+struct tide_http_commands **tide_http_commands_of(struct tide_http *http)
+{
+	return &http->commands;
 }
 
 const char *tide_http_param(const struct tide_http_call *c, const char *name)
@@ -481,7 +490,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 static void on_conn_closed(uv_handle_t *h)
 {
 	struct conn *conn = (struct conn *)h;
-	struct tide_http *http = h->data;
+	struct tide_http *http = conn->http;
 	if (conn->prev)
 		conn->prev->next = conn->next;
 	else
@@ -500,7 +509,7 @@ static void on_accept(uv_stream_t *listener, int status)
 	if (!conn)
 		return;
 	uv_tcp_init(listener->loop, &conn->tcp);
-	conn->tcp.data = http;
+	conn->http = http;
 	conn->next = http->conns;
 	if (http->conns)
 		http->conns->prev = conn;
@@ -620,6 +629,9 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 		snprintf(err, n, "out of memory");
 		return -1;
 	}
+	/* A client that goes away before its reply makes the write fail (EPIPE), not end the
+	 * process. */
+	signal(SIGPIPE, SIG_IGN);
 	uv_tcp_init(opts->loop, &http->listener);
 	http->listener.data = http;
 	int rc = uv_tcp_bind(&http->listener, (struct sockaddr *)&addr, 0);
@@ -689,23 +701,28 @@ static void on_stopped(uv_handle_t *h)
 static void on_stop_tick(uv_timer_t *t)
 {
 	struct tide_http *http = t->data;
-	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline)
+	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline) {
+		tide_http_commands_stop(http->commands); /* answers the commands still running */
+		http->commands = NULL;
 		for (struct conn *c = http->conns; c; c = c->next) {
 			uv_os_fd_t fd;
 			if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
 				shutdown(fd, SHUT_RDWR);
 		}
+	}
 	if (http->conns)
 		return;
-	/* Closed first, so that its callback, which frees everything, runs after those of
-	 * the handles closed below (libuv runs a turn's close callbacks last-closed first). */
-	uv_close((uv_handle_t *)&http->stop_timer, on_stopped);
+	/* H2O's libuv build runs the loop inside h2o_context_dispose (UV_RUN_NOWAIT) to close
+	 * its handles: this timer must not fire in there, and what frees http must come last
+	 * (its close callback could otherwise run in there, before the rest is disposed of). */
+	uv_timer_stop(&http->stop_timer);
 	uv_close((uv_handle_t *)&http->reconnect, NULL);
-	h2o_context_dispose(&http->ctx);
-	h2o_config_dispose(&http->config);
 	for (int i = 0; i < http->npool; i++)
 		if (http->pool[i])
 			tide_store_close(http->pool[i]);
+	h2o_context_dispose(&http->ctx);
+	h2o_config_dispose(&http->config);
+	uv_close((uv_handle_t *)&http->stop_timer, on_stopped);
 }
 
 void tide_http_stop(struct tide_http *http)
