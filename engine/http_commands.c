@@ -39,7 +39,7 @@
 
 /* One command, from the loop to a worker and back. */
 struct job {
-	struct tide_http_call *call; /* the loop's; NULL once the server stopped */
+	struct tide_http_call *call; /* the loop's alone */
 	char *decider, *stream, *partition, *command;
 	size_t command_len;
 	int64_t retries;
@@ -297,6 +297,10 @@ static void run_job(struct worker *wk, struct job *j)
 		reply_error(j, 500, "memory", "out of memory");
 		return;
 	}
+	/* What the server sent while this worker was idle (the error that ends a connection
+	 * it terminated), read now: else it would be taken for the answer to the command's
+	 * first request. */
+	uv_run(&wk->loop, UV_RUN_NOWAIT);
 	if (tide_store_set_partition(wk->store,
 	                             j->partition ? j->partition : TIDE_DEFAULT_PARTITION) != 0) {
 		reply_error(j, 400, "invalid", "partition: %s", tide_store_error(wk->store));
@@ -329,8 +333,17 @@ static void run_job(struct worker *wk, struct job *j)
 	};
 	struct tide_command_result r;
 	struct tide_vm_error e;
-	int rc = tide_command_run(c->vm, &cmd, &r, &e);
-	end_transaction(wk);
+	int rc;
+	for (int attempt = 1;; attempt++) {
+		rc = tide_command_run(c->vm, &cmd, &r, &e);
+		end_transaction(wk);
+		/* A connection the server ended while this worker was idle is found lost by the
+		 * command's first request. "connection" says nothing was written ("unknown" would
+		 * say the outcome is not known): once more, on a new connection. */
+		if (rc != 0 || r.status != TIDE_ECONN || attempt == 2)
+			break;
+		tide_command_result_free(&r);
+	}
 	if (rc != 0) {
 		/* Out of memory outside the script's own calls, or misuse: not the script's. */
 		reply_error(j, 500, strcmp(e.kind, "memory") == 0 ? "memory" : "error", "%s",

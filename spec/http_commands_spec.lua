@@ -292,6 +292,17 @@ describe("POST /commands/{decider}/{stream}", function()
     S.save(dir .. "/account.lua", ACCOUNT)
   end)
 
+  it("connects again when the server ended a worker's connection between commands", function()
+    assert.equal(200, (post("account", "acct-conn", '{"type":"Deposit","data":{"amount":1}}')))
+    assert.truthy(tonumber(S.psql(url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+      .. "WHERE application_name = 'tide command'")) >= 1)
+    for _ = 1, 8 do
+      local status, res = post("account", "acct-conn", '{"type":"Deposit","data":{"amount":1}}')
+      assert.equal(200, status, res and res.error and res.error.message)
+    end
+    assert.same({ state = { balance = 9 }, version = 9 }, aggregate("account.lua", "acct-conn"))
+  end)
+
   -- Last: it stops the daemon, which waits 2 s for the calls in flight, less than the
   -- runaway command takes: that command is answered 503, its outcome unknown.
   it("lets the daemon stop on SIGTERM while a command runs", function()
