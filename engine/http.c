@@ -720,6 +720,10 @@ static void on_stop_tick(uv_timer_t *t)
 	for (int i = 0; i < http->npool; i++)
 		if (http->pool[i])
 			tide_store_close(http->pool[i]);
+	/* H2O 2.2 arms its HTTP/2 GOAWAY resend for a second on every shutdown request, and
+	 * asserts at dispose that no timer is armed. */
+	if (h2o_timeout_is_linked(&http->ctx.http2._graceful_shutdown_timeout))
+		h2o_timeout_unlink(&http->ctx.http2._graceful_shutdown_timeout);
 	h2o_context_dispose(&http->ctx);
 	h2o_config_dispose(&http->config);
 	uv_close((uv_handle_t *)&http->stop_timer, on_stopped);

@@ -60,6 +60,7 @@ return tide.projection {
   events = { "Deposited", "Withdrawn" },
   initial = function() return { balance = 0 } end,
   evolve = function(doc, e)
+    if e.data.amount == 13 then error("unlucky amount") end
     doc.balance = doc.balance + (e.type == "Deposited" and e.data.amount or -e.data.amount)
     return doc
   end,
@@ -265,6 +266,13 @@ describe("POST /commands/{decider}/{stream}", function()
     assert.equal(200, (post("account", "acct-1", '{"type":"Deposit","data":{"amount":10}}')))
     doc = S.json(S.tide("doc balances acct-1 --database " .. q(url)).out)
     assert.same({ balance = 13 }, doc.doc)
+    -- A failing inline projection rolls the command's append back.
+    status, res = post("account", "acct-1", '{"type":"Deposit","data":{"amount":13}}')
+    assert.equal(422, status)
+    assert.equal("script", res.error.kind)
+    assert.equal("spec/balances", res.error.processor)
+    assert.truthy(res.error.message:find("unlucky amount", 1, true), res.error.message)
+    assert.equal(3, #read("acct-1"))
 
     -- The third command folds 2 events and saves them as a snapshot; the fourth starts there.
     for i = 1, 4 do
@@ -311,7 +319,7 @@ describe("POST /commands/{decider}/{stream}", function()
       q('{"type":"Spin","data":{}}'), q(base .. "/commands/account/acct-stop"), q(spin)))
     S.sleep(0.3)
     D.stop(pid)
-    assert.is_false(D.alive(pid))
+    assert.truthy(D.read(log):find("event=daemon.stopped", 1, true), D.read(log))
     S.wait_for(function() return D.read(spin):find("\n%d+$") end, 10, "curl to end")
     local body, code = D.read(spin):match("^(.*)\n(%d+)$")
     assert.equal("503", code)
