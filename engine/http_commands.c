@@ -345,9 +345,10 @@ static void run_job(struct worker *wk, struct job *j)
 		tide_command_result_free(&r);
 	}
 	if (rc != 0) {
-		/* Out of memory outside the script's own calls, or misuse: not the script's. */
-		reply_error(j, 500, strcmp(e.kind, "memory") == 0 ? "memory" : "error", "%s",
-		            e.message);
+		/* The VM's memory ran out outside the script's own calls (the stream read into
+		 * it, say): the sandbox's limit all the same. Anything else raised is misuse. */
+		bool memory = strcmp(e.kind, "memory") == 0;
+		reply_error(j, memory ? 422 : 500, memory ? "script" : "error", "%s", e.message);
 		drop_cached(wk, (int)(c - wk->cache));
 	} else if (r.status == 0) {
 		set_reply(j, 200, r.out);
