@@ -161,6 +161,11 @@ struct tide_http_commands **tide_http_commands_of(struct tide_http *http)
 	return &http->commands;
 }
 
+bool tide_http_stopping(const struct tide_http *http)
+{
+	return http->stopping;
+}
+
 const char *tide_http_param(const struct tide_http_call *c, const char *name)
 {
 	for (int i = 0; i < c->nquery; i++)

@@ -134,6 +134,8 @@ const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 struct tide_http_commands;
 struct tide_http_commands **tide_http_commands_of(struct tide_http *http);
 void tide_http_commands_stop(struct tide_http_commands *w);
+/* Whether the server is stopping (work that would outlive it is refused). */
+bool tide_http_stopping(const struct tide_http *http);
 
 /* Routes (one per file of its concern). Each is called on the loop with a call whose
  * token has the route's scope; it replies, now or later, exactly once. */

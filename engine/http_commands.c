@@ -679,6 +679,11 @@ void tide_http_command(struct tide_http_call *c)
 	h2o_iovec_t body = tide_http_body(c);
 	if (check_command(c, body) != 0)
 		return;
+	if (tide_http_stopping(c->http)) {
+		tide_http_fail(c, 503, "unavailable",
+		               "the daemon is stopping: the command was not run");
+		return;
+	}
 	struct tide_http_commands *w = start(c->http);
 	if (!w) {
 		tide_http_fail(c, 503, "unavailable",
