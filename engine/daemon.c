@@ -1126,6 +1126,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	r->http_opts.tokens = r->tokens;
 	r->http_opts.url = set.url;
 	r->http_opts.dirs = r->dirs;
+	r->http_opts.apps = r->apps;
 	r->http_opts.ndirs = r->ndirs;
 	r->http_opts.cpu_ms = (unsigned)set.cpu;
 	r->http_opts.memory = (size_t)set.memory_mb << 20;

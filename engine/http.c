@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ struct tide_http {
 	struct conn *conns;
 	struct tide_store **pool;
 	int npool, next;
+	struct tide_http_commands *commands;
 	uv_timer_t reconnect, stop_timer;
 	uint64_t stop_deadline;
 	int calls; /* in flight */
@@ -71,6 +73,7 @@ static const struct route routes[] = {
         {"GET", "/documents/{collection}", TIDE_SCOPE_READ, tide_http_documents},
         {"GET", "/documents/{collection}/{id}", TIDE_SCOPE_READ, tide_http_document},
         {"GET", "/metrics", TIDE_SCOPE_READ, tide_http_metrics},
+        {"POST", "/commands/{decider}/{stream}", TIDE_SCOPE_COMMAND, tide_http_command},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 
@@ -177,6 +180,16 @@ void tide_http_call_end(struct tide_http_call *c)
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http)
 {
 	return &http->opts;
+}
+
+struct tide_http_commands **tide_http_commands_of(struct tide_http *http)
+{
+	return &http->commands;
+}
+
+bool tide_http_stopping(const struct tide_http *http)
+{
+	return http->stopping;
 }
 
 const char *tide_http_param(const struct tide_http_call *c, const char *name)
@@ -656,6 +669,9 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 		snprintf(err, n, "out of memory");
 		return -1;
 	}
+	/* A client that goes away before its reply makes the write fail (EPIPE), not end the
+	 * process. */
+	signal(SIGPIPE, SIG_IGN);
 	uv_tcp_init(opts->loop, &http->listener);
 	http->listener.data = http;
 	int rc = uv_tcp_bind(&http->listener, (struct sockaddr *)&addr, 0);
@@ -728,12 +744,15 @@ static void on_timer_closed(uv_handle_t *h)
 static void on_stop_tick(uv_timer_t *t)
 {
 	struct tide_http *http = t->data;
-	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline)
+	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline) {
+		tide_http_commands_stop(http->commands); /* answers the commands still running */
+		http->commands = NULL;
 		for (struct conn *c = http->conns; c; c = c->next) {
 			uv_os_fd_t fd;
 			if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
 				shutdown(fd, SHUT_RDWR);
 		}
+	}
 	if (http->conns)
 		return;
 	uv_timer_stop(t);

@@ -42,8 +42,10 @@ struct tide_http_opts {
 	const struct tide_http_token *tokens;
 	size_t ntokens;
 	int connections; /* database connections of the request pool; 0: the default */
-	/* Where POST /commands/{decider}/... finds the decider's script: DIR/DECIDER.lua. */
+	/* Where POST /commands/{decider}/... finds the decider's script: DIR/DECIDER.lua; the
+	 * inline projections among them (of app apps[i]) run in its appends. */
 	const char *const *dirs;
+	const char *const *apps;
 	int ndirs;
 	unsigned cpu_ms; /* a command's CPU and memory limits, as processors' */
 	size_t memory;
@@ -131,6 +133,15 @@ void tide_http_call_end(struct tide_http_call *c);
 /* The database URL, and the daemon's command settings, for routes. */
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 
+/* The worker threads of POST /commands (http_commands.c), started by its first call: their
+ * place on the server, and their stop, which the server's stop calls when it stops waiting
+ * for calls (it answers the commands still in flight 503; NULL: nothing). */
+struct tide_http_commands;
+struct tide_http_commands **tide_http_commands_of(struct tide_http *http);
+void tide_http_commands_stop(struct tide_http_commands *w);
+/* Whether the server is stopping (work that would outlive it is refused). */
+bool tide_http_stopping(const struct tide_http *http);
+
 /* Routes (one per file of its concern). Each is called on the loop with a call whose
  * token has the route's scope; it replies, now or later, exactly once. */
 void tide_http_append(struct tide_http_call *c);      /* POST /streams/{id} */
@@ -140,5 +151,6 @@ void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */
 void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
 void tide_http_metrics(struct tide_http_call *c);     /* GET /metrics (http_metrics.c) */
+void tide_http_command(struct tide_http_call *c);     /* POST /commands/{decider}/{stream} */
 
 #endif
