@@ -18,6 +18,7 @@
 #include "log.h"
 #include "lua_json.h"
 #include "lua_store.h"
+#include "metrics.h"
 #include "store.h"
 
 #define SQL_MT     "tide.sql"
@@ -65,8 +66,10 @@ struct tide_batch {
 	bool nested;           /* in a transaction of the caller's (spec->nested) */
 	bool close_sent;       /* nested: close_sql went out */
 	struct tide_wake *wake;
-	char *append_stream;  /* the stream of the ctx.append out */
-	char query_err[1024]; /* ... and the batch fails with it even if the script goes on */
+	char *append_stream; /* the stream of the ctx.append out */
+	uint64_t append_sent_ns;
+	size_t appended_events; /* by ctx.append: counted on /metrics once committed */
+	char query_err[1024];   /* ... and the batch fails with it even if the script goes on */
 };
 
 #define SITE_SQL_BYTES 160
@@ -154,6 +157,8 @@ static void finish(struct tide_batch *b, int status)
 		luaL_unref(L, LUA_REGISTRYINDEX, b->result_ref);
 	}
 	b->status = status;
+	if (status == 0 && !b->nested && b->appended_events)
+		tide_metrics_appended(TIDE_METRICS_REACTOR, b->appended_events);
 	if (!b->starting) {
 		report(b);
 		batch_free(b);
@@ -607,6 +612,9 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 	struct tide_batch *b = arg;
 	b->outstanding--;
 	b->query_out = false;
+	tide_metrics_append(TIDE_METRICS_REACTOR, status, 0, uv_hrtime() - b->append_sent_ns);
+	if (status == 0 && r)
+		b->appended_events += r->count;
 	b->result_err[0] = '\0';
 	b->result_is_error = false;
 	char msg[sizeof(b->result_err)];
@@ -687,6 +695,7 @@ static int l_sql_append(lua_State *L)
 	}
 	free(b->append_stream);
 	b->append_stream = strdup(stream);
+	b->append_sent_ns = uv_hrtime();
 	rc = appender.send ? appender.send(appender.ctx, b->loop, b->pg, a, stream, partition,
 	                                   e.events, e.n, b->role, on_append, b)
 	                   : tide_append_send(b->pg, a, NULL, on_append, b);

@@ -2,6 +2,7 @@
  * outcome (one line on stderr and the exit code for its status), printing JSON lines,
  * ending a command. */
 #include "cli_common.h"
+#include "lua_vm.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -76,35 +77,10 @@ const char *tide_cli_database_url(const char *given)
 	return NULL;
 }
 
-/* Whether a traceback line is a frame of the script's, or of a C function it called, as
- * opposed to the runtime's own (its chunks are "[tide runtime ...]"). */
-static bool script_frame(const char *line, size_t len)
-{
-	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
-}
-
 void tide_cli_print_traceback(const char *tb)
 {
-	const char *p = strstr(tb, "stack traceback:");
-	if (!p || !(p = strchr(p, '\n')))
-		return;
-	p++;
-	const char *last = NULL; /* the end of the script's last Lua frame */
-	for (const char *q = p; *q;) {
-		const char *end = strchr(q, '\n');
-		size_t len = end ? (size_t)(end - q) : strlen(q);
-		if (script_frame(q, len) && !memmem(q, len, "[C]:", 4))
-			last = q + len;
-		q += len + (end != NULL);
-	}
-	if (!last)
-		return;
-	fputs("stack traceback:\n", stderr);
-	while (p < last) {
-		const char *end = strchr(p, '\n');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (script_frame(p, len))
-			fprintf(stderr, "%.*s\n", (int)len, p);
-		p += len + 1;
-	}
+	char *frames = tide_vm_script_frames(tb);
+	if (frames)
+		fputs(frames, stderr);
+	free(frames);
 }

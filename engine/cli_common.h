@@ -77,13 +77,11 @@ int tide_cli_run_replay(struct cli *cli);
 
 /* cli_script.c's, for the commands that run a script: a fresh sandboxed VM (*vm) with the
  * script's processor table anchored at *ref; else a negative code and err: the file cannot
- * be read or the script does not load (TIDE_VM_NOT_PROCESSOR: it returned no processor).
- * The exit status of an error kind of the runtime (err.kind). */
+ * be read or the script does not load (TIDE_VM_NOT_PROCESSOR: it returned no processor). */
 struct tide_vm;
 struct lua_State;
 int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **vm, int *ref,
                          char *err, size_t n);
-int tide_cli_error_status(const char *kind);
 /* In a script's VM (under its guard): the runtime's store for cli's database, partition and
  * inline projections, pushed; its stack index, or 0 with *status and msg saying why not. */
 int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, int *status, char *msg, size_t n);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli_common.h"
+#include "command.h"
 #include "json.h"
 #include "lua_json.h"
 #include "lua_vm.h"
@@ -252,7 +253,7 @@ static int l_emit(lua_State *L)
 static void fail(struct replay *r, lua_State *L, int err)
 {
 	lua_getfield(L, err, "kind");
-	r->status = tide_cli_error_status(lua_tostring(L, -1));
+	r->status = tide_command_error_status(lua_tostring(L, -1));
 	lua_getfield(L, err, "message");
 	snprintf(r->message, sizeof(r->message), "%s",
 	         lua_tostring(L, -1) ? lua_tostring(L, -1) : "failed");

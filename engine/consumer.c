@@ -22,6 +22,7 @@
 #include "batch.h"
 #include "lease.h"
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 
 #define RETRY_MS       1000  /* after a failure that is not the script's */
@@ -79,6 +80,8 @@ struct tide_consumer {
 	int64_t dead_letter; /* the one being retried */
 	int64_t busy_events;
 	uint64_t busy_since_ns;
+	struct tide_metrics_processor *metrics; /* its series on /metrics (metrics.h) */
+	uint64_t batch_started_ns;
 	char last_error[1024];
 	char status[16];
 	/* Blue-green rebuilds (rebuild.h). The suffix of the targets this consumer writes: a
@@ -145,6 +148,38 @@ static void report(struct tide_consumer *c, const char *status)
 	if (status != c->status)
 		snprintf(c->status, sizeof(c->status), "%s", status);
 	tide_lease_report(&c->lease, status, c->last_error, c->generation);
+}
+
+/* What /metrics shows as its state (metrics.h), asked at each scrape. */
+static enum tide_metrics_state metrics_state(void *arg)
+{
+	const struct tide_consumer *c = arg;
+	if (c->halted)
+		return TIDE_METRICS_HALTED;
+	switch (c->state) {
+	case TIDE_CONSUMER_NEW:
+	case TIDE_CONSUMER_CONNECTING: return TIDE_METRICS_CONNECTING;
+	case TIDE_CONSUMER_CLAIMING:
+		if (!c->leased)
+			return TIDE_METRICS_CONNECTING;
+		break;
+	case TIDE_CONSUMER_BROKEN: return TIDE_METRICS_FAILED;
+	case TIDE_CONSUMER_WAITING: return TIDE_METRICS_WAITING;
+	case TIDE_CONSUMER_REBUILDING: return TIDE_METRICS_REBUILDING;
+	case TIDE_CONSUMER_RELEASING:
+	case TIDE_CONSUMER_STOPPED: return TIDE_METRICS_STOPPING;
+	default: break;
+	}
+	return c->rebuild_of ? TIDE_METRICS_REBUILDING
+	       : c->failures ? TIDE_METRICS_FAILED
+	                     : TIDE_METRICS_RUNNING;
+}
+
+/* Its series appear with its first script (a file that is no processor never shows). */
+static void show_metrics(struct tide_consumer *c)
+{
+	if (!c->metrics)
+		c->metrics = tide_metrics_processor_add(c->id, metrics_state, c);
 }
 
 static void set_error(struct tide_consumer *c, const char *err)
@@ -280,6 +315,7 @@ static bool swap_generation(struct tide_consumer *c)
 	c->lease.kind = c->cur.kind;
 	c->lease.partition = c->cur.partition;
 	c->lease.version = c->cur.version;
+	tide_metrics_processor_partition(c->metrics, c->cur.partition);
 	char gen[16];
 	snprintf(gen, sizeof(gen), "%d", c->generation);
 	tide_log("info", had ? "processor.reloaded" : "processor.loaded", "processor", c->id,
@@ -317,6 +353,7 @@ static void lost(struct tide_consumer *c, const char *why)
 		return;
 	}
 	tide_log("warn", "connection.lost", "processor", c->id, "error", why, (char *)NULL);
+	tide_metrics_reconnect(TIDE_METRICS_PROCESSOR);
 	drop_ahead(c);
 	events_drop(c, &c->batch);
 	tide_store_close(c->store);
@@ -772,6 +809,7 @@ static void on_parked(const struct tide_pg_reply *reply, void *arg)
 	tide_log(parked ? "error" : "warn",
 	         parked ? "processor.dead_lettered" : "processor.skipped", "processor", c->id,
 	         "event", at, "attempts", n, "error", c->attempt.error, (char *)NULL);
+	tide_metrics_gave_up(c->metrics);
 	c->cursor = c->batch.next;
 	c->attempt.known = false;
 	c->failures = 0;
@@ -812,6 +850,7 @@ static void give_up(struct tide_consumer *c, const char *err, const char *traceb
 static void failed(struct tide_consumer *c, const char *err, const char *traceback)
 {
 	c->failures++;
+	tide_metrics_failed(c->metrics);
 	char n[16], events[24], spos[24], gpos[24], shown[sizeof(c->last_error)];
 	snprintf(n, sizeof(n), "%d", c->attempt.attempts);
 	snprintf(events, sizeof(events), "%" PRId64, c->batch.count);
@@ -922,6 +961,8 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 	bool dead_letter = c->dead_letter != 0;
 	int64_t dl = c->dead_letter;
 	c->dead_letter = 0;
+	tide_metrics_batch(c->metrics, o->status == 0, c->batch.count,
+	                   uv_hrtime() - c->batch_started_ns);
 	if (o->status == 0) {
 		c->batch.ref = LUA_NOREF; /* the batch took the events */
 		c->setup_pending = c->reset_pending = false;
@@ -995,6 +1036,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		tide_log("error", "dead_letter.retry_failed", "processor", c->id, "dead_letter", id,
 		         "error", o->err, (char *)NULL);
 		tide_lease_dead_letter_failed(&c->lease, dl, o->err, o->traceback);
+		tide_metrics_failed(c->metrics);
 		events_drop(c, &c->batch);
 		next_step(c);
 		return;
@@ -1005,6 +1047,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 static void run_batch(struct tide_consumer *c)
 {
 	enter(c, TIDE_CONSUMER_RUNNING);
+	c->batch_started_ns = uv_hrtime();
 	struct tide_batch_spec spec = {
 	        .loop = c->o.loop,
 	        .vm = c->cur.vm,
@@ -1128,6 +1171,8 @@ static void begin_attempt(struct tide_consumer *c)
 		give_up(c, msg, "");
 		return;
 	}
+	if (before > 0)
+		tide_metrics_retry(c->metrics);
 	enter(c, TIDE_CONSUMER_RECORDING);
 	bool ready = events_ready(c);
 	if (tide_lease_attempt(&c->lease, c->cursor, (int)c->batch.count, c->interrupted,
@@ -1238,6 +1283,7 @@ static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 		next_step(c);
 		return;
 	}
+	tide_metrics_retry(c->metrics);
 	run_batch(c);
 }
 
@@ -1325,6 +1371,7 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 
 void tide_consumer_set_generation(struct tide_consumer *c, struct tide_generation *g)
 {
+	show_metrics(c);
 	int version = c->cur.vm ? c->cur.version : c->awaiting ? c->stored_version : 0;
 	if (!c->rebuild_of && c->o.on_rebuild && g->blue_green && version &&
 	    g->version != version) {
@@ -1414,6 +1461,7 @@ void tide_consumer_take_generation(struct tide_consumer *c, struct tide_generati
 
 void tide_consumer_set_broken(struct tide_consumer *c, const char *err)
 {
+	show_metrics(c);
 	set_error(c, err);
 	if (c->state == TIDE_CONSUMER_NEW)
 		connect_store(c);
@@ -1470,6 +1518,7 @@ void tide_consumer_stop(struct tide_consumer *c)
 
 void tide_consumer_free(struct tide_consumer *c)
 {
+	tide_metrics_processor_drop(c->metrics);
 	tide_generation_free(&c->cur);
 	if (c->has_pending)
 		tide_generation_free(&c->pending);

@@ -19,6 +19,7 @@
 #include "inline.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "metrics.h"
 #include "processor.h"
 #include "store.h"
 
@@ -344,6 +345,7 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		 * the new LISTEN is followed by a catch-up read. */
 		tide_log("warn", "listen.lost", "error", tide_pg_error(r->listen->pg),
 		         (char *)NULL);
+		tide_metrics_reconnect(TIDE_METRICS_LISTEN);
 		uv_timer_start(&r->listen_retry, on_listen_retry, 0, 0);
 		return;
 	}
@@ -459,6 +461,7 @@ static void on_listen_probe_reply(const struct tide_pg_reply *reply, void *arg)
 	}
 	if (reply->status != TIDE_ECLOSED && r->listen) {
 		tide_log("warn", "listen.lost", "error", reply->err, (char *)NULL);
+		tide_metrics_reconnect(TIDE_METRICS_LISTEN);
 		tide_store_close(r->listen);
 		r->listen = NULL;
 		listen_start(r);
@@ -474,6 +477,7 @@ static void on_listen_probe(uv_timer_t *t)
 		return;
 	if (!tide_pg_ready(r->listen->pg) || tide_pg_exec(r->listen->pg, &tide_stmt_held_back, NULL,
 	                                                  on_listen_probe_reply, r) != 0) {
+		tide_metrics_reconnect(TIDE_METRICS_LISTEN);
 		tide_store_close(r->listen);
 		r->listen = NULL;
 		listen_start(r);
@@ -1130,6 +1134,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	r->http_opts.tokens = r->tokens;
 	r->http_opts.url = set.url;
 	r->http_opts.dirs = r->dirs;
+	r->http_opts.apps = r->apps;
 	r->http_opts.ndirs = r->ndirs;
 	r->http_opts.cpu_ms = (unsigned)set.cpu;
 	r->http_opts.memory = (size_t)set.memory_mb << 20;
@@ -1149,6 +1154,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	         (unsigned)(uv_hrtime() & 0xffffffffu));
 	srand((unsigned)uv_hrtime());
 	tide_set_application_name("tide run");
+	tide_metrics_enable();
 	r->d.popts = (struct tide_processor_opts){
 	        .loop = &r->loop,
 	        .url = set.url,
@@ -1196,6 +1202,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_loop_close(&r->loop);
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
+	tide_metrics_disable();
 	tide_log("info", "daemon.stopped", (char *)NULL);
 	return r->exit_code;
 }

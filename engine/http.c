@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 
 #define DEFAULT_CONNECTIONS 8
@@ -24,8 +25,8 @@
 
 /* A client's socket, known so that stopping can end connections H2O keeps alive. */
 struct conn {
-	uv_tcp_t tcp; /* its data is H2O's */
-	struct tide_http *http;
+	uv_tcp_t tcp;
+	struct tide_http *http; /* not in tcp.data: H2O's socket takes that over */
 	struct conn *prev, *next;
 };
 
@@ -48,6 +49,7 @@ struct tide_http {
 	struct tide_http_call *calls_list; /* in flight */
 	struct tide_store **pool;
 	int npool, next;
+	struct tide_http_commands *commands;
 	uv_timer_t reconnect, stop_timer;
 	uint64_t stop_deadline;
 	int calls; /* in flight */
@@ -55,7 +57,8 @@ struct tide_http {
 	bool stopping;
 };
 
-/* The route table: a pattern's "*" segment is an argument ({id}). */
+/* The route table: a pattern's "{name}" (or "*") segment is an argument; the pattern is the
+ * route's label on /metrics. */
 struct route {
 	const char *method;
 	const char *pattern;
@@ -64,13 +67,15 @@ struct route {
 };
 
 static const struct route routes[] = {
-        {"POST", "/streams/*", TIDE_SCOPE_APPEND, tide_http_append},
-        {"GET", "/streams/*", TIDE_SCOPE_READ, tide_http_read_stream},
+        {"POST", "/streams/{id}", TIDE_SCOPE_APPEND, tide_http_append},
+        {"GET", "/streams/{id}", TIDE_SCOPE_READ, tide_http_read_stream},
         {"GET", "/log", TIDE_SCOPE_READ, tide_http_read_log},
         {"GET", "/log/subscribe", TIDE_SCOPE_READ, tide_http_subscribe},
         {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
-        {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
-        {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
+        {"GET", "/documents/{collection}", TIDE_SCOPE_READ, tide_http_documents},
+        {"GET", "/documents/{collection}/{id}", TIDE_SCOPE_READ, tide_http_document},
+        {"GET", "/metrics", TIDE_SCOPE_READ, tide_http_metrics},
+        {"POST", "/commands/{decider}/{stream}", TIDE_SCOPE_COMMAND, tide_http_command},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 
@@ -133,13 +138,35 @@ static void on_req_disposed(void *p)
 {
 	struct tide_http_link *link = p;
 	if (link->call) {
+		if (!link->call->status) /* a route that answered through its own generator */
+			link->call->status = link->call->req->res.status;
 		link->call->req = NULL;
 		link->call->link = NULL;
 	}
 }
 
+/* The request's method as a label: one of the usual, so that clients cannot grow the
+ * series without bound. */
+static const char *method_label(const h2o_req_t *req)
+{
+	static const char *const methods[] = {"GET",    "HEAD",    "POST", "PUT",
+	                                      "DELETE", "OPTIONS", "PATCH"};
+	for (size_t i = 0; req && i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (req->method.len == strlen(methods[i]) &&
+		    memcmp(req->method.base, methods[i], req->method.len) == 0)
+			return methods[i];
+	return "OTHER";
+}
+
+/* Every call ends here: /metrics counts it by route and status code. */
 static void call_free(struct tide_http_call *c)
 {
+	if (!c->status && c->req)
+		c->status = c->req->res.status;
+	/* No status: the client went away before any reply; 499 is nginx's name for that. */
+	const struct route *r = c->route >= 0 ? &routes[c->route] : NULL;
+	tide_metrics_http(r ? r->method : method_label(c->req), r ? r->pattern : "unmatched",
+	                  c->status ? c->status : 499, uv_hrtime() - c->started);
 	if (c->link)
 		c->link->call = NULL;
 	if (c->prev)
@@ -161,6 +188,16 @@ void tide_http_call_end(struct tide_http_call *c)
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http)
 {
 	return &http->opts;
+}
+
+struct tide_http_commands **tide_http_commands_of(struct tide_http *http)
+{
+	return &http->commands;
+}
+
+bool tide_http_stopping(const struct tide_http *http)
+{
+	return http->stopping;
 }
 
 const char *tide_http_param(const struct tide_http_call *c, const char *name)
@@ -229,6 +266,7 @@ void tide_http_reply(struct tide_http_call *c, int status, const char *content_t
                      const char *body, size_t len)
 {
 	h2o_req_t *req = c->req;
+	c->status = status;
 	if (req) {
 		req->res.status = status;
 		req->res.reason = reason(status);
@@ -312,13 +350,21 @@ static void on_reconnect(uv_timer_t *t)
 			continue; /* still failing the old connection's requests: next time */
 }
 
-struct tide_store *tide_http_store(struct tide_http_call *c)
+struct tide_store *tide_http_store_if_up(struct tide_http_call *c)
 {
 	struct tide_http *http = c->http;
 	for (int n = 0; n < http->npool; n++) {
 		struct tide_store *s = http->pool[http->next++ % http->npool];
-		if (!tide_store_connected(s))
-			continue;
+		if (tide_store_connected(s))
+			return s;
+	}
+	return NULL;
+}
+
+struct tide_store *tide_http_store(struct tide_http_call *c)
+{
+	struct tide_store *s = tide_http_store_if_up(c);
+	if (s) {
 		int rc = tide_store_set_partition(s, c->partition ? c->partition
 		                                                  : TIDE_DEFAULT_PARTITION);
 		if (rc) { /* a partition name that breaks the rules */
@@ -332,22 +378,9 @@ struct tide_store *tide_http_store(struct tide_http_call *c)
 	return NULL;
 }
 
-struct tide_store *tide_http_pool_store(struct tide_http *http, const char *partition)
-{
-	for (int n = 0; n < http->npool && !http->stopping; n++) {
-		struct tide_store *s = http->pool[http->next++ % http->npool];
-		if (tide_store_connected(s))
-			return tide_store_set_partition(s, partition ? partition
-			                                             : TIDE_DEFAULT_PARTITION) == 0
-			               ? s
-			               : NULL;
-	}
-	return NULL;
-}
-
 /* --- routing ---------------------------------------------------------------------------- */
 
-/* Whether the path's segments match pattern; the "*" segments are stored as arguments. */
+/* Whether the path's segments match pattern; the argument segments are stored. */
 static bool match(const char *pattern, char **segs, int nsegs, struct tide_http_call *c)
 {
 	int i = 0;
@@ -357,7 +390,7 @@ static bool match(const char *pattern, char **segs, int nsegs, struct tide_http_
 			return false;
 		const char *end = strchr(p, '/');
 		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (len == 1 && *p == '*') {
+		if ((len == 1 && *p == '*') || (len > 2 && *p == '{' && p[len - 1] == '}')) {
 			if (!segs[i][0] || c->nargs == 3)
 				return false;
 			c->args[c->nargs++] = segs[i];
@@ -648,8 +681,8 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 		snprintf(err, n, "out of memory");
 		return -1;
 	}
-	/* libuv writes to sockets with write(2): a client that went away must give EPIPE,
-	 * not a SIGPIPE that ends the daemon. */
+	/* A client that goes away before its reply makes the write fail (EPIPE), not end the
+	 * process. */
 	signal(SIGPIPE, SIG_IGN);
 	uv_tcp_init(opts->loop, &http->listener);
 	http->listener.data = http;
@@ -723,12 +756,15 @@ static void on_timer_closed(uv_handle_t *h)
 static void on_stop_tick(uv_timer_t *t)
 {
 	struct tide_http *http = t->data;
-	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline)
+	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline) {
+		tide_http_commands_stop(http->commands); /* answers the commands still running */
+		http->commands = NULL;
 		for (struct conn *c = http->conns; c; c = c->next) {
 			uv_os_fd_t fd;
 			if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
 				shutdown(fd, SHUT_RDWR);
 		}
+	}
 	if (http->conns)
 		return;
 	uv_timer_stop(t);

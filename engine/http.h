@@ -2,7 +2,7 @@
  * loop. http.c listens, checks bearer tokens, routes, and replies in JSON; each route lives
  * in a file of its own concern: http_streams.c (appends, stream and global-log reads),
  * http_subscribe.c (the live log as Server-Sent Events), http_commands.c (deciders),
- * http_admin.c (processors, documents, metrics, the dashboard). Every route answers from
+ * http_processors.c, http_documents.c, http_metrics.c, http_dashboard.c. Every route answers from
  * the loop: database work goes through a pool of pipelined stores, never a blocking call. */
 #ifndef TIDE_HTTP_H
 #define TIDE_HTTP_H
@@ -42,8 +42,10 @@ struct tide_http_opts {
 	const struct tide_http_token *tokens;
 	size_t ntokens;
 	int connections; /* database connections of the request pool; 0: the default */
-	/* Where POST /commands/{decider}/... finds the decider's script: DIR/DECIDER.lua. */
+	/* Where POST /commands/{decider}/... finds the decider's script: DIR/DECIDER.lua; the
+	 * inline projections among them (of app apps[i]) run in its appends. */
 	const char *const *dirs;
+	const char *const *apps;
 	int ndirs;
 	unsigned cpu_ms; /* a command's CPU and memory limits, as processors' */
 	size_t memory;
@@ -94,6 +96,7 @@ struct tide_http_call {
 	unsigned scopes;       /* what its token may do */
 	uint64_t started;      /* uv_hrtime() at arrival */
 	int route;             /* index in the route table (metrics) */
+	int status;            /* the reply's status, once known (metrics) */
 	void *route_state;     /* a route's own, freed by it */
 	/* A long-lived call (a live stream) hears of new events in the log (tide_http_wake) and
 	 * of the server stopping (tide_http_stop: end soon) through these; NULL: not. */
@@ -119,9 +122,9 @@ h2o_iovec_t tide_http_body(const struct tide_http_call *c);
  * answered 503) when the database is unreachable. */
 struct tide_store *tide_http_store(struct tide_http_call *c);
 
-/* The same for a call that has answered already (a live stream): NULL, answering nothing,
- * when no connection of the pool is up or the partition is not a valid name. */
-struct tide_store *tide_http_pool_store(struct tide_http *http, const char *partition);
+/* The same without replying: NULL when the database is unreachable. The store's partition
+ * is whatever the last call set: for statements that do not depend on it. */
+struct tide_store *tide_http_store_if_up(struct tide_http_call *c);
 
 /* Replies with body as JSON (freed) and ends the call. */
 void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body);
@@ -145,6 +148,15 @@ void tide_http_call_end(struct tide_http_call *c);
 /* The database URL, and the daemon's command settings, for routes. */
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 
+/* The worker threads of POST /commands (http_commands.c), started by its first call: their
+ * place on the server, and their stop, which the server's stop calls when it stops waiting
+ * for calls (it answers the commands still in flight 503; NULL: nothing). */
+struct tide_http_commands;
+struct tide_http_commands **tide_http_commands_of(struct tide_http *http);
+void tide_http_commands_stop(struct tide_http_commands *w);
+/* Whether the server is stopping (work that would outlive it is refused). */
+bool tide_http_stopping(const struct tide_http *http);
+
 /* Routes (one per file of its concern). Each is called on the loop with a call whose
  * token has the route's scope; it replies, now or later, exactly once. */
 void tide_http_append(struct tide_http_call *c);      /* POST /streams/{id} */
@@ -153,6 +165,8 @@ void tide_http_read_log(struct tide_http_call *c);    /* GET /log */
 void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */
 void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
+void tide_http_metrics(struct tide_http_call *c);     /* GET /metrics (http_metrics.c) */
+void tide_http_command(struct tide_http_call *c);     /* POST /commands/{decider}/{stream} */
 void tide_http_subscribe(struct tide_http_call *c);   /* GET /log/subscribe */
 
 #endif

@@ -9,6 +9,7 @@
 #include "input.h"
 #include "json.h"
 #include "json_out.h"
+#include "metrics.h"
 
 /* A whole number >= 0 from the query; 0 when absent. -1 (and the call answered 400) when
  * it is not one. */
@@ -51,6 +52,7 @@ static void append_free(struct append *a)
 static void on_appended(int status, const char *err, const struct tide_append_result *r, void *arg)
 {
 	struct tide_http_call *c = arg;
+	tide_metrics_append(TIDE_METRICS_HTTP, status, r ? r->count : 0, uv_hrtime() - c->started);
 	if (status == 0) {
 		tide_http_reply_json(c, 200, tide_json_append_result(r));
 		return;

@@ -30,7 +30,6 @@ struct sub {
 	struct tide_http *http;
 	struct tide_http_call *call; /* valid until the stream is closed */
 	struct tide_sse *sse;        /* NULL before the first page and once closed */
-	char *partition;             /* NULL: the default */
 	char *types_text;            /* the names types[] point into */
 	const char *types[MAX_TYPES];
 	size_t ntypes;
@@ -49,7 +48,6 @@ static void read_next(struct sub *sub);
 static void on_timer_closed(uv_handle_t *h)
 {
 	struct sub *sub = h->data;
-	free(sub->partition);
 	free(sub->types_text);
 	free(sub);
 }
@@ -122,12 +120,15 @@ static void read_next(struct sub *sub)
 		return;
 	uv_timer_stop(&sub->timer);
 	sub->woken = false;
-	struct tide_store *s = tide_http_pool_store(sub->http, sub->partition);
+	struct tide_store *s = tide_http_store_if_up(sub->call);
 	if (!s) {
 		read_failed(sub, "no connection of the request pool is up");
 		return;
 	}
-	if (send_read(sub, s) != 0)
+	/* The partition was checked when the call came. */
+	const char *partition = sub->call->partition;
+	if (tide_store_set_partition(s, partition ? partition : TIDE_DEFAULT_PARTITION) ||
+	    send_read(sub, s) != 0)
 		read_failed(sub, tide_store_error(s));
 }
 
@@ -335,10 +336,6 @@ void tide_http_subscribe(struct tide_http_call *c)
 	if (parse_after(c, &sub->cursor) != 0 ||
 	    parse_types(c, sub, tide_http_param(c, "types")) != 0)
 		goto fail;
-	if (c->partition && !(sub->partition = strdup(c->partition))) {
-		tide_http_fail(c, 500, "memory", "out of memory");
-		goto fail;
-	}
 	if (!(s = tide_http_store(c)))
 		goto fail;
 	sub->http = c->http;
@@ -355,7 +352,6 @@ void tide_http_subscribe(struct tide_http_call *c)
 	}
 	return;
 fail:
-	free(sub->partition);
 	free(sub->types_text);
 	free(sub);
 }

@@ -65,6 +65,13 @@ struct tide_inline_set *tide_inline_dirs_set(const struct tide_inline_dirs *d);
  * current set's projections that want its events, inside the reactor's transaction. */
 struct tide_batch_appender tide_inline_dirs_appender(struct tide_inline_dirs *d);
 
+struct tide_store;
+/* Makes store's appends run set's projections (referenced; NULL or an empty set: none), as
+ * tide_store_set_projections does with a directory's. TIDE_EINVAL while an append with
+ * inline projections is in flight. */
+TIDE_MUST_CHECK int tide_store_use_inline_set(struct tide_store *store,
+                                              struct tide_inline_set *set);
+
 /* Where an inline append runs. */
 enum tide_inline_mode {
 	TIDE_INLINE_OWN,       /* a transaction of its own: BEGIN … COMMIT */

@@ -161,13 +161,22 @@ int tide_store_set_projections(struct tide_store *store, const char *dir)
 			tide_inline_set_unref(set);
 			return rc;
 		}
-		if (tide_inline_set_count(set) == 0) {
-			tide_inline_set_unref(set); /* nothing to run: appends stay plain */
-			set = NULL;
-		}
 	}
+	int rc = tide_store_use_inline_set(store, set);
+	tide_inline_set_unref(set);
+	return rc;
+}
+
+int tide_store_use_inline_set(struct tide_store *store, struct tide_inline_set *set)
+{
+	if (tide_store_inline_busy(store))
+		return tide_store_fail(
+		        store, TIDE_EINVAL,
+		        "an append with inline projections is in flight: wait for its callback");
 	struct queue *q = queue_of(store);
-	if (!set) {
+	if (q && q->set == set)
+		return 0;
+	if (!set || tide_inline_set_count(set) == 0) { /* nothing to run: appends stay plain */
 		if (q) {
 			tide_inline_set_unref(q->set);
 			free(q);
@@ -176,10 +185,9 @@ int tide_store_set_projections(struct tide_store *store, const char *dir)
 		store->inline_ops = NULL;
 		return 0;
 	}
-	if (!q && !(q = calloc(1, sizeof(*q)))) {
-		tide_inline_set_unref(set);
+	if (!q && !(q = calloc(1, sizeof(*q))))
 		return tide_store_fail(store, TIDE_ENOMEM, "out of memory");
-	}
+	tide_inline_set_ref(set);
 	tide_inline_set_unref(q->set);
 	q->set = set;
 	store->inline_state = q;

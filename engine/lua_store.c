@@ -20,8 +20,10 @@
 #define STORE_MT "tide.store"
 
 struct lstore {
-	uv_loop_t loop;
+	uv_loop_t *loop; /* own, or the lender's */
+	uv_loop_t own;
 	struct tide_store *store;
+	bool borrowed; /* tide_lua_store_push_borrowed: not ours to close */
 };
 
 struct wait {
@@ -44,7 +46,7 @@ static struct lstore *check_store(lua_State *L)
 static void run_until(struct lstore *s, const bool *done)
 {
 	while (!*done)
-		uv_run(&s->loop, UV_RUN_ONCE);
+		uv_run(s->loop, UV_RUN_ONCE);
 }
 
 static const char *kind_of(int status)
@@ -60,7 +62,7 @@ static int ensure_connected(lua_State *L, struct lstore *s)
 {
 	if (tide_store_connected(s->store))
 		return 0;
-	uv_run(&s->loop, UV_RUN_NOWAIT); /* lets the lost connection's requests fail */
+	uv_run(s->loop, UV_RUN_NOWAIT); /* lets the lost connection's requests fail */
 	if (tide_store_in_transaction(s->store)) {
 		/* The transaction went with the connection: a call on a new one would run
 		 * outside it. Fail this call; the transaction is forgotten, the next connects. */
@@ -115,12 +117,12 @@ static void on_open(struct tide_store *st, int status, const char *err, void *ar
 
 static void close_store(struct lstore *s)
 {
-	if (s->store) {
+	if (s->store && !s->borrowed) {
 		tide_store_close(s->store);
-		s->store = NULL;
-		uv_run(&s->loop, UV_RUN_DEFAULT);
-		uv_loop_close(&s->loop);
+		uv_run(s->loop, UV_RUN_DEFAULT);
+		uv_loop_close(s->loop);
 	}
+	s->store = NULL;
 }
 
 static int l_store_gc(lua_State *L)
@@ -160,11 +162,12 @@ static int l_connect(lua_State *L)
 	}
 	struct lstore *s = lua_newuserdata(L, sizeof(*s));
 	memset(s, 0, sizeof(*s));
-	uv_loop_init(&s->loop);
+	s->loop = &s->own;
+	uv_loop_init(s->loop);
 	luaL_getmetatable(L, STORE_MT);
 	lua_setmetatable(L, -2);
 	struct wait w = {0};
-	if (tide_store_open(&s->loop, url, on_open, &w, &s->store))
+	if (tide_store_open(s->loop, url, on_open, &w, &s->store))
 		return luaL_error(L, "out of memory");
 	int rc = tide_store_set_partition(s->store, partition);
 	if (!rc && projections)
@@ -180,6 +183,17 @@ static int l_connect(lua_State *L)
 		return tide_lua_push_error(L, kind_of(rc ? rc : w.status), w.err);
 	}
 	return 1;
+}
+
+void tide_lua_store_push_borrowed(lua_State *L, uv_loop_t *loop, struct tide_store *store)
+{
+	struct lstore *s = lua_newuserdata(L, sizeof(*s));
+	memset(s, 0, sizeof(*s));
+	s->loop = loop;
+	s->store = store;
+	s->borrowed = true;
+	luaL_getmetatable(L, STORE_MT);
+	lua_setmetatable(L, -2);
 }
 
 /* The values a run of events shares, at ms->base + these. */

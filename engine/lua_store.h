@@ -6,6 +6,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 /* Pushes the tide.core table (connect, json_encode, json_decode). Needs `require` to
  * find tide.model. */
@@ -15,6 +16,12 @@ struct tide_store;
 /* Lets connect take the projections option (tide_store_set_projections): the program's
  * entry gives it (cli.c, lua_module.c). */
 void tide_lua_store_allow_projections(int (*set)(struct tide_store *store, const char *dir));
+
+/* Pushes a store object (as connect's) for store, whose requests it runs on loop until they
+ * complete (nothing else may be in flight on that loop meanwhile). The caller keeps owning
+ * store, and closes it only once L can no longer use the object: closing the object, or
+ * collecting it, leaves store alone. May raise a memory error. */
+void tide_lua_store_push_borrowed(lua_State *L, uv_loop_t *loop, struct tide_store *store);
 
 /* Registers the metatable of tide's error tables (TIDE_LUA_ERROR_MT, lua_vm.h): its
  * __tostring gives the message. */

@@ -800,3 +800,44 @@ size_t tide_vm_memory(const struct tide_vm *vm)
 {
 	return vm->used;
 }
+
+/* Whether a traceback line is a frame of the script's, or of a C function it called, as
+ * opposed to the runtime's own (its chunks are "[tide runtime ...]"). */
+static bool script_frame(const char *line, size_t len)
+{
+	return len > 0 && !memmem(line, len, "[tide runtime ", 14);
+}
+
+char *tide_vm_script_frames(const char *tb)
+{
+	const char *p = strstr(tb, "stack traceback:");
+	if (!p || !(p = strchr(p, '\n')))
+		return NULL;
+	p++;
+	const char *last = NULL; /* the end of the script's last Lua frame */
+	for (const char *q = p; *q;) {
+		const char *end = strchr(q, '\n');
+		size_t len = end ? (size_t)(end - q) : strlen(q);
+		if (script_frame(q, len) && !memmem(q, len, "[C]:", 4))
+			last = q + len;
+		q += len + (end != NULL);
+	}
+	if (!last)
+		return NULL;
+	char *out = malloc(strlen("stack traceback:\n") + (size_t)(last - p) + 2);
+	if (!out)
+		return NULL;
+	char *o = out + sprintf(out, "stack traceback:\n");
+	while (p < last) {
+		const char *end = strchr(p, '\n');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (script_frame(p, len)) {
+			memcpy(o, p, len);
+			o += len;
+			*o++ = '\n';
+		}
+		p += len + 1;
+	}
+	*o = '\0';
+	return out;
+}

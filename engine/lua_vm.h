@@ -67,4 +67,9 @@ int tide_vm_cpcall(struct tide_vm *vm, lua_CFunction f, void *ud, struct tide_vm
 
 size_t tide_vm_memory(const struct tide_vm *vm);
 
+/* Of a script error's traceback, "stack traceback:\n" and the frames of the script (and of
+ * the C functions it called), one a line, down to its last; not the runtime's own frames,
+ * nor those below. malloc'd; NULL when there is no such frame (or no memory). */
+char *tide_vm_script_frames(const char *traceback);
+
 #endif

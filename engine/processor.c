@@ -13,6 +13,7 @@
 #include "consumer.h"
 #include "loader.h"
 #include "log.h"
+#include "metrics.h"
 #include "rebuild.h"
 
 enum state {
@@ -235,6 +236,8 @@ static void load_done(struct tide_load_result *r, void *arg)
 		}
 		break;
 	case TIDE_LOAD_FAILED:
+		if (p->state != P_LOADING)
+			tide_metrics_reload(false);
 		p->failed_hash = r->hash;
 		p->showing_error = true;
 		if (p->state == P_ACTIVE) {
@@ -251,6 +254,8 @@ static void load_done(struct tide_load_result *r, void *arg)
 		}
 		break;
 	case TIDE_LOAD_OK:
+		if (p->state != P_LOADING)
+			tide_metrics_reload(true);
 		p->hash = r->hash;
 		p->showing_error = false;
 		p->inert = false; /* a module that became a projection, say */
