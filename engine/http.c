@@ -66,6 +66,7 @@ static const struct route routes[] = {
         {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
         {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
         {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
+        {"GET", "/", 0, tide_http_dashboard},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 

@@ -134,5 +134,6 @@ void tide_http_read_log(struct tide_http_call *c);    /* GET /log */
 void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */
 void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
+void tide_http_dashboard(struct tide_http_call *c);   /* GET / */
 
 #endif
