@@ -23,7 +23,8 @@
 
 /* A client's socket, known so that stopping can end connections H2O keeps alive. */
 struct conn {
-	uv_tcp_t tcp;
+	uv_tcp_t tcp; /* its data is H2O's */
+	struct tide_http *http;
 	struct conn *prev, *next;
 };
 
@@ -48,6 +49,7 @@ struct tide_http {
 	uv_timer_t reconnect, stop_timer;
 	uint64_t stop_deadline;
 	int calls; /* in flight */
+	int timers_closed;
 	bool stopping;
 };
 
@@ -482,7 +484,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 static void on_conn_closed(uv_handle_t *h)
 {
 	struct conn *conn = (struct conn *)h;
-	struct tide_http *http = h->data;
+	struct tide_http *http = conn->http;
 	if (conn->prev)
 		conn->prev->next = conn->next;
 	else
@@ -501,7 +503,7 @@ static void on_accept(uv_stream_t *listener, int status)
 	if (!conn)
 		return;
 	uv_tcp_init(listener->loop, &conn->tcp);
-	conn->tcp.data = http;
+	conn->http = http;
 	conn->next = http->conns;
 	if (http->conns)
 		http->conns->prev = conn;
@@ -679,9 +681,12 @@ void tide_http_address(const struct tide_http *http, char *buf, size_t n)
 
 /* --- stopping --------------------------------------------------------------------------- */
 
-static void on_stopped(uv_handle_t *h)
+/* The two timers are the last handles in the struct; whichever closes second frees it. */
+static void on_timer_closed(uv_handle_t *h)
 {
-	http_free(h->data);
+	struct tide_http *http = h->data;
+	if (++http->timers_closed == 2)
+		http_free(http);
 }
 
 /* Waits for the calls in flight (at most STOP_GRACE_MS), then ends the connections H2O
@@ -698,15 +703,15 @@ static void on_stop_tick(uv_timer_t *t)
 		}
 	if (http->conns)
 		return;
-	/* Closed first, so that its callback, which frees everything, runs after those of
-	 * the handles closed below (libuv runs a turn's close callbacks last-closed first). */
-	uv_close((uv_handle_t *)&http->stop_timer, on_stopped);
-	uv_close((uv_handle_t *)&http->reconnect, NULL);
+	uv_timer_stop(t);
+	/* H2O's dispose runs the loop for its own handles' close callbacks. */
 	h2o_context_dispose(&http->ctx);
 	h2o_config_dispose(&http->config);
 	for (int i = 0; i < http->npool; i++)
 		if (http->pool[i])
 			tide_store_close(http->pool[i]);
+	uv_close((uv_handle_t *)&http->reconnect, on_timer_closed);
+	uv_close((uv_handle_t *)&http->stop_timer, on_timer_closed);
 }
 
 void tide_http_stop(struct tide_http *http)
@@ -715,7 +720,6 @@ void tide_http_stop(struct tide_http *http)
 		return;
 	http->stopping = true;
 	uv_close((uv_handle_t *)&http->listener, NULL);
-	h2o_context_request_shutdown(&http->ctx);
 	http->stop_deadline = uv_now(http->opts.loop) + STOP_GRACE_MS;
 	uv_timer_start(&http->stop_timer, on_stop_tick, 0, 20);
 }

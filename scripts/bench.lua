@@ -708,13 +708,95 @@ do
     "MiB", { target = 20, better = "lower" })
 end
 
--- The table (in the README's markdown) and the JSON file.
+-- A figure as the table shows it.
 local function fmt(v)
   if not v then return "" end
   if v >= 1000 then return commas(v) end
   if v >= 10 then return string.format("%.1f", v) end
   return string.format("%.2f", v)
 end
+
+-- 9. The HTTP service: single-event appends over HTTP (wrk, keep-alive connections, 1,000
+-- streams) at 8 and 64 connections; reference: the Lua module with 8 client processes,
+-- each appending one event per call in a loop, measured alternately with HTTP at 8.
+local WRK = io.popen("command -v wrk"):read("*l")
+local function http_daemon(url, name)
+  local dir = fresh_dir(name)
+  local pid = start_daemon(url, dir, "--http 127.0.0.1:0")
+  for _ = 1, 500 do
+    local log = io.open(dir .. "/daemon.log")
+    local text = log and log:read("*a") or ""
+    if log then log:close() end
+    local address = text:match("event=http%.listening address=(%S+)")
+    if address then return pid, "http://" .. address end
+    sleep_ms(10)
+  end
+  stop_daemon(pid)
+end
+if WRK then
+  local url = fresh_db("bench_http")
+  local pid, base = http_daemon(url, "http")
+  local wrk_script = work .. "/wrk-append.lua"
+  write(wrk_script, string.format([[
+local body = '{"events":[{"type":"BenchEvent","data":%s}]}'
+local headers = { ["Content-Type"] = "application/json" }
+request = function()
+  return wrk.format("POST", "/streams/http-" .. math.random(1, %d), headers, body)
+end
+]], DATA, REF_STREAMS))
+  local function wrk(connections, secs)
+    local out = sh(string.format("%s -t2 -c%d -d%ds -s %s %s", WRK, connections, math.max(1, math.floor(secs + 0.5)),
+      q(wrk_script), q(base)))
+    local bad = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)") or "0")
+    return { rate = tonumber(out:match("Requests/sec:%s+([%d%.]+)")), bad = bad }
+  end
+  local lua_client = work .. "/lua-append.lua"
+  write(lua_client, string.format([[
+package.path = %q .. "/lua/?.lua;" .. %q .. "/lua/?/init.lua;" .. package.path
+package.cpath = %q .. "/build/lua/?.so;" .. package.cpath
+local tide = require "tide"
+local ffi = require "ffi"
+ffi.cdef "typedef struct { long s; long ns; } ts_t; int clock_gettime(int, ts_t *);"
+local ts = ffi.new("ts_t")
+local function now() ffi.C.clock_gettime(1, ts) return tonumber(ts.s) + tonumber(ts.ns) / 1e9 end
+local store = assert(tide.connect(arg[1]))
+local data = tide.json.decode(%q)
+local t0, n = now(), 0
+while now() - t0 < tonumber(arg[2]) do
+  assert(store:append("lua-" .. math.random(1, %d), { { type = "BenchEvent", data = data } }))
+  n = n + 1
+end
+print(n / (now() - t0))
+]], root, root, root, DATA, REF_STREAMS))
+  local function lua_clients(clients, secs)
+    secs = math.max(1, math.floor(secs + 0.5))
+    local cmds = {}
+    for i = 1, clients do cmds[i] = string.format("luajit %s %s %d", q(lua_client), q(url), secs) end
+    local out = sh("(" .. table.concat(cmds, " & ") .. " & wait)")
+    local rate = 0
+    for r in out:gmatch("[%d%.]+") do rate = rate + tonumber(r) end
+    return { rate = rate }
+  end
+  if pid then
+    local https, luas = alternate(function(secs) return wrk(8, secs) end,
+      function(secs) return lua_clients(8, secs) end)
+    local bad = 0
+    for _, r in ipairs(https) do bad = bad + r.bad end
+    local lua8 = rates(luas)
+    record("http_append_c8", "HTTP append 1 event/request, 8 connections (events/s)", rates(https), "events/s",
+      { ref = lua8, ref_show = fmt(lua8) .. " (Lua ×8)", ref_factor = 0.8,
+        note = bad > 0 and (bad .. " non-2xx responses") or nil })
+    local r64 = wrk(64, SECONDS)
+    record("http_append_c64", "HTTP append 1 event/request, 64 connections (events/s)", r64.rate, "events/s",
+      { ref = lua8, ref_show = fmt(lua8) .. " (Lua ×8)",
+        note = r64.bad > 0 and (r64.bad .. " non-2xx responses") or nil })
+    stop_daemon(pid)
+  end
+else
+  io.stderr:write("  HTTP rows skipped: wrk is not installed (scripts/setup installs it)\n")
+end
+
+-- The table (in the README's markdown) and the JSON file.
 local machine = sh("nproc"):gsub("%s", "") .. " cores, " .. sh("uname -m"):gsub("%s", "") .. ", PostgreSQL " ..
   psql(admin, "SHOW server_version"):gsub("%s.*", "") .. ", fsync=" .. psql(admin, "SHOW fsync") ..
   ", synchronous_commit=" .. psql(admin, "SHOW synchronous_commit")
