@@ -126,6 +126,12 @@ void tide_http_call_end(struct tide_http_call *c);
 /* The database URL, and the daemon's command settings, for routes. */
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 
+/* What GET /processors answers, {"processors": [...], "held_back_by": {...}|null}, built
+ * from two requests on s: cb gets the body (then its own) or a TIDE_E* status and err.
+ * 0, or TIDE_ECONN or TIDE_ENOMEM (and cb is not called). http_processors.c. */
+typedef void (*tide_http_processors_cb)(cJSON *body, int status, const char *err, void *arg);
+int tide_http_processors_query(struct tide_store *s, tide_http_processors_cb cb, void *arg);
+
 /* Routes (one per file of its concern). Each is called on the loop with a call whose
  * token has the route's scope; it replies, now or later, exactly once. */
 void tide_http_append(struct tide_http_call *c);      /* POST /streams/{id} */
