@@ -33,6 +33,14 @@ function pageState() {
   const text = (e) => (e ? e.textContent.trim().replace(/\s+/g, " ") : null);
   const cell = (tr, cls) => text(tr.querySelector("td." + cls));
   const box = document.getElementById("held-back");
+  // How many points the sparkline has, and how high it rises above its baseline (pixels).
+  const sparkline = (svg) => {
+    const height = Number(svg?.getAttribute("height") || 0);
+    const points = (svg?.querySelector("polyline")?.getAttribute("points") || "")
+      .split(" ").filter(Boolean).map((p) => Number(p.split(",")[1]));
+    return { sparkline_points: points.length,
+             sparkline_peak: Math.max(0, ...points.map((y) => height - 1 - y)) };
+  };
   return {
     location: location.href,
     title: document.title,
@@ -49,8 +57,7 @@ function pageState() {
       lag_events: cell(tr, "lag-events"),
       lag_seconds: cell(tr, "lag-seconds"),
       rate: cell(tr, "rate"),
-      sparkline_points: (tr.querySelector("td.rate polyline")?.getAttribute("points") || "")
-        .split(" ").filter(Boolean).length,
+      ...sparkline(tr.querySelector("td.rate svg")),
       dead_letters: cell(tr, "dead-letters"),
       last_error: text(tr.querySelector("td.error")?.firstChild ?? null),
     })),
