@@ -121,7 +121,11 @@ static const char usage_run[] =
         "                     http = { listen = \"HOST:PORT\", connections = N,\n"
         "                     tokens = { { name = \"ci\", token = \"SECRET\" (or sha256 =\n"
         "                     \"HEX\"), scopes = { \"read\", \"append\", \"command\",\n"
-        "                     \"admin\" } } } }; without tokens every request may do all\n"
+        "                     \"admin\" } } }, heartbeat_ms = N, stall_ms = N }; without\n"
+        "                     tokens every request may do all. Live subscriptions send\n"
+        "                     a heartbeat after heartbeat_ms idle (default 15000) and\n"
+        "                     drop a client that reads nothing for stall_ms while\n"
+        "                     events wait (default 30000)\n"
         "  --http-insecure    serve a non-loopback address without tokens\n"
         "A failing event is retried, isolated from its batch, and then handled by the\n"
         "script's on_error policy (dead_letter by default: see `tide dlq --help`).\n"
@@ -327,6 +331,7 @@ static void wake_all(struct run *r)
 {
 	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p))
 		tide_processor_wake(p);
+	tide_http_wake(r->http); /* live subscriptions */
 }
 
 static void on_listen_retry(uv_timer_t *t);
@@ -686,12 +691,15 @@ static void read_token(lua_State *L, struct config_read *c, int i)
 	r->http_opts.ntokens++;
 }
 
-/* http = { listen = "HOST:PORT", insecure = false, connections = N, tokens = { ... } } */
+/* http = { listen = "HOST:PORT", insecure = false, connections = N, tokens = { ... },
+ *          heartbeat_ms = N, stall_ms = N } */
 static void read_http_config(lua_State *L, struct config_read *c)
 {
 	struct settings *s = c->s;
 	s->http = config_string(L, c, "listen");
 	s->http_connections = config_number(L, c, "connections");
+	c->r->http_opts.heartbeat_ms = (unsigned)config_number(L, c, "heartbeat_ms");
+	c->r->http_opts.stall_ms = (unsigned)config_number(L, c, "stall_ms");
 	lua_getfield(L, -1, "insecure");
 	s->http_insecure = lua_toboolean(L, -1);
 	lua_pop(L, 1);

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ struct tide_http {
 	h2o_handler_t *handler;
 	uv_tcp_t listener;
 	struct conn *conns;
+	struct tide_http_call *calls_list; /* in flight */
 	struct tide_store **pool;
 	int npool, next;
 	uv_timer_t reconnect, stop_timer;
@@ -140,6 +142,12 @@ static void call_free(struct tide_http_call *c)
 {
 	if (c->link)
 		c->link->call = NULL;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->http->calls_list = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	c->http->calls--;
 	free(c->strings);
 	free(c);
@@ -324,6 +332,19 @@ struct tide_store *tide_http_store(struct tide_http_call *c)
 	return NULL;
 }
 
+struct tide_store *tide_http_pool_store(struct tide_http *http, const char *partition)
+{
+	for (int n = 0; n < http->npool && !http->stopping; n++) {
+		struct tide_store *s = http->pool[http->next++ % http->npool];
+		if (tide_store_connected(s))
+			return tide_store_set_partition(s, partition ? partition
+			                                             : TIDE_DEFAULT_PARTITION) == 0
+			               ? s
+			               : NULL;
+	}
+	return NULL;
+}
+
 /* --- routing ---------------------------------------------------------------------------- */
 
 /* Whether the path's segments match pattern; the "*" segments are stored as arguments. */
@@ -374,6 +395,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 	c->started = uv_hrtime();
 	c->route = -1;
 	http->calls++;
+	c->next = http->calls_list;
+	if (c->next)
+		c->next->prev = c;
+	http->calls_list = c;
 	c->link = h2o_mem_alloc_shared(&req->pool, sizeof(*c->link), on_req_disposed);
 	c->link->call = c;
 
@@ -623,6 +648,9 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 		snprintf(err, n, "out of memory");
 		return -1;
 	}
+	/* libuv writes to sockets with write(2): a client that went away must give EPIPE,
+	 * not a SIGPIPE that ends the daemon. */
+	signal(SIGPIPE, SIG_IGN);
 	uv_tcp_init(opts->loop, &http->listener);
 	http->listener.data = http;
 	int rc = uv_tcp_bind(&http->listener, (struct sockaddr *)&addr, 0);
@@ -714,12 +742,28 @@ static void on_stop_tick(uv_timer_t *t)
 	uv_close((uv_handle_t *)&http->stop_timer, on_timer_closed);
 }
 
+void tide_http_wake(struct tide_http *http)
+{
+	if (!http || http->stopping)
+		return;
+	for (struct tide_http_call *c = http->calls_list, *next; c; c = next) {
+		next = c->next;
+		if (c->on_wake)
+			c->on_wake(c->wake_arg);
+	}
+}
+
 void tide_http_stop(struct tide_http *http)
 {
 	if (!http || http->stopping)
 		return;
 	http->stopping = true;
 	uv_close((uv_handle_t *)&http->listener, NULL);
+	for (struct tide_http_call *c = http->calls_list, *next; c; c = next) {
+		next = c->next;
+		if (c->on_stop)
+			c->on_stop(c->stop_arg);
+	}
 	http->stop_deadline = uv_now(http->opts.loop) + STOP_GRACE_MS;
 	uv_timer_start(&http->stop_timer, on_stop_tick, 0, 20);
 }

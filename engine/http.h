@@ -47,6 +47,9 @@ struct tide_http_opts {
 	int ndirs;
 	unsigned cpu_ms; /* a command's CPU and memory limits, as processors' */
 	size_t memory;
+	/* Live streams (http_sse.h): a heartbeat after this long idle, and how long a client
+	 * may accept nothing while bytes wait before it is dropped; 0: the defaults. */
+	unsigned heartbeat_ms, stall_ms;
 };
 
 struct tide_http;
@@ -62,9 +65,14 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 /* The address it listens on, HOST:PORT (the port chosen when the options said 0). */
 void tide_http_address(const struct tide_http *http, char *buf, size_t n);
 
-/* Stops listening, waits for the calls in flight (2 s at most), ends open connections and
- * closes the pool; the loop ends once they are closed. NULL: nothing. */
+/* Stops listening, tells the long-lived calls (on_stop: live streams end), waits for the
+ * calls in flight (2 s at most), ends open connections and closes the pool; the loop ends
+ * once they are closed. NULL: nothing. */
 void tide_http_stop(struct tide_http *http);
+
+/* New events may be in the log (a notification, or the daemon's log probe): tells the
+ * calls waiting for them (on_wake). NULL: nothing. */
+void tide_http_wake(struct tide_http *http);
 
 /* Adds the scope called name (read, append, command, admin) to *scopes; -1 when there is
  * no such scope. */
@@ -87,6 +95,13 @@ struct tide_http_call {
 	uint64_t started;      /* uv_hrtime() at arrival */
 	int route;             /* index in the route table (metrics) */
 	void *route_state;     /* a route's own, freed by it */
+	/* A long-lived call (a live stream) hears of new events in the log (tide_http_wake) and
+	 * of the server stopping (tide_http_stop: end soon) through these; NULL: not. */
+	void (*on_wake)(void *arg);
+	void *wake_arg;
+	void (*on_stop)(void *arg);
+	void *stop_arg;
+	struct tide_http_call *prev, *next; /* the calls in flight */
 	struct tide_http_link *link;
 	/* decoded query parameters, and the strings above: one block */
 	int nquery;
@@ -103,6 +118,10 @@ h2o_iovec_t tide_http_body(const struct tide_http_call *c);
 /* A store of the pool, connected, working in the call's partition; NULL (and the call
  * answered 503) when the database is unreachable. */
 struct tide_store *tide_http_store(struct tide_http_call *c);
+
+/* The same for a call that has answered already (a live stream): NULL, answering nothing,
+ * when no connection of the pool is up or the partition is not a valid name. */
+struct tide_store *tide_http_pool_store(struct tide_http *http, const char *partition);
 
 /* Replies with body as JSON (freed) and ends the call. */
 void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body);
