@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "activity.h"
 #include "log.h"
 #include "store.h"
 
@@ -71,6 +72,7 @@ static const struct route routes[] = {
         {"GET", "/documents/*", TIDE_SCOPE_READ, tide_http_documents},
         {"GET", "/documents/*/*", TIDE_SCOPE_READ, tide_http_document},
         {"GET", "/", 0, tide_http_dashboard},
+        {"GET", "/live", TIDE_SCOPE_READ, tide_http_live},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 
@@ -684,6 +686,7 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 	uv_unref((uv_handle_t *)&http->reconnect);
 	uv_timer_init(opts->loop, &http->stop_timer);
 	http->stop_timer.data = http;
+	tide_activity_start(); /* what the dashboard's live stream replays */
 	*out = http;
 	return 0;
 }
@@ -713,8 +716,10 @@ void tide_http_address(const struct tide_http *http, char *buf, size_t n)
 static void on_timer_closed(uv_handle_t *h)
 {
 	struct tide_http *http = h->data;
-	if (++http->timers_closed == 2)
+	if (++http->timers_closed == 2) {
+		tide_activity_stop();
 		http_free(http);
+	}
 }
 
 /* Waits for the calls in flight (at most STOP_GRACE_MS), then ends the connections H2O

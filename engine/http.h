@@ -160,5 +160,6 @@ void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */
 void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
 void tide_http_dashboard(struct tide_http_call *c);   /* GET / */
+void tide_http_live(struct tide_http_call *c);        /* GET /live */
 
 #endif

@@ -2,15 +2,16 @@
 // the DevTools protocol over --remote-debugging-pipe (JSON messages ended by NUL on file
 // descriptors 3 and 4).
 //
-//   node spec/browser.mjs URL [--wait JS]... [--screenshot PNG] [--timeout SECONDS]
+//   node spec/browser.mjs URL [--wait JS]... [--screenshot PNG [--screenshot-step N]]
+//                         [--timeout SECONDS]
 //
 // Loads URL in a 1280×800 window, then for each --wait waits until the expression JS is
 // truthy in the page and prints one line of JSON: {"step", "ok", "page"}, where page is
 // what the dashboard shows (see pageState below), plus the page's script errors and console
 // complaints (a Content-Security-Policy refusal, say) in "problems". A step that times out
 // prints "ok": false with the page as it was, and ends the run (exit 1). The screenshot is
-// taken at the end, also after a failure. The caller may act between steps: it reads a
-// line, does something, and the next step waits for its effect.
+// taken after step N (default: the last), or when a step fails. The caller may act between
+// steps: it reads a line, does something, and the next step waits for its effect.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,11 +20,12 @@ import { join } from "node:path";
 const args = process.argv.slice(2);
 const url = args.shift();
 const waits = [];
-let screenshot = null, timeoutMs = 15000;
+let screenshot = null, screenshotStep = 0, timeoutMs = 15000;
 while (args.length) {
   const a = args.shift();
   if (a === "--wait") waits.push(args.shift());
   else if (a === "--screenshot") screenshot = args.shift();
+  else if (a === "--screenshot-step") screenshotStep = Number(args.shift());
   else if (a === "--timeout") timeoutMs = Number(args.shift()) * 1000;
   else throw new Error("unknown argument " + a);
 }
@@ -91,7 +93,8 @@ chromium.stdio[4].on("data", (chunk) => {
     } else if (m.method === "Runtime.exceptionThrown") {
       const d = m.params.exceptionDetails;
       problems.push("exception: " + (d.exception?.description || d.text));
-    } else if (m.method === "Log.entryAdded" && ["error", "warning"].includes(m.params.entry.level)) {
+    } else if (m.method === "Log.entryAdded" && ["error", "warning"].includes(m.params.entry.level) &&
+               m.params.entry.source !== "network") { // a 401 is an answer the page handles
       problems.push(m.params.entry.level + ": " + m.params.entry.text);
     } else if (m.method === "Runtime.consoleAPICalled" && m.params.type === "error") {
       problems.push("console.error: " + m.params.args.map((a) => a.value ?? a.description).join(" "));
@@ -126,20 +129,23 @@ async function main() {
   };
   const state = () => evaluate("(" + pageState.toString() + ")()");
 
-  for (let step = 0; step < waits.length; step++) {
+  const shoot = async () => {
+    const { data } = await send("Page.captureScreenshot", { format: "png" }, s);
+    writeFileSync(screenshot, Buffer.from(data, "base64"));
+  };
+  for (let step = 1; step <= waits.length; step++) {
     const deadline = Date.now() + timeoutMs;
     let ok = false;
-    while (!(ok = Boolean(await evaluate(waits[step]))) && Date.now() < deadline) await sleep(100);
-    process.stdout.write(JSON.stringify({ step: step + 1, ok, page: await state(), problems }) + "\n");
+    while (!(ok = Boolean(await evaluate(waits[step - 1]))) && Date.now() < deadline) await sleep(100);
+    const page = await state();
+    if (screenshot && (!ok || step === (screenshotStep || waits.length))) await shoot();
+    process.stdout.write(JSON.stringify({ step, ok, page, problems }) + "\n");
     if (!ok) {
       failed = true;
       break;
     }
   }
-  if (screenshot) {
-    const { data } = await send("Page.captureScreenshot", { format: "png" }, s);
-    writeFileSync(screenshot, Buffer.from(data, "base64"));
-  }
+  if (screenshot && !waits.length) await shoot();
   await send("Browser.close").catch(() => {});
 }
 

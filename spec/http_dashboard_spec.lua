@@ -22,11 +22,12 @@ end
 -- Opens page_url in Chromium (spec/browser.mjs) with one JavaScript condition per step.
 -- step() waits for the next step's line: { ok, page = what the page shows, problems = its
 -- script errors and console complaints }, failing the test when the condition never held.
-local function browse(page_url, waits, screenshot)
+local function browse(page_url, waits, screenshot, screenshot_step)
   local err = S.tmpname(".err")
   local cmd = { "node spec/browser.mjs", S.q(page_url), "--timeout 20" }
   for _, w in ipairs(waits) do cmd[#cmd + 1] = "--wait " .. S.q(w) end
   if screenshot then cmd[#cmd + 1] = "--screenshot " .. S.q(screenshot) end
+  if screenshot_step then cmd[#cmd + 1] = "--screenshot-step " .. screenshot_step end
   local p = assert(io.popen(table.concat(cmd, " ") .. " 2>" .. S.q(err)))
   local b = {}
   function b.step()
@@ -65,6 +66,8 @@ local function activity_has(event)
   return string.format("document.querySelector('#activity li[data-event=%q]') !== null", event)
 end
 
+local function tide_json(v) return require("tide").json.encode(v) end
+
 local function find(list, pred)
   for _, v in ipairs(list) do
     if pred(v) then return v end
@@ -93,7 +96,7 @@ describe("the dashboard", function()
     local dir = S.mkdtemp()
     local script = dir .. "/totals.lua"
     S.write(script, D.TOTALS)
-    local base = H.start(url, dir)
+    local base, pid, log = H.start(url, dir)
     D.load_events(url, 40, 4)
     D.caught_up(url, "totals")
     local first = D.last_position(url)
@@ -104,10 +107,12 @@ describe("the dashboard", function()
       row_where("spec/totals", string.format(
         "cell('state') === 'running' && cell('checkpoint').endsWith(':%d') && cell('lag-events') === '0'", first)),
       row_where("spec/totals", string.format(
-        "Number(cell('checkpoint').split(':')[1]) > %d && cell('lag-events') === '0'", first)),
+        "Number(cell('checkpoint').split(':')[1]) > %d && cell('lag-events') === '0' && " ..
+        "r.querySelector('polyline').getAttribute('points').split(' ').length >= 2", first)),
       activity_has("processor.reload_failed") .. " && " ..
         row_where("spec/totals", "cell('error').includes('totals.lua')"),
-    }, shot)
+      "document.getElementById('connection').textContent.includes('daemon stopped')",
+    }, shot, 3)
 
     -- Caught up: running, at the last event, no lag, no error; the load is in the activity.
     local page = b.step()
@@ -130,7 +135,7 @@ describe("the dashboard", function()
     p = row(page, "spec/totals")
     assert.are.equal(tostring(D.last_position(url)), p.checkpoint:match(":(%d+)$"))
     assert.is_true(p.sparkline_points >= 2)
-    assert.is_true(p.sparkline_peak > 0, "the sparkline rose with the burst")
+    assert.is_true(p.sparkline_peak > 0, "the sparkline rose with the burst: " .. tide_json(p))
 
     -- A syntax error saved: the reload fails, the old generation keeps running, the page
     -- shows the error in the row and in the activity.
@@ -144,6 +149,14 @@ describe("the dashboard", function()
     assert.are.equal("error", failed.level)
     assert.truthy(failed.text:find("totals.lua:4", 1, true), failed.text)
     assert.truthy(failed.text:find("the running generation keeps serving", 1, true), failed.text)
+
+    -- The daemon stops with the page open: its stream ends with a last word, promptly.
+    local stopping = os.time()
+    D.stop(pid)
+    assert.is_true(os.time() - stopping <= 2, "the daemon waited for the live stream")
+    assert.truthy(D.read(log):find("event=daemon.stopped", 1, true))
+    page = b.step()
+    assert.truthy(page.connection:find("reconnecting", 1, true), page.connection)
     b.close()
 
     local f = assert(io.open(shot, "rb"), "the screenshot " .. shot)
