@@ -22,6 +22,7 @@
 #include "cli_test.h"
 #include "daemon.h"
 #include "json.h"
+#include "json_out.h"
 #include "lua_json.h"
 #include "lua_store.h"
 #include "lua_vm.h"

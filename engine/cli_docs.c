@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "json_out.h"
 #include "pg.h"
 #include "store.h"
 

@@ -666,12 +666,9 @@ static void read_token(lua_State *L, struct config_read *c, int i)
 		         c->path, i, t->name);
 	lua_pop(L, 2);
 	lua_getfield(L, -1, "scopes");
-	for (int j = 1; lua_istable(L, -1); j++) {
+	int nscopes = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+	for (int j = 1; j <= nscopes; j++) {
 		lua_rawgeti(L, -1, j);
-		if (lua_isnil(L, -1)) {
-			lua_pop(L, 1);
-			break;
-		}
 		if (!lua_isstring(L, -1) ||
 		    tide_http_scopes(lua_tostring(L, -1), &t->scopes) != 0) {
 			if (!c->err[0])
@@ -705,12 +702,9 @@ static void read_http_config(lua_State *L, struct config_read *c)
 	s->http_insecure = lua_toboolean(L, -1);
 	lua_pop(L, 1);
 	lua_getfield(L, -1, "tokens");
-	for (int i = 1; lua_istable(L, -1); i++) {
+	int ntokens = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+	for (int i = 1; i <= ntokens; i++) {
 		lua_rawgeti(L, -1, i);
-		if (lua_isnil(L, -1)) {
-			lua_pop(L, 1);
-			break;
-		}
 		if (!lua_istable(L, -1) || c->r->http_opts.ntokens == MAX_TOKENS) {
 			if (!c->err[0])
 				snprintf(c->err, sizeof(c->err),

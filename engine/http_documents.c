@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "http.h"
-#include "json.h"
+#include "json_out.h"
 
 static void on_doc(int status, const char *err, const struct tide_docs_result *r, void *arg)
 {

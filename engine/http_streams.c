@@ -8,6 +8,7 @@
 #include "http.h"
 #include "input.h"
 #include "json.h"
+#include "json_out.h"
 
 /* A whole number >= 0 from the query; 0 when absent. -1 (and the call answered 400) when
  * it is not one. */

@@ -3,7 +3,6 @@
 #define TIDE_JSON_H
 
 #include <cJSON.h>
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,22 +33,6 @@ size_t tide_json_compact(char *text);
 
 /* Adds JSON text (PostgreSQL's jsonb output, say) compacted, as tide prints JSON. */
 cJSON *tide_json_add_compact(cJSON *obj, const char *key, const char *json);
-
-/* One event as a JSON object, keys in this order: stream_id, stream_position,
- * global_position, type, data, metadata, message_id, created, and with cursor its position in
- * the global log ("XID:POS"); the JSON columns spliced in as PostgreSQL gave them, without
- * the spaces its jsonb output adds. */
-struct tide_message;
-cJSON *tide_json_message(const struct tide_message *m, bool cursor);
-
-/* An append's outcome: {"next_expected_version": N, "global_positions": [...]}. */
-struct tide_append_result;
-cJSON *tide_json_append_result(const struct tide_append_result *r);
-
-/* A document: {"id", "doc" (compact), "last_stream_id", "last_stream_position",
- * "last_global_position" (null when not recorded), "updated_at"}. */
-struct tide_document;
-cJSON *tide_json_document(const struct tide_document *d);
 
 /* Adds an exact 64-bit integer (cJSON's own numbers are doubles). */
 cJSON *tide_json_add_i64(cJSON *obj, const char *key, int64_t v);
