@@ -186,7 +186,10 @@ return {
     assert.truthy(text:find("<table id=\"processors\">", 1, true))
     local headers = S.sh("curl -s -D - -o /dev/null " .. S.q(base .. "/")).out:lower()
     assert.truthy(headers:find("content-type: text/html; charset=utf-8", 1, true), headers)
-    assert.truthy(headers:find("content-security-policy: default-src 'none'", 1, true), headers)
+    -- Only the page's own script and style run (by hash), and it talks to this server only.
+    assert.truthy(headers:find("content-security-policy: default-src 'none'; script-src 'sha256-", 1, true), headers)
+    assert.truthy(headers:find("connect-src 'self'", 1, true), headers)
+    assert.is_nil(headers:find("unsafe", 1, true), headers)
     local body
     code, _, body = H.get(base .. "/live")
     assert.are.equal(401, code)
