@@ -181,7 +181,7 @@ return {
     -- The page is public (it holds no data); its stream is not.
     local code, text = H.get(base .. "/")
     assert.are.equal(200, code)
-    assert.truthy(text:find("<table id=\"processors\">", 1, true))
+    assert.truthy(text:find("<table id=\"processors\"", 1, true))
     local headers = S.sh("curl -s -D - -o /dev/null " .. S.q(base .. "/")).out:lower()
     assert.truthy(headers:find("content-type: text/html; charset=utf-8", 1, true), headers)
     -- Only the page's own script and style run (by hash), and it talks to this server only.
