@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "activity.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -76,6 +77,8 @@ static const struct route routes[] = {
         {"GET", "/documents/{collection}/{id}", TIDE_SCOPE_READ, tide_http_document},
         {"GET", "/metrics", TIDE_SCOPE_READ, tide_http_metrics},
         {"POST", "/commands/{decider}/{stream}", TIDE_SCOPE_COMMAND, tide_http_command},
+        {"GET", "/", 0, tide_http_dashboard},
+        {"GET", "/live", TIDE_SCOPE_READ, tide_http_live},
 };
 #define NROUTES ((int)(sizeof(routes) / sizeof(routes[0])))
 
@@ -350,9 +353,8 @@ static void on_reconnect(uv_timer_t *t)
 			continue; /* still failing the old connection's requests: next time */
 }
 
-struct tide_store *tide_http_store_if_up(struct tide_http_call *c)
+struct tide_store *tide_http_store_if_up(struct tide_http *http)
 {
-	struct tide_http *http = c->http;
 	for (int n = 0; n < http->npool; n++) {
 		struct tide_store *s = http->pool[http->next++ % http->npool];
 		if (tide_store_connected(s))
@@ -363,7 +365,7 @@ struct tide_store *tide_http_store_if_up(struct tide_http_call *c)
 
 struct tide_store *tide_http_store(struct tide_http_call *c)
 {
-	struct tide_store *s = tide_http_store_if_up(c);
+	struct tide_store *s = tide_http_store_if_up(c->http);
 	if (s) {
 		int rc = tide_store_set_partition(s, c->partition ? c->partition
 		                                                  : TIDE_DEFAULT_PARTITION);
@@ -717,6 +719,7 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 	uv_unref((uv_handle_t *)&http->reconnect);
 	uv_timer_init(opts->loop, &http->stop_timer);
 	http->stop_timer.data = http;
+	tide_activity_start(); /* what the dashboard's live stream replays */
 	*out = http;
 	return 0;
 }
@@ -746,8 +749,10 @@ void tide_http_address(const struct tide_http *http, char *buf, size_t n)
 static void on_timer_closed(uv_handle_t *h)
 {
 	struct tide_http *http = h->data;
-	if (++http->timers_closed == 2)
+	if (++http->timers_closed == 2) {
+		tide_activity_stop();
 		http_free(http);
+	}
 }
 
 /* Waits for the calls in flight (at most STOP_GRACE_MS), then ends the connections H2O

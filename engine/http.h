@@ -122,9 +122,10 @@ h2o_iovec_t tide_http_body(const struct tide_http_call *c);
  * answered 503) when the database is unreachable. */
 struct tide_store *tide_http_store(struct tide_http_call *c);
 
-/* The same without replying: NULL when the database is unreachable. The store's partition
- * is whatever the last call set: for statements that do not depend on it. */
-struct tide_store *tide_http_store_if_up(struct tide_http_call *c);
+/* A connected store of the pool without a call (or without replying): NULL when the
+ * database is unreachable. Its partition is whatever the last call set: set it, or send
+ * only statements that do not depend on it. */
+struct tide_store *tide_http_store_if_up(struct tide_http *http);
 
 /* Replies with body as JSON (freed) and ends the call. */
 void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body);
@@ -156,6 +157,11 @@ struct tide_http_commands **tide_http_commands_of(struct tide_http *http);
 void tide_http_commands_stop(struct tide_http_commands *w);
 /* Whether the server is stopping (work that would outlive it is refused). */
 bool tide_http_stopping(const struct tide_http *http);
+/* What GET /processors answers, {"processors": [...], "held_back_by": {...}|null}, built
+ * from two requests on s: cb gets the body (then its own) or a TIDE_E* status and err.
+ * 0, or TIDE_ECONN or TIDE_ENOMEM (and cb is not called). http_processors.c. */
+typedef void (*tide_http_processors_cb)(cJSON *body, int status, const char *err, void *arg);
+int tide_http_processors_query(struct tide_store *s, tide_http_processors_cb cb, void *arg);
 
 /* Routes (one per file of its concern). Each is called on the loop with a call whose
  * token has the route's scope; it replies, now or later, exactly once. */
@@ -168,5 +174,7 @@ void tide_http_documents(struct tide_http_call *c);   /* GET /documents/{c} */
 void tide_http_metrics(struct tide_http_call *c);     /* GET /metrics (http_metrics.c) */
 void tide_http_command(struct tide_http_call *c);     /* POST /commands/{decider}/{stream} */
 void tide_http_subscribe(struct tide_http_call *c);   /* GET /log/subscribe */
+void tide_http_dashboard(struct tide_http_call *c);   /* GET / */
+void tide_http_live(struct tide_http_call *c);        /* GET /live */
 
 #endif

@@ -103,7 +103,7 @@ static void on_status(const struct tide_pg_reply *r, void *arg)
 
 void tide_http_metrics(struct tide_http_call *c)
 {
-	struct tide_store *store = tide_http_store_if_up(c);
+	struct tide_store *store = tide_http_store_if_up(c->http);
 	struct scrape *s = store ? calloc(1, sizeof(*s)) : NULL;
 	if (!s) {
 		reply(c, NULL);

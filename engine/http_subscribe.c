@@ -120,7 +120,7 @@ static void read_next(struct sub *sub)
 		return;
 	uv_timer_stop(&sub->timer);
 	sub->woken = false;
-	struct tide_store *s = tide_http_store_if_up(sub->call);
+	struct tide_store *s = tide_http_store_if_up(sub->call->http);
 	if (!s) {
 		read_failed(sub, "no connection of the request pool is up");
 		return;

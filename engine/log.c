@@ -11,6 +11,14 @@
 
 static enum tide_log_format format = TIDE_LOG_TEXT;
 static int threshold = 1; /* info */
+static tide_log_hook_fn hook;
+static void *hook_arg;
+
+void tide_log_set_hook(tide_log_hook_fn fn, void *arg)
+{
+	hook = fn;
+	hook_arg = arg;
+}
 
 void tide_log_set_format(enum tide_log_format f)
 {
@@ -77,8 +85,32 @@ static void append_text(char **p, char *end, const char *key, const char *val)
 	**p = '\0';
 }
 
+/* Hands the line's pairs to the hook (at most HOOK_PAIRS of them). */
+#define HOOK_PAIRS 32
+static void call_hook(const char *level, const char *event, va_list ap)
+{
+	const char *kv[HOOK_PAIRS * 2];
+	int n = 0;
+	const char *k;
+	while (n < HOOK_PAIRS && (k = va_arg(ap, const char *))) {
+		const char *v = va_arg(ap, const char *);
+		if (v) {
+			kv[2 * n] = k;
+			kv[2 * n + 1] = v;
+			n++;
+		}
+	}
+	hook(level, event, kv, n, hook_arg);
+}
+
 void tide_log(const char *level, const char *event, ...)
 {
+	if (hook) {
+		va_list hp;
+		va_start(hp, event);
+		call_hook(level, event, hp);
+		va_end(hp);
+	}
 	if (!tide_log_enabled(level))
 		return;
 	char ts[40];

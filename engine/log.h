@@ -17,4 +17,11 @@ bool tide_log_enabled(const char *level);
  * string key/value pairs, NULL-terminated. A NULL value is skipped. */
 void tide_log(const char *level, const char *event, ...) __attribute__((sentinel));
 
+/* A function that sees every line, whatever the level threshold (the daemon's activity ring,
+ * activity.h): kv holds npairs key/value pairs (no NULL values). It runs inside tide_log, on
+ * the logging thread: it must not log, and should only copy what it keeps. NULL: none. */
+typedef void (*tide_log_hook_fn)(const char *level, const char *event, const char *const *kv,
+                                 int npairs, void *arg);
+void tide_log_set_hook(tide_log_hook_fn fn, void *arg);
+
 #endif
