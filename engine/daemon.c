@@ -248,6 +248,7 @@ static void rescan(struct run *r, bool force)
 	if (r->inline_dirs && tide_inline_dirs_scan(r->inline_dirs))
 		tell_inline(r);
 	struct tide_inline_set *inl = tide_inline_dirs_set(r->inline_dirs);
+	tide_http_use_inline(r->http, inl);
 	for (struct tide_processor *p = r->d.procs; p; p = tide_processor_next(p)) {
 		struct stat st;
 		if (tide_processor_stopping(p))

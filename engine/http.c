@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "activity.h"
+#include "inline.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -49,6 +50,9 @@ struct tide_http {
 	struct conn *conns;
 	struct tide_http_call *calls_list; /* in flight */
 	struct tide_store **pool;
+	/* The daemon's inline projections, which appends over HTTP run (tide_http_use_inline),
+	 * and the set each store of the pool was last given. */
+	struct tide_inline_set *inline_set, **pool_inline;
 	int npool, next;
 	struct tide_http_commands *commands;
 	uv_timer_t reconnect, stop_timer;
@@ -353,14 +357,35 @@ static void on_reconnect(uv_timer_t *t)
 			continue; /* still failing the old connection's requests: next time */
 }
 
+/* A connected store of the pool, one not busy with an inline append if there is one (a
+ * request sent behind such an append runs inside its transaction), given the current
+ * inline projections when it is free to take them. */
 struct tide_store *tide_http_store_if_up(struct tide_http *http)
 {
-	for (int n = 0; n < http->npool; n++) {
-		struct tide_store *s = http->pool[http->next++ % http->npool];
-		if (tide_store_connected(s))
+	for (int pass = 0; pass < 2; pass++)
+		for (int n = 0; n < http->npool; n++) {
+			int i = http->next++ % http->npool;
+			struct tide_store *s = http->pool[i];
+			if (!tide_store_connected(s) || (pass == 0 && tide_store_inline_busy(s)))
+				continue;
+			if (http->pool_inline[i] != http->inline_set &&
+			    !tide_store_inline_busy(s) &&
+			    tide_store_use_inline_set(s, http->inline_set) == 0)
+				http->pool_inline[i] = http->inline_set;
 			return s;
-	}
+		}
 	return NULL;
+}
+
+void tide_http_use_inline(struct tide_http *http, struct tide_inline_set *set)
+{
+	if (!http || set == http->inline_set)
+		return;
+	if (set)
+		tide_inline_set_ref(set);
+	if (http->inline_set)
+		tide_inline_set_unref(http->inline_set);
+	http->inline_set = set;
 }
 
 struct tide_store *tide_http_store(struct tide_http_call *c)
@@ -622,6 +647,9 @@ static int parse_listen(const char *text, struct sockaddr_storage *addr, bool *l
 
 static void http_free(struct tide_http *http)
 {
+	if (http->inline_set)
+		tide_inline_set_unref(http->inline_set);
+	free(http->pool_inline);
 	free(http->pool);
 	free(http->tokens);
 	free(http->url);
@@ -672,13 +700,15 @@ int tide_http_start(const struct tide_http_opts *opts, struct tide_http **out, c
 	if (http->npool > MAX_CONNECTIONS)
 		http->npool = MAX_CONNECTIONS;
 	http->pool = calloc((size_t)http->npool, sizeof(*http->pool));
+	http->pool_inline = calloc((size_t)http->npool, sizeof(*http->pool_inline));
 	if (opts->ntokens) {
 		http->tokens = malloc(opts->ntokens * sizeof(*http->tokens));
 		if (http->tokens)
 			memcpy(http->tokens, opts->tokens, opts->ntokens * sizeof(*http->tokens));
 		http->opts.tokens = http->tokens;
 	}
-	if (!http->url || !http->listen || !http->pool || (opts->ntokens && !http->tokens)) {
+	if (!http->url || !http->listen || !http->pool || !http->pool_inline ||
+	    (opts->ntokens && !http->tokens)) {
 		http_free(http);
 		snprintf(err, n, "out of memory");
 		return -1;

@@ -76,6 +76,11 @@ void tide_http_stop(struct tide_http *http);
  * calls waiting for them (on_wake). NULL: nothing. */
 void tide_http_wake(struct tide_http *http);
 
+/* Appends over HTTP run set's inline projections from now on (referenced; NULL: none), as
+ * reactors' ctx.append does: `tide run` gives the current set of its directories. */
+struct tide_inline_set;
+void tide_http_use_inline(struct tide_http *http, struct tide_inline_set *set);
+
 /* Adds the scope called name (read, append, command, admin) to *scopes; -1 when there is
  * no such scope. */
 int tide_http_scopes(const char *name, unsigned *scopes);

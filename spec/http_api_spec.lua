@@ -388,3 +388,55 @@ describe("tide run --http refuses", function()
     D.stop(pid)
   end)
 end)
+
+describe("HTTP appends with the daemon's inline projections", function()
+  if S.missing() then return end
+  local url, dir, base
+  local CARTS = [[
+local tide = require "tide"
+return tide.projection {
+  inline = true,
+  collection = "carts",
+  events = { "Added" },
+  initial = function() return { items = 0 } end,
+  evolve = function(doc, e)
+    if e.data.boom then error("boom: refusing " .. e.type) end
+    doc.items = doc.items + e.data.n
+    return doc
+  end,
+}
+]]
+  setup(function()
+    url = S.fresh_db()
+    dir = S.mkdtemp()
+    S.write(dir .. "/carts.lua", CARTS)
+    base = H.start(url, dir)
+    S.wait_for(function() return D.read(dir .. "/daemon-1.log"):find("daemon.inline_projections", 1, true) end,
+      10, "the inline projection to be known")
+  end)
+  teardown(function()
+    D.kill_all()
+    S.drop_db(url)
+  end)
+
+  it("run them in the append's transaction: the document is there when the reply comes", function()
+    for i = 1, 3 do
+      local code, text = H.post(base .. "/streams/cart-1", { events = { { type = "Added", data = { n = i } } } })
+      assert.are.equal(200, code, text)
+      local _, _, doc = H.get(base .. "/documents/carts/cart-1")
+      assert.are.equal(i * (i + 1) / 2, doc.doc.items)
+    end
+  end)
+
+  it("answer a failing projection with 422, its processor and stack, and write nothing", function()
+    local code, text, body = H.post(base .. "/streams/cart-1", { events = { { type = "Added", data = { n = 1, boom = true } } } })
+    assert.are.equal(422, code, text)
+    assert.are.equal("script", body.error.kind)
+    assert.are.equal("spec/carts", body.error.processor)
+    assert.truthy(body.error.message:find("boom: refusing Added", 1, true))
+    assert.truthy(body.error.traceback:find("carts.lua", 1, true))
+    assert.are.equal(3, D.scalar(url, "SELECT count(*) FROM emt_messages WHERE stream_id = 'cart-1'"))
+    local _, _, doc = H.get(base .. "/documents/carts/cart-1")
+    assert.are.equal(6, doc.doc.items)
+  end)
+end)
