@@ -796,6 +796,44 @@ else
   io.stderr:write("  HTTP rows skipped: wrk is not installed (scripts/setup installs it)\n")
 end
 
+-- 9b. SSE fan-out: 100 subscribers of GET /log/subscribe, each reading SSE_EVENTS
+-- pre-loaded events from the start of the log (scripts/bench_sse.mjs); events delivered in
+-- all per second, and the daemon's peak RSS meanwhile.
+local SSE_EVENTS = quick and 2000 or 20000
+if io.popen("command -v node"):read("*l") then
+  local url = fresh_db("bench_sse")
+  preload(url, SSE_EVENTS, REF_STREAMS)
+  local pid, base = http_daemon(url, "sse")
+  if pid then
+    local peak = 0
+    local function rss()
+      local f = io.open("/proc/" .. pid .. "/status")
+      if not f then return end
+      local kb = tonumber(f:read("*a"):match("VmRSS:%s+(%d+)"))
+      f:close()
+      if kb and kb > peak then peak = kb end
+    end
+    rss()
+    local before = peak
+    local out_file = work .. "/sse.json"
+    local node = sh(string.format("node %s %s 100 %d > %s 2>&1 & echo $!", q(root .. "/scripts/bench_sse.mjs"), q(base),
+      SSE_EVENTS, q(out_file))):match("%d+")
+    while io.open("/proc/" .. node .. "/status") do
+      rss()
+      sleep_ms(50)
+    end
+    local f = io.open(out_file)
+    local out = f and f:read("*a") or ""
+    if f then f:close() end
+    stop_daemon(pid)
+    local rate = json_field(out, "events_per_s")
+    if not rate then io.stderr:write("  SSE fan-out failed: " .. out .. "\n") end
+    record("sse_fanout_100", "SSE fan-out: 100 subscribers, events delivered in all (events/s)", rate, "events/s",
+      { target = 100000, note = string.format("%d events each; daemon RSS %.1f → %.1f MiB at most", SSE_EVENTS,
+        before / 1024, peak / 1024) })
+  end
+end
+
 -- The table (in the README's markdown) and the JSON file.
 local machine = sh("nproc"):gsub("%s", "") .. " cores, " .. sh("uname -m"):gsub("%s", "") .. ", PostgreSQL " ..
   psql(admin, "SHOW server_version"):gsub("%s.*", "") .. ", fsync=" .. psql(admin, "SHOW fsync") ..
