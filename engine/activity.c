@@ -6,6 +6,7 @@
 #include "activity.h"
 
 #include <cJSON.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,12 @@
 
 #include "log.h"
 
+/* Lines come from any thread (POST /commands' workers log too); the ring is under mu. */
 static struct {
+	pthread_mutex_t mu;
 	char *json[TIDE_ACTIVITY_ENTRIES]; /* entry seq lives at [seq % TIDE_ACTIVITY_ENTRIES] */
 	uint64_t last;                     /* the newest entry's seq; 0: none yet */
-} ring;
+} ring = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static bool notable(const char *level, const char *event)
 {
@@ -66,6 +69,7 @@ static void on_log(const char *level, const char *event, const char *const *kv, 
 	size_t o = strftime(time, sizeof(time), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(time + o, sizeof(time) - o, ".%03ldZ", ts.tv_nsec / 1000000);
 
+	pthread_mutex_lock(&ring.mu);
 	cJSON *e = cJSON_CreateObject();
 	cJSON_AddNumberToObject(e, "seq", (double)(ring.last + 1));
 	cJSON_AddStringToObject(e, "time", time);
@@ -81,12 +85,13 @@ static void on_log(const char *level, const char *event, const char *const *kv, 
 	cJSON_AddItemToObject(e, "fields", fields);
 	char *text = cJSON_PrintUnformatted(e);
 	cJSON_Delete(e);
-	if (!text)
-		return; /* out of memory: the entry is lost, the log line is not */
-	ring.last++;
-	char **slot = &ring.json[ring.last % TIDE_ACTIVITY_ENTRIES];
-	cJSON_free(*slot);
-	*slot = text;
+	if (text) { /* else out of memory: the entry is lost, the log line is not */
+		ring.last++;
+		char **slot = &ring.json[ring.last % TIDE_ACTIVITY_ENTRIES];
+		cJSON_free(*slot);
+		*slot = text;
+	}
+	pthread_mutex_unlock(&ring.mu);
 }
 
 void tide_activity_start(void)
@@ -97,20 +102,25 @@ void tide_activity_start(void)
 void tide_activity_stop(void)
 {
 	tide_log_set_hook(NULL, NULL);
+	pthread_mutex_lock(&ring.mu);
 	for (int i = 0; i < TIDE_ACTIVITY_ENTRIES; i++) {
 		cJSON_free(ring.json[i]);
 		ring.json[i] = NULL;
 	}
 	ring.last = 0;
+	pthread_mutex_unlock(&ring.mu);
 }
 
 uint64_t tide_activity_since(uint64_t after, tide_activity_fn fn, void *arg)
 {
+	pthread_mutex_lock(&ring.mu);
 	uint64_t first =
 	        ring.last > TIDE_ACTIVITY_ENTRIES ? ring.last - TIDE_ACTIVITY_ENTRIES + 1 : 1;
 	if (after + 1 > first)
 		first = after + 1;
 	for (uint64_t seq = first; seq <= ring.last; seq++)
 		fn(seq, ring.json[seq % TIDE_ACTIVITY_ENTRIES], arg);
-	return ring.last > after ? ring.last : after;
+	uint64_t last = ring.last > after ? ring.last : after;
+	pthread_mutex_unlock(&ring.mu);
+	return last;
 }

@@ -12,7 +12,8 @@
 #define TIDE_ACTIVITY_VALUE_MAX 1000
 
 /* Starts recording: installs the log hook. Lines logged before are not seen. The ring is
- * the process's (like the log), used on the loop thread only. */
+ * the process's (like the log); lines may come from any thread (it has a lock), start,
+ * stop and reading are the loop's. */
 void tide_activity_start(void);
 
 /* Stops recording and forgets every entry. */
@@ -23,8 +24,8 @@ void tide_activity_stop(void);
  * names one), "fields": {the line's other keys: "error", "reason", ...}}. */
 typedef void (*tide_activity_fn)(uint64_t seq, const char *json, void *arg);
 
-/* Calls fn for each entry newer than seq `after`, oldest first; returns the newest entry's
- * seq (`after` when there is none newer). */
+/* Calls fn for each entry newer than seq `after`, oldest first, under the ring's lock (fn
+ * must not log); returns the newest entry's seq (`after` when there is none newer). */
 uint64_t tide_activity_since(uint64_t after, tide_activity_fn fn, void *arg);
 
 #endif
