@@ -108,7 +108,8 @@ static const char usage_run[] =
         "  --batch-size N     events per batch (default 500)\n"
         "  --probe-ms N       how often the log is probed for appends by other clients\n"
         "                     (default 50)\n"
-        "  --poll-ms N        each processor's own poll interval when idle (default 1000)\n"
+        "  --poll-ms N        how often an idle processor, and an idle HTTP subscription,\n"
+        "                     reads anyway, in case a wake-up was lost (default 1000)\n"
         "  --lease-ms N       processor lease; another daemon takes over after it\n"
         "                     lapses (default 10000)\n"
         "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
@@ -1139,6 +1140,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	r->http_opts.apps = r->apps;
 	r->http_opts.ndirs = r->ndirs;
 	r->http_opts.cpu_ms = (unsigned)set.cpu;
+	r->http_opts.poll_ms = (unsigned)set.poll;
 	r->http_opts.memory = (size_t)set.memory_mb << 20;
 	char err[512];
 	if (set.http && tide_http_check(&r->http_opts, err, sizeof(err)) != 0) {

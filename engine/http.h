@@ -52,6 +52,8 @@ struct tide_http_opts {
 	/* Live streams (http_sse.h): a heartbeat after this long idle, and how long a client
 	 * may accept nothing while bytes wait before it is dropped; 0: the defaults. */
 	unsigned heartbeat_ms, stall_ms;
+	/* How often an idle subscription reads anyway (a lost wake-up): the daemon's poll. */
+	unsigned poll_ms;
 };
 
 struct tide_http;

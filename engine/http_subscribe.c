@@ -21,7 +21,6 @@
 
 #define QUEUE_BOUND  (1u << 20)
 #define PAGE_MAX     1000
-#define POLL_MS      1000 /* when no wake comes (a lost notification) */
 #define RETRY_MIN_MS 250
 #define RETRY_MAX_MS 8000
 #define MAX_TYPES    64
@@ -269,7 +268,7 @@ static void on_page(int status, const char *err, const struct tide_read_result *
 	else if (more || sub->woken)
 		read_next(sub);
 	else
-		uv_timer_start(&sub->timer, on_timer, POLL_MS, 0);
+		uv_timer_start(&sub->timer, on_timer, tide_http_opts(sub->http)->poll_ms, 0);
 }
 
 /* ?types=A,B into sub->types; -1 (and the call answered 400) when malformed. */

@@ -122,7 +122,7 @@ local function record(key, label, value, unit, o)
   if o.target then
     check(cmp .. (o.target >= 1000 and commas(o.target) or tostring(o.target)), o.target)
   end
-  if o.ref_factor and o.ref then check(cmp .. o.ref_factor .. "× PG", o.ref_factor * o.ref) end
+  if o.ref_factor and o.ref then check(cmp .. o.ref_factor .. "× " .. (o.ref_name or "PG"), o.ref_factor * o.ref) end
   if o.emmett_factor and o.emmett then
     check(higher and ("≥ " .. o.emmett_factor .. "× Emmett") or ("≤ Emmett ÷ " .. o.emmett_factor),
       higher and o.emmett_factor * o.emmett or o.emmett / o.emmett_factor)
@@ -748,7 +748,9 @@ end
     local out = sh(string.format("%s -t2 -c%d -d%ds -s %s %s", WRK, connections, math.max(1, math.floor(secs + 0.5)),
       q(wrk_script), q(base)))
     local bad = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)") or "0")
-    return { rate = tonumber(out:match("Requests/sec:%s+([%d%.]+)")), bad = bad }
+    local rate = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
+    if not rate then io.stderr:write("  wrk said: " .. out:gsub("\n", " ") .. "\n") end
+    return { rate = rate, bad = bad }
   end
   local lua_client = work .. "/lua-append.lua"
   write(lua_client, string.format([[
@@ -784,7 +786,7 @@ print(n / (now() - t0))
     for _, r in ipairs(https) do bad = bad + r.bad end
     local lua8 = rates(luas)
     record("http_append_c8", "HTTP append 1 event/request, 8 connections (events/s)", rates(https), "events/s",
-      { ref = lua8, ref_show = fmt(lua8) .. " (Lua ×8)", ref_factor = 0.8,
+      { ref = lua8, ref_show = fmt(lua8) .. " (Lua ×8)", ref_factor = 0.8, ref_name = "Lua",
         note = bad > 0 and (bad .. " non-2xx responses") or nil })
     local r64 = wrk(64, SECONDS)
     record("http_append_c64", "HTTP append 1 event/request, 64 connections (events/s)", r64.rate, "events/s",

@@ -133,7 +133,7 @@ describe("GET /log/subscribe", function()
     url = S.fresh_db()
     dir = S.mkdtemp()
     S.write(dir .. "/tide.conf.lua", string.format(CONFIG, "{}"))
-    base, pid, log = H.start(url, dir, "--config " .. q(dir .. "/tide.conf.lua"))
+    base, pid, log = H.start(url, dir, "--poll-ms 60000 --config " .. q(dir .. "/tide.conf.lua"))
   end)
   teardown(function()
     D.kill_all()
@@ -197,26 +197,19 @@ describe("GET /log/subscribe", function()
     b2.stop()
   end)
 
-  it("is woken at once by the daemon's appends and by its log probe for foreign ones", function()
+  it("is woken by the daemon's appends and by its log probe for foreign ones", function()
     local sub = subscribe(base, "?after=" .. log_end(url))
     sub.wait_open()
-    -- Without wake-ups only its poll (each second) would find them: about 500 ms each.
-    local function median_ms(append)
-      local times = {}
-      for i = 1, 7 do
-        local n = #sub.events()
-        local t0 = S.sh("date +%s%N").out
-        append(i)
-        sub.wait_events(n + 1, 10)
-        times[i] = (tonumber(S.sh("date +%s%N").out) - tonumber(t0)) / 1e6
-      end
-      table.sort(times)
-      return times[4]
+    -- The daemon polls once a minute (--poll-ms 60000): only a wake-up brings these within
+    -- the 10 s each may take.
+    for i = 1, 3 do
+      local n = #sub.events()
+      H.post(base .. "/streams/wake-1", { events = { { type = "W", data = { i = i } } } })
+      sub.wait_events(n + 1, 10)
+      n = #sub.events()
+      S.psql(url, foreign_sql("wake-emmett-" .. i, 1))
+      sub.wait_events(n + 1, 10)
     end
-    local http_ms = median_ms(function(i) H.post(base .. "/streams/wake-1", { events = { { type = "W", data = { i = i } } } }) end)
-    local foreign_ms = median_ms(function(i) S.psql(url, foreign_sql("wake-emmett-" .. i, 1)) end)
-    assert.is_true(http_ms < 300, "median " .. http_ms .. " ms for a daemon's append")
-    assert.is_true(foreign_ms < 300, "median " .. foreign_ms .. " ms for a foreign append")
     sub.stop()
   end)
 
@@ -357,12 +350,9 @@ describe("GET /log/subscribe", function()
     for _, s in ipairs(subs) do s.wait_open() end
     stuck.wait_open()
     S.sleep(0.5)
-    local t0 = tonumber(S.sh("date +%s%N").out)
     os.execute("kill -TERM " .. spid)
     S.wait_for(function() return D.read(rc):match("%d+") end, 10, "the daemon to exit")
-    local seconds = (tonumber(S.sh("date +%s%N").out) - t0) / 1e9
     assert.are.equal("0", D.read(rc):match("%d+"))
-    assert.is_true(seconds < 4, "exit took " .. seconds .. " s")
     for _, s in ipairs(subs) do
       local lines = S.wait_for(s.closed, 5, "the subscriber's response to end")
       local last = lines[#lines - 1]
