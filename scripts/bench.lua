@@ -749,7 +749,7 @@ end
       q(wrk_script), q(base)))
     local bad = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)") or "0")
     local rate = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
-    if not rate then io.stderr:write("  wrk said: " .. out:gsub("\n", " ") .. "\n") end
+    if not rate or rate == 0 or bad > 0 then io.stderr:write("  wrk said: " .. out:gsub("\n", " ") .. "\n") end
     return { rate = rate, bad = bad }
   end
   local lua_client = work .. "/lua-append.lua"
@@ -780,6 +780,7 @@ print(n / (now() - t0))
     return { rate = rate }
   end
   if pid then
+    wrk(8, 1) -- warm-up: the pool's connections made, the daemon's pages touched
     local https, luas = alternate(function(secs) return wrk(8, secs) end,
       function(secs) return lua_clients(8, secs) end)
     local bad = 0
