@@ -54,7 +54,7 @@ struct tide_http {
 	 * and the set each store of the pool was last given. */
 	struct tide_inline_set *inline_set, **pool_inline;
 	int npool, next;
-	struct tide_http_commands *commands;
+	struct tide_http_workers workers;
 	uv_timer_t reconnect, stop_timer;
 	uint64_t stop_deadline;
 	int calls; /* in flight */
@@ -197,9 +197,9 @@ const struct tide_http_opts *tide_http_opts(const struct tide_http *http)
 	return &http->opts;
 }
 
-struct tide_http_commands **tide_http_commands_of(struct tide_http *http)
+struct tide_http_workers *tide_http_workers(struct tide_http *http)
 {
-	return &http->commands;
+	return &http->workers;
 }
 
 bool tide_http_stopping(const struct tide_http *http)
@@ -792,8 +792,9 @@ static void on_stop_tick(uv_timer_t *t)
 {
 	struct tide_http *http = t->data;
 	if (http->calls == 0 || uv_now(t->loop) >= http->stop_deadline) {
-		tide_http_commands_stop(http->commands); /* answers the commands still running */
-		http->commands = NULL;
+		if (http->workers.stop) /* answers the commands still running */
+			http->workers.stop(http->workers.state);
+		http->workers = (struct tide_http_workers){0};
 		for (struct conn *c = http->conns; c; c = c->next) {
 			uv_os_fd_t fd;
 			if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)

@@ -156,12 +156,14 @@ void tide_http_call_end(struct tide_http_call *c);
 /* The database URL, and the daemon's command settings, for routes. */
 const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 
-/* The worker threads of POST /commands (http_commands.c), started by its first call: their
- * place on the server, and their stop, which the server's stop calls when it stops waiting
- * for calls (it answers the commands still in flight 503; NULL: nothing). */
-struct tide_http_commands;
-struct tide_http_commands **tide_http_commands_of(struct tide_http *http);
-void tide_http_commands_stop(struct tide_http_commands *w);
+/* What a route keeps for the server's life — POST /commands' worker threads, started by
+ * its first call (http_commands.c) — and how to stop it: the server's stop calls stop(state)
+ * once it stops waiting for calls in flight (the route then answers what it still holds). */
+struct tide_http_workers {
+	void *state;
+	void (*stop)(void *state);
+};
+struct tide_http_workers *tide_http_workers(struct tide_http *http);
 /* Whether the server is stopping (work that would outlive it is refused). */
 bool tide_http_stopping(const struct tide_http *http);
 /* What GET /processors answers, {"processors": [...], "held_back_by": {...}|null}, built

@@ -503,8 +503,9 @@ static void on_async_closed(uv_handle_t *h)
 	free(h);
 }
 
-void tide_http_commands_stop(struct tide_http_commands *w)
+static void workers_stop(void *state)
 {
+	struct tide_http_commands *w = state;
 	if (!w)
 		return;
 	pthread_mutex_lock(&w->mu);
@@ -546,9 +547,9 @@ static char *dup_all(char **out, const char *const *in, int n)
 /* The workers, started with the first command; NULL when they cannot be. */
 static struct tide_http_commands *start(struct tide_http *http)
 {
-	struct tide_http_commands **slot = tide_http_commands_of(http);
-	if (*slot)
-		return *slot;
+	struct tide_http_workers *slot = tide_http_workers(http);
+	if (slot->state)
+		return slot->state;
 	const struct tide_http_opts *o = tide_http_opts(http);
 	struct tide_http_commands *w = calloc(1, sizeof(*w));
 	if (!w)
@@ -593,14 +594,13 @@ static struct tide_http_commands *start(struct tide_http *http)
 	}
 	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	*slot = w;
 	if (w->refs == 1) {
 		tide_log("error", "http.command_workers_failed", "error", strerror(rc),
 		         (char *)NULL);
-		*slot = NULL;
-		tide_http_commands_stop(w);
+		workers_stop(w);
 		return NULL;
 	}
+	*slot = (struct tide_http_workers){w, workers_stop};
 	return w;
 }
 

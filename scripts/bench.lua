@@ -26,7 +26,11 @@ local quick = arg[2] == "--quick"
 local TIDE = root .. "/build/tide"
 local DRIVER = root .. "/build/tide-bench"
 local EMMETT = root .. "/scripts/bench_emmett.mjs"
-local PGBENCH = io.popen("ls -d /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -1"):read("*l")
+local PGBENCH do
+  local f = io.popen("ls -d /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -1")
+  PGBENCH = f:read("*l")
+  f:close()
+end
 local SECONDS = quick and 1 or 10     -- per append benchmark, for tide and for each reference
 local PRELOAD = quick and 10000 or 100000
 local STREAMS = quick and 100 or 1000
@@ -96,6 +100,22 @@ end
 local function commas(n)
   local t = string.format("%.0f", n)
   return (t:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
+end
+-- A file's whole text, or nil; closed at once (leaked handles would be inherited by every
+-- process the benchmarks start: wrk, for one, fails with descriptors above its table).
+local function slurp(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+local function alive(pid) return slurp("/proc/" .. pid .. "/status") ~= nil end
+local function command_path(name)
+  local f = io.popen("command -v " .. name)
+  local path = f:read("*l")
+  f:close()
+  return path
 end
 local function write(path, text)
   local h = assert(io.open(path .. ".tmp", "w"))
@@ -498,7 +518,7 @@ end
 local function stop_daemon(pid)
   os.execute("kill -TERM " .. pid .. " 2>/dev/null")
   for _ = 1, 100 do
-    if not io.open("/proc/" .. pid .. "/status") then return end
+    if not alive(pid) then return end
     sleep_ms(50)
   end
   os.execute("kill -9 " .. pid .. " 2>/dev/null")
@@ -702,7 +722,7 @@ do
   for i = 1, 10 do write(dir .. "/p" .. i .. ".lua", processors.memory) end
   local pid = start_daemon(url, dir)
   sleep_ms(2000)
-  local status = assert(io.open("/proc/" .. pid .. "/status")):read("*a")
+  local status = assert(slurp("/proc/" .. pid .. "/status"))
   stop_daemon(pid)
   record("rss_10_idle", "daemon RSS with 10 idle processors (MiB)", tonumber(status:match("VmRSS:%s+(%d+)")) / 1024,
     "MiB", { target = 20, better = "lower" })
@@ -719,15 +739,12 @@ end
 -- 9. The HTTP service: single-event appends over HTTP (wrk, keep-alive connections, 1,000
 -- streams) at 8 and 64 connections; reference: the Lua module with 8 client processes,
 -- each appending one event per call in a loop, measured alternately with HTTP at 8.
-local WRK = io.popen("command -v wrk"):read("*l")
+local WRK = command_path("wrk")
 local function http_daemon(url, name)
   local dir = fresh_dir(name)
   local pid = start_daemon(url, dir, "--http 127.0.0.1:0")
   for _ = 1, 500 do
-    local log = io.open(dir .. "/daemon.log")
-    local text = log and log:read("*a") or ""
-    if log then log:close() end
-    local address = text:match("event=http%.listening address=(%S+)")
+    local address = (slurp(dir .. "/daemon.log") or ""):match("event=http%.listening address=(%S+)")
     if address then return pid, "http://" .. address end
     sleep_ms(10)
   end
@@ -749,7 +766,9 @@ end
       q(wrk_script), q(base)))
     local bad = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)") or "0")
     local rate = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
-    if not rate or rate == 0 or bad > 0 then io.stderr:write("  wrk said: " .. out:gsub("\n", " ") .. "\n") end
+    if not rate or rate == 0 or bad > 0 then
+      io.stderr:write("  wrk said: " .. out:gsub("\n", " ") .. "\n")
+    end
     return { rate = rate, bad = bad }
   end
   local lua_client = work .. "/lua-append.lua"
@@ -803,17 +822,16 @@ end
 -- pre-loaded events from the start of the log (scripts/bench_sse.mjs); events delivered in
 -- all per second, and the daemon's peak RSS meanwhile.
 local SSE_EVENTS = quick and 2000 or 20000
-if io.popen("command -v node"):read("*l") then
+if command_path("node") then
   local url = fresh_db("bench_sse")
   preload(url, SSE_EVENTS, REF_STREAMS)
   local pid, base = http_daemon(url, "sse")
   if pid then
     local peak = 0
     local function rss()
-      local f = io.open("/proc/" .. pid .. "/status")
-      if not f then return end
-      local kb = tonumber(f:read("*a"):match("VmRSS:%s+(%d+)"))
-      f:close()
+      local status = slurp("/proc/" .. pid .. "/status")
+      if not status then return end
+      local kb = tonumber(status:match("VmRSS:%s+(%d+)"))
       if kb and kb > peak then peak = kb end
     end
     rss()
@@ -821,13 +839,11 @@ if io.popen("command -v node"):read("*l") then
     local out_file = work .. "/sse.json"
     local node = sh(string.format("node %s %s 100 %d > %s 2>&1 & echo $!", q(root .. "/scripts/bench_sse.mjs"), q(base),
       SSE_EVENTS, q(out_file))):match("%d+")
-    while io.open("/proc/" .. node .. "/status") do
+    while alive(node) do
       rss()
       sleep_ms(50)
     end
-    local f = io.open(out_file)
-    local out = f and f:read("*a") or ""
-    if f then f:close() end
+    local out = slurp(out_file) or ""
     stop_daemon(pid)
     local rate = json_field(out, "events_per_s")
     if not rate then io.stderr:write("  SSE fan-out failed: " .. out .. "\n") end
