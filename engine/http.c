@@ -315,11 +315,18 @@ void tide_http_fail(struct tide_http_call *c, int status, const char *kind, cons
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	tide_http_reply_json(c, status, tide_http_error_body(kind, msg, NULL));
+}
+
+cJSON *tide_http_error_body(const char *kind, const char *message, cJSON **error)
+{
 	cJSON *o = cJSON_CreateObject();
 	cJSON *e = cJSON_AddObjectToObject(o, "error");
 	cJSON_AddStringToObject(e, "kind", kind);
-	cJSON_AddStringToObject(e, "message", msg);
-	tide_http_reply_json(c, status, o);
+	cJSON_AddStringToObject(e, "message", message);
+	if (error)
+		*error = e;
+	return o;
 }
 
 void tide_http_fail_code(struct tide_http_call *c, int code, const char *err)

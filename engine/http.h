@@ -141,6 +141,10 @@ void tide_http_reply_json(struct tide_http_call *c, int status, cJSON *body);
 void tide_http_reply(struct tide_http_call *c, int status, const char *content_type,
                      const char *body, size_t len);
 
+/* {"error":{"kind":KIND,"message":MESSAGE}}; *error (when not NULL) is the inner object, for
+ * more fields. Touches nothing of a server: any thread may build one. */
+cJSON *tide_http_error_body(const char *kind, const char *message, cJSON **error);
+
 /* Replies {"error":{"kind":KIND,"message":...}} and ends the call. */
 void tide_http_fail(struct tide_http_call *c, int status, const char *kind, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));

@@ -115,11 +115,7 @@ static void reply_error(struct job *j, int status, const char *kind, const char 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	cJSON *o = cJSON_CreateObject();
-	cJSON *e = cJSON_AddObjectToObject(o, "error");
-	cJSON_AddStringToObject(e, "kind", kind);
-	cJSON_AddStringToObject(e, "message", msg);
-	set_reply(j, status, o);
+	set_reply(j, status, tide_http_error_body(kind, msg, NULL));
 }
 
 static void on_open(struct tide_store *s, int status, const char *err, void *arg)

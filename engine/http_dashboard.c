@@ -119,10 +119,7 @@ static void send_activity(uint64_t seq, const char *json, void *arg)
 
 static void send_problem(struct live *l, const char *kind, const char *message)
 {
-	cJSON *o = cJSON_CreateObject();
-	cJSON *e = cJSON_AddObjectToObject(o, "error");
-	cJSON_AddStringToObject(e, "kind", kind);
-	cJSON_AddStringToObject(e, "message", message);
+	cJSON *o = tide_http_error_body(kind, message, NULL);
 	char *text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	if (text)

@@ -58,10 +58,8 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 		return;
 	}
 	if (status == TIDE_ECONFLICT || (r && r->processor)) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON *e = cJSON_AddObjectToObject(o, "error");
-		cJSON_AddStringToObject(e, "kind", tide_strerror(status));
-		cJSON_AddStringToObject(e, "message", err);
+		cJSON *e;
+		cJSON *o = tide_http_error_body(tide_strerror(status), err, &e);
 		if (status == TIDE_ECONFLICT) {
 			/* As the request says it: "no_stream", a version; the version found or
 			 * null. */
