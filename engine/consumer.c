@@ -1268,8 +1268,9 @@ static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 		next_step(c);
 		return;
 	}
-	struct tide_message m;
+	struct tide_message m = {0};
 	c->dead_letter = tide_lease_dead_letter_message(reply->res, &m);
+	m.partition = c->lease.partition;
 	struct tide_read_result r = {.messages = &m, .count = 1, .next = c->cursor};
 	events_take(c, &c->batch, &r);
 	if (c->batch.ref == LUA_NOREF) {

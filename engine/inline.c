@@ -1006,6 +1006,8 @@ static bool build_messages(struct tide_inline_append *x)
 		m->metadata = x->events[i].metadata;
 		m->message_id = x->rows.message_ids[i];
 		m->created = x->rows.created;
+		m->partition = x->partition;
+		m->schema_version = "1"; /* what appends write */
 	}
 	return true;
 }

@@ -6,6 +6,7 @@
  * are taken with their length: one with a NUL byte is refused, never cut short. */
 #include "lua_store.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,7 @@ enum {
 	F_MAKE,        /* the event constructor (EVENT_SOURCE) */
 	F_LAST_STREAM, /* the last stream id pushed */
 	F_LAST_TYPE,   /* the last type pushed */
+	F_LAST_PART,   /* the last partition pushed */
 	F_MARKERS,     /* tide_lua_json_markers: three values */
 };
 
@@ -210,16 +212,20 @@ enum {
  * once per state (tide_lua_open_core). */
 static const char EVENT_SOURCE[] =
         "local function event(type, data, metadata, stream_id, stream_position,\n"
-        "                     global_position, message_id, created)\n"
+        "                     global_position, message_id, created, partition,\n"
+        "                     schema_version)\n"
         "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
         "           stream_position = stream_position, global_position = global_position,\n"
-        "           message_id = message_id, created = created }\n"
+        "           message_id = message_id, created = created, partition = partition,\n"
+        "           schema_version = schema_version }\n"
         "end\n"
         "local function event_at(type, data, metadata, stream_id, stream_position,\n"
-        "                        global_position, message_id, created, cursor)\n"
+        "                        global_position, message_id, created, partition,\n"
+        "                        schema_version, cursor)\n"
         "  return { type = type, data = data, metadata = metadata, stream_id = stream_id,\n"
         "           stream_position = stream_position, global_position = global_position,\n"
-        "           message_id = message_id, created = created, cursor = cursor }\n"
+        "           message_id = message_id, created = created, partition = partition,\n"
+        "           schema_version = schema_version, cursor = cursor }\n"
         "end\n"
         "return event, event_at\n";
 static const char KEY_EVENT[] = "tide.lua_store.event";
@@ -230,9 +236,10 @@ void tide_lua_messages_begin(lua_State *L, struct tide_lua_messages *ms, bool wi
 	luaL_checkstack(L, F_MARKERS + 3 + 12, "too many values on the stack");
 	ms->base = lua_gettop(L) + 1;
 	ms->with_cursor = with_cursor;
-	ms->stream = ms->type = NULL;
-	ms->stream_len = ms->type_len = 0;
+	ms->stream = ms->type = ms->partition = NULL;
+	ms->stream_len = ms->type_len = ms->partition_len = 0;
 	lua_getfield(L, LUA_REGISTRYINDEX, with_cursor ? KEY_EVENT_AT : KEY_EVENT);
+	lua_pushnil(L);
 	lua_pushnil(L);
 	lua_pushnil(L);
 	tide_lua_json_markers(L);
@@ -255,6 +262,23 @@ static void push_repeated(lua_State *L, int slot, const char **last, size_t *las
 	*last_len = len;
 }
 
+/* message_schema_version is text: a whole number (what tide and Emmett write) becomes a
+ * Lua number, anything else stays a string. */
+static void push_schema_version(lua_State *L, const char *v)
+{
+	if (!v || !*v) {
+		lua_pushnil(L);
+		return;
+	}
+	char *end;
+	errno = 0;
+	long n = strtol(v, &end, 10);
+	if (*v && !*end && !errno)
+		lua_pushnumber(L, (lua_Number)n);
+	else
+		lua_pushstring(L, v);
+}
+
 bool tide_lua_messages_push(lua_State *L, struct tide_lua_messages *ms,
                             const struct tide_message *m)
 {
@@ -274,13 +298,18 @@ bool tide_lua_messages_push(lua_State *L, struct tide_lua_messages *ms,
 	lua_pushnumber(L, (lua_Number)m->global_position);
 	lua_pushstring(L, m->message_id);
 	lua_pushstring(L, m->created);
+	if (m->partition)
+		push_repeated(L, k + F_LAST_PART, &ms->partition, &ms->partition_len, m->partition);
+	else
+		lua_pushnil(L);
+	push_schema_version(L, m->schema_version);
 	if (ms->with_cursor) {
 		char c[48];
 		struct tide_cursor cur = {m->transaction_id, m->global_position};
 		tide_cursor_format(&cur, c);
 		lua_pushstring(L, c);
 	}
-	lua_call(L, ms->with_cursor ? 9 : 8, 1);
+	lua_call(L, ms->with_cursor ? 11 : 10, 1);
 	return ok;
 }
 

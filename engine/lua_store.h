@@ -65,8 +65,9 @@ struct tide_message;
 struct tide_lua_messages {
 	int base;
 	bool with_cursor;
-	const char *stream, *type; /* the last ones pushed (their Lua copies, on the stack) */
-	size_t stream_len, type_len;
+	/* the last ones pushed (their Lua copies, on the stack) */
+	const char *stream, *type, *partition;
+	size_t stream_len, type_len, partition_len;
 };
 void tide_lua_messages_begin(lua_State *L, struct tide_lua_messages *ms, bool with_cursor);
 

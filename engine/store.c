@@ -21,7 +21,7 @@
  * it has no use for (the transaction id). */
 #define STREAM_READ_COLUMNS                                                                        \
 	"stream_position, global_position, message_type, message_data, message_metadata, "         \
-	"message_id, created"
+	"message_id, created, message_schema_version"
 
 static const struct tide_pg_stmt stmt_read_forward = {
         "tide_read_forward",
@@ -41,14 +41,15 @@ static const struct tide_pg_stmt stmt_read_backward = {
 
 /* The gap-safe global read: see DESIGN.md "Reading" and tide_read_all() in sql/. Rows of
  * transactions at or above the snapshot's xmin may still be joined by rows with lower
- * global positions. With a type filter ($5) the function ends with a marker row (stream_id
- * NULL) at the last row it walked, so the cursor moves past the rows left out. */
+ * global positions. With a filter (types $5, shard $6 of $7) the function ends with a
+ * marker row (stream_id NULL) at the last row it walked, so the cursor moves past the rows
+ * left out. $4 NULL reads every partition. */
 static const struct tide_pg_stmt stmt_read_all = {
         "tide_read_all",
         "SELECT stream_id, stream_position, global_position, transaction_id, message_type,"
-        " message_data, message_metadata, message_id, created"
-        " FROM tide_read_all($1::xid8, $2::bigint, $3::bigint, $4, $5::text[])",
-        5,
+        " message_data, message_metadata, message_id, created, partition, message_schema_version"
+        " FROM tide_read_all($1::xid8, $2::bigint, $3::bigint, $4, $5::text[], $6::int, $7::int)",
+        7,
 };
 
 /* The global read stops below the oldest running transaction that wrote something (its
@@ -408,14 +409,16 @@ int tide_store_append(struct tide_store *store, const char *stream, const struct
 /* Where a read's columns are in its rows (-1: not fetched). */
 struct read_columns {
 	int stream_id, stream_position, global_position, transaction_id, type, data, metadata,
-	        message_id, created;
+	        message_id, created, partition, schema_version;
 };
-static const struct read_columns stream_read_columns = {-1, 0, 1, -1, 2, 3, 4, 5, 6};
-static const struct read_columns global_read_columns = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+static const struct read_columns stream_read_columns = {-1, 0, 1, -1, 2, 3, 4, 5, 6, -1, 7};
+static const struct read_columns global_read_columns = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
 
-/* A read in flight; the rows of a stream read all have its stream, kept here. */
+/* A read in flight; the rows of a stream read all have its stream and partition, kept
+ * here (stream, then partition). */
 struct read_call {
 	struct call c;
+	const char *partition;
 	char stream[];
 };
 
@@ -592,6 +595,9 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 		e->data = binary_jsonb(res, i, col->data, &ok);
 		e->metadata = binary_jsonb(res, i, col->metadata, &ok);
 		e->message_id = PQgetvalue(res, i, col->message_id);
+		e->partition =
+		        col->partition >= 0 ? PQgetvalue(res, i, col->partition) : rc->partition;
+		e->schema_version = PQgetvalue(res, i, col->schema_version);
 		char *at_text = created + (size_t)count * CREATED_BYTES;
 		e->created = at_text;
 		if (PQgetisnull(res, i, col->created))
@@ -617,8 +623,8 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 static struct read_call *new_read(struct tide_store *store, const char *stream, tide_read_cb cb,
                                   void *arg)
 {
-	size_t n = stream ? strlen(stream) + 1 : 1;
-	struct read_call *rc = calloc(1, sizeof(*rc) + n);
+	size_t n = stream ? strlen(stream) + 1 : 1, np = strlen(store->partition) + 1;
+	struct read_call *rc = calloc(1, sizeof(*rc) + n + np);
 	if (!rc)
 		return NULL;
 	rc->c.store = store;
@@ -627,6 +633,7 @@ static struct read_call *new_read(struct tide_store *store, const char *stream, 
 	rc->c.global = !stream;
 	if (stream)
 		memcpy(rc->stream, stream, n);
+	rc->partition = memcpy(rc->stream + n, store->partition, np);
 	return rc;
 }
 
@@ -699,31 +706,47 @@ int tide_store_read_all_types(struct tide_store *store, const struct tide_cursor
                               int64_t max, const char *const *types, size_t ntypes, tide_read_cb cb,
                               void *arg)
 {
+	struct tide_log_filter f = {.types = types, .ntypes = ntypes};
+	return tide_store_read_log(store, after, max, &f, cb, arg);
+}
+
+int tide_store_read_log(struct tide_store *store, const struct tide_cursor *after, int64_t max,
+                        const struct tide_log_filter *f, tide_read_cb cb, void *arg)
+{
+	static const struct tide_log_filter none = {0};
+	if (!f)
+		f = &none;
 	if (max < 0)
 		return fail(store, TIDE_EINVAL, "max must not be negative");
-	for (size_t i = 0; i < ntypes; i++)
-		if (!types[i] || !types[i][0])
+	for (size_t i = 0; i < f->ntypes; i++)
+		if (!f->types[i] || !f->types[i][0])
 			return fail(store, TIDE_EINVAL, "event type %zu of the filter is empty",
 			            i + 1);
+	if (f->shards > 1 && (f->shard < 0 || f->shard >= f->shards))
+		return fail(store, TIDE_EINVAL, "shard %d is not one of 0..%d", f->shard,
+		            f->shards - 1);
 	if (!tide_store_usable(store))
 		return TIDE_ECONN;
-	char *filter = NULL;
-	if (ntypes > 0 && !(filter = tide_pg_text_array(types, ntypes)))
+	char *types = NULL;
+	if (f->ntypes > 0 && !(types = tide_pg_text_array(f->types, f->ntypes)))
 		return fail(store, TIDE_ENOMEM, "out of memory");
 	struct read_call *rc = new_read(store, NULL, cb, arg);
 	if (!rc) {
-		free(filter);
+		free(types);
 		return fail(store, TIDE_ENOMEM, "out of memory");
 	}
 	if (after)
 		rc->c.after = *after;
-	char xid[24], pos[24], lim[24];
+	char xid[24], pos[24], lim[24], shard[16], shards[16];
 	snprintf(xid, sizeof(xid), "%" PRIu64, rc->c.after.transaction_id);
 	snprintf(pos, sizeof(pos), "%" PRId64, rc->c.after.global_position);
 	snprintf(lim, sizeof(lim), "%" PRId64, max > 0 ? max : 1000);
-	const char *values[5] = {xid, pos, lim, store->partition, filter};
+	snprintf(shard, sizeof(shard), "%d", f->shards > 1 ? f->shard : 0);
+	snprintf(shards, sizeof(shards), "%d", f->shards > 1 ? f->shards : 1);
+	const char *values[7] = {xid,   pos,   lim,   f->all_partitions ? NULL : store->partition,
+	                         types, shard, shards};
 	int err = send_read(store, &stmt_read_all, values, rc);
-	free(filter);
+	free(types);
 	return err;
 }
 

@@ -91,6 +91,8 @@ struct tide_message {
 	const char *metadata;
 	const char *message_id;
 	const char *created;
+	const char *partition;      /* the partition (tenant) it was appended in */
+	const char *schema_version; /* message_schema_version as written, e.g. "1" */
 };
 
 /* A position in the global log: the pair (transaction id, global position).
@@ -219,6 +221,21 @@ TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
                                               const struct tide_cursor *after, int64_t max,
                                               const char *const *types, size_t n, tide_read_cb cb,
                                               void *arg);
+
+/* What a read of the global log keeps (tide_store_read_log); zeroed: everything of the
+ * store's partition. Every filter runs on the server: what it leaves out never leaves it. */
+struct tide_log_filter {
+	const char *const *types; /* only messages of these types (ntypes >= 1 non-empty names) */
+	size_t ntypes;
+	int shard,
+	        shards; /* only streams whose id hashes to shard (0..shards-1); shards <= 1: all */
+	bool all_partitions; /* every partition's messages, in one order, not only the store's */
+};
+
+/* The general form of tide_store_read_all_types: filter may be NULL. */
+TIDE_MUST_CHECK int tide_store_read_log(struct tide_store *store, const struct tide_cursor *after,
+                                        int64_t max, const struct tide_log_filter *filter,
+                                        tide_read_cb cb, void *arg);
 
 /* A transaction of the caller's on the store's connection. Every request sent on the store
  * while it is open (appends, reads) runs inside it, in the order sent: a decider reads the
