@@ -679,8 +679,7 @@ static int l_sql_append(lua_State *L)
 	char invalid[700] = "", misuse[700] = "";
 	if (tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
 	                    sizeof(invalid)) ||
-	    tide_check_name("partition name", partition, partition_len, TIDE_MAX_PARTITION_BYTES,
-	                    invalid, sizeof(invalid)))
+	    tide_check_partition(partition, partition_len, invalid, sizeof(invalid)))
 		return luaL_error(L, "ctx.append: %s", invalid);
 	struct tide_lua_events e = {0};
 	if (tide_lua_events(L, 3, &e, invalid, misuse, sizeof(invalid)) != 0)

@@ -21,6 +21,7 @@
 #include "cli_rebuild.h"
 #include "cli_test.h"
 #include "daemon.h"
+#include "input.h"
 #include "json.h"
 #include "json_out.h"
 #include "lua_json.h"
@@ -115,7 +116,8 @@ static const char usage_read_all[] =
         "still running elsewhere are held back until they can no longer be overtaken.\n"
         "  --after XID:POS  continue after this cursor (default: the start)\n"
         "  --max N          at most N events (default 1000)\n"
-        "  --partition P    the Emmett partition (tenant) to read (default emt:default)\n";
+        "  --partition P    the Emmett partition (tenant) to read (default emt:default);\n"
+        "                   '*' reads every partition, each event then naming its own\n";
 
 static const char usage_handle[] =
         "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
@@ -353,7 +355,8 @@ static void run_read(struct cli *cli)
 
 static void run_read_all(struct cli *cli)
 {
-	int rc = tide_store_read_all(cli->store, &cli->after, cli->read.max, on_read_all, cli);
+	struct tide_log_filter f = {.all_partitions = tide_all_partitions(cli->partition)};
+	int rc = tide_store_read_log(cli->store, &cli->after, cli->read.max, &f, on_read_all, cli);
 	if (rc) {
 		tide_cli_fail(cli, rc, tide_store_error(cli->store));
 		tide_cli_done(cli);
@@ -725,7 +728,9 @@ static int run_command(struct cli *cli, const struct command *cmd, bool print)
 		fprintf(stderr, "tide %s: out of memory\n", cli->cmd);
 		return 1;
 	}
-	if (cli->partition && tide_store_set_partition(cli->store, cli->partition)) {
+	/* read-all --partition '*' reads every partition; the store keeps the default. */
+	bool every = cmd->run == run_read_all && tide_all_partitions(cli->partition);
+	if (cli->partition && !every && tide_store_set_partition(cli->store, cli->partition)) {
 		tide_cli_fail(cli, TIDE_EINVAL, tide_store_error(cli->store));
 		tide_cli_done(cli);
 	}

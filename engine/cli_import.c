@@ -132,8 +132,7 @@ static int parse_expected(const char *v, bool *no_stream)
 static int check_partition(const char *p)
 {
 	char err[200];
-	if (tide_check_name("partition name", p, strlen(p), TIDE_MAX_PARTITION_BYTES, err,
-	                    sizeof(err)))
+	if (tide_check_partition(p, strlen(p), err, sizeof(err)))
 		return tide_cli_usage("import", "--partition wants a name of at most %d bytes: %s",
 		                      TIDE_MAX_PARTITION_BYTES, err);
 	return 0;

@@ -104,6 +104,16 @@ struct tide_consumer {
 };
 
 static void claim(struct tide_consumer *c);
+
+/* What the processor reads of the log: its types, of its partition or of all ("*"). */
+static struct tide_log_filter log_filter(const struct tide_consumer *c)
+{
+	return (struct tide_log_filter){
+	        .types = (const char *const *)c->cur.types,
+	        .ntypes = c->cur.ntypes,
+	        .all_partitions = tide_all_partitions(c->cur.partition),
+	};
+}
 static void read_log(struct tide_consumer *c);
 static void next_step(struct tide_consumer *c);
 static void release(struct tide_consumer *c);
@@ -554,8 +564,11 @@ static void claim(struct tide_consumer *c)
 		switch_build(c);
 		return;
 	}
-	/* The partition is the script's: reads follow it from this claim on. */
-	if (tide_store_set_partition(c->store, c->cur.partition) != 0) {
+	/* The partition is the script's: reads follow it from this claim on ("*": every
+	 * partition; the store keeps the default, which it never writes to). */
+	if (tide_store_set_partition(c->store, tide_all_partitions(c->cur.partition)
+	                                               ? TIDE_DEFAULT_PARTITION
+	                                               : c->cur.partition) != 0) {
 		set_error(c, tide_store_error(c->store)); /* the loader checked: not expected */
 		enter(c, TIDE_CONSUMER_WAITING);
 		report(c, "failed");
@@ -692,8 +705,8 @@ static void start_progress(struct tide_consumer *c)
 {
 	c->progress.started_ns = uv_hrtime();
 	c->progress_at = c->progress_logged_at = now_ms(c);
-	if (tide_store_count_after(c->store, &c->cursor, (const char *const *)c->cur.types,
-	                           c->cur.ntypes, on_counted, c) != 0)
+	struct tide_log_filter f = log_filter(c);
+	if (tide_store_count_after(c->store, &c->cursor, &f, on_counted, c) != 0)
 		c->progress.total = -1;
 }
 
@@ -911,15 +924,21 @@ static void on_ahead(int status, const char *err, const struct tide_read_result 
 	c->ahead_discard = false;
 }
 
+/* The processor's events after `after`: see log_filter. */
+static int read_events(struct tide_consumer *c, const struct tide_cursor *after, int max,
+                       tide_read_cb cb)
+{
+	struct tide_log_filter f = log_filter(c);
+	return tide_store_read_log(c->store, after, max, &f, cb, c);
+}
+
 /* A full batch suggests more is waiting: ask for the next one now, so that PostgreSQL
  * reads it while the script runs this one. Sent before the batch's BEGIN, it is a
  * statement of its own; rows of this batch's transaction (a reactor's appends) are not
  * in it, and come with a later read, as their transaction id is above the cursor. */
 static void read_ahead(struct tide_consumer *c)
 {
-	if (tide_store_read_all_types(c->store, &c->batch.next, c->o.batch_size,
-	                              (const char *const *)c->cur.types, c->cur.ntypes, on_ahead,
-	                              c) == 0)
+	if (read_events(c, &c->batch.next, c->o.batch_size, on_ahead) == 0)
 		c->ahead_inflight = true;
 }
 
@@ -1242,9 +1261,7 @@ static void read_log(struct tide_consumer *c)
 	if (c->busy_events == 0)
 		c->busy_since_ns = uv_hrtime();
 	int max = c->single_left > 0 ? 1 : c->o.batch_size;
-	int rc = tide_store_read_all_types(c->store, &c->cursor, max,
-	                                   (const char *const *)c->cur.types, c->cur.ntypes,
-	                                   on_read, c);
+	int rc = read_events(c, &c->cursor, max, on_read);
 	if (rc == TIDE_ECONN) {
 		lost(c, tide_store_error(c->store));
 	} else if (rc) {
@@ -1270,7 +1287,6 @@ static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 	}
 	struct tide_message m = {0};
 	c->dead_letter = tide_lease_dead_letter_message(reply->res, &m);
-	m.partition = c->lease.partition;
 	struct tide_read_result r = {.messages = &m, .count = 1, .next = c->cursor};
 	events_take(c, &c->batch, &r);
 	if (c->batch.ref == LUA_NOREF) {

@@ -33,6 +33,7 @@
 
 #include "batch.h"
 #include "file.h"
+#include "input.h"
 #include "loader.h"
 #include "log.h"
 
@@ -251,7 +252,7 @@ int tide_inline_set_load_dir(struct tide_inline_set *set, const char *dir, const
 static bool wants(const struct projection *p, const char *partition,
                   const struct tide_event *events, size_t n)
 {
-	if (strcmp(p->gen.partition, partition) != 0)
+	if (!tide_all_partitions(p->gen.partition) && strcmp(p->gen.partition, partition) != 0)
 		return false;
 	if (!p->gen.types)
 		return true;

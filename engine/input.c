@@ -35,6 +35,20 @@ int tide_check_name(const char *what, const char *name, size_t len, size_t max, 
 	return 0;
 }
 
+int tide_check_partition(const char *name, size_t len, char *err, size_t n)
+{
+	if (tide_check_name("partition name", name, len, TIDE_MAX_PARTITION_BYTES, err, n))
+		return TIDE_EINVAL;
+	if (len == 1 && name[0] == '*') {
+		snprintf(err, n,
+		         "the partition name '*' means every partition: only a processor "
+		         "reads it (partition = \"*\"); appends and reads name one "
+		         "partition");
+		return TIDE_EINVAL;
+	}
+	return 0;
+}
+
 bool tide_uuid_valid(const char *s)
 {
 	static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";

@@ -14,6 +14,16 @@ bool tide_uuid_valid(const char *s);
 int tide_check_name(const char *what, const char *name, size_t len, size_t max, char *err,
                     size_t n);
 
+/* "*" in a processor's partition: every partition. Not a partition of its own. */
+#define TIDE_ALL_PARTITIONS "*"
+static inline bool tide_all_partitions(const char *partition)
+{
+	return partition && partition[0] == '*' && partition[1] == '\0';
+}
+
+/* tide_check_name for a partition that is read or written: also refuses "*". */
+int tide_check_partition(const char *name, size_t len, char *err, size_t n);
+
 /* "any", "no_stream", "stream_exists" or the number. */
 void tide_expected_format(int64_t expected, char *buf, size_t n);
 

@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "json.h"
 
@@ -17,6 +18,8 @@ cJSON *tide_json_message(const struct tide_message *m, bool cursor)
 	tide_json_add_compact(o, "metadata", m->metadata);
 	cJSON_AddStringToObject(o, "message_id", m->message_id);
 	cJSON_AddStringToObject(o, "created", m->created);
+	if (m->partition && strcmp(m->partition, TIDE_DEFAULT_PARTITION) != 0)
+		cJSON_AddStringToObject(o, "partition", m->partition);
 	if (cursor) {
 		char text[48];
 		struct tide_cursor c = {m->transaction_id, m->global_position};

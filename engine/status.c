@@ -35,7 +35,8 @@ const struct tide_pg_stmt tide_stmt_status = {
         "  coalesce(p.rebuild_of, ''), coalesce(p.rebuild_done, 0), coalesce(p.rebuild_total, 0),"
         "  coalesce(p.rebuild_rate, 0)"
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
-        "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
+        "  FROM emt_messages m WHERE (m.partition = p.partition OR p.partition = '*')"
+        "  AND NOT m.is_archived"
         "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
         " ORDER BY p.processor_id",
         0,

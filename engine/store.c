@@ -181,8 +181,7 @@ int tide_store_set_partition(struct tide_store *store, const char *partition)
 		            "(PostgreSQL's 63-byte table names must hold "
 		            "emt_messages_<partition>_archived)",
 		            len, TIDE_MAX_PARTITION_BYTES);
-	if (tide_check_name("partition name", partition, len, TIDE_MAX_PARTITION_BYTES,
-	                    store->error, sizeof(store->error)))
+	if (tide_check_partition(partition, len, store->error, sizeof(store->error)))
 		return TIDE_EINVAL;
 	memcpy(store->partition, partition, len + 1);
 	store->partition_gen++;
@@ -680,25 +679,32 @@ int tide_store_read_all(struct tide_store *store, const struct tide_cursor *afte
 }
 
 int tide_store_count_after(struct tide_store *store, const struct tide_cursor *after,
-                           const char *const *types, size_t ntypes, tide_pg_reply_cb cb, void *arg)
+                           const struct tide_log_filter *f, tide_pg_reply_cb cb, void *arg)
 {
 	static const struct tide_pg_stmt stmt = {
 	        "tide_count_after",
-	        "SELECT count(*) FROM emt_messages WHERE partition = $1 AND NOT is_archived"
-	        " AND global_position > $2::bigint"
-	        " AND ($3::text[] IS NULL OR message_type = ANY($3::text[]))",
-	        3,
+	        "SELECT count(*) FROM emt_messages WHERE ($1::text IS NULL OR partition = $1)"
+	        " AND NOT is_archived AND global_position > $2::bigint"
+	        " AND ($3::text[] IS NULL OR message_type = ANY($3::text[]))"
+	        " AND ($5::int <= 1 OR tide_shard_of(stream_id, $5::int) = $4::int)",
+	        5,
 	};
+	static const struct tide_log_filter none = {0};
+	if (!f)
+		f = &none;
 	if (!tide_store_usable(store))
 		return TIDE_ECONN;
-	char *filter = NULL;
-	if (ntypes > 0 && !(filter = tide_pg_text_array(types, ntypes)))
+	char *types = NULL;
+	if (f->ntypes > 0 && !(types = tide_pg_text_array(f->types, f->ntypes)))
 		return fail(store, TIDE_ENOMEM, "out of memory");
-	char pos[24];
+	char pos[24], shard[16], shards[16];
 	snprintf(pos, sizeof(pos), "%" PRId64, after ? after->global_position : 0);
-	const char *values[3] = {store->partition, pos, filter};
+	snprintf(shard, sizeof(shard), "%d", f->shard);
+	snprintf(shards, sizeof(shards), "%d", f->shards);
+	const char *values[5] = {f->all_partitions ? NULL : store->partition, pos, types, shard,
+	                         shards};
 	int err = tide_pg_exec(store->pg, &stmt, values, cb, arg);
-	free(filter);
+	free(types);
 	return err;
 }
 

@@ -87,12 +87,12 @@ static inline bool tide_store_inline_busy(const struct tide_store *store)
 	return store->inline_ops && store->inline_ops->busy(store);
 }
 
-/* For a rebuild's progress: the events of the store's partition after `after` (by global
- * position) of the given types (all when ntypes is 0); the reply's one value. */
+/* For a rebuild's progress: the events after `after` (by global position) that a read of
+ * the log with filter f (NULL: none) would return; the reply's one value. */
 TIDE_MUST_CHECK int tide_store_count_after(struct tide_store *store,
                                            const struct tide_cursor *after,
-                                           const char *const *types, size_t ntypes,
-                                           tide_pg_reply_cb cb, void *arg);
+                                           const struct tide_log_filter *f, tide_pg_reply_cb cb,
+                                           void *arg);
 
 /* The whole schema as one idempotent psql script (malloc'd; NULL when out of memory). */
 char *tide_migrate_script(void);

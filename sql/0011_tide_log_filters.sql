@@ -37,10 +37,11 @@ $tide_log_walk$;
 -- Which of p_shards shards a stream id falls in: the same answer on every server (the hash
 -- hash partitioning uses), 0 when there is one shard.
 CREATE OR REPLACE FUNCTION tide_shard_of(p_stream text, p_shards int) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN p_shards > 1
-            THEN ((hashtextextended(p_stream, 0) & 9223372036854775807) % p_shards)::int
-            ELSE 0 END;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $tide_shard_of$
+    SELECT CASE WHEN p_shards > 1
+                THEN ((hashtextextended(p_stream, 0) & 9223372036854775807) % p_shards)::int
+                ELSE 0 END;
+$tide_shard_of$;
 
 -- The read itself: p_partition NULL reads all partitions; p_types (NULL: all) and the shard
 -- p_shard of p_shards (p_shards <= 1: all streams) filter on the server. A filtered read

@@ -285,7 +285,7 @@ local function snapshots(p, events, sql)
     end
     local last = list[#list]
     local cols = p.columns and column_values(p, stmt.names, state, id) or {}
-    sql:exec(stmt.put, id, partition, state, last.stream_id, last.stream_position,
+    sql:exec(stmt.put, id, last.partition or partition, state, last.stream_id, last.stream_position,
       last.global_position, unpack(cols, 1, #stmt.names))
   end
 end
@@ -314,15 +314,15 @@ function M.lock_documents(p, events, sql)
   if #ids > 0 then sql:exec(DOCS_LOCK, p.collection .. sql.suffix, ids) end
 end
 
-local function reactor_context(log, partition, appender)
+local function reactor_context(log, at, appender)
   local ctx = { log = log }
   -- ctx.append(stream, events, { expected, partition }): in the processor's transaction,
-  -- by default in the processor's own partition.
+  -- by default in the partition of the event being handled (at.partition).
   function ctx.append(stream, events, opts)
     if type(stream) ~= "string" or stream == "" then error("ctx.append: stream must be a name", 2) end
     if type(events) ~= "table" or #events == 0 then error("ctx.append: no events", 2) end
     if opts ~= nil and type(opts) ~= "table" then error("ctx.append: options must be a table", 2) end
-    local where = opts and opts.partition or partition
+    local where = opts and opts.partition or at.partition
     if type(where) ~= "string" then error("ctx.append: partition must be a string", 2) end
     return appender(stream, events, opts, where, 3)
   end
@@ -342,8 +342,13 @@ function M.run_batch(p, events, sql, log, appender)
     end
     return p.handle(events, sql)
   elseif p.kind == "reactor" then
-    local ctx = reactor_context(log, p.partition or "emt:default", appender)
-    for _, e in ipairs(events) do p.handle(e, ctx) end
+    local own = p.partition or "emt:default"
+    local at = {}
+    local ctx = reactor_context(log, at, appender)
+    for _, e in ipairs(events) do
+      at.partition = e.partition or own -- differs from own only for partition = "*"
+      p.handle(e, ctx)
+    end
   else
     error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")
   end
