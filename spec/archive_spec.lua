@@ -245,3 +245,70 @@ describe("archiving a stream", function()
     assert.are.equal("false:1,true:1,true:2", rows("acct-9"))
   end)
 end)
+
+describe("archiving with a daemon running", function()
+  if S.missing() then return end
+  local D = require "spec.daemon"
+  local H = require "spec.http"
+  local READER, WRITER = "reader-secret-0123456789", "writer-secret-0123456789"
+  local url, dir
+  before_each(function()
+    url = S.fresh_db()
+    dir = S.mkdtemp()
+  end)
+  after_each(function()
+    D.kill_all()
+    if url then S.drop_db(url) end
+    url = nil
+  end)
+  local function tide(args) return S.tide(args .. " --database " .. q(url)) end
+
+  it("a processor behind never sees what was archived; POST /streams/{id}/archive", function()
+    for _, a in ipairs({ "acct-1 A", "acct-1 A", "acct-1 A", "acct-2 A" }) do
+      local r = tide("append " .. a .. " '{}'")
+      assert.are.equal(0, r.code, r.err)
+    end
+    -- Archived before the processor (new: at the start of the log) got to its events.
+    assert.are.equal(0, tide("archive acct-1").code)
+    S.write(dir .. "/seen.lua", D.seen_script("s"))
+    S.write(dir .. "/tide.conf", string.format([[
+return { app = "spec", http = { tokens = {
+  { name = "reader", token = %q, scopes = { "read" } },
+  { name = "writer", token = %q, scopes = { "append" } },
+} } }]], READER, WRITER))
+    local base = H.start(url, dir, "--config " .. q(dir .. "/tide.conf"))
+    D.caught_up(url, "seen")
+    assert.are.equal("4", S.psql(url, "SELECT string_agg(pos::text, ',') FROM seen"))
+
+    -- Over HTTP: the append scope archives, the read scope may not.
+    local code, _, body = H.post(base .. "/streams/acct-2/archive", "", H.bearer(READER))
+    assert.are.equal(403, code)
+    assert.are.equal("false:1", S.psql(url, "SELECT is_archived || ':' || stream_position"
+      .. " FROM emt_messages WHERE stream_id = 'acct-2'"))
+    code, _, body = H.post(base .. "/streams/acct-2/archive", "", H.bearer(WRITER))
+    assert.are.equal(200, code)
+    assert.are.same({ stream_id = "acct-2", archived = true, version = 1, events = 1 }, body)
+    assert.are.equal("true:1", S.psql(url, "SELECT is_archived || ':' || stream_position"
+      .. " FROM emt_messages WHERE stream_id = 'acct-2'"))
+
+    code, _, body = H.post(base .. "/streams/acct-2/archive", "", H.bearer(WRITER))
+    assert.are.equal(410, code)
+    assert.are.equal("archived", body.error.kind)
+    code, _, body = H.post(base .. "/streams/nope/archive", "", H.bearer(WRITER))
+    assert.are.equal(404, code)
+    assert.matches("does not exist", body.error.message)
+
+    code, _, body = H.get(base .. "/streams/acct-2", H.bearer(READER))
+    assert.are.equal(410, code)
+    assert.are.equal("archived", body.error.kind)
+    assert.matches("stream acct%-2 is archived", body.error.message)
+
+    code, _, body = H.post(base .. "/streams/acct-2", { events = { { type = "A", data = {} } }, expected = 1 },
+      H.bearer(WRITER))
+    assert.are.equal(409, code)
+    assert.is_true(body.error.archived)
+
+    -- What a processor already did stays done: archiving moves events, not read models.
+    assert.are.equal("4", S.psql(url, "SELECT string_agg(pos::text, ',') FROM seen"))
+  end)
+end)
