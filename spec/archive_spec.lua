@@ -7,6 +7,14 @@ local q = S.q
 
 local INTEROP = "spec/interop"
 
+local function D_read(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
 -- node spec/interop/emmett.mjs COMMAND URL ARGS...
 local function emmett(url, cmd, ...)
   local args = { "node", INTEROP .. "/emmett.mjs", cmd, url, ... }
@@ -166,6 +174,77 @@ describe("archiving a stream", function()
     assert.are.equal(6, tide("read acct-1 --partition tenant-a").code)
     assert.are.equal(1, #S.lines(tide("read acct-1").out))
     assert.are.equal("2", S.psql(url, "SELECT count(*) FROM emt_messages_tenant_a_archived"))
+  end)
+
+  it("races concurrent writers: each append lands before the archive or in the stream begun again", function()
+    -- 4 writer processes append one event at a time until told to stop, two expecting
+    -- nothing and two expecting the stream, while the stream is archived under them: none
+    -- fails but with "archived", none is lost, and both generations count from 1.
+    local dir = S.mkdtemp()
+    local stop = dir .. "/stop"
+    S.write(dir .. "/writer.lua", [[
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = arg[3] .. "/lua/?.so;" .. package.cpath
+local store = assert(require("tide").connect(arg[1]))
+local f = assert(io.open(arg[2], "w"))
+local opts = { expected = arg[5] }
+while not io.open(arg[4]) do
+  local res, err = store:append("race-1", { { type = "Added", data = {} } }, opts)
+  if res then
+    f:write("ok\n")
+  elseif err.kind == "conflict" and err.archived then
+    f:write("archived\n") -- stream_exists between the archive and the next any
+  else
+    f:write("failed " .. tostring(err) .. "\n")
+  end
+end
+f:write("done\n")
+f:close()
+]])
+    local writers = {}
+    for w = 1, 4 do
+      writers[w] = dir .. "/out-" .. w
+      S.sh(("luajit %s %s %s %s %s %s >%s.log 2>&1 &"):format(q(dir .. "/writer.lua"), q(url),
+        q(writers[w]), q(S.build), q(stop), w <= 2 and "any" or "stream_exists", q(writers[w])))
+    end
+    local function count(flag)
+      return tonumber(S.psql(url, "SELECT count(*) FROM emt_messages WHERE stream_id = 'race-1'"
+        .. " AND is_archived = " .. flag))
+    end
+    S.wait_for(function() return count("false") >= 100 end, 30, "the writers to append")
+    local r = tide("archive race-1")
+    assert.are.equal(0, r.code, r.err)
+    local archived = S.json(r.out)
+    -- The same writers go on: the stream begins again under them.
+    S.wait_for(function() return count("false") >= 100 end, 30, "the writers to begin the stream again")
+    S.write(stop, "")
+    local ok = 0
+    S.wait_for(function()
+      ok = 0
+      local done = 0
+      for _, out in ipairs(writers) do
+        local text = D_read(out)
+        assert.is_nil(text:find("failed"), text)
+        for _ in text:gmatch("ok\n") do ok = ok + 1 end
+        if text:find("done\n") then done = done + 1 end
+      end
+      return done == 4
+    end, 60, "the writers to finish")
+    -- Every event is kept, once, in one generation or the other, each contiguous from 1.
+    local function generation(flag)
+      return S.psql(url, ([[SELECT count(*) || ':' || min(stream_position) || '-' ||
+        max(stream_position) FROM emt_messages WHERE stream_id = 'race-1'
+        AND is_archived = %s]]):format(flag))
+    end
+    local n = archived.events
+    assert.is_true(n >= 100)
+    assert.are.equal(n, archived.version)
+    assert.are.equal(("%d:1-%d"):format(n, n), generation("true"))
+    local rest = ok - n
+    assert.is_true(rest >= 100)
+    assert.are.equal(("%d:1-%d"):format(rest, rest), generation("false"))
+    assert.are.equal(tostring(rest), S.psql(url, "SELECT stream_position FROM emt_streams"
+      .. " WHERE stream_id = 'race-1' AND NOT is_archived"))
   end)
 
   it("works from Lua: store:archive, read errors, conflicts and a decider beginning again", function()
