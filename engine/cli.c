@@ -107,7 +107,8 @@ static const char usage_read[] =
         "  --to N       last stream position (default: the end)\n"
         "  --max N      at most N events\n"
         "  --backward   newest first (with --max: the newest N)\n"
-        "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n";
+        "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n"
+        "Exits 6 when the stream is archived (tide archive) and was not begun again.\n";
 
 static const char usage_archive[] =
         "usage: tide archive STREAM [--partition P] [--database URL]\n"
