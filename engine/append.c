@@ -108,10 +108,13 @@ static const char *const stream_only_sql[3] = {
 };
 
 const char tide_stream_version_sql[] =
-        "SELECT stream_position FROM emt_streams"
-        " WHERE stream_id = $1 AND partition = $2 AND NOT is_archived";
+        "SELECT (SELECT stream_position FROM emt_streams"
+        "         WHERE stream_id = $1 AND partition = $2 AND NOT is_archived),"
+        "       EXISTS (SELECT 1 FROM emt_streams"
+        "                WHERE stream_id = $1 AND partition = $2 AND is_archived)";
 
-static const struct tide_pg_stmt stmt_version = {"tide_stream_version", tide_stream_version_sql, 2};
+const struct tide_pg_stmt tide_stmt_stream_version = {"tide_stream_version",
+                                                      tide_stream_version_sql, 2};
 
 static enum shape shape_of(int64_t expected)
 {
@@ -401,6 +404,46 @@ void tide_append_conflict_text(int64_t expected, int64_t actual, char *buf, size
 	snprintf(buf, n, "version conflict: expected %s, found %s", exp, act);
 }
 
+int64_t tide_stream_version_found(const PGresult *res)
+{
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		return -1;
+	return strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
+bool tide_stream_archived(const PGresult *res)
+{
+	return tide_stream_version_found(res) < 0 && PQnfields(res) >= 2 &&
+	       PQgetvalue(res, 0, 1)[0] == 't';
+}
+
+void tide_archived_text(const char *stream, const char *what, char *buf, size_t n)
+{
+	char shown[160];
+	tide_snippet(shown, sizeof(shown), stream, strlen(stream), 100);
+	snprintf(buf, n, "stream %s is archived%s", shown, what);
+}
+
+int tide_append_conflict(const PGresult *res, const char *stream, struct tide_append_result *r,
+                         char *buf, size_t n)
+{
+	r->actual = tide_stream_version_found(res);
+	r->archived = tide_stream_archived(res);
+	char conflict[200];
+	tide_append_conflict_text(r->expected, r->actual, conflict, sizeof(conflict));
+	if (!r->archived) {
+		snprintf(buf, n, "%s", conflict);
+		return TIDE_ECONFLICT;
+	}
+	char what[320];
+	snprintf(what, sizeof(what),
+	         " (%s): nothing was written; to begin it again, append with expected "
+	         "no_stream or any",
+	         conflict);
+	tide_archived_text(stream, what, buf, n);
+	return TIDE_ECONFLICT;
+}
+
 static void on_version(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_append *a = arg;
@@ -414,16 +457,14 @@ static void on_version(const struct tide_pg_reply *reply, void *arg)
 		return;
 	}
 	struct tide_append_result r = {.expected = a->expected, .actual = -1};
-	if (PQntuples(reply->res) == 1)
-		r.actual = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
+	int status = tide_append_conflict(reply->res, a->values[0], &r, buf, sizeof(buf));
 	if (tide_append_holds(a->expected, r.actual) && a->sends < MAX_SENDS) {
 		/* The stream changed between the two statements: try again. */
 		if (send_append(a) != 0)
 			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);
 		return;
 	}
-	tide_append_conflict_text(a->expected, r.actual, buf, sizeof(buf));
-	done(a, TIDE_ECONFLICT, buf, &r);
+	done(a, status, buf, &r);
 }
 
 static void on_append(const struct tide_pg_reply *reply, void *arg)
@@ -449,7 +490,7 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	}
 	if (PQntuples(reply->res) != 1) {
 		const char *v[2] = {a->values[0], a->values[1]};
-		if (tide_pg_exec(a->pg, &stmt_version, v, on_version, a) != 0)
+		if (tide_pg_exec(a->pg, &tide_stmt_stream_version, v, on_version, a) != 0)
 			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);
 		return;
 	}

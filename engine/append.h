@@ -59,12 +59,25 @@ void tide_append_return_rows(struct tide_append *a, struct tide_append_rows *out
  * Parameters: $1 stream, $2 partition, $3 count, $4 expected version (*nparams is 4
  * only for expectations of an existing stream). */
 const char *tide_append_stream_sql(int64_t expected, int *nparams);
-/* $1 stream, $2 partition → the stream's position, no row when there is none. */
+/* $1 stream, $2 partition → one row: the stream's position (NULL when there is none) and
+ * whether an archived stream of that id is kept (tide_store_archive). */
 extern const char tide_stream_version_sql[];
+/* The same, prepared (one statement object: a connection prepares each once). */
+extern const struct tide_pg_stmt tide_stmt_stream_version;
 /* Whether a stream found at actual (-1: none) meets expected. */
 bool tide_append_holds(int64_t expected, int64_t actual);
 /* "version conflict: expected X, found Y". */
 void tide_append_conflict_text(int64_t expected, int64_t actual, char *buf, size_t n);
+/* A conflict from a tide_stream_version_sql reply: sets r->actual, r->archived and the
+ * message in buf; returns TIDE_ECONFLICT. */
+int tide_append_conflict(const PGresult *res, const char *stream, struct tide_append_result *r,
+                         char *buf, size_t n);
+/* The version found in a tide_stream_version_sql reply (-1: no stream). */
+int64_t tide_stream_version_found(const PGresult *res);
+/* Whether a tide_stream_version_sql reply says the stream is archived (and not begun again). */
+bool tide_stream_archived(const PGresult *res);
+/* "stream S is archived" and what to do about it, S cut short when long. */
+void tide_archived_text(const char *stream, const char *what, char *buf, size_t n);
 /* A reply that says the connection is gone (also the server's own 57P0x/08xxx errors). */
 bool tide_append_lost(const struct tide_pg_reply *reply);
 /* An append by COPY (append_copy.c), for a simple-mode connection that is not in a

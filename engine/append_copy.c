@@ -92,11 +92,9 @@ static void on_version(const struct tide_pg_reply *reply, void *arg)
 		return;
 	}
 	struct tide_append_result r = {.expected = ca->expected, .actual = -1};
-	if (PQntuples(reply->res) == 1)
-		r.actual = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
 	char buf[640];
-	tide_append_conflict_text(ca->expected, r.actual, buf, sizeof(buf));
-	finish(ca, TIDE_ECONFLICT, buf, &r);
+	int status = tide_append_conflict(reply->res, ca->stream, &r, buf, sizeof(buf));
+	finish(ca, status, buf, &r);
 }
 
 static void on_stream(const struct tide_pg_reply *reply, void *arg)

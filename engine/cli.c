@@ -2,7 +2,7 @@
  * private libuv loop and prints its outcome (JSON lines on stdout, one error line on
  * stderr). Exit codes: 0 ok, 2 usage or bad input, 3 version conflict, 4 command rejected
  * by a decider (tide.reject), 5 outcome unknown (the connection was lost after an append was sent),
- * 1 otherwise. */
+ * 6 the stream is archived, 1 otherwise. */
 #include "cli.h"
 
 #include "cli_common.h"
@@ -40,6 +40,7 @@ static const char usage_main[] =
         "  append      append an event to a stream\n"
         "  read        read the events of one stream\n"
         "  read-all    read the global log, gap-safe, from a cursor\n"
+        "  archive     archive a stream: its events leave the active partition and reads\n"
         "  import      append the events of a newline-delimited JSON file, in one transaction\n"
         "  handle      run a command through a Lua decider and append its events\n"
         "  aggregate   fold a stream with a Lua decider and print the state\n"
@@ -59,7 +60,8 @@ static const char usage_main[] =
         "\n"
         "Exit codes: 0 ok, 1 failed, 2 bad usage or input (nothing written), 3 version\n"
         "conflict, 4 command rejected by the decider, 5 outcome unknown: the connection was\n"
-        "lost after an append was sent, so it may or may not be in the log (read to check).\n";
+        "lost after an append was sent, so it may or may not be in the log (read to check),\n"
+        "6 the stream is archived.\n";
 
 static const char usage_migrate[] =
         "usage: tide migrate [--print] [--notify-trigger|--no-notify-trigger] [--database URL]\n"
@@ -106,7 +108,23 @@ static const char usage_read[] =
         "  --to N       last stream position (default: the end)\n"
         "  --max N      at most N events\n"
         "  --backward   newest first (with --max: the newest N)\n"
-        "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n";
+        "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n"
+        "Exits 6 when the stream is archived (tide archive) and was not begun again.\n";
+
+static const char usage_archive[] =
+        "usage: tide archive STREAM [--partition P] [--database URL]\n"
+        "\n"
+        "Archives a stream as Emmett's tables keep archived streams: in one transaction its\n"
+        "emt_streams row and events move to is_archived = true. Reads of it then exit 6\n"
+        "(\"stream is archived\"), read-all and processors no longer see its events, and an\n"
+        "append expecting the stream is a conflict; appending with --expected any or\n"
+        "no_stream begins it again at position 1. Prints\n"
+        "{\"stream_id\":S,\"archived\":true,\"version\":N,\"events\":N}.\n"
+        "  --partition P  the Emmett partition (tenant) of the stream (default emt:default)\n"
+        "Exits 2 when there is no such stream (or on bad input), 6 when it is archived\n"
+        "already or was archived once and begun again (Emmett's tables keep one archived\n"
+        "stream per id); nothing changes then. 5 when the connection was lost after the\n"
+        "archive was sent (read the stream to find out).\n";
 
 static const char usage_read_all[] =
         "usage: tide read-all [--after XID:POS] [--max N] [--partition P] [--database URL]\n"
@@ -363,6 +381,33 @@ static void run_read_all(struct cli *cli)
 	}
 }
 
+/* --- archive ---------------------------------------------------------------------- */
+
+static void on_archived(int status, const char *err, const struct tide_archive_result *r, void *arg)
+{
+	struct cli *cli = arg;
+	if (status) {
+		tide_cli_fail(cli, status, err);
+	} else {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "stream_id", cli->stream);
+		cJSON_AddBoolToObject(o, "archived", 1);
+		cJSON_AddNumberToObject(o, "version", (double)r->version);
+		cJSON_AddNumberToObject(o, "events", (double)r->events);
+		tide_cli_print_line(o);
+	}
+	tide_cli_done(cli);
+}
+
+static void run_archive(struct cli *cli)
+{
+	int rc = tide_store_archive(cli->store, cli->stream, on_archived, cli);
+	if (rc) {
+		tide_cli_fail(cli, rc, tide_store_error(cli->store));
+		tide_cli_done(cli);
+	}
+}
+
 /* --- argument parsing -------------------------------------------------------------- */
 
 enum {
@@ -427,6 +472,7 @@ static const struct command commands[] = {
         {"append", usage_append, run_append, 3, " expected metadata id partition projections "},
         {"read", usage_read, run_read, 1, " from to max backward partition "},
         {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
+        {"archive", usage_archive, run_archive, 1, " partition "},
         {"handle", usage_handle, NULL, 3, " retries cpu-ms partition stats projections "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition stats "},
         {"replay", usage_replay, NULL, 2, " to json cpu-ms partition "},

@@ -45,10 +45,11 @@ void tide_cli_fail(struct cli *cli, int status, const char *err)
 	char clean[700];
 	tide_pg_redact(NULL, err ? err : tide_strerror(status), clean, sizeof(clean));
 	fprintf(stderr, "tide %s: %s\n", cli->cmd, clean);
-	cli->exit_code = status == TIDE_ECONFLICT  ? EXIT_CONFLICT
-	                 : status == TIDE_EINVAL   ? EXIT_USAGE
-	                 : status == TIDE_EUNKNOWN ? EXIT_UNKNOWN
-	                                           : 1;
+	cli->exit_code = status == TIDE_ECONFLICT   ? EXIT_CONFLICT
+	                 : status == TIDE_EINVAL    ? EXIT_USAGE
+	                 : status == TIDE_EUNKNOWN  ? EXIT_UNKNOWN
+	                 : status == TIDE_EARCHIVED ? EXIT_ARCHIVED
+	                                            : 1;
 }
 
 void tide_cli_done(struct cli *cli)

@@ -13,7 +13,7 @@
 
 #include "tide.h"
 
-enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4, EXIT_UNKNOWN = 5 };
+enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4, EXIT_UNKNOWN = 5, EXIT_ARCHIVED = 6 };
 
 struct cli {
 	const char *cmd;

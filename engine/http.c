@@ -74,6 +74,7 @@ struct route {
 static const struct route routes[] = {
         {"POST", "/streams/{id}", TIDE_SCOPE_APPEND, tide_http_append},
         {"GET", "/streams/{id}", TIDE_SCOPE_READ, tide_http_read_stream},
+        {"POST", "/streams/{id}/archive", TIDE_SCOPE_APPEND, tide_http_archive},
         {"GET", "/log", TIDE_SCOPE_READ, tide_http_read_log},
         {"GET", "/log/subscribe", TIDE_SCOPE_READ, tide_http_subscribe},
         {"GET", "/processors", TIDE_SCOPE_READ, tide_http_processors},
@@ -339,6 +340,7 @@ void tide_http_fail_code(struct tide_http_call *c, int code, const char *err)
 	case TIDE_EUNKNOWN:
 	case TIDE_ECLOSED: status = 503; break;
 	case TIDE_ESCRIPT: status = 422; break;
+	case TIDE_EARCHIVED: status = 410; break;
 	default: status = 500;
 	}
 	tide_http_fail(c, status, tide_strerror(code), "%s", err ? err : tide_strerror(code));

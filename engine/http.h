@@ -180,6 +180,7 @@ int tide_http_processors_query(struct tide_store *s, tide_http_processors_cb cb,
  * token has the route's scope; it replies, now or later, exactly once. */
 void tide_http_append(struct tide_http_call *c);      /* POST /streams/{id} */
 void tide_http_read_stream(struct tide_http_call *c); /* GET /streams/{id} */
+void tide_http_archive(struct tide_http_call *c);     /* POST /streams/{id}/archive */
 void tide_http_read_log(struct tide_http_call *c);    /* GET /log */
 void tide_http_processors(struct tide_http_call *c);  /* GET /processors */
 void tide_http_document(struct tide_http_call *c);    /* GET /documents/{c}/{id} */

@@ -1,5 +1,6 @@
 /* http_streams.c — the routes of the event store: POST /streams/{id} (append), GET
- * /streams/{id} (read a stream), GET /log (the gap-safe global read). Bodies and replies
+ * /streams/{id} (read a stream), POST /streams/{id}/archive, GET /log (the gap-safe global
+ * read). Bodies and replies
  * have the CLI's shapes: an append's outcome, events as `tide read` prints them. */
 #include <errno.h>
 #include <stdlib.h>
@@ -73,6 +74,8 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 				tide_json_add_i64(e, "actual", r->actual);
 			else
 				cJSON_AddNullToObject(e, "actual");
+			if (r->archived)
+				cJSON_AddBoolToObject(e, "archived", 1);
 		} else {
 			cJSON_AddStringToObject(e, "processor", r->processor);
 			cJSON_AddStringToObject(e, "traceback", r->traceback ? r->traceback : "");
@@ -249,6 +252,37 @@ void tide_http_append(struct tide_http_call *c)
 	}
 	append_free(a);
 	cJSON_Delete(doc);
+}
+
+/* --- POST /streams/{id}/archive ------------------------------------------------------- */
+
+static void on_archived(int status, const char *err, const struct tide_archive_result *r, void *arg)
+{
+	struct tide_http_call *c = arg;
+	if (status == TIDE_EINVAL) { /* no such stream */
+		tide_http_fail(c, 404, "invalid", "%s", err);
+		return;
+	}
+	if (status) {
+		tide_http_fail_code(c, status, err);
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "stream_id", c->args[0]);
+	cJSON_AddBoolToObject(o, "archived", 1);
+	tide_json_add_i64(o, "version", r->version);
+	tide_json_add_i64(o, "events", r->events);
+	tide_http_reply_json(c, 200, o);
+}
+
+void tide_http_archive(struct tide_http_call *c)
+{
+	struct tide_store *s = tide_http_store(c);
+	if (!s)
+		return;
+	int rc = tide_store_archive(s, c->args[0], on_archived, c);
+	if (rc)
+		tide_http_fail_code(c, rc, tide_store_error(s));
 }
 
 /* --- GET /streams/{id}, GET /log ------------------------------------------------------ */

@@ -564,7 +564,7 @@ struct tide_inline_append {
 	size_t npositions;
 	/* The first failure. */
 	int status;
-	bool conflict;
+	bool conflict, archived;
 	int64_t expected, actual;
 	const char *failed_id; /* the projection's (its set outlives this) */
 	char err[1200];
@@ -681,6 +681,7 @@ static void report(struct tide_inline_append *x)
 		x->cb(0, NULL, &r, x->arg);
 	} else if (x->conflict) {
 		r.actual = x->actual;
+		r.archived = x->archived;
 		x->cb(TIDE_ECONFLICT, x->err, &r, x->arg);
 	} else if (x->failed_id) {
 		r.processor = x->failed_id;
@@ -837,6 +838,7 @@ static void on_appended(int status, const char *err, const struct tide_append_re
 		x->conflict = true;
 		x->expected = r->expected;
 		x->actual = r->actual;
+		x->archived = r->archived;
 	} else if (status == TIDE_EUNKNOWN && x->mode == TIDE_INLINE_OWN) {
 		/* Its transaction had not been committed: it went with the connection. */
 		fail(x, TIDE_ECONN,

@@ -2,8 +2,9 @@
  * libuv loop until its request completes, so a Lua host gets plain blocking calls and
  * never has to run a loop itself. Runtime failures return nil, err (err.kind says which:
  * "conflict", "connection", "database", "invalid" — the last for content the store
- * refuses: a bad name, data it cannot carry); misuse (a wrong Lua type) raises. Strings
- * are taken with their length: one with a NUL byte is refused, never cut short. */
+ * refuses: a bad name, data it cannot carry —, "archived" for a read of an archived stream); misuse
+ * (a wrong Lua type) raises. Strings are taken with their length: one with a NUL byte is refused,
+ * never cut short. */
 #include "lua_store.h"
 
 #include <errno.h>
@@ -446,6 +447,43 @@ static int l_read(lua_State *L)
 	return finish(L, &w);
 }
 
+static void on_archive(int status, const char *err, const struct tide_archive_result *r, void *arg)
+{
+	(void)r;
+	struct wait *w = arg;
+	w->done = true;
+	w->status = status;
+	if (status)
+		snprintf(w->err, sizeof(w->err), "%s", err);
+}
+
+/* store:archive(stream) → true | nil, err (kind "invalid": no such stream; "archived":
+ * archived already, or archived once and begun again) */
+static int l_archive(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	size_t stream_len;
+	const char *stream = luaL_checklstring(L, 2, &stream_len);
+	char err[200];
+	if (strlen(stream) != stream_len) {
+		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, err,
+		                sizeof(err));
+		return tide_lua_push_error(L, "invalid", err);
+	}
+	struct wait w = {.L = L};
+	int rc = tide_store_archive(s->store, stream, on_archive, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status)
+		return tide_lua_push_error(L, kind_of(w.status), w.err);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* store:read_all(cursor?, max?) → events, next_cursor | nil, err */
 static int l_read_all(lua_State *L)
 {
@@ -878,6 +916,10 @@ void tide_lua_push_conflict(lua_State *L, const char *message, const struct tide
 	else
 		lua_pushstring(L, exp);
 	lua_setfield(L, -2, "expected");
+	if (r->archived) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, -2, "archived");
+	}
 }
 
 /* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
@@ -1271,6 +1313,7 @@ int tide_lua_open_core(lua_State *L)
 		static const luaL_Reg methods[] = {
 		        {"append", l_append},
 		        {"read", l_read},
+		        {"archive", l_archive},
 		        {"read_all", l_read_all},
 		        {"begin", l_begin},
 		        {"commit", l_commit},

@@ -91,6 +91,7 @@ const char *tide_strerror(int code)
 	case TIDE_ECLOSED: return "closed";
 	case TIDE_EUNKNOWN: return "unknown";
 	case TIDE_ESCRIPT: return "script";
+	case TIDE_EARCHIVED: return "archived";
 	default: return "error";
 	}
 }
@@ -414,12 +415,33 @@ static const struct read_columns stream_read_columns = {-1, 0, 1, -1, 2, 3, 4, 5
 static const struct read_columns global_read_columns = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
 
 /* A read in flight; the rows of a stream read all have its stream and partition, kept
- * here (stream, then partition). */
+ * here. */
 struct read_call {
 	struct call c;
-	const char *partition;
+	char partition[TIDE_MAX_PARTITION_BYTES + 1]; /* the store's, when it was sent */
 	char stream[];
 };
+
+/* A stream read that found nothing: is the stream archived? */
+static void on_archived(const struct tide_pg_reply *reply, void *arg)
+{
+	struct read_call *rc = arg;
+	struct call *c = &rc->c;
+	char buf[640];
+	if (reply->status) {
+		c->cb.read(reply->status, tide_pg_explain(reply, buf, sizeof(buf)), NULL, c->arg);
+	} else if (tide_stream_archived(reply->res)) {
+		tide_archived_text(rc->stream,
+		                   ": it was archived and has not been begun again (its events are "
+		                   "kept with is_archived = true)",
+		                   buf, sizeof(buf));
+		c->cb.read(TIDE_EARCHIVED, buf, NULL, c->arg);
+	} else {
+		struct tide_read_result r = {.next = c->after};
+		c->cb.read(0, NULL, &r, c->arg);
+	}
+	free(rc);
+}
 
 /* An int8 or xid8 in binary (8 bytes, big-endian); 0 when NULL, as text would give. */
 static uint64_t binary_u64(const PGresult *res, int row, int col)
@@ -566,6 +588,14 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	PGresult *res = reply->res;
 	struct tide_read_result r = {.next = c->after};
 	int rows = PQntuples(res);
+	if (rows == 0 && !c->global) {
+		const char *v[2] = {rc->stream, rc->partition};
+		if (tide_pg_exec(c->store->pg, &tide_stmt_stream_version, v, on_archived, rc) == 0)
+			return;
+		c->cb.read(TIDE_ECONN, tide_pg_error(c->store->pg), NULL, c->arg);
+		free(rc);
+		return;
+	}
 	/* The messages, then the text of their time stamps. */
 	struct tide_message *m = rows ? calloc((size_t)rows, sizeof(*m) + CREATED_BYTES) : NULL;
 	char *created = m ? (char *)(m + rows) : NULL;
@@ -622,8 +652,8 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 static struct read_call *new_read(struct tide_store *store, const char *stream, tide_read_cb cb,
                                   void *arg)
 {
-	size_t n = stream ? strlen(stream) + 1 : 1, np = strlen(store->partition) + 1;
-	struct read_call *rc = calloc(1, sizeof(*rc) + n + np);
+	size_t n = stream ? strlen(stream) + 1 : 1;
+	struct read_call *rc = calloc(1, sizeof(*rc) + n);
 	if (!rc)
 		return NULL;
 	rc->c.store = store;
@@ -632,7 +662,7 @@ static struct read_call *new_read(struct tide_store *store, const char *stream, 
 	rc->c.global = !stream;
 	if (stream)
 		memcpy(rc->stream, stream, n);
-	rc->partition = memcpy(rc->stream + n, store->partition, np);
+	memcpy(rc->partition, store->partition, sizeof(rc->partition));
 	return rc;
 }
 

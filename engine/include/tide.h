@@ -40,6 +40,9 @@ enum {
 	/* A script failed: an inline projection while appending (its error, or its CPU or
 	 * memory limit; nothing was written), or a script that does not load. */
 	TIDE_ESCRIPT = -8,
+	/* The stream was archived (tide_store_archive) and not begun again: a read of it says
+	 * so instead of returning no events; archiving it again is refused with it. */
+	TIDE_EARCHIVED = -9,
 };
 
 /* What tide accepts, checked once on the way in (tide_store_append(), whoever calls it:
@@ -109,6 +112,8 @@ struct tide_append_result {
 	/* On TIDE_ECONFLICT: what was expected and the version found (-1: no stream). */
 	int64_t expected;
 	int64_t actual;
+	/* On TIDE_ECONFLICT with actual -1: the stream is archived (not begun again). */
+	bool archived;
 	/* When an inline projection failed (TIDE_ESCRIPT, or TIDE_EDB when its SQL did): its
 	 * processor id (APP/NAME) and its script's stack ("" when there is none); else NULL. */
 	const char *processor;
@@ -201,7 +206,9 @@ TIDE_MUST_CHECK int tide_store_append(struct tide_store *store, const char *stre
                                       tide_append_cb cb, void *arg);
 
 /* Reads one stream. opts may be NULL (everything, oldest first). TIDE_EINVAL (cb not
- * called) when the stream name breaks the rules of tide_store_append(). */
+ * called) when the stream name breaks the rules of tide_store_append(). A read that finds
+ * no events of a stream that is archived (and not begun again) ends with TIDE_EARCHIVED
+ * (result NULL) instead: that takes a second statement, only when a read finds nothing. */
 TIDE_MUST_CHECK int tide_store_read_stream(struct tide_store *store, const char *stream,
                                            const struct tide_read_opts *opts, tide_read_cb cb,
                                            void *arg);
@@ -227,8 +234,8 @@ TIDE_MUST_CHECK int tide_store_read_all_types(struct tide_store *store,
 struct tide_log_filter {
 	const char *const *types; /* only messages of these types (ntypes >= 1 non-empty names) */
 	size_t ntypes;
-	int shard,
-	        shards; /* only streams whose id hashes to shard (0..shards-1); shards <= 1: all */
+	/* only streams whose id hashes to shard (0..shards-1); shards <= 1: all */
+	int shard, shards;
 	bool all_partitions; /* every partition's messages, in one order, not only the store's */
 };
 
@@ -236,6 +243,33 @@ struct tide_log_filter {
 TIDE_MUST_CHECK int tide_store_read_log(struct tide_store *store, const struct tide_cursor *after,
                                         int64_t max, const struct tide_log_filter *filter,
                                         tide_read_cb cb, void *arg);
+
+/* What tide_store_archive moved: the stream's version and how many events went with it. */
+struct tide_archive_result {
+	int64_t version;
+	int64_t events;
+};
+typedef void (*tide_archive_cb)(int status, const char *err,
+                                const struct tide_archive_result *result, void *arg);
+
+/* Archives one stream of the store's partition the way Emmett's layout keeps archived
+ * streams: in one transaction its emt_streams row and all its emt_messages rows move to the
+ * is_archived = true partitions (positions, global positions and ids kept). Reads of the
+ * stream then end with TIDE_EARCHIVED, the global log (tide_store_read_all) no longer has
+ * its events, and an append expecting the stream (TIDE_EXPECT_STREAM_EXISTS or a version)
+ * is a TIDE_ECONFLICT with result->archived set; an append expecting any or no stream
+ * begins the stream again at position 1, as Emmett's does. Appends to the stream sent
+ * meanwhile wait for the archive's transaction.
+ * cb fires once: 0 with result; TIDE_EINVAL when there is no such stream; TIDE_EARCHIVED
+ * when it is archived already, or when it was archived once and begun again (Emmett's
+ * primary keys keep one archived stream per stream id and partition); nothing changed then
+ * and result is NULL; TIDE_EUNKNOWN when the connection was lost after it was sent (read
+ * the stream to find out). Returns TIDE_EINVAL (cb not called, message in tide_store_error())
+ * when the stream name breaks the rules of tide_store_append(), TIDE_ECONN when the store
+ * is not connected. Inside a transaction of tide_store_begin it is part of that
+ * transaction. */
+TIDE_MUST_CHECK int tide_store_archive(struct tide_store *store, const char *stream,
+                                       tide_archive_cb cb, void *arg);
 
 /* A transaction of the caller's on the store's connection. Every request sent on the store
  * while it is open (appends, reads) runs inside it, in the order sent: a decider reads the

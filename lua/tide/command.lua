@@ -107,6 +107,15 @@ local function catch_up(store, decider, stream, call, state, version, stats)
   else
     events, err = store:read(stream, { from = version + 1 })
   end
+  if not events and type(err) == "table" and err.kind == "archived" then
+    -- Archived and not begun again: to a decider, as to Emmett, there is no such stream
+    -- (its append, expecting none, begins it again).
+    if state ~= nil then
+      local ok, folded, v, g = catch_up(store, decider, stream, call, nil, 0, stats)
+      return ok, folded, v, g, true
+    end
+    events = {}
+  end
   if not events then return false, err end
   stats.events_read = stats.events_read + #events
   if state ~= nil and events[1] and events[1].stream_position ~= version + 1 then

@@ -31,8 +31,11 @@ Store.__index = Store
 -- store:append(stream, events, { expected = "any"|"no_stream"|"stream_exists"|N })
 --   → { next_expected_version, global_positions } | nil, err (err.kind == "conflict", ...)
 function Store:append(stream, events, opts) return self.raw:append(stream, events, opts) end
--- store:read(stream, { from, to, max, backward }) → events | nil, err
+-- store:read(stream, { from, to, max, backward }) → events | nil, err (err.kind ==
+-- "archived" for a stream that was archived and not begun again)
 function Store:read(stream, opts) return self.raw:read(stream, opts) end
+-- store:archive(stream) → true | nil, err: its events leave the active partition and reads
+function Store:archive(stream) return self.raw:archive(stream) end
 -- store:read_all(cursor?, max?) → events, next_cursor | nil, err
 function Store:read_all(cursor, max) return self.raw:read_all(cursor, max) end
 -- store:doc(collection, id) → doc, info | nil (no such document) | nil, err; info has id,

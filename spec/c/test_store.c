@@ -11,6 +11,7 @@ struct appended {
 	int64_t next, expected, actual;
 	int64_t positions[8];
 	size_t count;
+	bool archived;
 	char err[256];
 };
 
@@ -25,6 +26,7 @@ static void on_append(int status, const char *err, const struct tide_append_resu
 		a->next = r->next_expected_version;
 		a->expected = r->expected;
 		a->actual = r->actual;
+		a->archived = r->archived;
 		a->count = r->count < 8 ? r->count : 8;
 		if (a->count) /* no positions on a conflict (NULL) */
 			memcpy(a->positions, r->global_positions, a->count * sizeof(int64_t));
@@ -778,6 +780,103 @@ static void large_appends(void)
 	test_close(s);
 }
 
+struct archived {
+	bool done;
+	int status;
+	struct tide_archive_result r;
+	char err[640];
+};
+
+static void on_archive(int status, const char *err, const struct tide_archive_result *r, void *arg)
+{
+	struct archived *a = arg;
+	a->done = true;
+	a->status = status;
+	if (err)
+		snprintf(a->err, sizeof(a->err), "%s", err);
+	if (r)
+		a->r = *r;
+}
+
+static struct archived archive_sync(struct tide_store *s, const char *stream)
+{
+	struct archived a = {0};
+	CHECK(tide_store_archive(s, stream, on_archive, &a) == 0);
+	CHECK(!a.done); /* never inside the call */
+	test_wait(&a.done);
+	return a;
+}
+
+/* Archiving: rows move, reads end with TIDE_EARCHIVED, appends expecting the stream (one
+ * event or by COPY) are conflicts with archived set, any begins it again; the refusals. */
+static void archive(void)
+{
+	enum { N = TIDE_COPY_MIN_EVENTS };
+	static struct tide_event e[N];
+	static char data[N][32];
+	struct tide_store *s = test_store();
+	PGconn *c = test_pg();
+	for (int i = 0; i < 3; i++)
+		CHECK_EQ_I64(append_sync(s, "arch-1", TIDE_EXPECT_ANY).status, 0);
+	CHECK_EQ_I64(append_sync(s, "arch-2", TIDE_EXPECT_ANY).status, 0);
+
+	struct archived a = archive_sync(s, "arch-1");
+	CHECK_EQ_I64(a.status, 0);
+	CHECK_EQ_I64(a.r.version, 3);
+	CHECK_EQ_I64(a.r.events, 3);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages WHERE stream_id = 'arch-1'"
+	                            " AND is_archived"),
+	             3);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_streams WHERE stream_id = 'arch-1'"
+	                            " AND is_archived AND stream_position = 3"),
+	             1);
+
+	struct got g = {0};
+	CHECK(tide_store_read_stream(s, "arch-1", NULL, on_read, &g) == 0);
+	test_wait(&g.done);
+	CHECK_EQ_I64(g.status, TIDE_EARCHIVED);
+	g = (struct got){0};
+	CHECK(tide_store_read_stream(s, "arch-2", &(struct tide_read_opts){.from = 5}, on_read,
+	                             &g) == 0);
+	test_wait(&g.done);
+	CHECK_EQ_I64(g.status, 0); /* past the end of an active stream: no events, no error */
+	CHECK_EQ_I64(g.count, 0);
+	g = read_all_sync(s, (struct tide_cursor){0, 0});
+	CHECK_EQ_I64(g.count, 1);
+
+	struct appended ap = append_sync(s, "arch-1", 3);
+	CHECK_EQ_I64(ap.status, TIDE_ECONFLICT);
+	CHECK(ap.archived);
+	CHECK_EQ_I64(ap.actual, -1);
+	CHECK(strstr(ap.err, "stream arch-1 is archived") != NULL);
+	ap = append_sync(s, "arch-2", 3); /* a plain conflict says nothing of archives */
+	CHECK_EQ_I64(ap.status, TIDE_ECONFLICT);
+	CHECK(!ap.archived);
+	struct large l;
+	large_async(s, "arch-1", N, TIDE_EXPECT_STREAM_EXISTS, &l, e, data);
+	test_wait(&l.done);
+	CHECK_EQ_I64(l.status, TIDE_ECONFLICT);
+	CHECK(strstr(l.err, "stream arch-1 is archived") != NULL);
+
+	a = archive_sync(s, "arch-1");
+	CHECK_EQ_I64(a.status, TIDE_EARCHIVED);
+	a = archive_sync(s, "nope");
+	CHECK_EQ_I64(a.status, TIDE_EINVAL);
+	CHECK(strstr(a.err, "does not exist in partition emt:default") != NULL);
+	CHECK_EQ_I64(tide_store_archive(s, "", on_archive, &a), TIDE_EINVAL);
+
+	ap = append_sync(s, "arch-1", TIDE_EXPECT_NO_STREAM);
+	CHECK_EQ_I64(ap.status, 0);
+	CHECK_EQ_I64(ap.next, 1);
+	a = archive_sync(s, "arch-1");
+	CHECK_EQ_I64(a.status, TIDE_EARCHIVED);
+	CHECK(strstr(a.err, "archived once and begun again") != NULL);
+	CHECK_EQ_I64(test_scalar(c, "SELECT count(*) FROM emt_messages WHERE stream_id = 'arch-1'"),
+	             4);
+	PQfinish(c);
+	test_close(s);
+}
+
 /* A store closed with a large append waiting for its second connection fails it. */
 static void large_append_closed(void)
 {
@@ -809,6 +908,7 @@ int main(int argc, char **argv)
 	        {"connection_dies_mid_send", connection_dies_mid_send},
 	        {"large_appends", large_appends},
 	        {"large_append_closed", large_append_closed},
+	        {"archive", archive},
 	};
 	return test_main(argc, argv, cases, sizeof(cases) / sizeof(cases[0]));
 }
