@@ -36,7 +36,7 @@ struct events {
 	int ref;
 	char err[512]; /* when they could not be handed to the script */
 	int64_t count;
-	struct tide_cursor next; /* the cursor after them */
+	struct tide_cursor next;         /* the cursor after them */
 	struct tide_publish_events *pub; /* a publisher's: as they are POSTed (publish.h) */
 	/* The first of them, to name the event that failed when it is alone. */
 	char stream_id[160], type[96];
@@ -1074,8 +1074,11 @@ static int empty_events(struct tide_consumer *c, struct events *e);
 static void commit_batch(struct tide_consumer *c)
 {
 	if (c->cur.url && c->batch.ref == LUA_NOREF && empty_events(c, &c->batch) != 0) {
-		struct tide_batch_outcome o = {.status = TIDE_ENOMEM, .script = true,
-		                               .err = c->batch.err, .sqlstate = "", .traceback = ""};
+		struct tide_batch_outcome o = {.status = TIDE_ENOMEM,
+		                               .script = true,
+		                               .err = c->batch.err,
+		                               .sqlstate = "",
+		                               .traceback = ""};
 		on_batch(&o, c);
 		return;
 	}
@@ -1113,20 +1116,20 @@ static void on_delivered(const struct tide_publish_outcome *o, void *arg)
 	struct tide_consumer *c = arg;
 	struct events *b = &c->batch;
 	c->delivering = false;
-	if (o->status == 0) {
-		commit_batch(c);
-		return;
-	}
-	if (o->status != TIDE_ECLOSED && o->delivered > 0) {
-		/* What was delivered is committed, and the event that failed heads the next
-		 * batch, where its tries are counted. */
-		char n[24];
-		snprintf(n, sizeof(n), "%zu", o->delivered);
-		tide_log("warn", "publish.partial", "processor", c->id, "delivered", n, "error",
-		         o->err, (char *)NULL);
-		b->next = tide_publish_events_cursor(b->pub, o->delivered - 1);
-		b->count = (int64_t)o->delivered;
-		drop_ahead(c);
+	if (o->status == 0 || (o->status != TIDE_ECLOSED && o->delivered > 0)) {
+		/* What was delivered is committed; an event that failed heads the next batch,
+		 * where its tries are counted. */
+		if (o->status) {
+			char n[24];
+			snprintf(n, sizeof(n), "%zu", o->delivered);
+			tide_log("warn", "publish.partial", "processor", c->id, "delivered", n,
+			         "error", o->err, (char *)NULL);
+		}
+		if ((int64_t)o->delivered < b->count) {
+			b->next = tide_publish_events_cursor(b->pub, o->delivered - 1);
+			b->count = (int64_t)o->delivered;
+			drop_ahead(c);
+		}
 		commit_batch(c);
 		return;
 	}
@@ -1146,12 +1149,22 @@ static void deliver(struct tide_consumer *c)
 {
 	if (!c->publisher)
 		c->publisher = tide_publisher_new(c->o.loop);
-	c->dest = (struct tide_publish_dest){c->cur.url, c->cur.headers, c->cur.nheaders,
-	                                     c->cur.timeout_ms};
+	/* Within the lease: a batch goes out for at most a third of it, and then an event may
+	 * take its timeout, at most half the lease, before the commit renews it. */
+	unsigned half = c->o.lease_ms / 2;
+	c->dest = (struct tide_publish_dest){
+	        .url = c->cur.url,
+	        .headers = c->cur.headers,
+	        .nheaders = c->cur.nheaders,
+	        .timeout_ms = c->cur.timeout_ms < half ? c->cur.timeout_ms : half,
+	        .budget_ms = c->o.lease_ms / 3,
+	};
 	if (!c->publisher ||
 	    tide_publisher_deliver(c->publisher, &c->dest, c->batch.pub, on_delivered, c) != 0) {
-		struct tide_batch_outcome o = {.status = TIDE_ENOMEM, .script = true,
-		                               .err = "out of memory", .sqlstate = "",
+		struct tide_batch_outcome o = {.status = TIDE_ENOMEM,
+		                               .script = true,
+		                               .err = "out of memory",
+		                               .sqlstate = "",
 		                               .traceback = ""};
 		on_batch(&o, c);
 		return;

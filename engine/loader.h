@@ -37,8 +37,8 @@ struct tide_generation {
 	bool is_inline;  /* a projection with inline = true: it runs where events are appended */
 	/* A publisher (tide.publisher): where its events go (publish.h). The url and the
 	 * headers may carry secrets: never logged. */
-	char *url;           /* NULL for other kinds */
-	char **headers;      /* "Name: value" lines */
+	char *url;      /* NULL for other kinds */
+	char **headers; /* "Name: value" lines */
 	size_t nheaders;
 	unsigned timeout_ms; /* a delivery without an answer by then fails */
 };

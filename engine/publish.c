@@ -51,7 +51,8 @@ struct tide_publisher {
 	bool busy;
 	const struct tide_publish_dest *dest;
 	const struct tide_publish_events *ev;
-	size_t next; /* the event on the wire */
+	size_t next;      /* the event on the wire */
+	uint64_t started; /* ms, loop time */
 	CURL *easy;
 	struct curl_slist *headers;
 	char curl_err[CURL_ERROR_SIZE];
@@ -200,7 +201,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 		p->open++;
 		curl_multi_assign(p->multi, fd, k);
 	}
-	int events = (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
+	int events =
+	        (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
 	uv_poll_start(&k->poll, events, on_poll);
 	return 0;
 }
@@ -261,8 +263,9 @@ static size_t on_answer(char *data, size_t size, size_t nmemb, void *arg)
 	size_t take = n < room ? n : room;
 	for (size_t i = 0; i < take; i++) /* one line of printable text */
 		p->answer[p->answer_len++] =
-		        (data[i] >= 0x20 && data[i] < 0x7f) || (unsigned char)data[i] >= 0x80 ? data[i]
-		                                                                              : ' ';
+		        (data[i] >= 0x20 && data[i] < 0x7f) || (unsigned char)data[i] >= 0x80
+		                ? data[i]
+		                : ' ';
 	p->answer[p->answer_len] = '\0';
 	return n;
 }
@@ -390,7 +393,10 @@ static void collect(struct tide_publisher *p)
 		drop_easy(p);
 		if (rc == CURLE_OK && code >= 200 && code < 300) {
 			p->next++;
-			send_next(p);
+			if (uv_now(p->loop) - p->started >= p->dest->budget_ms)
+				finish(p, 0); /* the rest in the next batch */
+			else
+				send_next(p);
 		} else {
 			explain(p, rc, code);
 			finish(p, TIDE_EINVAL);
@@ -407,6 +413,7 @@ int tide_publisher_deliver(struct tide_publisher *p, const struct tide_publish_d
 	p->dest = dest;
 	p->ev = ev;
 	p->next = 0;
+	p->started = uv_now(p->loop);
 	p->cb = cb;
 	p->arg = arg;
 	send_next(p); /* a failure here still calls back, later */

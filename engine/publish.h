@@ -16,6 +16,9 @@ struct tide_publish_dest {
 	char *const *headers; /* "Name: value" lines, sent as they are and never logged */
 	size_t nheaders;
 	unsigned timeout_ms; /* for one event: connect, send and the answer */
+	/* After this long, the delivery ends at the next event (status 0, fewer delivered): the
+	 * consumer commits what went out, which renews its lease, before going on. */
+	unsigned budget_ms;
 };
 
 /* The events of a batch, rendered as the HTTP API shows them (json_out.c). */
@@ -28,7 +31,9 @@ void tide_publish_events_free(struct tide_publish_events *ev);
 struct tide_cursor tide_publish_events_cursor(const struct tide_publish_events *ev, size_t i);
 
 struct tide_publish_outcome {
-	int status;       /* 0: all delivered; TIDE_ECLOSED: cancelled; else the first failed */
+	/* 0: delivered (all, or those within the budget); TIDE_ECLOSED: cancelled; else the
+	 * event after those delivered failed */
+	int status;
 	size_t delivered; /* how many, from the first, were delivered (2xx) */
 	const char *err;  /* why the next one failed: one line, with the url redacted */
 };
@@ -46,8 +51,8 @@ struct tide_publisher *tide_publisher_new(uv_loop_t *loop);
  * publisher. Returns 0, or TIDE_ENOMEM (cb does not fire). */
 TIDE_MUST_CHECK int tide_publisher_deliver(struct tide_publisher *p,
                                            const struct tide_publish_dest *dest,
-                                           const struct tide_publish_events *ev,
-                                           tide_publish_cb cb, void *arg);
+                                           const struct tide_publish_events *ev, tide_publish_cb cb,
+                                           void *arg);
 
 /* Ends the delivery in flight, if any: its callback fires (later) with TIDE_ECLOSED. */
 void tide_publisher_cancel(struct tide_publisher *p);

@@ -177,7 +177,8 @@ describe("tide.publisher", function()
     S.psql(url, "SELECT tide_append('d-1', 'any', '[" .. table.concat(events, ",") .. "]'::jsonb)")
     D.load_events(url, 9, 3)
     S.write(dir .. "/hooks.lua", publisher(port, "timeout_ms = 60000,"))
-    local pid = D.start(url, dir)
+    -- The timeout is cut to half the lease: 2 s, time enough to kill the daemon first.
+    local pid = D.start(url, dir, "--lease-ms 4000")
     S.wait_for(function()
       for _, r in ipairs(received(rlog)) do
         if r.event.data.i == 4 then return true end
@@ -186,7 +187,7 @@ describe("tide.publisher", function()
     D.kill9(pid)
     assert.are.equal(0, D.checkpoint(url, "hooks")) -- nothing committed
 
-    D.start(url, dir)
+    pid = D.start(url, dir, "--lease-ms 4000")
     local want, total = messages(url, { "Added" })
     S.wait_for(function() return select(2, delivered(rlog)) >= total end, 20, "every event delivered")
     D.caught_up(url, "hooks", 10)
@@ -209,6 +210,23 @@ describe("tide.publisher", function()
     for i = 5, #again do after_restart[#after_restart + 1] = again[i] end
     assert_in_order(after_restart)
     assert.are.equal(0, D.scalar(url, "SELECT count(*) FROM tide_dead_letters"))
+
+    -- SIGTERM while an answer is awaited: the daemon leaves without it, the event stays
+    -- undelivered in the checkpoint's eyes, and the next daemon sends it again.
+    local held = append(url, "d-2", "Added", '{"hang":1}')
+    S.wait_for(function() return select(2, delivered(rlog)) == total end, 5)
+    S.wait_for(function()
+      local all = received(rlog)
+      return all[#all].event.stream_id == "d-2"
+    end, 10, "the held event at the endpoint")
+    D.stop(pid)
+    assert.truthy(D.checkpoint(url, "hooks") < held)
+    D.start(url, dir, "--lease-ms 4000")
+    S.wait_for(function() return D.checkpoint(url, "hooks") >= held end, 15, "the held event delivered")
+    local all = received(rlog)
+    assert.are.equal("d-2", all[#all].event.stream_id)
+    assert.are.equal(200, all[#all].answer)
+    assert.are.equal(2, all[#all].arrival)
   end)
 
   it("refuses bad definitions when the script loads", function()

@@ -320,7 +320,7 @@ end
 
 -- A publisher's delivery (engine/publish.c): url, headers and timeout_ms, checked here for
 -- tide.publisher and again for the daemon (a script may return a table built by hand).
-M.publisher_timeout_ms = 10000
+M.publisher_timeout_ms = 5000
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$" -- an HTTP header name (RFC 9110 token)
 local OWN_HEADERS = { ["content-type"] = true, ["idempotency-key"] = true,
   ["content-length"] = true, host = true, ["transfer-encoding"] = true, expect = true }
