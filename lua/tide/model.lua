@@ -102,7 +102,7 @@ end
 --   inline }.
 function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
-    error("the script must return a processor built with tide.projection or tide.reactor", 0)
+    error("the script must return a processor built with tide.projection, tide.reactor or tide.publisher", 0)
   end
   if p.kind == "decider" then return { kind = "decider" } end
   if p.kind ~= "projection" and p.kind ~= "reactor" and p.kind ~= "publisher" then

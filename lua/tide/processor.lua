@@ -344,6 +344,8 @@ function M.run_batch(p, events, sql, log, appender)
   elseif p.kind == "reactor" then
     local ctx = reactor_context(log, p.partition or "emt:default", appender)
     for _, e in ipairs(events) do p.handle(e, ctx) end
+  elseif p.kind == "publisher" then
+    error("a publisher runs no code: `tide run` POSTs its events to its url (engine/publish.c)")
   else
     error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")
   end
