@@ -108,7 +108,7 @@ describe("tide.publisher", function()
     D.load_events(url, 6, 3)
     append(url, "slow-1", "Slow", '{"hang":1}')
     append(url, "other-1", "Ignored", '{}')
-    local poison = append(url, "poison-1", "Poison", '{"fail":-1}')
+    local poison = append(url, "poison-1", "Poison", '{"fail":3}') -- one more than max_attempts
     D.load_events(url, 6, 3)
     S.write(dir .. "/hooks.lua", publisher(port, "timeout_ms = 400, max_attempts = 3, backoff_ms = 20,"))
     local pid, log = D.start(url, dir)
@@ -164,6 +164,17 @@ describe("tide.publisher", function()
     local st = D.status(url).hooks
     assert.are.equal("publisher", st.kind)
     assert.are.equal(1, st.dead_letters)
+
+    -- A retry from the dead letters sends it again; delivered, it leaves the queue.
+    local r = S.tide("dlq retry --all --processor hooks --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    S.wait_for(function() return D.scalar(url, "SELECT count(*) FROM tide_dead_letters") == 0 end, 10,
+      "the retried dead letter delivered")
+    local last = received(rlog)
+    last = last[#last]
+    assert.are.equal("Poison", last.event.type)
+    assert.are.equal(200, last.answer)
+    assert.are.equal(4, last.arrival)
     D.stop(pid)
   end)
 
