@@ -23,6 +23,7 @@
 #include "lease.h"
 #include "log.h"
 #include "metrics.h"
+#include "publish.h"
 #include "store.h"
 
 #define RETRY_MS       1000  /* after a failure that is not the script's */
@@ -35,7 +36,8 @@ struct events {
 	int ref;
 	char err[512]; /* when they could not be handed to the script */
 	int64_t count;
-	struct tide_cursor next; /* the cursor after them */
+	struct tide_cursor next;         /* the cursor after them */
+	struct tide_publish_events *pub; /* a publisher's: as they are POSTed (publish.h) */
 	/* The first of them, to name the event that failed when it is alone. */
 	char stream_id[160], type[96];
 	int64_t stream_position, global_position;
@@ -75,6 +77,9 @@ struct tide_consumer {
 	int reconnects;  /* failed connects in a row */
 	int failures;    /* failed tries in a row */
 	struct events batch, ahead;
+	struct tide_publisher *publisher; /* a publisher's deliveries (publish.h), made at first */
+	struct tide_publish_dest dest;
+	bool delivering;
 	bool ahead_inflight, ahead_discard;
 	int64_t retries;     /* dead letters queued for a retry: look until none is left */
 	int64_t dead_letter; /* the one being retried */
@@ -268,6 +273,7 @@ static void events_drop(struct tide_consumer *c, struct events *e)
 {
 	if (e->held && e->ref != LUA_NOREF && c->cur.vm)
 		tide_batch_events_free(c->cur.vm, e->ref);
+	tide_publish_events_free(e->pub);
 	memset(e, 0, sizeof(*e));
 	e->ref = LUA_NOREF;
 }
@@ -286,6 +292,12 @@ static void events_take(struct tide_consumer *c, struct events *e, const struct 
 		snprintf(e->type, sizeof(e->type), "%s", m->type);
 		e->stream_position = m->stream_position;
 		e->global_position = m->global_position;
+	}
+	if (c->cur.url) { /* a publisher: its events go over HTTP, its batch is empty */
+		e->ref = LUA_NOREF;
+		if (r->count > 0 && !(e->pub = tide_publish_events_new(r)))
+			snprintf(e->err, sizeof(e->err), "out of memory");
+		return;
 	}
 	if (r->count > 0 && tide_batch_events(c->cur.vm, r, &e->ref, e->err, sizeof(e->err)) != 0)
 		e->ref = LUA_NOREF;
@@ -741,6 +753,12 @@ static void timer_closed(uv_handle_t *h)
 	c->o.on_stopped(c->o.arg);
 }
 
+static void publisher_closed(void *arg)
+{
+	struct tide_consumer *c = arg;
+	uv_close((uv_handle_t *)&c->timer, timer_closed);
+}
+
 static void finish_stop(struct tide_consumer *c)
 {
 	if (c->state == TIDE_CONSUMER_STOPPED)
@@ -751,6 +769,11 @@ static void finish_stop(struct tide_consumer *c)
 	tide_store_close(c->store);
 	c->store = NULL;
 	c->lease.pg = NULL;
+	if (c->publisher) {
+		tide_publisher_close(c->publisher, publisher_closed, c);
+		c->publisher = NULL;
+		return;
+	}
 	uv_close((uv_handle_t *)&c->timer, timer_closed);
 }
 
@@ -1063,10 +1086,21 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 	failed(c, o->err, o->traceback);
 }
 
-static void run_batch(struct tide_consumer *c)
+static int empty_events(struct tide_consumer *c, struct events *e);
+
+/* The batch's transaction: the script's effects (a publisher has none: its events were
+ * delivered already) and the checkpoint, committed together. */
+static void commit_batch(struct tide_consumer *c)
 {
-	enter(c, TIDE_CONSUMER_RUNNING);
-	c->batch_started_ns = uv_hrtime();
+	if (c->cur.url && c->batch.ref == LUA_NOREF && empty_events(c, &c->batch) != 0) {
+		struct tide_batch_outcome o = {.status = TIDE_ENOMEM,
+		                               .script = true,
+		                               .err = c->batch.err,
+		                               .sqlstate = "",
+		                               .traceback = ""};
+		on_batch(&o, c);
+		return;
+	}
 	struct tide_batch_spec spec = {
 	        .loop = c->o.loop,
 	        .vm = c->cur.vm,
@@ -1093,6 +1127,80 @@ static void run_batch(struct tide_consumer *c)
 	tide_batch_run(&spec, on_batch, c);
 }
 
+/* --- a publisher's deliveries (publish.h) ---------------------------------------------------- */
+
+/* The batch's events went out over HTTP: commit the checkpoint past what was delivered. */
+static void on_delivered(const struct tide_publish_outcome *o, void *arg)
+{
+	struct tide_consumer *c = arg;
+	struct events *b = &c->batch;
+	c->delivering = false;
+	if (o->status == 0 || (o->status != TIDE_ECLOSED && o->delivered > 0)) {
+		/* What was delivered is committed; an event that failed heads the next batch,
+		 * where its tries are counted. */
+		if (o->status) {
+			char n[24];
+			snprintf(n, sizeof(n), "%zu", o->delivered);
+			tide_log("warn", "publish.partial", "processor", c->id, "delivered", n,
+			         "error", o->err, (char *)NULL);
+		}
+		if ((int64_t)o->delivered < b->count) {
+			b->next = tide_publish_events_cursor(b->pub, o->delivered - 1);
+			b->count = (int64_t)o->delivered;
+			drop_ahead(c);
+		}
+		commit_batch(c);
+		return;
+	}
+	/* The first event failed: the try was of it alone. */
+	b->next = tide_publish_events_cursor(b->pub, 0);
+	b->count = 1;
+	struct tide_batch_outcome failure = {.status = o->status == TIDE_ECLOSED ? TIDE_ECLOSED
+	                                                                         : TIDE_EINVAL,
+	                                     .script = true,
+	                                     .err = o->err,
+	                                     .sqlstate = "",
+	                                     .traceback = ""};
+	on_batch(&failure, c);
+}
+
+static void deliver(struct tide_consumer *c)
+{
+	if (!c->publisher)
+		c->publisher = tide_publisher_new(c->o.loop);
+	/* Within the lease: a batch goes out for at most a third of it, and then an event may
+	 * take its timeout, at most half the lease, before the commit renews it. */
+	unsigned half = c->o.lease_ms / 2;
+	c->dest = (struct tide_publish_dest){
+	        .url = c->cur.url,
+	        .headers = c->cur.headers,
+	        .nheaders = c->cur.nheaders,
+	        .timeout_ms = c->cur.timeout_ms < half ? c->cur.timeout_ms : half,
+	        .budget_ms = c->o.lease_ms / 3,
+	};
+	if (!c->publisher ||
+	    tide_publisher_deliver(c->publisher, &c->dest, c->batch.pub, on_delivered, c) != 0) {
+		struct tide_batch_outcome o = {.status = TIDE_ENOMEM,
+		                               .script = true,
+		                               .err = "out of memory",
+		                               .sqlstate = "",
+		                               .traceback = ""};
+		on_batch(&o, c);
+		return;
+	}
+	c->delivering = true;
+}
+
+static void run_batch(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_RUNNING);
+	c->batch_started_ns = uv_hrtime();
+	if (c->cur.url && c->batch.count > 0)
+		deliver(c); /* then commit_batch, or a failure for on_batch */
+	else
+		commit_batch(c);
+}
+
 /* An empty list for a batch with no events (setup, or moving past filtered-out ones). */
 static int empty_events(struct tide_consumer *c, struct events *e)
 {
@@ -1104,7 +1212,7 @@ static int empty_events(struct tide_consumer *c, struct events *e)
  * events (the script's setup, or moving past events a filter left out). */
 static bool events_ready(struct tide_consumer *c)
 {
-	if (c->batch.ref != LUA_NOREF)
+	if (c->batch.ref != LUA_NOREF || c->batch.pub)
 		return true;
 	return c->batch.count == 0 && empty_events(c, &c->batch) == 0;
 }
@@ -1289,7 +1397,7 @@ static void on_dead_letter(const struct tide_pg_reply *reply, void *arg)
 	c->dead_letter = tide_lease_dead_letter_message(reply->res, &m);
 	struct tide_read_result r = {.messages = &m, .count = 1, .next = c->cursor};
 	events_take(c, &c->batch, &r);
-	if (c->batch.ref == LUA_NOREF) {
+	if (c->batch.ref == LUA_NOREF && !c->batch.pub) {
 		char id[24];
 		snprintf(id, sizeof(id), "%" PRId64, c->dead_letter);
 		tide_lease_dead_letter_failed(&c->lease, c->dead_letter, c->batch.err, NULL);
@@ -1524,7 +1632,10 @@ void tide_consumer_stop(struct tide_consumer *c)
 	case TIDE_CONSUMER_RECORDING:
 	case TIDE_CONSUMER_RUNNING:
 	case TIDE_CONSUMER_PARKING:
-	case TIDE_CONSUMER_RETRYING: break; /* the reply in flight ends it */
+	case TIDE_CONSUMER_RETRYING:
+		if (c->delivering) /* no wait for an endpoint's answer */
+			tide_publisher_cancel(c->publisher);
+		break; /* the reply in flight ends it */
 	case TIDE_CONSUMER_CONNECTING:
 		if (!c->store)
 			release(c); /* waiting for the timer: nothing in flight */

@@ -46,6 +46,10 @@ void tide_generation_free(struct tide_generation *g)
 	for (size_t i = 0; i < g->ntypes; i++)
 		free(g->types[i]);
 	free(g->types);
+	free(g->url);
+	for (size_t i = 0; i < g->nheaders; i++)
+		free(g->headers[i]);
+	free(g->headers);
 	memset(g, 0, sizeof(*g));
 }
 
@@ -65,6 +69,35 @@ static lua_Number raw_number(lua_State *L, int t, const char *key)
 	lua_Number x = lua_tonumber(L, -1);
 	lua_pop(L, 1);
 	return x;
+}
+
+/* A publisher's url, headers and timeout, from its settings at t (checked by tide.model). */
+static int read_publisher(lua_State *L, int t, struct tide_generation *g)
+{
+	const char *url = raw_string(L, t, "url");
+	g->url = strdup(url ? url : "");
+	g->timeout_ms = (unsigned)raw_number(L, t, "timeout_ms");
+	if (!g->url)
+		return TIDE_ENOMEM;
+	lua_pushliteral(L, "headers");
+	lua_rawget(L, t);
+	size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+	g->headers = calloc(n ? n : 1, sizeof(char *));
+	if (!g->headers)
+		return TIDE_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		lua_rawgeti(L, -1, (int)i + 1);
+		const char *line = lua_tostring(L, -1);
+		if (line) {
+			g->headers[g->nheaders] = strdup(line);
+			if (!g->headers[g->nheaders])
+				return TIDE_ENOMEM;
+			g->nheaders++;
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	return 0;
 }
 
 /* Under tide_vm_protected: settings = runtime.processor_settings(processor). */
@@ -123,6 +156,8 @@ static int read_settings(lua_State *L)
 			lua_pop(L, 1);
 		}
 	}
+	if (strcmp(g->kind, "publisher") == 0 && read_publisher(L, t, g) != 0)
+		return luaL_error(L, "out of memory");
 	lua_pushstring(L, sr->id);
 	lua_setfield(L, LUA_REGISTRYINDEX, "tide.processor_id");
 	tide_batch_init_vm(g->vm);

@@ -35,6 +35,12 @@ struct tide_generation {
 	uint64_t hash;   /* of the file's content */
 	bool blue_green; /* a new version is built beside the running one (consumer.c) */
 	bool is_inline;  /* a projection with inline = true: it runs where events are appended */
+	/* A publisher (tide.publisher): where its events go (publish.h). The url and the
+	 * headers may carry secrets: never logged. */
+	char *url;      /* NULL for other kinds */
+	char **headers; /* "Name: value" lines */
+	size_t nheaders;
+	unsigned timeout_ms; /* a delivery without an answer by then fails */
 };
 
 void tide_generation_free(struct tide_generation *g);

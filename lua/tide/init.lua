@@ -11,6 +11,7 @@ local script_api = {
   decider = model.decider,
   projection = model.projection,
   reactor = model.reactor,
+  publisher = model.publisher,
   array = model.array,
   object = model.object,
   reject = model.reject,

@@ -102,12 +102,13 @@ end
 --   inline }.
 function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
-    error("the script must return a processor built with tide.projection or tide.reactor", 0)
+    error("the script must return a processor built with tide.projection, tide.reactor or tide.publisher", 0)
   end
   if p.kind == "decider" then return { kind = "decider" } end
-  if p.kind ~= "projection" and p.kind ~= "reactor" then
+  if p.kind ~= "projection" and p.kind ~= "reactor" and p.kind ~= "publisher" then
     error("unknown processor kind '" .. p.kind .. "'", 0)
   end
+  if p.kind == "publisher" then M.check_publisher(p, "tide.publisher", 0) end
   local version = p.version
   if version == nil then version = 1 end
   if not whole(version, 1, 2147483647) then error("version must be a whole number >= 1", 0) end
@@ -135,6 +136,9 @@ function M.settings(p)
     max_attempts = p.max_attempts or DEFAULTS.max_attempts,
     backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,
     inline = p.inline == true,
+    url = p.kind == "publisher" and p.url or nil,
+    headers = p.kind == "publisher" and M.header_lines(p.headers) or nil,
+    timeout_ms = p.kind == "publisher" and (p.timeout_ms or M.publisher_timeout_ms) or nil,
   }
 end
 
@@ -311,6 +315,74 @@ function M.reactor(spec)
   check_inline(spec, "tide.reactor", false)
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
+  return spec
+end
+
+-- A publisher's delivery (engine/publish.c): url, headers and timeout_ms, checked here for
+-- tide.publisher and again for the daemon (a script may return a table built by hand).
+M.publisher_timeout_ms = 5000
+local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$" -- an HTTP header name (RFC 9110 token)
+local OWN_HEADERS = { ["content-type"] = true, ["idempotency-key"] = true,
+  ["content-length"] = true, host = true, ["transfer-encoding"] = true, expect = true }
+
+function M.check_publisher(spec, kind, level)
+  local url = spec.url
+  if type(url) ~= "string" or not (url:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+")) then
+    error(kind .. ": 'url' must be an http:// or https:// URL with a host, got "
+      .. (type(url) == "string" and ("'" .. url:match("^[^:/?#]*") .. "...'") or type(url)), level)
+  end
+  if #url > 2048 or url:find("[%c%s]") then
+    error(kind .. ": 'url' must be at most 2048 bytes, without spaces or control characters", level)
+  end
+  local headers = spec.headers
+  if headers ~= nil then
+    if type(headers) ~= "table" then
+      error(kind .. ": 'headers' must be a table { [\"Name\"] = \"value\", ... }", level)
+    end
+    for name, value in pairs(headers) do
+      if type(name) ~= "string" or not name:match(TOKEN) or #name > 256 then
+        error(kind .. ": headers: a header name must be letters, digits and !#$%&'*+-.^_`|~"
+          .. " (at most 256 bytes), got " .. tostring(name), level)
+      end
+      if OWN_HEADERS[name:lower()] then
+        error(kind .. ": headers: '" .. name .. "' is set by tide itself; leave it out", level)
+      end
+      -- The value is not shown: it may be a secret.
+      if type(value) ~= "string" or value:find("[%z\r\n]") or #value > 8192 then
+        error(kind .. ": headers: the value of '" .. name .. "' must be a string without"
+          .. " line breaks (at most 8192 bytes)", level)
+      end
+    end
+  end
+  if spec.timeout_ms ~= nil and not whole(spec.timeout_ms, 1, 600000) then
+    error(kind .. ": 'timeout_ms' must be a whole number of milliseconds from 1 to 600000", level)
+  end
+end
+
+-- The headers as "Name: value" lines, sorted by name (the order they are sent in).
+function M.header_lines(headers)
+  local lines = {}
+  for name, value in pairs(headers or {}) do lines[#lines + 1] = name .. ": " .. value end
+  table.sort(lines)
+  return lines
+end
+
+-- publisher { events?, partition?, url, headers?, timeout_ms?, on_error?, max_attempts?,
+-- backoff_ms? }: each event POSTed to url as JSON, at least once, in order per stream.
+function M.publisher(spec)
+  check_spec(spec, "tide.publisher")
+  check_events(spec, "tide.publisher")
+  check_partition(spec, "tide.publisher")
+  check_policy(spec, "tide.publisher")
+  check_inline(spec, "tide.publisher", false)
+  for _, k in ipairs({ "handle", "handle_event", "evolve", "collection", "snapshot" }) do
+    if spec[k] ~= nil then
+      error("tide.publisher: a publisher delivers events over HTTP; it takes no '" .. k
+        .. "' (write a reactor for code per event)", 2)
+    end
+  end
+  M.check_publisher(spec, "tide.publisher", 3)
+  spec.kind = "publisher"
   return spec
 end
 

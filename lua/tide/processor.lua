@@ -349,6 +349,8 @@ function M.run_batch(p, events, sql, log, appender)
       at.partition = e.partition or own -- differs from own only for partition = "*"
       p.handle(e, ctx)
     end
+  elseif p.kind == "publisher" then
+    error("a publisher runs no code: `tide run` POSTs its events to its url (engine/publish.c)")
   else
     error("a " .. tostring(p.kind) .. " cannot run in the daemon (use tide handle)")
   end

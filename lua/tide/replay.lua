@@ -51,6 +51,9 @@ function M.folder(p)
   if p.kind == "reactor" then
     return nil, "a reactor: it has effects, not a state; test it with tide.testing (`tide test`)"
   end
+  if p.kind == "publisher" then
+    return nil, "a publisher: it POSTs events to its url (`tide run`), it has no state"
+  end
   return nil, "a " .. tostring(p.kind)
 end
 
