@@ -96,6 +96,10 @@ describe("a processor with partition = \"*\"", function()
     assert.are.equal("*", status.partition)
     assert.are.equal(0, status.lag_events)
     assert.are.equal("1", S.psql(url, "SELECT count(*) FROM emt_processors WHERE processor_id = 'spec/every'"))
+    -- '*' got a partition for its checkpoint only: no tables for events or streams.
+    assert.are.equal("emt_processors__,emt_projections__", S.psql(url, [[
+      SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class
+       WHERE relname LIKE 'emt\_%\_\_%' AND relkind IN ('r', 'p')]]))
     assert.is_nil(D.read(log):find("processor.failed", 1, true))
     D.stop(pid)
   end)
@@ -104,7 +108,8 @@ describe("a processor with partition = \"*\"", function()
     S.write(dir .. "/echo.lua", ECHO)
     D.start(url, dir, "--poll-ms 20")
     for _, p in ipairs(PARTS) do
-      assert.are.equal(0, S.tide("append ping Ping '{}' --partition " .. q(p) .. " --database " .. q(url)).code)
+      local r = S.tide("append ping Ping '{}' --partition " .. q(p) .. " --database " .. q(url))
+      assert.are.equal(0, r.code, r.err)
     end
     S.wait_for(function()
       return tonumber(S.psql(url, "SELECT count(*) FROM emt_messages WHERE message_type = 'Pong'")) == 3

@@ -3,6 +3,43 @@
 
 ALTER TABLE tide_dead_letters ADD COLUMN IF NOT EXISTS message_partition text;
 
+-- '*' holds no events: such a processor's claim gives it only the partitions of its
+-- checkpoint (emt_processors) and projection rows, never messages or streams.
+CREATE OR REPLACE FUNCTION tide_ensure_partition(p_partition text) RETURNS void
+LANGUAGE plpgsql AS $tide_ensure_partition$
+DECLARE
+    v_name  text := regexp_replace('emt_messages_' || p_partition, '[^a-zA-Z0-9_]', '_', 'g');
+    v_bound text;
+BEGIN
+    IF p_partition = 'emt:default' THEN
+        RETURN;
+    END IF;
+    IF p_partition = '' THEN
+        RAISE EXCEPTION 'the partition name is empty' USING ERRCODE = '22023';
+    END IF;
+    IF p_partition = '*' THEN
+        IF to_regclass('emt_processors__') IS NULL THEN
+            PERFORM pg_advisory_xact_lock(hashtext('tide_ensure_partition'));
+            CREATE TABLE IF NOT EXISTS emt_processors__ PARTITION OF emt_processors
+                FOR VALUES IN ('*');
+            CREATE TABLE IF NOT EXISTS emt_projections__ PARTITION OF emt_projections
+                FOR VALUES IN ('*');
+        END IF;
+        RETURN;
+    END IF;
+    SELECT pg_get_expr(c.relpartbound, c.oid) INTO v_bound
+      FROM pg_class c WHERE c.oid = to_regclass(quote_ident(v_name));
+    IF v_bound IS NULL THEN
+        -- Two first appends to one new partition: the second waits, then skips creating.
+        PERFORM pg_advisory_xact_lock(hashtext('tide_ensure_partition'));
+        PERFORM tide_add_partition(p_partition);
+    ELSIF v_bound <> 'FOR VALUES IN (''' || replace(p_partition, '''', '''''') || ''')' THEN
+        RAISE EXCEPTION 'partition % cannot have tables of its own: % already holds %',
+            p_partition, v_name, v_bound USING ERRCODE = '22023';
+    END IF;
+END;
+$tide_ensure_partition$;
+
 CREATE OR REPLACE FUNCTION tide_processor_park(
     p_id text, p_version int, p_owner text, p_ttl_ms int,
     p_from_xid xid8, p_from_pos bigint, p_to_xid xid8, p_to_pos bigint, p_partition text,
