@@ -447,14 +447,13 @@ static int l_read(lua_State *L)
 	return finish(L, &w);
 }
 
+
+static void on_end(int status, const char *err, void *arg);
+
 static void on_archive(int status, const char *err, const struct tide_archive_result *r, void *arg)
 {
 	(void)r;
-	struct wait *w = arg;
-	w->done = true;
-	w->status = status;
-	if (status)
-		snprintf(w->err, sizeof(w->err), "%s", err);
+	on_end(status, err, arg);
 }
 
 /* store:archive(stream) → true | nil, err (kind "invalid": no such stream; "archived":
