@@ -53,9 +53,9 @@ describe("conditional appends", function()
     local pids = {}
     for w = 1, WRITERS do
       local out = dir .. "/race." .. w
-      pids[w] = S.sh(string.format("TIDE_BUILD_DIR=%s luajit spec/dcb_writer.lua %s w%d %d %d %s"
-        .. " >%s.err 2>&1 & echo $!", q(S.build), q(url), w, WRITERS, ROUNDS, q(out), q(out)))
-        .out:match("%d+")
+      pids[w] = S.sh(string.format("TIDE_BUILD_DIR=%s luajit spec/dcb_writer.lua %s w%d %d %d %s %s"
+        .. " >%s.err 2>&1 & echo $!", q(S.build), q(url), w, WRITERS, ROUNDS, q(dir .. "/barrier"),
+        q(out), q(out))).out:match("%d+")
     end
     S.wait_for(function()
       for w = 1, WRITERS do

@@ -1,16 +1,19 @@
--- spec/dcb_writer.lua URL WRITER WRITERS ROUNDS OUT — one of the racing writers of
--- spec/dcb_spec.lua: in each round, waits until all WRITERS have arrived (a barrier through
--- the database: one event each on stream barrier-ROUND), then tries to reserve the round's
--- seat with store:append_if on a stream of its own. OUT gets one line per round: "ok ROUND
+-- spec/dcb_writer.lua URL WRITER WRITERS ROUNDS BARRIER OUT — one of the racing writers of
+-- spec/dcb_spec.lua: in each round, waits until all WRITERS have arrived (a barrier file: each
+-- writer adds one byte to BARRIER per round, and the round starts once it holds
+-- WRITERS × ROUND bytes), then tries to reserve the round's seat with store:append_if on a
+-- stream of its own. OUT gets one line per round: "ok ROUND
 -- GLOBAL_POSITION" or "conflict ROUND FOUND"; a conflict of another shape, or any other
 -- failure, is written as "error ..." and ends the writer with status 1. Run with luajit from
 -- the repository root.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = os.getenv("TIDE_BUILD_DIR") .. "/lua/?.so;" .. package.cpath
 local tide = require "tide"
+local ffi = require "ffi"
+ffi.cdef "int usleep(unsigned int usec);"
 
-local url, writer, writers, rounds, out = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4]),
-  arg[5]
+local url, writer, writers, rounds, barrier, out = arg[1], arg[2], tonumber(arg[3]),
+  tonumber(arg[4]), arg[5], arg[6]
 local f = assert(io.open(out, "w"))
 f:setvbuf("line")
 local function die(...)
@@ -20,16 +23,12 @@ end
 local store, err = tide.connect(url)
 if not store then die("connect:", tostring(err)) end
 
+local arrive = assert(io.open(barrier, "a"))
+local look = assert(io.open(barrier, "r"))
 for round = 1, rounds do
-  local barrier = "barrier-" .. round
-  local ok, aerr = store:append(barrier, { { type = "Arrived", data = { writer = writer } } })
-  if not ok then die("barrier:", tostring(aerr)) end
-  while true do
-    local last, rerr = store:read(barrier, { from = writers, max = 1 })
-    if not last then die("barrier read:", tostring(rerr)) end
-    if last[1] then break end
-    store:sleep(1)
-  end
+  arrive:write("x")
+  arrive:flush()
+  while look:seek("end") < writers * round do ffi.C.usleep(200) end
   local seat = "seat-" .. round
   local res, cerr = store:append_if({ types = { "SeatReserved" }, data = { seat = seat } }, 0,
     "booking-" .. round .. "-" .. writer,
