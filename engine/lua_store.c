@@ -33,6 +33,7 @@ struct wait {
 	lua_State *L;
 	int nret; /* values pushed by the callback on success */
 	bool with_cursor;
+	int64_t next; /* a read's next.global_position */
 };
 
 static struct lstore *check_store(lua_State *L)
@@ -341,6 +342,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	lua_State *L = w->L;
+	w->next = r->next.global_position;
 	struct read_build b = {r, w->with_cursor, LUA_NOREF, LUA_NOREF, NULL};
 	if (lua_cpcall(L, build_read, &b) != 0) {
 		w->status = TIDE_ENOMEM;
@@ -1080,8 +1082,9 @@ static int l_append_if(lua_State *L)
 	return lost ? lost : append(L, s, 4, &lq, after);
 }
 
-/* store:read_query(query [, { after = N, max = N }]) → events | nil, err: the events matching
- * query after global position `after` (default 0), in global order (tide_store_read_query). */
+/* store:read_query(query [, { after = N, max = N }]) → events, position | nil, err: the events
+ * matching query after global position `after` (default 0), in global order, and the position
+ * to give store:append_if (tide_store_read_query). */
 static int l_read_query(lua_State *L)
 {
 	struct lstore *s = check_store(L);
@@ -1102,7 +1105,10 @@ static int l_read_query(lua_State *L)
 	if (rc)
 		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
 	run_until(s, &w.done);
-	return finish(L, &w);
+	if (w.status)
+		return finish(L, &w);
+	lua_pushnumber(L, (lua_Number)w.next);
+	return 2;
 }
 
 /* store:sleep(ms): the backoff between a decider's retries. Nothing of this store is in

@@ -161,13 +161,63 @@ describe("conditional appends", function()
       local r = assert(store:append("show-" .. (i % 2), { { type = t, data = { show = i == 2 and "s2" or "s1", n = i } } }))
       positions[i] = r.global_positions[1]
     end
-    local all = assert(store:read_query(query))
+    local all, head = store:read_query(query)
+    assert.are.equal(count("SELECT max(global_position) FROM emt_messages"), head)
     local got = {}
     for _, e in ipairs(all) do got[#got + 1] = { e.type, e.data.n, e.stream_id, e.global_position } end
     assert.are.same({ { "Ticket", 1, "show-1", positions[1] }, { "Refund", 3, "show-1", positions[3] },
                       { "Ticket", 5, "show-1", positions[5] } }, got)
-    assert.are.equal(1, #assert(store:read_query(query, { after = positions[3] })))
+    local tail, head2 = store:read_query(query, { after = positions[3] })
+    assert.are.same({ 1, head }, { #tail, head2 })
     assert.are.equal(2, #assert(store:read_query(query, { max = 2 })))
+    -- Nothing after the head: the head stays.
+    local none, head3 = store:read_query(query, { after = head })
+    assert.are.same({ 0, head }, { #none, head3 })
+    -- The head is what append_if wants: it goes through, and then the same head conflicts.
+    local done = assert(store:append_if(query, head, "show-1", { { type = "Ticket", data = { show = "s1" } } }))
+    local _, err = store:append_if(query, head, "show-1", { { type = "Ticket", data = { show = "s1" } } })
+    assert.are.equal(done.global_positions[1], err.found)
+  end)
+
+  -- The head a read gives is safe to append after: the read waits for an append_if writer of
+  -- the boundary that is still in its transaction (it holds the query's key), so that writer's
+  -- event, whose position is below the head, is in the read.
+  it("a boundary read waits for the append_if writers in flight, and their events are in it", function()
+    local query = { types = { "Enrolled" }, data = { course = "c9" } }
+    assert.are.equal(true, store:begin())
+    local mine = assert(store:append_if(query, 0, "student-1", { { type = "Enrolled", data = { course = "c9" } } }))
+    -- Later events of others, committed while the writer is still open.
+    local other = assert(tide.connect(url))
+    local later = assert(other:append("noise-1", { { type = "Noted", data = {} } }))
+    assert.is_true(later.global_positions[1] > mine.global_positions[1])
+    local reader = dir .. "/reader.lua"
+    S.write(reader, string.format([[
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.cpath = %q .. "/lua/?.so;" .. package.cpath
+local store = assert(require("tide").connect(%q))
+local events, head = assert(store:read_query({ types = { "Enrolled" }, data = { course = "c9" } }))
+local f = assert(io.open(%q, "w"))
+f:write(#events, " ", events[1] and string.format("%%d", events[1].global_position) or "-", " ",
+  string.format("%%d", head), "\n")
+f:close()
+]], S.build, url, dir .. "/reader.out"))
+    S.sh("luajit " .. q(reader) .. " >" .. q(dir .. "/reader.err") .. " 2>&1 &")
+    S.wait_for(function()
+      return S.psql(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        .. " AND wait_event = 'advisory' AND query LIKE '%tide_read_query%'") == "1"
+    end, 20, "the reader waiting for the writer's key")
+    assert.is_nil(io.open(dir .. "/reader.out"))
+    assert(store:commit())
+    local line = S.wait_for(function()
+      local f = io.open(dir .. "/reader.out")
+      local l = f and f:read("*l")
+      if f then f:close() end
+      return l
+    end, 20, "the reader's result")
+    local n, first, head = line:match("^(%d+) (%d+) (%d+)$")
+    assert.are.same({ "1", tostring(mine.global_positions[1]) }, { n, first }, line)
+    assert.is_true(tonumber(head) >= later.global_positions[1], line)
+    other:close()
   end)
 
   it("bad queries and positions raise, naming what is wrong; content the store refuses is nil, err", function()
@@ -259,10 +309,14 @@ describe("conditional appends", function()
     end
 
     it("folds the query's events across streams and decides on them", function()
+      local before = count("SELECT max(global_position) FROM emt_messages")
       local code, out = handle("booking-ann", '{"type":"Reserve","data":{"seat":"40A","by":"ann"}}')
       assert.are.equal(0, code, out)
       local res = S.json(out)
-      assert.are.same({ 1, 1, false, 0 }, { #res.events, res.attempts, res.locked, res.position })
+      assert.are.same({ 1, 1, false }, { #res.events, res.attempts, res.locked })
+      -- It decided on the log up to its head, and appended after it.
+      assert.is_true(res.position >= before and res.position < res.global_positions[1],
+        res.position .. " " .. before)
       code, out = handle("booking-bob", '{"type":"Reserve","data":{"seat":"40A","by":"bob"}}')
       assert.are.equal(4, code)
       assert.are.same({ error = { kind = "rejected", message = "seat 40A is taken" } }, S.json(out))

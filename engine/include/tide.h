@@ -238,11 +238,13 @@ TIDE_MUST_CHECK int tide_store_append_if(struct tide_store *store, const struct 
                                          int64_t expected, tide_append_cb cb, void *arg);
 
 /* The events of the store's partition that match query (see tide_query), after global
- * position `after` (0: from the start), in global order, at most max (0: no limit).
- * result->messages have transaction_id set; result->next is the last one's (transaction id,
- * global position). What a decider of a consistency boundary folds: the global position of
- * the last message is the after_position of its tide_store_append_if. TIDE_EINVAL (cb not
- * called) for a bad query. */
+ * position `after` (0: from the start), in global order, at most max (0: no limit): what a
+ * decider of a consistency boundary folds. result->next.global_position is the position to
+ * give tide_store_append_if for a decision on them: the head of the log once they were read
+ * (the read first waits for the append_if writers in flight whose queries share a key with
+ * this one, so none of theirs is left below it unseen). When max cut the read short, read on
+ * after its last message; the last read's position is the one. result->next.transaction_id
+ * is 0. TIDE_EINVAL (cb not called) for a bad query or a negative after or max. */
 TIDE_MUST_CHECK int tide_store_read_query(struct tide_store *store, const struct tide_query *query,
                                           int64_t after, int64_t max, tide_read_cb cb, void *arg);
 

@@ -324,8 +324,9 @@ end
 -- A decider with a consistency boundary (consistency = function(command) return query end):
 -- its state is the fold of every event of the partition that matches the query the command
 -- gives (store:read_query), not of one stream; its events go to `stream` with
--- store:append_if(query, P, ...), P the global position of the last event folded (0 when
--- none): the append happens only if no event matching the query came after P. A conflict
+-- store:append_if(query, P, ...), P the position the read gave (the head of the log once the
+-- events were read): the append happens only if no event matching the query came after P. A
+-- conflict
 -- reads the events after P, folds them onto a copy of the state kept from before decide, and
 -- decides again, retries + 1 times in all (no lock to fall back on). Result as M.handle's,
 -- with position = P of the decision; next_expected_version is the stream's after the append
@@ -344,20 +345,20 @@ local function handle_boundary(store, decider, stream, command, opts, call)
   end
   -- A query of the wrong shape raises in the store: the script's mistake, said as one.
   local function read(after)
-    local ok2, events, err = pcall(store.read_query, store, query, { after = after })
+    local ok2, events, head = pcall(store.read_query, store, query, { after = after })
     if not ok2 then
       return nil, select(2, script_failure("consistency failed for command " .. command.type,
         tostring(events):gsub("^read_query: ", "it returned a bad query: "), "error", nil, about))
     end
-    return events, err
+    return events, head
   end
   local retries = opts.retries or M.default_retries
   local backoff = opts.backoff_ms or 2
   local stats = { events_read = 0 }
   local state, position, last_conflict = nil, 0, nil
   for attempt = 1, retries + 1 do
-    local events, err = read(position)
-    if not events then return nil, err end
+    local events, head = read(position)
+    if not events then return nil, head end
     stats.events_read = stats.events_read + #events
     local at = {}
     local folded
@@ -373,8 +374,7 @@ local function handle_boundary(store, decider, stream, command, opts, call)
           .. " (" .. tostring(e.type) .. ", stream " .. tostring(e.stream_id) .. ")",
         folded, kind, tb, about)
     end
-    state = folded
-    if events[#events] then position = events[#events].global_position end
+    state, position = folded, head
     local given
     ok, given, kind, tb = call(model.copy, state)
     if not ok then
