@@ -894,7 +894,7 @@ static void check_query(lua_State *L, int idx, const char *fn, struct lua_query 
 		const char **list = lua_newuserdata(L, n * sizeof(*list));
 		for (size_t i = 0; i < n; i++) {
 			lua_rawgeti(L, types, (int)i + 1);
-			size_t len;
+			size_t len = 0;
 			const char *t =
 			        lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
 			if (!t)
