@@ -421,9 +421,15 @@ int tide_store_append_if(struct tide_store *store, const struct tide_query *quer
                          const struct tide_event *events, size_t n, int64_t expected,
                          tide_append_cb cb, void *arg)
 {
-	if (store->inline_ops)
+	/* Inline projections need a transaction around the append (inline.c): not for these. */
+	if (tide_store_inline_busy(store))
 		return fail(store, TIDE_EINVAL,
-		            "append_if is not available on a store with inline projections");
+		            "an append with inline projections is in flight: wait for its callback "
+		            "before an append_if");
+	if (store->inline_ops && store->inline_ops->wants(store, events, n))
+		return fail(store, TIDE_EINVAL,
+		            "append_if does not run inline projections, and an inline projection "
+		            "of this store takes these events");
 	struct tide_append *a = NULL;
 	int rc = tide_append_build(stream, store->partition, events, n, expected,
 	                           !store->partition_ready, store->error, sizeof(store->error), &a);

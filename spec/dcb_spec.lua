@@ -295,6 +295,31 @@ f:close()
     assert.are.equal(50, #many.global_positions)
   end)
 
+  it("does not run inline projections: events one takes are refused, others go through", function()
+    local pdir = dir .. "/inline"
+    os.execute("mkdir -p " .. q(pdir))
+    S.write(pdir .. "/bookings.lua", [[
+local tide = require "tide"
+return tide.projection {
+  inline = true,
+  collection = "bookings",
+  events = { "Booked" },
+  initial = function() return { n = 0 } end,
+  evolve = function(doc) doc.n = doc.n + 1; return doc end,
+}
+]])
+    local with = assert(tide.connect(url, { projections = pdir }))
+    local res, err = with:append_if({ types = { "Booked" }, data = { room = 99 } }, 0, "room-99",
+      { { type = "Booked", data = { room = 99 } } })
+    assert.is_nil(res)
+    assert.are.same({ "invalid", "append_if does not run inline projections, and an inline"
+      .. " projection of this store takes these events" }, { err.kind, err.message })
+    assert.are.equal(0, count("SELECT count(*) FROM emt_streams WHERE stream_id = 'room-99'"))
+    assert(with:append_if({ types = { "Held" }, data = { room = 99 } }, 0, "room-99",
+      { { type = "Held", data = { room = 99 } } }))
+    with:close()
+  end)
+
   describe("a decider with a consistency query", function()
     local script
 

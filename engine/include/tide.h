@@ -230,8 +230,9 @@ struct tide_query {
  * of writers racing on one boundary exactly one succeeds, without SERIALIZABLE. A plain
  * tide_store_append takes no lock: an event it commits while the check runs is not seen.
  * Never by COPY, whatever n is. Returns TIDE_EINVAL (cb not called, message in
- * tide_store_error()) for what tide_store_append refuses, a bad query or after_position, or
- * a store with inline projections (not supported with them). */
+ * tide_store_error()) for what tide_store_append refuses, a bad query or after_position, events
+ * that an inline projection of the store takes (it does not run them), or while an append with
+ * inline projections is in flight. */
 TIDE_MUST_CHECK int tide_store_append_if(struct tide_store *store, const struct tide_query *query,
                                          int64_t after_position, const char *stream,
                                          const struct tide_event *events, size_t n,
