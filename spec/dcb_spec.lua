@@ -376,6 +376,49 @@ wait
         .. " AND message_data->>'seat' = '50C'"))
     end)
 
+    it("over HTTP: POST /commands for one seat from 8 clients at once, one reserves it", function()
+      local D = require "spec.daemon"
+      local app = dir .. "/hall"
+      os.execute("mkdir -p " .. q(app))
+      S.write(app .. "/seats.lua", SEATS)
+      local _, log = D.start(url, app, "--http 127.0.0.1:0")
+      local ok, err = pcall(function()
+        local port = S.wait_for(function()
+          return D.read(log):match("event=http%.listening address=127%.0%.0%.1:(%d+)")
+        end, 20, "the daemon to listen")
+        local run = dir .. "/curl.sh"
+        S.write(run, string.format([[
+for p in $(seq 1 8); do
+  curl -s -o %s/c.$p -w '%%{http_code}\n' -X POST \
+    --data-binary "{\"type\":\"Reserve\",\"data\":{\"seat\":\"70E\",\"by\":\"p$p\"}}" \
+    http://127.0.0.1:%s/commands/seats/booking-h$p >%s/code.$p &
+done
+wait
+]], dir, port, dir))
+        assert.are.equal(0, S.sh("bash " .. q(run)).code)
+        local codes, winner = {}, nil
+        for p = 1, 8 do
+          local f = assert(io.open(dir .. "/code." .. p))
+          local c = f:read("*l")
+          f:close()
+          codes[c] = (codes[c] or 0) + 1
+          f = assert(io.open(dir .. "/c." .. p))
+          local body = S.json(f:read("*a"))
+          f:close()
+          if c == "200" then
+            winner = "p" .. p
+          else
+            assert.are.same({ kind = "rejected", message = "seat 70E is taken" }, body.error)
+          end
+        end
+        assert.are.same({ ["200"] = 1, ["422"] = 7 }, codes)
+        assert.are.equal(winner, S.psql(url, "SELECT string_agg(message_data->>'by', ',') FROM"
+          .. " emt_messages WHERE message_type = 'SeatReserved' AND message_data->>'seat' = '70E'"))
+      end)
+      D.kill_all()
+      assert(ok, err)
+    end)
+
     it("after a conflict folds what came since and decides again", function()
       local decider = dofile(script)
       -- A store whose first append_if finds that someone reserved the seat meanwhile.
