@@ -332,6 +332,9 @@ end
 -- with position = P of the decision; next_expected_version is the stream's after the append
 -- (nil when nothing was appended). opts.expected: the stream's expectation (default any).
 local function handle_boundary(store, decider, stream, command, opts, call)
+  if not store.read_query or not store.append_if then
+    error("handle: a decider with consistency needs a store with read_query and append_if", 3)
+  end
   local about = { stream = stream, command = command.type }
   local ok, query, kind, tb = call(decider.consistency, command)
   if not ok then
