@@ -101,8 +101,9 @@ static const struct tide_pg_stmt rows_stmts[3][2] = {
  * tide_append_if_check (sql/0014): it locks the query's keys, then looks, with a snapshot of
  * its own taken once they are held, for an event matching the query after the position;
  * the stream's row moves only when it found none, and the events follow the row as above.
- * One row always comes back, with what the check found last (NULL: appended, unless the
- * expectation did not hold). Q: the check's parameters, after the shape's own. */
+ * One row always comes back, with what the check found: NULL when it found nothing (then
+ * the events were appended, unless the expectation did not hold). Q: the check's parameters,
+ * numbered after the shape's own. */
 #define STREAM_ROW_IF(COUNT)                                                                       \
 	"INSERT INTO emt_streams AS t (stream_id, stream_position, partition, stream_type,"        \
 	" stream_metadata, is_archived)"                                                           \
