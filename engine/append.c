@@ -8,6 +8,7 @@
 
 #include "input.h"
 #include "json.h"
+#include "query.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -96,6 +97,61 @@ static const struct tide_pg_stmt rows_stmts[3][2] = {
                       {"tide_append_rows_existing_n", APPEND_ROWS_MANY(STREAM_EXISTING), 7}},
 };
 
+/* A conditional append (tide_store_append_if): the same statement behind a check. c runs
+ * tide_append_if_check (sql/0014): it locks the query's keys, then looks, with a snapshot of
+ * its own taken once they are held, for an event matching the query after the position;
+ * the stream's row moves only when it found none, and the events follow the row as above.
+ * One row always comes back, with what the check found: NULL when it found nothing (then
+ * the events were appended, unless the expectation did not hold). Q: the check's parameters,
+ * numbered after the shape's own. */
+#define STREAM_ROW_IF(COUNT)                                                                       \
+	"INSERT INTO emt_streams AS t (stream_id, stream_position, partition, stream_type,"        \
+	" stream_metadata, is_archived)"                                                           \
+	" SELECT $1, " COUNT ", $2, split_part($1, '-', 1), '{}', false FROM c"                    \
+	" WHERE c.found IS NULL"
+#define STREAM_ANY_IF(COUNT)                                                                       \
+	STREAM_ROW_IF(COUNT)                                                                       \
+	" ON CONFLICT (stream_id, partition, is_archived) DO UPDATE"                               \
+	" SET stream_position = t.stream_position + excluded.stream_position"                      \
+	" RETURNING stream_position"
+#define STREAM_NEW_IF(COUNT)                                                                       \
+	STREAM_ROW_IF(COUNT)                                                                       \
+	" ON CONFLICT (stream_id, partition, is_archived) DO NOTHING"                              \
+	" RETURNING stream_position"
+#define STREAM_EXISTING_IF(COUNT)                                                                  \
+	"UPDATE emt_streams SET stream_position = stream_position + " COUNT " FROM c"              \
+	" WHERE c.found IS NULL AND stream_id = $1 AND partition = $2 AND NOT is_archived"         \
+	" AND ($7::bigint IS NULL OR stream_position = $7::bigint)"                                \
+	" RETURNING stream_position"
+#define Q_AFTER_6 "$7::text[], $8::jsonb, $9::bigint"
+#define Q_AFTER_7 "$8::text[], $9::jsonb, $10::bigint"
+/* clang-format off */
+#define APPEND_IF_SQL(STREAM, Q, COUNT, EVENTS, RESULT)                                            \
+	"WITH c AS (SELECT tide_append_if_check($2, " Q ") AS found),"                             \
+	" s AS (" STREAM(COUNT) "), m AS ("                                                        \
+	" INSERT INTO emt_messages (stream_id, stream_position, partition, message_data,"          \
+	"  message_metadata, message_schema_version, message_type, message_kind, message_id,"      \
+	"  transaction_id, is_archived)"                                                           \
+	" SELECT $1, s.stream_position - " COUNT " + e.ord, $2, e.data,"                           \
+	"  coalesce(e.metadata, '{}'), '1', e.type, 'E', coalesce(e.id, gen_random_uuid()::text)," \
+	"  pg_current_xact_id(), false"                                                            \
+	" FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"                                  \
+	" RETURNING global_position)"                                                              \
+	" SELECT s.stream_position, " RESULT ", c.found FROM c LEFT JOIN s ON true"
+#define APPEND_IF_ONE(STREAM, Q)  APPEND_IF_SQL(STREAM, Q, COUNT_ONE, EVENTS_ONE, POSITIONS_ONE)
+#define APPEND_IF_MANY(STREAM, Q) APPEND_IF_SQL(STREAM, Q, COUNT_MANY, EVENTS_MANY, POSITIONS_MANY)
+/* clang-format on */
+
+static const struct tide_pg_stmt if_stmts[3][2] = {
+        [ANY] = {{"tide_append_if_any", APPEND_IF_ONE(STREAM_ANY_IF, Q_AFTER_6), 9},
+                 {"tide_append_if_any_n", APPEND_IF_MANY(STREAM_ANY_IF, Q_AFTER_6), 9}},
+        [NEW] = {{"tide_append_if_new", APPEND_IF_ONE(STREAM_NEW_IF, Q_AFTER_6), 9},
+                 {"tide_append_if_new_n", APPEND_IF_MANY(STREAM_NEW_IF, Q_AFTER_6), 9}},
+        [EXISTING] = {{"tide_append_if_existing", APPEND_IF_ONE(STREAM_EXISTING_IF, Q_AFTER_7), 10},
+                      {"tide_append_if_existing_n", APPEND_IF_MANY(STREAM_EXISTING_IF, Q_AFTER_7),
+                       10}},
+};
+
 /* The stream's row alone, for an append whose events go by COPY (append_copy.c): $3 the
  * number of events, $4 the expected version (existing streams); the new position and the
  * transaction's id come back. */
@@ -142,7 +198,11 @@ static const struct tide_pg_stmt stmt_ensure_partition = {
 
 struct tide_append {
 	const struct tide_pg_stmt *stmt;
-	char *values[7]; /* stream, partition, types, data, metadata, ids, version */
+	/* stream, partition, types, data, metadata, ids, version; then a conditional append's
+	 * query types, query data and position (from values[6] when there is no version) */
+	char *values[10];
+	bool conditional;
+	int64_t after; /* a conditional append's position */
 	int64_t expected;
 	size_t n;
 	bool ensure;
@@ -159,7 +219,7 @@ void tide_append_free(struct tide_append *a)
 {
 	if (!a)
 		return;
-	for (int i = 0; i < 7; i++)
+	for (int i = 0; i < 10; i++)
 		free(a->values[i]);
 	free(a->ensure_err);
 	free(a);
@@ -317,6 +377,36 @@ void tide_append_return_rows(struct tide_append *a, struct tide_append_rows *out
 	/* The same shape of statement, from the other table. */
 	a->stmt = &rows_stmts[0][0] + (a->stmt - &stmts[0][0]);
 	a->rows = out;
+}
+
+int tide_append_condition(struct tide_append *a, const struct tide_query *q, int64_t after,
+                          char *err, size_t errn)
+{
+	if (after < 0) {
+		snprintf(err, errn, "the position to check after must be >= 0, got %" PRId64,
+		         after);
+		return TIDE_EINVAL;
+	}
+	struct tide_query_params p;
+	int rc = tide_query_params(q, &p, err, errn);
+	if (rc)
+		return rc;
+	size_t shape = (size_t)(a->stmt - &stmts[0][0]) / 2, many = a->n > 1;
+	int first = shape == EXISTING ? 7 : 6;
+	char pos[24];
+	snprintf(pos, sizeof(pos), "%" PRId64, after);
+	bool ok = true;
+	a->values[first] = p.types;
+	a->values[first + 1] = p.data;
+	a->values[first + 2] = dup_or_null(pos, &ok);
+	if (!ok) {
+		snprintf(err, errn, "out of memory");
+		return TIDE_ENOMEM;
+	}
+	a->stmt = &if_stmts[shape][many];
+	a->conditional = true;
+	a->after = after;
+	return 0;
 }
 
 /* Fills a->rows from the reply's last two columns; false when out of memory or the reply
@@ -488,7 +578,18 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 		done(a, reply->status, tide_pg_explain(reply, buf, sizeof(buf)), NULL);
 		return;
 	}
-	if (PQntuples(reply->res) != 1) {
+	if (a->conditional && PQntuples(reply->res) == 1 && !PQgetisnull(reply->res, 0, 2)) {
+		struct tide_append_result r = {.expected = a->expected, .actual = -1};
+		r.found_position = strtoll(PQgetvalue(reply->res, 0, 2), NULL, 10);
+		snprintf(buf, sizeof(buf),
+		         "conflict: an event matching the query was appended after global "
+		         "position %" PRId64 " (the first at global position %" PRId64
+		         "); nothing was written",
+		         a->after, r.found_position);
+		done(a, TIDE_ECONFLICT, buf, &r);
+		return;
+	}
+	if (PQntuples(reply->res) != 1 || PQgetisnull(reply->res, 0, 0)) {
 		const char *v[2] = {a->values[0], a->values[1]};
 		if (tide_pg_exec(a->pg, &tide_stmt_stream_version, v, on_version, a) != 0)
 			done(a, TIDE_ECONN, tide_pg_error(a->pg), NULL);

@@ -25,6 +25,13 @@ TIDE_MUST_CHECK int tide_append_build(const char *stream, const char *partition,
                                       bool ensure_partition, char *err, size_t errn,
                                       struct tide_append **out);
 
+/* Makes a built append (not one that returns rows) conditional: it appends only when no
+ * event of the partition matching q came after global position `after` (tide.h,
+ * tide_store_append_if); else its callback gets TIDE_ECONFLICT with found_position. 0;
+ * TIDE_EINVAL or TIDE_ENOMEM with one line in err (the append is still the caller's). */
+TIDE_MUST_CHECK int tide_append_condition(struct tide_append *a, const struct tide_query *q,
+                                          int64_t after, char *err, size_t errn);
+
 /* Sends it on pg (pipeline mode) and calls cb once with its outcome, as tide_store_append
  * describes it (a conflict carries the version found). wake: when the append is a
  * transaction of its own, tide_wake(pg, wake) right behind it; NULL inside a transaction

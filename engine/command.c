@@ -63,12 +63,17 @@ static cJSON *ordered(lua_State *L, int idx, const char *const *keys, struct tid
 }
 
 /* handle's result: {"events":[{"type","data","metadata","id"}...],"next_expected_version",
- * "global_positions","attempts","locked"}, in that order whatever order the Lua table has. */
+ * "global_positions","attempts","locked"[,"position": a consistency boundary's]}, in that order
+ * whatever order the Lua table has. */
 static cJSON *handle_json(lua_State *L, int res, struct tide_command_result *r)
 {
 	static const char *const event_keys[] = {"type", "data", "metadata", "id", NULL};
-	static const char *const rest[] = {"next_expected_version", "global_positions", "attempts",
-	                                   "locked", NULL};
+	static const char *const rest[] = {"next_expected_version",
+	                                   "global_positions",
+	                                   "attempts",
+	                                   "locked",
+	                                   "position",
+	                                   NULL};
 	cJSON *o = cJSON_CreateObject();
 	cJSON *events = o ? cJSON_AddArrayToObject(o, "events") : NULL;
 	if (!events)
@@ -99,11 +104,12 @@ fail:
 }
 
 /* The runtime's error table at err as {"error":{"kind","message",...}}: a rejection's
- * details, a conflict's versions, a failing inline projection's id. */
+ * details, a conflict's versions (or an append_if's found and after), a failing inline projection's
+ * id. */
 static cJSON *error_json(lua_State *L, int err, struct tide_command_result *r)
 {
-	static const char *const keys[] = {"kind",   "message",   "details", "expected",
-	                                   "actual", "processor", NULL};
+	static const char *const keys[] = {"kind",  "message", "details",   "expected", "actual",
+	                                   "found", "after",   "processor", NULL};
 	cJSON *inner = ordered(L, err, keys, r);
 	cJSON *o = inner ? cJSON_CreateObject() : NULL;
 	if (!o) {

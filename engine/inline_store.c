@@ -142,7 +142,12 @@ static void close_queue(struct tide_store *store)
 	store->inline_ops = NULL;
 }
 
-static const struct tide_store_inline ops = {take_append, busy, close_queue};
+static bool wants(const struct tide_store *store, const struct tide_event *events, size_t n)
+{
+	return tide_inline_set_wants(queue_of(store)->set, store->partition, events, n);
+}
+
+static const struct tide_store_inline ops = {take_append, busy, wants, close_queue};
 
 int tide_store_set_projections(struct tide_store *store, const char *dir)
 {

@@ -35,6 +35,7 @@ struct wait {
 	lua_State *L;
 	int nret; /* values pushed by the callback on success */
 	bool with_cursor;
+	int64_t next; /* a read's next.global_position */
 };
 
 static struct lstore *check_store(lua_State *L)
@@ -371,6 +372,7 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	lua_State *L = w->L;
+	w->next = r->next.global_position;
 	struct read_build b = {r, w->with_cursor, LUA_NOREF, LUA_NOREF, NULL};
 	if (lua_cpcall(L, build_read, &b) != 0) {
 		w->status = TIDE_ENOMEM;
@@ -921,38 +923,178 @@ void tide_lua_push_conflict(lua_State *L, const char *message, const struct tide
 	}
 }
 
-/* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
- * | nil, err. An event is { type, data, metadata?, id? }; data/metadata are tables. */
-static int l_append(lua_State *L)
+/* A query table { types = { name, ... }, data = { field = value, ... } } as a tide_query (see
+ * tide.h). A bad shape raises, naming fn; content the store refuses (a NUL byte in a type)
+ * is left in invalid. What the query points to is left on the Lua stack (the type list, a
+ * userdata for the array, the data's JSON as a string): nothing to free, also when a later
+ * argument raises. */
+struct lua_query {
+	struct tide_query q;
+	char invalid[400];
+};
+
+static void check_query(lua_State *L, int idx, const char *fn, struct lua_query *lq)
 {
-	struct lstore *s = check_store(L);
-	int lost = ensure_connected(L, s);
-	if (lost)
-		return lost;
-	size_t stream_len;
-	const char *stream = luaL_checklstring(L, 2, &stream_len);
-	luaL_checktype(L, 3, LUA_TTABLE);
-	int64_t expected = TIDE_EXPECT_ANY;
-	if (!lua_isnoneornil(L, 4)) {
-		luaL_checktype(L, 4, LUA_TTABLE);
-		expected = tide_lua_expected(L, 4);
+	memset(lq, 0, sizeof(*lq));
+	if (!lua_istable(L, idx))
+		luaL_error(
+		        L,
+		        "%s: the query must be a table { types = { ... }, data = { field = value "
+		        "} }, got %s",
+		        fn, luaL_typename(L, idx));
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+		if (!k || (strcmp(k, "types") && strcmp(k, "data")))
+			luaL_error(L,
+			           "%s: the query has an unknown key %s (it takes types and data)",
+			           fn, k ? k : luaL_typename(L, -1));
 	}
-	if (lua_objlen(L, 3) == 0)
-		return luaL_error(L, "append: no events given");
+	lua_getfield(L, idx, "types");
+	int types = lua_gettop(L);
+	if (!lua_isnil(L, types)) {
+		size_t n = lua_istable(L, types) ? lua_objlen(L, types) : 0;
+		if (n == 0)
+			luaL_error(L, "%s: the query's types must be a list of event type names",
+			           fn);
+		if (n > TIDE_MAX_QUERY_TYPES)
+			luaL_error(L, "%s: the query has %d types; at most %d are allowed", fn,
+			           (int)n, TIDE_MAX_QUERY_TYPES);
+		const char **list = lua_newuserdata(L, n * sizeof(*list));
+		for (size_t i = 0; i < n; i++) {
+			lua_rawgeti(L, types, (int)i + 1);
+			size_t len = 0;
+			const char *t =
+			        lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+			if (!t)
+				luaL_error(L, "%s: type %d of the query must be a string, got %s",
+				           fn, (int)i + 1, luaL_typename(L, -1));
+			if (strlen(t) != len && !lq->invalid[0]) {
+				char what[40];
+				snprintf(what, sizeof(what), "type %zu of the query", i + 1);
+				tide_check_name(what, t, len, TIDE_MAX_NAME_BYTES, lq->invalid,
+				                sizeof(lq->invalid));
+			}
+			list[i] = t; /* the list keeps it alive */
+			lua_pop(L, 1);
+		}
+		lq->q.types = list;
+		lq->q.ntypes = n;
+	}
+	lua_getfield(L, idx, "data");
+	int data = lua_gettop(L);
+	if (lua_isnil(L, data)) {
+		if (!lq->q.ntypes)
+			luaL_error(L,
+			           "%s: the query needs types, data or both (it would match every "
+			           "event)",
+			           fn);
+		return;
+	}
+	if (!lua_istable(L, data))
+		luaL_error(L, "%s: the query's data must be a table of field = value, got %s", fn,
+		           luaL_typename(L, data));
+	int fields = 0;
+	lua_pushnil(L);
+	while (lua_next(L, data)) {
+		int vt = lua_type(L, -1);
+		fields++;
+		if (lua_type(L, -2) != LUA_TSTRING)
+			luaL_error(L,
+			           "%s: the query's data must be a table of field = value with "
+			           "string keys",
+			           fn);
+		if (vt != LUA_TSTRING && vt != LUA_TNUMBER && vt != LUA_TBOOLEAN)
+			luaL_error(
+			        L,
+			        "%s: the query's data field '%s' must be a string, a number or a "
+			        "boolean, got %s",
+			        fn, lua_tostring(L, -2), lua_typename(L, vt));
+		lua_pop(L, 1);
+	}
+	if (fields == 0)
+		luaL_error(L,
+		           "%s: the query's data has no fields: give at least one field = value, "
+		           "or leave data out",
+		           fn);
+	char err[300];
+	char *text = tide_lua_to_json_text(L, data, "the query's data", err, sizeof(err));
+	if (!text) {
+		if (!lq->invalid[0])
+			snprintf(lq->invalid, sizeof(lq->invalid), "%s", err);
+		return;
+	}
+	lua_pushstring(L, text);
+	cJSON_free(text);
+	lq->q.data = lua_tostring(L, -1);
+}
+
+/* A whole number >= 0 (argument i): a global position. */
+static int64_t position_arg(lua_State *L, int i, const char *fn, const char *what)
+{
+	if (lua_type(L, i) != LUA_TNUMBER)
+		luaL_error(L, "%s: %s must be a global position (a whole number >= 0), got %s", fn,
+		           what, luaL_typename(L, i));
+	lua_Number n = lua_tonumber(L, i);
+	if (n < 0 || n != (lua_Number)(int64_t)n)
+		luaL_error(L, "%s: %s must be a whole number >= 0", fn, what);
+	return (int64_t)n;
+}
+
+/* The conflict of an append_if whose query matched: { kind = "conflict", message, found,
+ * after, expected }. found: the global position of the first matching event. */
+static void push_query_conflict(lua_State *L, const char *message, int64_t after,
+                                const struct tide_append_result *r)
+{
+	tide_lua_push_error(L, "conflict", message);
+	lua_remove(L, -2); /* the nil */
+	lua_pushnumber(L, (lua_Number)r->found_position);
+	lua_setfield(L, -2, "found");
+	lua_pushnumber(L, (lua_Number)after);
+	lua_setfield(L, -2, "after");
+	char exp[32];
+	tide_expected_format(r->expected, exp, sizeof(exp));
+	if (r->expected >= 0)
+		lua_pushnumber(L, (lua_Number)r->expected);
+	else
+		lua_pushstring(L, exp);
+	lua_setfield(L, -2, "expected");
+}
+
+/* The arguments from `first` on: stream, events [, { expected }]; then the append,
+ * conditional when lq is not NULL. What store:append and store:append_if return. */
+static int append(lua_State *L, struct lstore *s, int first, struct lua_query *lq, int64_t after)
+{
+	const char *fn = lq ? "append_if" : "append";
+	size_t stream_len;
+	const char *stream = luaL_checklstring(L, first, &stream_len);
+	luaL_checktype(L, first + 1, LUA_TTABLE);
+	int64_t expected = TIDE_EXPECT_ANY;
+	if (!lua_isnoneornil(L, first + 2)) {
+		luaL_checktype(L, first + 2, LUA_TTABLE);
+		expected = tide_lua_expected(L, first + 2);
+	}
+	if (lua_objlen(L, first + 1) == 0)
+		return luaL_error(L, "%s: no events given", fn);
 	char misuse[700] = "", invalid[700] = "";
 	if (strlen(stream) != stream_len) {
 		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
 		                sizeof(invalid));
 		return tide_lua_push_error(L, "invalid", invalid);
 	}
+	if (lq && lq->invalid[0])
+		return tide_lua_push_error(L, "invalid", lq->invalid);
 	struct tide_lua_events e = {0};
-	if (tide_lua_events(L, 3, &e, invalid, misuse, sizeof(invalid)) != 0) {
+	if (tide_lua_events(L, first + 1, &e, invalid, misuse, sizeof(invalid)) != 0) {
 		if (misuse[0])
-			return luaL_error(L, "append: %s", misuse);
+			return luaL_error(L, "%s: %s", fn, misuse);
 		return tide_lua_push_error(L, "invalid", invalid);
 	}
 	struct append_wait a = {.w = {.L = L}};
-	int rc = tide_store_append(s->store, stream, e.events, e.n, expected, on_append, &a);
+	int rc = lq ? tide_store_append_if(s->store, &lq->q, after, stream, e.events, e.n, expected,
+	                                   on_append, &a)
+	            : tide_store_append(s->store, stream, e.events, e.n, expected, on_append, &a);
 	tide_lua_events_free(&e);
 	if (rc)
 		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
@@ -960,7 +1102,10 @@ static int l_append(lua_State *L)
 	int nret = 1;
 	if (a.w.status == TIDE_ECONFLICT) {
 		lua_pushnil(L);
-		tide_lua_push_conflict(L, a.w.err, &a.r);
+		if (a.r.found_position)
+			push_query_conflict(L, a.w.err, after, &a.r);
+		else
+			tide_lua_push_conflict(L, a.w.err, &a.r);
 		nret = 2;
 	} else if (a.w.status) {
 		/* An inline projection's failure: its id and stack too. */
@@ -981,6 +1126,59 @@ static int l_append(lua_State *L)
 	free(a.processor);
 	free(a.traceback);
 	return nret;
+}
+
+/* store:append(stream, events, { expected }) → { next_expected_version, global_positions }
+ * | nil, err. An event is { type, data, metadata?, id? }; data/metadata are tables. */
+static int l_append(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	int lost = ensure_connected(L, s);
+	if (lost)
+		return lost;
+	return append(L, s, 2, NULL, 0);
+}
+
+/* store:append_if(query, after, stream, events [, { expected }]) → as store:append, or
+ * nil, err with err.kind "conflict" and err.found (the global position of the first event
+ * matching query after `after`) when one was appended since: tide_store_append_if. */
+static int l_append_if(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	int64_t after = position_arg(L, 3, "append_if", "after");
+	struct lua_query lq;
+	check_query(L, 2, "append_if", &lq);
+	int lost = ensure_connected(L, s);
+	return lost ? lost : append(L, s, 4, &lq, after);
+}
+
+/* store:read_query(query [, { after = N, max = N }]) → events, position | nil, err: the events
+ * matching query after global position `after` (default 0), in global order, and the position
+ * to give store:append_if (tide_store_read_query). */
+static int l_read_query(lua_State *L)
+{
+	struct lstore *s = check_store(L);
+	int64_t after = 0, max = 0;
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		after = opt_int(L, 3, "after");
+		max = opt_int(L, 3, "max");
+	}
+	struct lua_query lq;
+	check_query(L, 2, "read_query", &lq);
+	int lost = lq.invalid[0] ? tide_lua_push_error(L, "invalid", lq.invalid)
+	                         : ensure_connected(L, s);
+	if (lost)
+		return lost;
+	struct wait w = {.L = L};
+	int rc = tide_store_read_query(s->store, &lq.q, after, max, on_read, &w);
+	if (rc)
+		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
+	run_until(s, &w.done);
+	if (w.status)
+		return finish(L, &w);
+	lua_pushnumber(L, (lua_Number)w.next);
+	return 2;
 }
 
 /* store:sleep(ms): the backoff between a decider's retries. Nothing of this store is in
@@ -1311,6 +1509,8 @@ int tide_lua_open_core(lua_State *L)
 	if (luaL_newmetatable(L, STORE_MT)) {
 		static const luaL_Reg methods[] = {
 		        {"append", l_append},
+		        {"append_if", l_append_if},
+		        {"read_query", l_read_query},
 		        {"read", l_read},
 		        {"archive", l_archive},
 		        {"read_all", l_read_all},

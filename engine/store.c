@@ -5,6 +5,7 @@
 
 #include "append.h"
 #include "json.h"
+#include "query.h"
 
 #include <cJSON.h>
 #include <endian.h>
@@ -366,6 +367,9 @@ static int append_copy(struct tide_store *store, const char *stream,
 	return 0;
 }
 
+static int send_append(struct tide_store *store, struct tide_append *a, tide_append_cb cb,
+                       void *arg);
+
 int tide_store_append(struct tide_store *store, const char *stream, const struct tide_event *events,
                       size_t n, int64_t expected, tide_append_cb cb, void *arg)
 {
@@ -380,6 +384,13 @@ int tide_store_append(struct tide_store *store, const char *stream, const struct
 	                       !store->partition_ready, store->error, sizeof(store->error), &a);
 	if (rc)
 		return rc;
+	return send_append(store, a, cb, arg);
+}
+
+/* Sends a built append on the store's connection; takes it. */
+static int send_append(struct tide_store *store, struct tide_append *a, tide_append_cb cb,
+                       void *arg)
+{
 	if (!tide_store_usable(store)) {
 		tide_append_free(a);
 		return TIDE_ECONN;
@@ -404,6 +415,33 @@ int tide_store_append(struct tide_store *store, const char *stream, const struct
 	if (store->in_transaction)
 		store->appended_in_transaction = true;
 	return 0;
+}
+
+int tide_store_append_if(struct tide_store *store, const struct tide_query *query,
+                         int64_t after_position, const char *stream,
+                         const struct tide_event *events, size_t n, int64_t expected,
+                         tide_append_cb cb, void *arg)
+{
+	/* Inline projections need a transaction around the append (inline.c): not for these. */
+	if (tide_store_inline_busy(store))
+		return fail(store, TIDE_EINVAL,
+		            "an append with inline projections is in flight: wait for its callback "
+		            "before an append_if");
+	if (store->inline_ops && store->inline_ops->wants(store, events, n))
+		return fail(store, TIDE_EINVAL,
+		            "append_if does not run inline projections, and an inline projection "
+		            "of this store takes these events");
+	struct tide_append *a = NULL;
+	int rc = tide_append_build(stream, store->partition, events, n, expected,
+	                           !store->partition_ready, store->error, sizeof(store->error), &a);
+	if (!rc)
+		rc = tide_append_condition(a, query, after_position, store->error,
+		                           sizeof(store->error));
+	if (rc) {
+		tide_append_free(a);
+		return rc;
+	}
+	return send_append(store, a, cb, arg);
 }
 
 /* Where a read's columns are in its rows (-1: not fetched). */
@@ -784,6 +822,41 @@ int tide_store_read_log(struct tide_store *store, const struct tide_cursor *afte
 	int err = send_read(store, &stmt_read_all, values, rc);
 	free(types);
 	return err;
+}
+
+int tide_store_read_query(struct tide_store *store, const struct tide_query *query, int64_t after,
+                          int64_t max, tide_read_cb cb, void *arg)
+{
+	static const struct tide_pg_stmt stmt = {
+	        "tide_read_query",
+	        "SELECT stream_id, stream_position, global_position, transaction_id, message_type,"
+	        " message_data, message_metadata, message_id, created, partition,"
+	        " message_schema_version"
+	        " FROM tide_read_query($1, $2::text[], $3::jsonb, $4::bigint, $5::bigint)",
+	        5,
+	};
+	if (after < 0 || max < 0)
+		return fail(store, TIDE_EINVAL, "after and max must not be negative");
+	struct tide_query_params p;
+	int rc = tide_query_params(query, &p, store->error, sizeof(store->error));
+	if (rc)
+		return rc;
+	if (!tide_store_usable(store)) {
+		tide_query_params_free(&p);
+		return TIDE_ECONN;
+	}
+	struct read_call *rcall = new_read(store, NULL, cb, arg);
+	if (!rcall) {
+		tide_query_params_free(&p);
+		return fail(store, TIDE_ENOMEM, "out of memory");
+	}
+	char pos[24], lim[24];
+	snprintf(pos, sizeof(pos), "%" PRId64, after);
+	snprintf(lim, sizeof(lim), "%" PRId64, max);
+	const char *values[5] = {store->partition, p.types, p.data, pos, max > 0 ? lim : NULL};
+	rc = send_read(store, &stmt, values, rcall);
+	tide_query_params_free(&p);
+	return rc;
 }
 
 void tide_cursor_format(const struct tide_cursor *c, char buf[48])

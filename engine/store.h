@@ -24,6 +24,9 @@ struct tide_store_inline {
 	               tide_append_cb cb, void *arg, int *rc);
 	/* An append of its own is in flight or waiting: its transaction is open on pg. */
 	bool (*busy)(const struct tide_store *store);
+	/* Whether an inline projection takes one of these events (such an append would be
+	 * its). */
+	bool (*wants)(const struct tide_store *store, const struct tide_event *events, size_t n);
 	/* The store is closing: fail what it holds (the one in flight with the connection),
 	 * and free its state. */
 	void (*close)(struct tide_store *store);

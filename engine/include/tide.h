@@ -29,7 +29,7 @@ extern "C" {
 enum {
 	TIDE_OK = 0,
 	TIDE_EINVAL = -1,    /* bad argument or input; nothing was written */
-	TIDE_ECONFLICT = -2, /* expected version violated; nothing was written */
+	TIDE_ECONFLICT = -2, /* expected version violated (or append_if's query); nothing written */
 	TIDE_ECONN = -3,     /* cannot reach the database, or the connection was lost */
 	TIDE_EDB = -4,       /* the database refused the request */
 	TIDE_ENOMEM = -5,
@@ -118,6 +118,10 @@ struct tide_append_result {
 	 * processor id (APP/NAME) and its script's stack ("" when there is none); else NULL. */
 	const char *processor;
 	const char *traceback;
+	/* On TIDE_ECONFLICT from tide_store_append_if because an event matched its query: the
+	 * global position of the first such event after after_position (0 for a version
+	 * conflict, which has expected and actual as above). */
+	int64_t found_position;
 };
 
 struct tide_read_result {
@@ -204,6 +208,53 @@ const char *tide_store_error(const struct tide_store *store);
 TIDE_MUST_CHECK int tide_store_append(struct tide_store *store, const char *stream,
                                       const struct tide_event *events, size_t n, int64_t expected,
                                       tide_append_cb cb, void *arg);
+
+/* A query over the events of the store's partition, for conditional appends (a dynamic
+ * consistency boundary): an event matches when its type is one of types (any type when
+ * ntypes is 0) and its data contains every field of data with an equal value (no condition
+ * when data is NULL). data is the JSON text of an object of top-level fields whose values are
+ * strings, numbers or booleans ({"seat":"12A"}; 1 and 1.0 are equal). At least one of the two;
+ * at most TIDE_MAX_QUERY_TYPES types and TIDE_MAX_QUERY_FIELDS fields; types are names (the
+ * rules of tide_store_append). Copied before the call returns. Name types when you can: a
+ * query with types reads an index from the position on, one of data fields alone reads every
+ * event after it. */
+struct tide_query {
+	const char *const *types;
+	size_t ntypes;
+	const char *data;
+};
+#define TIDE_MAX_QUERY_TYPES  64
+#define TIDE_MAX_QUERY_FIELDS 16
+
+/* tide_store_append, on condition that no event matching query was appended to the store's
+ * partition after global position after_position (>= 0; typically the position of the last
+ * matching event the caller read, or 0): otherwise nothing is written and cb gets
+ * TIDE_ECONFLICT with result->found_position. expected still applies (a version conflict has
+ * found_position 0). One statement, one round trip: it takes a transaction-level advisory
+ * lock on each key of the query (see sql/0014), checks, and appends. Safe between append_if
+ * writers whose queries share a key (a data field = value of the query, or a type when it has
+ * no data): they run one after the other and each sees what the one before it committed, so
+ * of writers racing on one boundary exactly one succeeds, without SERIALIZABLE. A plain
+ * tide_store_append takes no lock: an event it commits while the check runs is not seen.
+ * Never by COPY, whatever n is. Returns TIDE_EINVAL (cb not called, message in
+ * tide_store_error()) for what tide_store_append refuses, a bad query or after_position, events
+ * that an inline projection of the store takes (it does not run them), or while an append with
+ * inline projections is in flight. */
+TIDE_MUST_CHECK int tide_store_append_if(struct tide_store *store, const struct tide_query *query,
+                                         int64_t after_position, const char *stream,
+                                         const struct tide_event *events, size_t n,
+                                         int64_t expected, tide_append_cb cb, void *arg);
+
+/* The events of the store's partition that match query (see tide_query), after global
+ * position `after` (0: from the start), in global order, at most max (0: no limit): what a
+ * decider of a consistency boundary folds. result->next.global_position is the position to
+ * give tide_store_append_if for a decision on them: the head of the log once they were read
+ * (the read first waits for the append_if writers in flight whose queries share a key with
+ * this one, so none of theirs is left below it unseen). When max cut the read short, read on
+ * after its last message; the last read's position is the one. result->next.transaction_id
+ * is 0. TIDE_EINVAL (cb not called) for a bad query or a negative after or max. */
+TIDE_MUST_CHECK int tide_store_read_query(struct tide_store *store, const struct tide_query *query,
+                                          int64_t after, int64_t max, tide_read_cb cb, void *arg);
 
 /* Reads one stream. opts may be NULL (everything, oldest first). TIDE_EINVAL (cb not
  * called) when the stream name breaks the rules of tide_store_append(). A read that finds

@@ -238,6 +238,10 @@ function M.aggregate(store, decider, stream, call, opts)
   check_decider(decider)
   if type(stream) ~= "string" or stream == "" then error("aggregate: stream must be a name", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("aggregate: opts must be a table", 2) end
+  if decider.consistency then
+    error("aggregate: this decider folds the events of a consistency query, not a stream "
+      .. "(handle it with a command)", 2)
+  end
   local name = snapshot_name(decider, opts)
   local stats = { events_read = 0 }
   local ok, state, version, global = fold_stream(store, decider, name, stream,
@@ -326,6 +330,95 @@ local function locked_attempt(store, decider, stream, command, call, state, vers
   return res
 end
 
+-- A decider with a consistency boundary (consistency = function(command) return query end):
+-- its state is the fold of every event of the partition that matches the query the command
+-- gives (store:read_query), not of one stream; its events go to `stream` with
+-- store:append_if(query, P, ...), P the position the read gave (the head of the log once the
+-- events were read): the append happens only if no event matching the query came after P. A
+-- conflict
+-- reads the events after P, folds them onto a copy of the state kept from before decide, and
+-- decides again, retries + 1 times in all (no lock to fall back on). Result as M.handle's,
+-- with position = P of the decision; next_expected_version is the stream's after the append
+-- (nil when nothing was appended). opts.expected: the stream's expectation (default any).
+local function handle_boundary(store, decider, stream, command, opts, call)
+  if not store.read_query or not store.append_if then
+    error("handle: a decider with consistency needs a store with read_query and append_if", 3)
+  end
+  local about = { stream = stream, command = command.type }
+  local ok, query, kind, tb = call(decider.consistency, command)
+  if not ok then
+    return script_failure("consistency failed for command " .. command.type, query, kind, tb,
+      about)
+  end
+  if type(query) ~= "table" then
+    return script_failure("consistency failed for command " .. command.type,
+      "it must return a query { types = { ... }, data = { field = value } }, got a "
+      .. type(query), "error", nil, about)
+  end
+  -- A query of the wrong shape raises in the store: the script's mistake, said as one.
+  local function read(after)
+    local ok2, events, head = pcall(store.read_query, store, query, { after = after })
+    if not ok2 then
+      return nil, select(2, script_failure("consistency failed for command " .. command.type,
+        tostring(events):gsub("^read_query: ", "it returned a bad query: "), "error", nil, about))
+    end
+    return events, head
+  end
+  local retries = opts.retries or M.default_retries
+  local backoff = opts.backoff_ms or 2
+  local stats = { events_read = 0 }
+  local state, position, last_conflict = nil, 0, nil
+  for attempt = 1, retries + 1 do
+    local events, head = read(position)
+    if not events then return nil, head end
+    stats.events_read = stats.events_read + #events
+    local at = {}
+    local folded
+    if state == nil then
+      ok, folded, kind, tb = call(model.fold, decider, events, at)
+    else
+      ok, folded, kind, tb = call(model.fold_onto, decider, state, events, at)
+    end
+    if not ok then
+      local e = events[at[1]]
+      return script_failure((at[1] or 0) == 0 and "initial failed"
+        or "evolve failed on the event at global position " .. tostring(e.global_position)
+          .. " (" .. tostring(e.type) .. ", stream " .. tostring(e.stream_id) .. ")",
+        folded, kind, tb, about)
+    end
+    state, position = folded, head
+    local given
+    ok, given, kind, tb = call(model.copy, state)
+    if not ok then
+      return script_failure("copying the state for command " .. command.type, given, kind, tb,
+        about)
+    end
+    local list, derr = decide(decider, stream, command, given, call)
+    if not list then return nil, derr end
+    local res
+    if #list == 0 then
+      res = unchanged(list, nil)
+    else
+      local aerr
+      res, aerr = store:append_if(query, position, stream, list, { expected = opts.expected })
+      if not res and (aerr.kind ~= "conflict" or aerr.found == nil) then return nil, aerr end
+      if res then res.events = model.array(list) end
+      last_conflict = aerr
+    end
+    if res then
+      res.attempts, res.locked, res.position = attempt, false, position
+      if opts.stats then res.stats = stats end
+      return res
+    end
+    if attempt <= retries then
+      store:sleep(random() * min(250, backoff * 2 ^ (attempt - 1)))
+    end
+  end
+  return fail("conflict", "conflict after " .. retries + 1 .. " attempts: "
+    .. tostring(last_conflict):gsub("^conflict: ", ""),
+    { found = last_conflict.found, after = last_conflict.after })
+end
+
 -- { events, next_expected_version, global_positions, attempts, locked [, stats] } | nil, err
 -- Optimistic attempts first: read (from the snapshot, see the top), fold, decide, append
 -- expecting the version read; after a
@@ -352,6 +445,7 @@ function M.handle(store, decider, stream, command, opts, call)
   end
   opts = opts or {}
   call = call or M.direct_call
+  if decider.consistency then return handle_boundary(store, decider, stream, command, opts, call) end
   local retries = opts.retries or M.default_retries
   local backoff = opts.backoff_ms or 2
   local can_lock = opts.lock ~= false and store.begin ~= nil

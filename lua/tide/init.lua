@@ -32,6 +32,15 @@ Store.__index = Store
 -- store:append(stream, events, { expected = "any"|"no_stream"|"stream_exists"|N })
 --   → { next_expected_version, global_positions } | nil, err (err.kind == "conflict", ...)
 function Store:append(stream, events, opts) return self.raw:append(stream, events, opts) end
+-- store:append_if(query, after, stream, events, { expected }) → as append | nil, err: appends
+--   only if no event matching query ({ types = { ... }, data = { field = value } }) came
+--   after global position `after`; else err.kind == "conflict" with err.found, the global
+--   position of the first that did (tide_store_append_if in tide.h).
+function Store:append_if(query, after, stream, events, opts)
+  return self.raw:append_if(query, after, stream, events, opts)
+end
+-- store:read_query(query, { after, max }) → the events matching query, in global order
+function Store:read_query(query, opts) return self.raw:read_query(query, opts) end
 -- store:read(stream, { from, to, max, backward }) → events | nil, err (err.kind ==
 -- "archived" for a stream that was archived and not begun again)
 function Store:read(stream, opts) return self.raw:read(stream, opts) end

@@ -177,7 +177,9 @@ local function check_snapshot(spec)
   end
 end
 
--- decider { initial, evolve, decide, stream_type?, name?, snapshot?, upgrade? }
+-- decider { initial, evolve, decide, stream_type?, name?, snapshot?, upgrade?, consistency? }
+-- consistency(command) → { types = { ... }, data = { field = value } }: the decider's
+-- consistency boundary (tide.command's handle_boundary) instead of a stream.
 function M.decider(spec)
   check_spec(spec, "tide.decider")
   check_fn(spec, "tide.decider", "initial", true)
@@ -188,6 +190,11 @@ function M.decider(spec)
   end
   if spec.name ~= nil and (type(spec.name) ~= "string" or spec.name == "") then
     error("tide.decider: 'name' must be a non-empty string", 2)
+  end
+  check_fn(spec, "tide.decider", "consistency", false)
+  if spec.consistency and spec.snapshot ~= nil then
+    error("tide.decider: 'snapshot' keeps the state of a stream; a decider with "
+      .. "'consistency' folds the events of its query instead, and takes none", 2)
   end
   check_snapshot(spec)
   spec.kind = "decider"
