@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "processor.h"
 #include "store.h"
+#include "upcast.h"
 
 #define MAX_DIRS    16
 #define MAX_TOKENS  32
@@ -63,6 +64,11 @@ struct run {
 	/* The inline projections among the scripts: not processors here, but run by reactors'
 	 * ctx.append (inline.c). */
 	struct tide_inline_dirs *inline_dirs;
+	/* The upcasters among the scripts, which every processor loads with its script;
+	 * bad_signature: a broken set already reported (the last good one stays). */
+	struct tide_upcasters upcasters;
+	bool upcasters_scanned;
+	uint64_t upcasters_bad_signature;
 	int exit_code;
 	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
@@ -243,9 +249,57 @@ static void tell_inline(struct run *r)
 	r->inline_told = n > 0;
 }
 
+/* Looks for the upcasters among the scripts again (blocking, as the inline projections'
+ * scan: it runs the scripts). True when they changed after the start: every processor then
+ * loads again, with the new chain. A broken set is reported once; at the start it makes
+ * every processor fail to load (with its error) until it is fixed, later the processors keep
+ * the chain they have. */
+static bool scan_upcasters(struct run *r)
+{
+	struct tide_upcasters u;
+	struct tide_vm_opts vo = {.cpu_ms = r->d.popts.cpu_ms, .memory_limit = r->d.popts.memory};
+	if (tide_upcasters_find((const char *const *)r->dirs, r->ndirs, &vo, &u) != 0) {
+		tide_log("error", "upcasters.scan_failed", "error", "out of memory", (char *)NULL);
+		return false;
+	}
+	bool first = !r->upcasters_scanned;
+	if ((!first && u.signature == r->upcasters.signature) ||
+	    (u.error && u.signature == r->upcasters_bad_signature)) {
+		tide_upcasters_free(&u);
+		return false;
+	}
+	r->upcasters_scanned = true;
+	if (u.error) {
+		tide_log("error", "upcasters.invalid", "error", u.error, "effect",
+		         first ? "no processor runs until the upcasters are fixed"
+		               : "the processors keep the upcasters they have",
+		         (char *)NULL);
+		r->upcasters_bad_signature = u.signature;
+		if (!first) {
+			tide_upcasters_free(&u);
+			return false;
+		}
+	} else if (u.count > 0 || !first) {
+		char files[2048];
+		snprintf(files, sizeof(files), "%s", u.count ? u.paths : "none");
+		for (char *c = files; *c; c++)
+			if (*c == '\n')
+				*c = ',';
+		tide_log("info", "upcasters.loaded", "files", files, "effect",
+		         first ? "every processor reads through them"
+		               : "every processor loads again with them",
+		         (char *)NULL);
+	}
+	tide_upcasters_free(&r->upcasters);
+	r->upcasters = u;
+	return !first;
+}
+
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
 static void rescan(struct run *r, bool force)
 {
+	if (scan_upcasters(r))
+		force = true;
 	if (r->inline_dirs && tide_inline_dirs_scan(r->inline_dirs))
 		tell_inline(r);
 	struct tide_inline_set *inl = tide_inline_dirs_set(r->inline_dirs);
@@ -1169,6 +1223,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        .lease_ms = (unsigned)set.lease,
 	        .cpu_ms = (unsigned)set.cpu,
 	        .memory = (size_t)set.memory_mb << 20,
+	        .upcasters = &r->upcasters,
 	        .on_stopped = processor_stopped,
 	        .arg = r,
 	};
@@ -1206,6 +1261,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_loop_close(&r->loop);
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
+	tide_upcasters_free(&r->upcasters);
 	tide_metrics_disable();
 	tide_log("info", "daemon.stopped", (char *)NULL);
 	return r->exit_code;

@@ -104,7 +104,9 @@ function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
     error("the script must return a processor built with tide.projection or tide.reactor", 0)
   end
-  if p.kind == "decider" then return { kind = "decider" } end
+  if p.kind == "decider" or p.kind == "upcaster" or p.kind == "upcasters" then
+    return { kind = p.kind }
+  end
   if p.kind ~= "projection" and p.kind ~= "reactor" then
     error("unknown processor kind '" .. p.kind .. "'", 0)
   end
