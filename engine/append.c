@@ -18,11 +18,11 @@
  * (NULL: a new UUID), $7 schema versions (NULL: '1'), $8 the expected version (existing
  * streams only). One event is sent as scalars, more as arrays: an array's text needs every
  * quote of the JSON escaped. */
-#define EVENTS_ONE  "(VALUES ($3::text, $4::jsonb, $5::jsonb, $6::text, $7::text, 1))"
+#define EVENTS_ONE "(VALUES ($3::text, $4::jsonb, $5::jsonb, $6::text, $7::text, 1))"
 #define EVENTS_MANY                                                                                \
 	"unnest($3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::text[]) WITH ORDINALITY"
-#define COUNT_ONE   "1"
-#define COUNT_MANY  "cardinality($3::text[])"
+#define COUNT_ONE  "1"
+#define COUNT_MANY "cardinality($3::text[])"
 
 #define STREAM_ROW(COUNT)                                                                          \
 	"INSERT INTO emt_streams AS t (stream_id, stream_position, partition, stream_type,"        \
@@ -308,10 +308,11 @@ int tide_append_build(const char *stream, const char *partition, const struct ti
 		a->values[5] = dup_or_null(events->message_id, &ok);
 		a->values[6] = dup_or_null(events->schema_version, &ok);
 	} else {
-		static const size_t fields[5] = {
-		        offsetof(struct tide_event, type),       offsetof(struct tide_event, data),
-		        offsetof(struct tide_event, metadata),   offsetof(struct tide_event, message_id),
-		        offsetof(struct tide_event, schema_version)};
+		static const size_t fields[5] = {offsetof(struct tide_event, type),
+		                                 offsetof(struct tide_event, data),
+		                                 offsetof(struct tide_event, metadata),
+		                                 offsetof(struct tide_event, message_id),
+		                                 offsetof(struct tide_event, schema_version)};
 		for (int k = 0; k < 5; k++)
 			ok = ok && (a->values[2 + k] = array_text(events, n, fields[k]));
 	}

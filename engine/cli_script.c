@@ -14,6 +14,7 @@
 #include "lua_json.h"
 #include "lua_vm.h"
 #include "pg.h"
+#include "upcast.h"
 
 int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, int *status, char *msg, size_t n)
 {
@@ -57,6 +58,10 @@ int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **out
 	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
 	struct tide_vm *vm = NULL;
 	int rc = tide_vm_open(&opts, &vm, err, n);
+	/* The upcasters beside the script: what it reads, it reads in their newest shape
+	 * (`tide check` checks files one by one, upcasters as any other). */
+	if (rc == 0 && strcmp(cli->cmd, "check") != 0)
+		rc = tide_upcasters_load_beside(vm, path, &opts, err, n);
 	if (rc == 0)
 		rc = tide_vm_load(vm, path, src, len, ref, err, n);
 	free(src);

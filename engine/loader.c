@@ -230,8 +230,8 @@ int tide_load(uv_loop_t *loop, const struct tide_load_request *req, tide_load_cb
 	j->r.upcasters_error = j->upcasters_error;
 	j->cb = cb;
 	j->arg = arg;
-	bool copied = (!req->upcasters || j->upcasters) &&
-	              (!req->upcasters_error || j->upcasters_error);
+	bool copied =
+	        (!req->upcasters || j->upcasters) && (!req->upcasters_error || j->upcasters_error);
 	if (!j->path || !j->id || !copied ||
 	    uv_queue_work(loop, &j->req, load_work, load_done) != 0) {
 		free(j->path);

@@ -873,8 +873,8 @@ int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *in
 		ev->message_id =
 		        event_string(L, t, i + 1, "id", "message id", false, invalid, misuse, errn);
 		if (!misuse[0] && !invalid[0])
-			ev->schema_version = event_version(L, t, i + 1, out->versions[i], invalid,
-			                                   misuse, errn);
+			ev->schema_version =
+			        event_version(L, t, i + 1, out->versions[i], invalid, misuse, errn);
 		lua_pop(L, 1);
 		if (misuse[0] || invalid[0])
 			goto fail;

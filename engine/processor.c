@@ -12,10 +12,10 @@
 
 #include "consumer.h"
 #include "loader.h"
-#include "upcast.h"
 #include "log.h"
 #include "metrics.h"
 #include "rebuild.h"
+#include "upcast.h"
 
 enum state {
 	P_LOADING,  /* the first load is under way */

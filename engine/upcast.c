@@ -107,7 +107,8 @@ int tide_upcasters_find(const char *const *dirs, int n, const struct tide_vm_opt
 			if (is_upcaster(vm, files[i], &hash, &broken, err, sizeof(err))) {
 				put(&paths, u->count++ ? "\n" : "");
 				put(&paths, files[i]);
-				sig = (sig ^ tide_hash(files[i], strlen(files[i]))) * 1099511628211ull;
+				sig = (sig ^ tide_hash(files[i], strlen(files[i]))) *
+				      1099511628211ull;
 				sig = (sig ^ hash) * 1099511628211ull;
 			} else if (broken) {
 				char msg[2200];

@@ -30,8 +30,7 @@ void tide_upcasters_free(struct tide_upcasters *u);
  * its runtime (tide.use_upcasters): load them before the script, whose directory `require`
  * then finds its siblings in. TIDE_ESCRIPT with err naming the file when one does not load
  * or returns no upcaster, or the chain has a gap; TIDE_ENOMEM. */
-TIDE_MUST_CHECK int tide_upcasters_load(struct tide_vm *vm, const char *paths, char *err,
-                                        size_t n);
+TIDE_MUST_CHECK int tide_upcasters_load(struct tide_vm *vm, const char *paths, char *err, size_t n);
 
 /* The upcasters of the directory of the script at path, loaded into vm (`tide handle`,
  * `tide aggregate`): tide_upcasters_find, then tide_upcasters_load; err says why not. */

@@ -1,0 +1,266 @@
+-- Upcasters: events stored at schema version 1 are read at version 3 (through a chain of
+-- two upcaster files) by the Lua module, `tide read`, a decider's aggregate and handle (the
+-- CLI's), and a projection of `tide run`; a decider's new events are written at the version
+-- it declares (3); a chain with a missing step is a load-time error naming the files; an
+-- upcaster that raises fails the read (nil, err) or the batch (the failure policy); a changed
+-- upcaster file reaches the running processors.
+local S = require "spec.support"
+local D = require "spec.daemon"
+local q = S.q
+local tide = require "tide"
+
+-- ItemAdded: v1 { product, qty }; v2 { sku, qty }; v3 { sku, quantity, unit }.
+local UP_1_2 = [[
+local tide = require "tide"
+return tide.upcaster {
+  type = "ItemAdded", from = 1, to = 2,
+  upcast = function(data, metadata)
+    return { sku = data.product, qty = data.qty }
+  end,
+}
+]]
+local function up_2_3(unit)
+  return string.format([[
+local tide = require "tide"
+return tide.upcasters {
+  tide.upcaster {
+    type = "ItemAdded", from = 2, to = 3,
+    upcast = function(data, metadata)
+      metadata.upcast = (metadata.upcast or 0) + 1
+      return { sku = data.sku, quantity = data.qty, unit = %q }, metadata
+    end,
+  },
+}
+]], unit)
+end
+
+-- A decider that only understands the newest shape.
+local CART = [[
+local tide = require "tide"
+return tide.decider {
+  initial = function() return { items = 0, skus = {} } end,
+  evolve = function(s, e)
+    if e.type == "ItemAdded" then
+      assert(e.schema_version == 3, "evolve got schema version " .. tostring(e.schema_version))
+      s.items = s.items + e.data.quantity
+      s.skus[#s.skus + 1] = e.data.sku .. "/" .. e.data.unit
+    end
+    return s
+  end,
+  decide = function(cmd, s)
+    return { { type = "ItemAdded", data = { sku = cmd.data.sku, quantity = cmd.data.quantity, unit = "pcs" } },
+             { type = "CartTouched", data = {} } }
+  end,
+}
+]]
+
+-- A projection that records the shape it sees.
+local ITEMS = [[
+local tide = require "tide"
+return tide.projection {
+  events = { "ItemAdded" },
+  %s
+  setup = function(sql)
+    sql:exec("CREATE TABLE IF NOT EXISTS items_seen (pos bigint PRIMARY KEY, sku text, quantity int, unit text, version int, upcast int)")
+  end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      sql:exec("INSERT INTO items_seen VALUES ($1, $2, $3, $4, $5, $6)", e.global_position,
+        e.data.sku, e.data.quantity, e.data.unit, e.schema_version, e.metadata.upcast)
+    end
+  end,
+}
+]]
+
+describe("upcasters", function()
+  local why = S.missing()
+  if why then
+    it("needs the tide binary and PostgreSQL", function() pending(why) end)
+    return
+  end
+  local url, dir, plain
+  before_each(function()
+    url = S.fresh_db()
+    dir = S.mkdtemp()
+    S.write(dir .. "/item_added_1.lua", UP_1_2)
+    S.write(dir .. "/item_added_2.lua", up_2_3("pcs"))
+    S.write(dir .. "/cart.lua", CART)
+    plain = assert(tide.connect(url))
+    -- Written at version 1, as a store without upcasters writes them (and Emmett does).
+    assert(plain:append("cart-1", {
+      { type = "ItemAdded", data = { product = "apple", qty = 2 } },
+      { type = "ItemAdded", data = { product = "pear", qty = 3 } },
+    }))
+  end)
+  after_each(function()
+    D.kill_all()
+    if plain then plain:close() end
+    if url then S.drop_db(url) end
+    os.execute("rm -rf " .. q(dir))
+    url, dir, plain = nil, nil, nil
+  end)
+
+  local function versions(stream)
+    return S.psql(url, "SELECT string_agg(message_type || '@' || message_schema_version, ' ' ORDER BY stream_position)"
+      .. " FROM emt_messages WHERE stream_id = '" .. stream .. "'")
+  end
+
+  it("a plain append writes version 1, and a store without upcasters reads it as it is", function()
+    assert.are.equal("ItemAdded@1 ItemAdded@1", versions("cart-1"))
+    local events = assert(plain:read("cart-1"))
+    assert.are.same({ product = "apple", qty = 2 }, events[1].data)
+    assert.are.equal(1, events[1].schema_version)
+  end)
+
+  it("the Lua module reads them at version 3 and writes the declared version", function()
+    local store = assert(tide.connect(url, { upcasters = dir }))
+    local events = assert(store:read("cart-1"))
+    assert.are.same({ sku = "apple", quantity = 2, unit = "pcs" }, events[1].data)
+    assert.are.same({ 3, 3 }, { events[1].schema_version, events[2].schema_version })
+    assert.are.equal(1, events[2].metadata.upcast)
+    local all = assert(store:read_all())
+    assert.are.same({ sku = "pear", quantity = 3, unit = "pcs" }, all[2].data)
+    assert.are.equal(3, all[2].schema_version)
+    -- A decider through the module folds the newest shape; its events are written at 3.
+    local cart = assert(loadfile(dir .. "/cart.lua"))()
+    local state = assert(store:aggregate(cart, "cart-1"))
+    assert.are.equal(5, state.items)
+    assert(store:handle(cart, "cart-1", { type = "AddItem", data = { sku = "fig", quantity = 1 } }))
+    assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
+    -- Its own appends too; an explicit version is kept.
+    assert(store:append("cart-2", { { type = "ItemAdded", data = { sku = "a", quantity = 1, unit = "kg" } },
+      { type = "ItemAdded", data = { sku = "b", qty = 1 }, schema_version = 2 } }))
+    assert.are.equal("ItemAdded@3 ItemAdded@2", versions("cart-2"))
+    local two = assert(store:read("cart-2"))
+    assert.are.same({ sku = "b", quantity = 1, unit = "pcs" }, two[2].data)
+    -- A list of upcasters instead of a directory.
+    local listed = assert(tide.connect(url, { upcasters = {
+      tide.upcaster { type = "ItemAdded", from = 1, to = 2, upcast = function(d) return { n = d.qty } end } } }))
+    assert.are.same({ n = 2 }, assert(listed:read("cart-1"))[1].data)
+    listed:close()
+    store:close()
+  end)
+
+  it("an event newer than every upcaster knows, or of a version that is no number, passes unchanged", function()
+    S.psql(url, "UPDATE emt_messages SET message_schema_version = '7' WHERE stream_position = 1;"
+      .. " UPDATE emt_messages SET message_schema_version = 'v2' WHERE stream_position = 2")
+    local store = assert(tide.connect(url, { upcasters = dir }))
+    local events = assert(store:read("cart-1"))
+    assert.are.same({ product = "apple", qty = 2 }, events[1].data)
+    assert.are.equal(7, events[1].schema_version)
+    assert.are.same({ product = "pear", qty = 3 }, events[2].data)
+    assert.are.equal("v2", events[2].schema_version)
+    store:close()
+  end)
+
+  it("tide handle and tide aggregate fold the newest shape and write the declared version", function()
+    local r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    local out = S.json(r.out)
+    assert.are.equal(5, out.state.items)
+    assert.are.same({ "apple/pcs", "pear/pcs" }, out.state.skus)
+    r = S.tide("handle " .. q(dir .. "/cart.lua") .. " cart-1 "
+      .. q('{"type":"AddItem","data":{"sku":"fig","quantity":4}}') .. " --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
+    r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
+    assert.are.equal(9, S.json(r.out).state.items)
+  end)
+
+  it("a chain with a missing step is a load-time error naming the files", function()
+    S.write(dir .. "/item_added_2.lua", [[
+local tide = require "tide"
+return tide.upcaster { type = "ItemAdded", from = 3, to = 4, upcast = function(d) return d end }
+]])
+    local store, err = tide.connect(url, { upcasters = dir })
+    assert.is_nil(store)
+    assert.are.equal("script", err.kind)
+    assert.matches("no step from version 2", err.message, 1, true)
+    assert.matches("item_added_1.lua", err.message, 1, true)
+    assert.matches("item_added_2.lua", err.message, 1, true)
+    local r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
+    assert.are_not.equal(0, r.code)
+    assert.matches("no step from version 2", r.err, 1, true)
+    assert.matches("item_added_2.lua", r.err, 1, true)
+    -- Two upcasters of one type from one version.
+    S.write(dir .. "/item_added_2.lua", UP_1_2)
+    store, err = tide.connect(url, { upcasters = dir })
+    assert.is_nil(store)
+    assert.matches("two upcasters of ItemAdded read version 1", err.message, 1, true)
+  end)
+
+  it("an upcaster that raises fails the read with its error", function()
+    S.write(dir .. "/item_added_2.lua", [[
+local tide = require "tide"
+return tide.upcaster { type = "ItemAdded", from = 2, to = 3, upcast = function(d)
+  if d.sku == "pear" then error("no pears") end
+  return { sku = d.sku, quantity = d.qty, unit = "pcs" }
+end }
+]])
+    local store = assert(tide.connect(url, { upcasters = dir }))
+    local events, err = store:read("cart-1")
+    assert.is_nil(events)
+    assert.are.equal("script", err.kind)
+    assert.matches("item_added_2.lua:3: no pears", err.message, 1, true)
+    assert.matches("event 2 (ItemAdded", err.message, 1, true)
+    local r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
+    assert.are_not.equal(0, r.code)
+    assert.matches("no pears", r.err, 1, true)
+    store:close()
+  end)
+
+  it("a projection of tide run sees version 3; a changed upcaster reaches it; one that raises is dead-lettered", function()
+    S.write(dir .. "/items.lua", string.format(ITEMS, "on_error = \"dead_letter\", max_attempts = 1,"))
+    local _, log = D.start(url, dir)
+    S.wait_for(function() return D.count(url, "items_seen") == 2 end, 20, "the projection")
+    assert.are.equal("apple 2 pcs 3 1|pear 3 pcs 3 1", S.psql(url,
+      "SELECT string_agg(concat_ws(' ', sku, quantity, unit, version, upcast), '|' ORDER BY pos) FROM items_seen"))
+    assert.matches("upcasters.loaded", D.read(log), 1, true)
+    -- A new version of the second step: the processor loads again with it.
+    S.save(dir .. "/item_added_2.lua", up_2_3("box"))
+    S.wait_for(function() return D.read(log):find("every processor loads again", 1, true)
+      and D.read(log):find("processor.reloaded processor=spec/items kind=projection generation=2", 1, true) end,
+      20, "the processor to load again with the new upcasters")
+    assert(plain:append("cart-3", { { type = "ItemAdded", data = { product = "kiwi", qty = 1 } } }))
+    S.wait_for(function() return D.count(url, "items_seen") == 3 end, 20, "the new event")
+    assert.are.equal("kiwi 1 box 3", S.psql(url,
+      "SELECT concat_ws(' ', sku, quantity, unit, version) FROM items_seen ORDER BY pos DESC LIMIT 1"))
+    -- An upcaster that raises: the event is dead-lettered by the processor's policy.
+    S.save(dir .. "/item_added_2.lua", [[
+local tide = require "tide"
+return tide.upcaster { type = "ItemAdded", from = 2, to = 3, upcast = function(d)
+  if d.sku == "plum" then error("no plums") end
+  return { sku = d.sku, quantity = d.qty, unit = "bag" }
+end }
+]])
+    S.wait_for(function()
+      return D.read(log):find("processor.reloaded processor=spec/items kind=projection generation=3", 1, true)
+    end, 20, "the processor to load again with the new upcasters")
+    assert(plain:append("cart-4", { { type = "ItemAdded", data = { product = "plum", qty = 1 } } }))
+    assert(plain:append("cart-5", { { type = "ItemAdded", data = { product = "lime", qty = 1 } } }))
+    S.wait_for(function() return D.count(url, "items_seen") == 4 end, 20, "the event after the poison")
+    assert.are.equal("lime 1 bag", S.psql(url,
+      "SELECT concat_ws(' ', sku, quantity, unit) FROM items_seen ORDER BY pos DESC LIMIT 1"))
+    local dead = S.psql(url, "SELECT count(*) || ' ' || bool_and(last_error LIKE '%no plums%') FROM tide_dead_letters")
+    assert.are.equal("1 true", dead)
+  end)
+
+  it("a broken chain at the start keeps every processor from running, and says why", function()
+    S.write(dir .. "/item_added_2.lua", [[
+local tide = require "tide"
+return tide.upcaster { type = "ItemAdded", from = 3, to = 4, upcast = function(d) return d end }
+]])
+    S.write(dir .. "/items.lua", string.format(ITEMS, ""))
+    local _, log = D.start(url, dir)
+    S.wait_for(function() return D.read(log):find("upcasters.invalid", 1, true) end, 20, "the error")
+    S.wait_for(function()
+      local st = D.status(url).items
+      return st and st.last_error and st.last_error:find("no step from version 2", 1, true)
+    end, 20, "the processor's error")
+    assert.is_nil(D.count(url, "items_seen"))
+    -- Fixed: the processor starts and reads the newest shape.
+    S.save(dir .. "/item_added_2.lua", up_2_3("pcs"))
+    S.wait_for(function() return D.count(url, "items_seen") == 2 end, 20, "the projection")
+    assert.are.equal("3", S.psql(url, "SELECT min(version) FROM items_seen"))
+  end)
+end)
