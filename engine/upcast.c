@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "file.h"
+#include "lua_json.h"
 #include "lua_store.h"
 
 /* A growing text. */
@@ -286,4 +287,101 @@ int tide_lua_upcaster_files(lua_State *L)
 	}
 	tide_upcasters_free(&u);
 	return 1;
+}
+
+struct upcast_call {
+	const struct tide_message *in;
+	struct tide_upcast_result *out;
+	char *err;
+	size_t errn;
+};
+
+/* A copy of the Lua string at the top as malloc'd text; NULL when out of memory. */
+static char *json_of(lua_State *L, int idx, const char *what, struct upcast_call *x, bool *ok)
+{
+	char *json = tide_lua_to_json_text(L, idx, what, x->err, x->errn);
+	char *copy = json ? strdup(json) : NULL;
+	cJSON_free(json);
+	*ok = *ok && copy;
+	return copy;
+}
+
+/* Under tide_vm_protected: the messages as event tables, runtime.upcast_events(events),
+ * and those whose schema version moved back into texts. */
+static int upcast_call(lua_State *L)
+{
+	struct upcast_call *x = lua_touserdata(L, 1);
+	struct tide_upcast_result *out = x->out;
+	lua_getfield(L, LUA_REGISTRYINDEX, "tide.runtime");
+	lua_getfield(L, -1, "upcast_events");
+	int fn = lua_gettop(L);
+	struct tide_lua_messages ms;
+	tide_lua_messages_begin(L, &ms, false);
+	lua_createtable(L, (int)out->n, 0);
+	int list = lua_gettop(L);
+	for (size_t i = 0; i < out->n; i++) {
+		tide_lua_messages_push(L, &ms, &x->in[i]);
+		lua_rawseti(L, list, (int)i + 1);
+	}
+	lua_pushvalue(L, fn);
+	lua_pushvalue(L, list);
+	lua_call(L, 1, 0);
+	for (size_t i = 0; i < out->n; i++) {
+		lua_rawgeti(L, list, (int)i + 1);
+		int e = lua_gettop(L);
+		lua_getfield(L, e, "schema_version");
+		char v[32] = "";
+		if (lua_type(L, -1) == LUA_TNUMBER)
+			snprintf(v, sizeof(v), "%.0f", lua_tonumber(L, -1));
+		else if (lua_type(L, -1) == LUA_TSTRING)
+			snprintf(v, sizeof(v), "%s", lua_tostring(L, -1));
+		const char *was = x->in[i].schema_version ? x->in[i].schema_version : "";
+		if (strcmp(v, was) != 0) {
+			bool ok = true;
+			char **t = &out->texts[i * 3];
+			lua_getfield(L, e, "data");
+			t[0] = json_of(L, lua_gettop(L), "data", x, &ok);
+			lua_getfield(L, e, "metadata");
+			t[1] = json_of(L, lua_gettop(L), "metadata", x, &ok);
+			t[2] = strdup(v);
+			if (!ok || !t[2])
+				return luaL_error(L, "%s", x->err[0] ? x->err : "out of memory");
+			out->messages[i].data = t[0];
+			out->messages[i].metadata = t[1];
+			out->messages[i].schema_version = t[2];
+		}
+		lua_settop(L, list);
+	}
+	return 0;
+}
+
+int tide_upcast_messages(struct tide_vm *vm, const struct tide_message *in, size_t n,
+                         struct tide_upcast_result *out, char *err, size_t errn)
+{
+	memset(out, 0, sizeof(*out));
+	out->messages = malloc((n ? n : 1) * sizeof(*out->messages));
+	out->texts = calloc(n ? n * 3 : 1, sizeof(*out->texts));
+	if (!out->messages || !out->texts) {
+		snprintf(err, errn, "out of memory");
+		return TIDE_ENOMEM;
+	}
+	memcpy(out->messages, in, n * sizeof(*in));
+	out->n = n;
+	err[0] = '\0';
+	struct upcast_call x = {in, out, err, errn};
+	struct tide_vm_error e;
+	if (tide_vm_protected(vm, upcast_call, &x, &e) != 0) {
+		snprintf(err, errn, "upcasting the events read: %s", e.message);
+		return strcmp(e.kind, "memory") == 0 ? TIDE_ENOMEM : TIDE_ESCRIPT;
+	}
+	return 0;
+}
+
+void tide_upcast_result_free(struct tide_upcast_result *r)
+{
+	for (size_t i = 0; r->texts && i < r->n * 3; i++)
+		free(r->texts[i]);
+	free(r->texts);
+	free(r->messages);
+	memset(r, 0, sizeof(*r));
 }

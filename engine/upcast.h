@@ -38,6 +38,23 @@ TIDE_MUST_CHECK int tide_upcasters_load_beside(struct tide_vm *vm, const char *p
                                                const struct tide_vm_opts *opts, char *err,
                                                size_t n);
 
+/* A read's messages upcast (`tide read`, the HTTP API): a copy of the messages, where those
+ * an upcaster changed point to their new data, metadata and schema version (texts owned
+ * here; the others' strings are the read's). */
+struct tide_upcast_result {
+	struct tide_message *messages;
+	char **texts; /* three per message: data, metadata, schema version; NULL: unchanged */
+	size_t n;
+};
+
+/* Upcasts in through the chain loaded in vm (tide_upcasters_load), under its CPU guard.
+ * 0, or TIDE_ESCRIPT (an upcaster raised, or returned something else than a table) /
+ * TIDE_ENOMEM with err saying so; release out with tide_upcast_result_free either way. */
+TIDE_MUST_CHECK int tide_upcast_messages(struct tide_vm *vm, const struct tide_message *in,
+                                         size_t n, struct tide_upcast_result *out, char *err,
+                                         size_t errn);
+void tide_upcast_result_free(struct tide_upcast_result *r);
+
 /* tide.core.upcaster_files(dir) → { path, ... } | nil, err (kind "script" when one does not
  * load or the chain is broken): the Lua module's tide.connect { upcasters = DIR }. */
 int tide_lua_upcaster_files(lua_State *L);

@@ -137,6 +137,11 @@ function M.upcaster_chain(from)
   return chain
 end
 
+-- A read's events upcast in place with the VM's upcasters (engine/upcast.c: `tide read`).
+function M.upcast_events(events)
+  if M._upcasters then upcast.apply(M._upcasters, events) end
+end
+
 -- A script VM's upcasters (engine/upcast.c): { { value, file }, ... } → the runtime's chain,
 -- which its readers use; raises when the chain is broken.
 function M.use_upcasters(files)
