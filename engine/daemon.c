@@ -249,6 +249,33 @@ static void tell_inline(struct run *r)
 	r->inline_told = n > 0;
 }
 
+/* The HTTP API's reads upcast in a VM of their own, on the loop (under its CPU guard, as a
+ * processor's batch); its commands load the files beside their deciders. */
+static void give_http_upcasters(struct run *r)
+{
+	if (!r->http)
+		return;
+	const struct tide_upcasters *u = &r->upcasters;
+	struct tide_vm *vm = NULL;
+	char err[2048] = "";
+	if (!u->error && u->count > 0) {
+		struct tide_vm_opts vo = {.cpu_ms = r->d.popts.cpu_ms,
+		                          .memory_limit = r->d.popts.memory};
+		int rc = tide_vm_open(&vo, &vm, err, sizeof(err));
+		if (rc == 0)
+			rc = tide_upcasters_load(vm, u->paths, err, sizeof(err));
+		if (rc != 0) {
+			tide_vm_close(vm);
+			vm = NULL;
+		}
+	}
+	tide_http_use_upcasters(r->http, vm, u->paths,
+	                        u->error ? u->error
+	                        : err[0] ? err
+	                                 : NULL,
+	                        u->signature);
+}
+
 /* Looks for the upcasters among the scripts again (blocking, as the inline projections'
  * scan: it runs the scripts). True when they changed after the start: every processor then
  * loads again, with the new chain. A broken set is reported once; at the start it makes
@@ -292,6 +319,7 @@ static bool scan_upcasters(struct run *r)
 	}
 	tide_upcasters_free(&r->upcasters);
 	r->upcasters = u;
+	give_http_upcasters(r);
 	return !first;
 }
 

@@ -10,6 +10,7 @@
 #include "json.h"
 #include "json_out.h"
 #include "metrics.h"
+#include "upcast.h"
 
 /* A whole number >= 0 from the query; 0 when absent. -1 (and the call answered 400) when
  * it is not one. */
@@ -261,10 +262,20 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	bool log = c->route_state != NULL;
+	struct tide_upcast_result up;
+	const struct tide_message *messages;
+	char why[2048];
+	status = tide_http_upcast(c->http, r, &up, &messages, why, sizeof(why));
+	if (status) {
+		tide_upcast_result_free(&up);
+		tide_http_fail_code(c, status, why);
+		return;
+	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON *events = cJSON_AddArrayToObject(o, "events");
 	for (size_t i = 0; i < r->count; i++)
-		cJSON_AddItemToArray(events, tide_json_message(&r->messages[i], log));
+		cJSON_AddItemToArray(events, tide_json_message(&messages[i], log));
+	tide_upcast_result_free(&up);
 	if (log) {
 		char next[48];
 		tide_cursor_format(&r->next, next);

@@ -6,6 +6,7 @@
 -- upcaster file reaches the running processors.
 local S = require "spec.support"
 local D = require "spec.daemon"
+local H = require "spec.http"
 local q = S.q
 local tide = require "tide"
 
@@ -281,6 +282,45 @@ end }
       "SELECT concat_ws(' ', sku, quantity, unit) FROM items_seen ORDER BY pos DESC LIMIT 1"))
     local dead = S.psql(url, "SELECT count(*) || ' ' || bool_and(last_error LIKE '%no plums%') FROM tide_dead_letters")
     assert.are.equal("1 true", dead)
+  end)
+
+  it("the HTTP API reads (streams, log, live subscription) and commands through them", function()
+    local base, _, log = H.start(url, dir)
+    local status, body, doc = H.get(base .. "/streams/cart-1")
+    assert.are.equal(200, status, body)
+    assert.are.same({ sku = "apple", quantity = 2, unit = "pcs" }, doc.events[1].data)
+    assert.are.equal(3, doc.events[1].schema_version)
+    status, body, doc = H.get(base .. "/log")
+    assert.are.equal(200, status, body)
+    assert.are.same({ sku = "pear", quantity = 3, unit = "pcs" }, doc.events[2].data)
+    local sse = S.sh("curl -sN --max-time 1 " .. q(base .. "/log/subscribe")).out
+    local first = S.json(assert(sse:match("\ndata: ([^\n]+)")))
+    assert.are.same({ { sku = "apple", quantity = 2, unit = "pcs" }, 3 }, { first.data, first.schema_version })
+    status, body = H.post(base .. "/commands/cart/cart-1", { type = "AddItem", data = { sku = "fig", quantity = 4 } })
+    assert.are.equal(200, status, body)
+    assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
+    -- A changed upcaster reaches reads and commands.
+    S.save(dir .. "/item_added_2.lua", up_2_3("box"))
+    S.wait_for(function() return D.read(log):find("every processor loads again", 1, true) end, 20,
+      "the upcasters to load again")
+    status, body, doc = H.get(base .. "/streams/cart-1")
+    assert.are.equal("box", doc.events[1].data.unit)
+    -- One that raises: the read fails with its error, and so does a command on the stream.
+    S.save(dir .. "/item_added_2.lua", [[
+local tide = require "tide"
+return tide.upcaster { type = "ItemAdded", from = 2, to = 3, upcast = function(d) error("no way") end }
+]])
+    S.wait_for(function()
+      local _, n = D.read(log):gsub("every processor loads again", "")
+      return n >= 2
+    end, 20, "the upcasters to load again")
+    status, body = H.get(base .. "/streams/cart-1")
+    assert.are.equal(422, status)
+    assert.matches("item_added_2.lua:2: no way", body, 1, true)
+    status, body = H.post(base .. "/commands/cart/cart-1", { type = "AddItem", data = { sku = "x", quantity = 1 } })
+    assert.are.equal(422, status, body)
+    assert.matches("no way", body, 1, true)
+    assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
   end)
 
   it("a broken chain at the start keeps every processor from running, and says why", function()
