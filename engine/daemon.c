@@ -328,6 +328,8 @@ static void rescan(struct run *r, bool force)
 {
 	if (scan_upcasters(r))
 		force = true;
+	tide_inline_dirs_use_upcasters(r->inline_dirs, r->upcasters.paths, r->upcasters.error,
+	                               r->upcasters.signature);
 	if (r->inline_dirs && tide_inline_dirs_scan(r->inline_dirs))
 		tell_inline(r);
 	struct tide_inline_set *inl = tide_inline_dirs_set(r->inline_dirs);

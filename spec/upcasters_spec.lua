@@ -73,6 +73,30 @@ return tide.projection {
 }
 ]]
 
+-- An inline projection (it runs inside the appends) that keeps the shape it saw.
+local INLINE = [[
+local tide = require "tide"
+return tide.projection {
+  collection = "inline_items", inline = true, events = { "ItemAdded" },
+  evolve = function(doc, e)
+    doc = doc or { n = 0 }
+    doc.n, doc.unit, doc.v = doc.n + e.data.quantity, e.data.unit, e.schema_version
+    return doc
+  end,
+}
+]]
+
+-- A reactor whose ctx.append writes the newest shape.
+local PINGED = [[
+local tide = require "tide"
+return tide.reactor {
+  events = { "Ping" },
+  handle = function(e, ctx)
+    ctx.append("from-reactor", { { type = "ItemAdded", data = { sku = "r", quantity = 1, unit = "pcs" } } })
+  end,
+}
+]]
+
 describe("upcasters", function()
   local why = S.missing()
   if why then
@@ -250,8 +274,15 @@ end }
 
   it("a projection of tide run sees version 3; a changed upcaster reaches it; one that raises is dead-lettered", function()
     S.write(dir .. "/items.lua", string.format(ITEMS, "on_error = \"dead_letter\", max_attempts = 1,"))
+    S.write(dir .. "/pinged.lua", PINGED)
     local _, log = D.start(url, dir)
     S.wait_for(function() return D.count(url, "items_seen") == 2 end, 20, "the projection")
+    -- A reactor's ctx.append writes the version its upcasters declare.
+    assert(plain:append("ping-1", { { type = "Ping", data = {} } }))
+    S.wait_for(function() return versions("from-reactor") ~= "" end, 20, "the reactor's append")
+    assert.are.equal("ItemAdded@3", versions("from-reactor"))
+    S.wait_for(function() return D.count(url, "items_seen") == 3 end, 20, "the reactor's event")
+    S.psql(url, "DELETE FROM items_seen WHERE sku = 'r'")
     assert.are.equal("apple 2 pcs 3 1|pear 3 pcs 3 1", S.psql(url,
       "SELECT string_agg(concat_ws(' ', sku, quantity, unit, version, upcast), '|' ORDER BY pos) FROM items_seen"))
     assert.matches("upcasters.loaded", D.read(log), 1, true)
@@ -321,6 +352,25 @@ return tide.upcaster { type = "ItemAdded", from = 2, to = 3, upcast = function(d
     assert.are.equal(422, status, body)
     assert.matches("no way", body, 1, true)
     assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
+  end)
+
+  it("inline projections read through the upcasters of their directory", function()
+    local idir = S.mkdtemp()
+    S.write(idir .. "/item_added_1.lua", UP_1_2)
+    S.write(idir .. "/item_added_2.lua", up_2_3("kg"))
+    S.write(idir .. "/inline_items.lua", INLINE)
+    local store = assert(tide.connect(url, { projections = idir }))
+    assert(store:append("cart-7", { { type = "ItemAdded", data = { product = "fig", qty = 5 } } }))
+    assert.are.equal("ItemAdded@1", versions("cart-7"))
+    assert.are.same({ n = 5, unit = "kg", v = 3 }, (assert(store:doc("inline_items", "cart-7"))))
+    -- Written at 3 by a store that declares it: no upcasting, the same shape.
+    local declared = assert(tide.connect(url, { projections = idir, upcasters = idir }))
+    assert(declared:append("cart-7", { { type = "ItemAdded", data = { sku = "fig", quantity = 1, unit = "kg" } } }))
+    assert.are.equal("ItemAdded@1 ItemAdded@3", versions("cart-7"))
+    assert.are.same({ n = 6, unit = "kg", v = 3 }, (assert(store:doc("inline_items", "cart-7"))))
+    declared:close()
+    store:close()
+    os.execute("rm -rf " .. q(idir))
   end)
 
   it("a broken chain at the start keeps every processor from running, and says why", function()
