@@ -216,6 +216,23 @@ return tide.upcaster { type = "ItemAdded", from = 1, to = 2, upcast = function(d
     assert.are.equal(2, r.code)
   end)
 
+  it("events Emmett wrote are read at version 3", function()
+    if S.sh("command -v node").code ~= 0
+      or not io.open("spec/interop/node_modules/@event-driven-io/emmett-postgresql/package.json") then
+      pending("Emmett is not installed (spec.interop installs it into spec/interop/node_modules)")
+      return
+    end
+    local r = S.sh("node spec/interop/emmett.mjs append " .. q(url) .. " cart-e ItemAdded "
+      .. q('{"product":"plum","qty":6}'))
+    assert.are.equal(0, r.code, r.err)
+    assert.are.equal("ItemAdded@1", versions("cart-e"))
+    local events = S.lines(S.tide("read cart-e --upcasters " .. q(dir) .. " --database " .. q(url)).out)
+    assert.are.same({ { sku = "plum", quantity = 6, unit = "pcs" }, 3 }, { events[1].data, events[1].schema_version })
+    r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-e --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    assert.are.same({ "plum/pcs" }, S.json(r.out).state.skus)
+  end)
+
   it("tide handle and tide aggregate fold the newest shape and write the declared version", function()
     local r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
     assert.are.equal(0, r.code, r.err)
