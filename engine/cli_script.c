@@ -160,6 +160,21 @@ static int check_directory(struct cli *cli, const char *dir)
 		code = 1;
 	}
 	tide_file_list_free(paths, n);
+	/* Its upcasters make one chain per type: a gap is an error of the directory. */
+	const char *dirs[1] = {dir};
+	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
+	struct tide_upcasters u;
+	if (tide_upcasters_find(dirs, 1, &opts, &u) != 0) {
+		fprintf(stderr, "tide check: out of memory\n");
+		return 1;
+	}
+	if (u.error) {
+		char line[2048];
+		tide_pg_redact(NULL, u.error, line, sizeof(line));
+		fprintf(stderr, "tide check: %s: %s\n", dir, line);
+		code = 1;
+	}
+	tide_upcasters_free(&u);
 	return code;
 }
 

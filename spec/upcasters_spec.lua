@@ -73,6 +73,62 @@ return tide.projection {
 }
 ]]
 
+-- The chain's rules, in plain Lua (lua/tide/upcast.lua): no database needed.
+describe("the upcaster chain", function()
+  local up = require "tide.upcast"
+  local function u(t, from, to, f)
+    return { value = tide.upcaster { type = t, from = from, to = to, upcast = f or function(d) return d end },
+             file = t .. from .. ".lua" }
+  end
+  local function chain_error(files)
+    local ok, err = pcall(up.chain, files)
+    assert.is_false(ok)
+    return err
+  end
+
+  it("goes from 1 to the top, steps of more than one version included", function()
+    local c = up.chain({ u("A", 3, 5), u("A", 1, 3), u("B", 1, 2) })
+    assert.are.same({ 5, 2, 1 }, { up.declared(c, "A"), up.declared(c, "B"), up.declared(c, "C") })
+    local ev = { { type = "A", data = { n = 1 }, metadata = {} }, { type = "A", data = {}, metadata = {}, schema_version = 3 } }
+    up.apply(c, ev)
+    assert.are.same({ 5, 5 }, { ev[1].schema_version, ev[2].schema_version })
+  end)
+
+  it("refuses a chain that starts above 1, has a gap, or two steps from one version", function()
+    assert.matches("no step from version 1", chain_error({ u("A", 2, 3) }), 1, true)
+    assert.matches("A2.lua", chain_error({ u("A", 2, 3) }), 1, true)
+    assert.matches("no step from version 2 (it has 1→2 (A1.lua), 3→4 (A3.lua))",
+      chain_error({ u("A", 1, 2), u("A", 3, 4) }), 1, true)
+    local dup = u("A", 1, 3)
+    dup.file = "other.lua"
+    assert.matches("two upcasters of A read version 1: A1.lua and other.lua",
+      chain_error({ u("A", 1, 2), dup }), 1, true)
+    assert.matches("returns no upcaster", chain_error({ { value = { kind = "projection" }, file = "p.lua" } }), 1, true)
+  end)
+
+  it("checks what tide.upcaster is given and what upcast returns", function()
+    assert.has_error(function() tide.upcaster { type = "A", from = 2, to = 2, upcast = function() end } end,
+      "tide.upcaster: 'to' must be a whole number greater than 'from' (the version it makes)")
+    assert.has_error(function() tide.upcaster { type = "", from = 1, to = 2, upcast = function() end } end)
+    assert.has_error(function() tide.upcasters {} end)
+    local c = up.chain({ u("A", 1, 2, function() return nil end) })
+    local ok, err = pcall(up.apply, c, { { type = "A", data = {}, metadata = {} } })
+    assert.is_false(ok)
+    assert.matches("A1.lua: the upcaster of A from 1 to 2 returned no data", err, 1, true)
+    c = up.chain({ u("A", 1, 2, function(d) return d, "meta" end) })
+    ok, err = pcall(up.apply, c, { { type = "A", data = {}, metadata = {} } })
+    assert.matches("returned metadata that is a string", err, 1, true)
+  end)
+
+  it("stamps appended events with the declared version, keeping one they have", function()
+    local c = up.chain({ u("A", 1, 2), u("A", 2, 3) })
+    local list = { { type = "A" }, { type = "A", schema_version = 2 }, { type = "B" } }
+    up.stamp(c, list)
+    assert.are.same({ 3, 2 }, { list[1].schema_version, list[2].schema_version })
+    assert.is_nil(list[3].schema_version)
+  end)
+end)
+
 -- An inline projection (it runs inside the appends) that keeps the shape it saw.
 local INLINE = [[
 local tide = require "tide"
@@ -252,6 +308,9 @@ return tide.upcaster { type = "ItemAdded", from = 1, to = 2, upcast = function(d
 local tide = require "tide"
 return tide.upcaster { type = "ItemAdded", from = 3, to = 4, upcast = function(d) return d end }
 ]])
+    local r0 = S.tide("check " .. q(dir))
+    assert.are.equal(1, r0.code)
+    assert.matches("no step from version 2", r0.err, 1, true)
     local store, err = tide.connect(url, { upcasters = dir })
     assert.is_nil(store)
     assert.are.equal("script", err.kind)
