@@ -406,6 +406,18 @@ end }
     status, body = H.post(base .. "/commands/cart/cart-1", { type = "AddItem", data = { sku = "fig", quantity = 4 } })
     assert.are.equal(200, status, body)
     assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
+    -- An append over HTTP says the shape it writes, or writes 1.
+    status, body = H.post(base .. "/streams/cart-h", { events = {
+      { type = "ItemAdded", data = { sku = "h", qty = 2 }, schema_version = 2 },
+      { type = "ItemAdded", data = { product = "h", qty = 1 } } } })
+    assert.are.equal(200, status, body)
+    assert.are.equal("ItemAdded@2 ItemAdded@1", versions("cart-h"))
+    status, body, doc = H.get(base .. "/streams/cart-h")
+    assert.are.same({ sku = "h", quantity = 2, unit = "pcs" }, doc.events[1].data)
+    status, body = H.post(base .. "/streams/cart-h", { events = {
+      { type = "ItemAdded", data = {}, schema_version = 1.5 } } })
+    assert.are.equal(400, status)
+    assert.matches("events[0].schema_version must be a whole number", body, 1, true)
     -- A changed upcaster reaches reads and commands.
     S.save(dir .. "/item_added_2.lua", up_2_3("box"))
     S.wait_for(function() return D.read(log):find("every processor loads again", 1, true) end, 20,
