@@ -120,6 +120,16 @@ describe("the upcaster chain", function()
     assert.matches("returned metadata that is a string", err, 1, true)
   end)
 
+  it("tide.testing.upcast gives a spec the events as readers get them", function()
+    local testing = require "tide.testing"
+    local events = testing.upcast({ u("A", 1, 2, function(d) return { n = d.n + 1 } end).value,
+      tide.upcasters { u("A", 2, 3, function(d) return { n = d.n * 10 } end).value } },
+      { { type = "A", data = { n = 1 } }, { type = "A", data = { n = 1 }, schema_version = 2 } }, "a-1")
+    assert.are.same({ { n = 20 }, { n = 10 } }, { events[1].data, events[2].data })
+    assert.are.same({ 3, "a-1", 1 }, { events[1].schema_version, events[1].stream_id, events[1].stream_position })
+    assert.has_error(function() testing.upcast({ u("A", 2, 3).value }, {}) end)
+  end)
+
   it("stamps appended events with the declared version, keeping one they have", function()
     local c = up.chain({ u("A", 1, 2), u("A", 2, 3) })
     local list = { { type = "A" }, { type = "A", schema_version = 2 }, { type = "B" } }
