@@ -311,6 +311,11 @@ return tide.upcaster { type = "ItemAdded", from = 1, to = 2, upcast = function(d
     assert.are.equal("ItemAdded@1 ItemAdded@1 ItemAdded@3 CartTouched@1", versions("cart-1"))
     r = S.tide("aggregate " .. q(dir .. "/cart.lua") .. " cart-1 --database " .. q(url))
     assert.are.equal(9, S.json(r.out).state.items)
+    -- tide replay folds the same shapes.
+    r = S.tide("replay " .. q(dir .. "/cart.lua") .. " cart-1 --json --database " .. q(url))
+    assert.are.equal(0, r.code, r.err)
+    assert.truthy(r.out:find('"unit":"pcs"', 1, true), r.out)
+    assert.falsy(r.out:find('"product"', 1, true), r.out)
   end)
 
   it("a chain with a missing step is a load-time error naming the files", function()
