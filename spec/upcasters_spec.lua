@@ -418,7 +418,11 @@ end }
 
   it("the HTTP API reads (streams, log, live subscription) and commands through them", function()
     local base, _, log = H.start(url, dir)
-    local status, body, doc = H.get(base .. "/streams/cart-1")
+    local status, body, doc
+    S.wait_for(function() -- the request pool connects after the server listens
+      status, body, doc = H.get(base .. "/streams/cart-1")
+      return status ~= 503
+    end, 20, "the HTTP API's connections")
     assert.are.equal(200, status, body)
     assert.are.same({ sku = "apple", quantity = 2, unit = "pcs" }, doc.events[1].data)
     assert.are.equal(3, doc.events[1].schema_version)
