@@ -16,12 +16,14 @@
 #include <string.h>
 
 /* $1 stream, $2 partition, $3 types, $4 data, $5 metadata (NULL: {}), $6 message ids
- * (NULL: a new UUID), $7 the expected version (existing streams only). One event is sent
- * as scalars, more as arrays: an array's text needs every quote of the JSON escaped. */
-#define EVENTS_ONE  "(VALUES ($3::text, $4::jsonb, $5::jsonb, $6::text, 1))"
-#define EVENTS_MANY "unnest($3::text[], $4::jsonb[], $5::jsonb[], $6::text[]) WITH ORDINALITY"
-#define COUNT_ONE   "1"
-#define COUNT_MANY  "cardinality($3::text[])"
+ * (NULL: a new UUID), $7 schema versions (NULL: '1'), $8 the expected version (existing
+ * streams only). One event is sent as scalars, more as arrays: an array's text needs every
+ * quote of the JSON escaped. */
+#define EVENTS_ONE "(VALUES ($3::text, $4::jsonb, $5::jsonb, $6::text, $7::text, 1))"
+#define EVENTS_MANY                                                                                \
+	"unnest($3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::text[]) WITH ORDINALITY"
+#define COUNT_ONE  "1"
+#define COUNT_MANY "cardinality($3::text[])"
 
 #define STREAM_ROW(COUNT)                                                                          \
 	"INSERT INTO emt_streams AS t (stream_id, stream_position, partition, stream_type,"        \
@@ -45,7 +47,7 @@
 	" WHERE stream_id = $1 AND partition = $2 AND NOT is_archived"                             \
 	" AND (" VERSION "::bigint IS NULL OR stream_position = " VERSION "::bigint)"              \
 	" RETURNING stream_position"
-#define STREAM_EXISTING(COUNT) STREAM_EXISTING_AT(COUNT, "$7")
+#define STREAM_EXISTING(COUNT) STREAM_EXISTING_AT(COUNT, "$8")
 
 /* RETURNING: what the rows give back; RESULT: the columns after the new version (one
  * event: the global position itself, no array to build). */
@@ -56,9 +58,9 @@
 	"  message_metadata, message_schema_version, message_type, message_kind, message_id,"      \
 	"  transaction_id, is_archived)"                                                           \
 	" SELECT $1, s.stream_position - " COUNT " + e.ord, $2, e.data,"                           \
-	"  coalesce(e.metadata, '{}'), '1', e.type, 'E', coalesce(e.id, gen_random_uuid()::text)," \
-	"  pg_current_xact_id(), false"                                                            \
-	" FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"                                  \
+	"  coalesce(e.metadata, '{}'), coalesce(e.version, '1'), e.type, 'E',"                     \
+	"  coalesce(e.id, gen_random_uuid()::text), pg_current_xact_id(), false"                   \
+	" FROM s, " EVENTS " AS e(type, data, metadata, id, version, ord)"                         \
 	" RETURNING " RETURNING ")"                                                                \
 	" SELECT s.stream_position, " RESULT " FROM s"
 #define POSITIONS_ONE  "(SELECT global_position FROM m)"
@@ -80,21 +82,21 @@
 enum shape { ANY, NEW, EXISTING };
 
 static const struct tide_pg_stmt stmts[3][2] = {
-        [ANY] = {{"tide_append_any", APPEND_ONE(STREAM_ANY), 6},
-                 {"tide_append_any_n", APPEND_MANY(STREAM_ANY), 6}},
-        [NEW] = {{"tide_append_new", APPEND_ONE(STREAM_NEW), 6},
-                 {"tide_append_new_n", APPEND_MANY(STREAM_NEW), 6}},
-        [EXISTING] = {{"tide_append_existing", APPEND_ONE(STREAM_EXISTING), 7},
-                      {"tide_append_existing_n", APPEND_MANY(STREAM_EXISTING), 7}},
+        [ANY] = {{"tide_append_any", APPEND_ONE(STREAM_ANY), 7},
+                 {"tide_append_any_n", APPEND_MANY(STREAM_ANY), 7}},
+        [NEW] = {{"tide_append_new", APPEND_ONE(STREAM_NEW), 7},
+                 {"tide_append_new_n", APPEND_MANY(STREAM_NEW), 7}},
+        [EXISTING] = {{"tide_append_existing", APPEND_ONE(STREAM_EXISTING), 8},
+                      {"tide_append_existing_n", APPEND_MANY(STREAM_EXISTING), 8}},
 };
 
 static const struct tide_pg_stmt rows_stmts[3][2] = {
-        [ANY] = {{"tide_append_rows_any", APPEND_ROWS_ONE(STREAM_ANY), 6},
-                 {"tide_append_rows_any_n", APPEND_ROWS_MANY(STREAM_ANY), 6}},
-        [NEW] = {{"tide_append_rows_new", APPEND_ROWS_ONE(STREAM_NEW), 6},
-                 {"tide_append_rows_new_n", APPEND_ROWS_MANY(STREAM_NEW), 6}},
-        [EXISTING] = {{"tide_append_rows_existing", APPEND_ROWS_ONE(STREAM_EXISTING), 7},
-                      {"tide_append_rows_existing_n", APPEND_ROWS_MANY(STREAM_EXISTING), 7}},
+        [ANY] = {{"tide_append_rows_any", APPEND_ROWS_ONE(STREAM_ANY), 7},
+                 {"tide_append_rows_any_n", APPEND_ROWS_MANY(STREAM_ANY), 7}},
+        [NEW] = {{"tide_append_rows_new", APPEND_ROWS_ONE(STREAM_NEW), 7},
+                 {"tide_append_rows_new_n", APPEND_ROWS_MANY(STREAM_NEW), 7}},
+        [EXISTING] = {{"tide_append_rows_existing", APPEND_ROWS_ONE(STREAM_EXISTING), 8},
+                      {"tide_append_rows_existing_n", APPEND_ROWS_MANY(STREAM_EXISTING), 8}},
 };
 
 /* A conditional append (tide_store_append_if): the same statement behind a check. c runs
@@ -121,10 +123,10 @@ static const struct tide_pg_stmt rows_stmts[3][2] = {
 #define STREAM_EXISTING_IF(COUNT)                                                                  \
 	"UPDATE emt_streams SET stream_position = stream_position + " COUNT " FROM c"              \
 	" WHERE c.found IS NULL AND stream_id = $1 AND partition = $2 AND NOT is_archived"         \
-	" AND ($7::bigint IS NULL OR stream_position = $7::bigint)"                                \
+	" AND ($8::bigint IS NULL OR stream_position = $8::bigint)"                                \
 	" RETURNING stream_position"
-#define Q_AFTER_6 "$7::text[], $8::jsonb, $9::bigint"
 #define Q_AFTER_7 "$8::text[], $9::jsonb, $10::bigint"
+#define Q_AFTER_8 "$9::text[], $10::jsonb, $11::bigint"
 /* clang-format off */
 #define APPEND_IF_SQL(STREAM, Q, COUNT, EVENTS, RESULT)                                            \
 	"WITH c AS (SELECT tide_append_if_check($2, " Q ") AS found),"                             \
@@ -133,9 +135,9 @@ static const struct tide_pg_stmt rows_stmts[3][2] = {
 	"  message_metadata, message_schema_version, message_type, message_kind, message_id,"      \
 	"  transaction_id, is_archived)"                                                           \
 	" SELECT $1, s.stream_position - " COUNT " + e.ord, $2, e.data,"                           \
-	"  coalesce(e.metadata, '{}'), '1', e.type, 'E', coalesce(e.id, gen_random_uuid()::text)," \
-	"  pg_current_xact_id(), false"                                                            \
-	" FROM s, " EVENTS " AS e(type, data, metadata, id, ord)"                                  \
+	"  coalesce(e.metadata, '{}'), coalesce(e.version, '1'), e.type, 'E',"                     \
+	"  coalesce(e.id, gen_random_uuid()::text), pg_current_xact_id(), false"                   \
+	" FROM s, " EVENTS " AS e(type, data, metadata, id, version, ord)"                         \
 	" RETURNING global_position)"                                                              \
 	" SELECT s.stream_position, " RESULT ", c.found FROM c LEFT JOIN s ON true"
 #define APPEND_IF_ONE(STREAM, Q)  APPEND_IF_SQL(STREAM, Q, COUNT_ONE, EVENTS_ONE, POSITIONS_ONE)
@@ -143,13 +145,13 @@ static const struct tide_pg_stmt rows_stmts[3][2] = {
 /* clang-format on */
 
 static const struct tide_pg_stmt if_stmts[3][2] = {
-        [ANY] = {{"tide_append_if_any", APPEND_IF_ONE(STREAM_ANY_IF, Q_AFTER_6), 9},
-                 {"tide_append_if_any_n", APPEND_IF_MANY(STREAM_ANY_IF, Q_AFTER_6), 9}},
-        [NEW] = {{"tide_append_if_new", APPEND_IF_ONE(STREAM_NEW_IF, Q_AFTER_6), 9},
-                 {"tide_append_if_new_n", APPEND_IF_MANY(STREAM_NEW_IF, Q_AFTER_6), 9}},
-        [EXISTING] = {{"tide_append_if_existing", APPEND_IF_ONE(STREAM_EXISTING_IF, Q_AFTER_7), 10},
-                      {"tide_append_if_existing_n", APPEND_IF_MANY(STREAM_EXISTING_IF, Q_AFTER_7),
-                       10}},
+        [ANY] = {{"tide_append_if_any", APPEND_IF_ONE(STREAM_ANY_IF, Q_AFTER_7), 10},
+                 {"tide_append_if_any_n", APPEND_IF_MANY(STREAM_ANY_IF, Q_AFTER_7), 10}},
+        [NEW] = {{"tide_append_if_new", APPEND_IF_ONE(STREAM_NEW_IF, Q_AFTER_7), 10},
+                 {"tide_append_if_new_n", APPEND_IF_MANY(STREAM_NEW_IF, Q_AFTER_7), 10}},
+        [EXISTING] = {{"tide_append_if_existing", APPEND_IF_ONE(STREAM_EXISTING_IF, Q_AFTER_8), 11},
+                      {"tide_append_if_existing_n", APPEND_IF_MANY(STREAM_EXISTING_IF, Q_AFTER_8),
+                       11}},
 };
 
 /* The stream's row alone, for an append whose events go by COPY (append_copy.c): $3 the
@@ -198,9 +200,10 @@ static const struct tide_pg_stmt stmt_ensure_partition = {
 
 struct tide_append {
 	const struct tide_pg_stmt *stmt;
-	/* stream, partition, types, data, metadata, ids, version; then a conditional append's
-	 * query types, query data and position (from values[6] when there is no version) */
-	char *values[10];
+	/* stream, partition, types, data, metadata, ids, schema versions, expected version;
+	 * then a conditional append's query types, query data and position (from values[7]
+	 * when there is no expected version) */
+	char *values[11];
 	bool conditional;
 	int64_t after; /* a conditional append's position */
 	int64_t expected;
@@ -219,7 +222,7 @@ void tide_append_free(struct tide_append *a)
 {
 	if (!a)
 		return;
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < 11; i++)
 		free(a->values[i]);
 	free(a->ensure_err);
 	free(a);
@@ -259,6 +262,16 @@ static int check_events(const struct tide_event *events, size_t n, char *err, si
 			         shown);
 			return TIDE_EINVAL;
 		}
+		if (e->schema_version && !tide_schema_version_valid(e->schema_version)) {
+			char shown[80];
+			tide_snippet(shown, sizeof(shown), e->schema_version,
+			             strlen(e->schema_version), 40);
+			snprintf(err, errn,
+			         "the schema version of event %zu must be a whole number from 1 to "
+			         "999999999, got %s",
+			         i + 1, shown);
+			return TIDE_EINVAL;
+		}
 	}
 	return 0;
 }
@@ -296,6 +309,12 @@ static char *array_text(const struct tide_event *events, size_t n, size_t field)
 	*o++ = '}';
 	*o = '\0';
 	return out;
+}
+
+bool tide_schema_version_valid(const char *v)
+{
+	size_t len = strspn(v, "0123456789");
+	return len > 0 && len <= 9 && v[len] == '\0' && v[0] != '0';
 }
 
 static char *dup_or_null(const char *s, bool *ok)
@@ -350,18 +369,20 @@ int tide_append_build(const char *stream, const char *partition, const struct ti
 		a->values[3] = dup_or_null(events->data, &ok);
 		a->values[4] = dup_or_null(events->metadata, &ok);
 		a->values[5] = dup_or_null(events->message_id, &ok);
+		a->values[6] = dup_or_null(events->schema_version, &ok);
 	} else {
-		static const size_t fields[4] = {offsetof(struct tide_event, type),
+		static const size_t fields[5] = {offsetof(struct tide_event, type),
 		                                 offsetof(struct tide_event, data),
 		                                 offsetof(struct tide_event, metadata),
-		                                 offsetof(struct tide_event, message_id)};
-		for (int k = 0; k < 4; k++)
+		                                 offsetof(struct tide_event, message_id),
+		                                 offsetof(struct tide_event, schema_version)};
+		for (int k = 0; k < 5; k++)
 			ok = ok && (a->values[2 + k] = array_text(events, n, fields[k]));
 	}
 	if (ok && shape == EXISTING && expected > 0) {
 		char v[24];
 		snprintf(v, sizeof(v), "%" PRId64, expected);
-		a->values[6] = dup_or_null(v, &ok);
+		a->values[7] = dup_or_null(v, &ok);
 	}
 	if (!ok) {
 		tide_append_free(a);
@@ -392,7 +413,7 @@ int tide_append_condition(struct tide_append *a, const struct tide_query *q, int
 	if (rc)
 		return rc;
 	size_t shape = (size_t)(a->stmt - &stmts[0][0]) / 2, many = a->n > 1;
-	int first = shape == EXISTING ? 7 : 6;
+	int first = shape == EXISTING ? 8 : 7;
 	char pos[24];
 	snprintf(pos, sizeof(pos), "%" PRId64, after);
 	bool ok = true;

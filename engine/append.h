@@ -14,6 +14,9 @@ struct tide_wake;
 
 /* Checks the stream name, the expectation and every event (the rules of tide.h): 0, or
  * TIDE_EINVAL with one line in err. */
+/* Whether v is a schema version an event may be written with: "1" to "999999999". */
+bool tide_schema_version_valid(const char *v);
+
 TIDE_MUST_CHECK int tide_append_check(const char *stream, const struct tide_event *events, size_t n,
                                       int64_t expected, char *err, size_t errn);
 

@@ -226,6 +226,7 @@ static void set_event(struct tide_copy_row *row, const struct tide_event *e)
 	row->data_len = strlen(e->data);
 	row->metadata = e->metadata;
 	row->metadata_len = e->metadata ? strlen(e->metadata) : 0;
+	row->schema_version = e->schema_version;
 }
 
 /* The rows of the COPY, with room for each row's position and transaction id. */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli_dlq.h"
 #include "cli_docs.h"
@@ -28,6 +29,7 @@
 #include "lua_store.h"
 #include "lua_vm.h"
 #include "store.h"
+#include "upcast.h"
 
 static const char usage_main[] =
         "tide — an event store and event processor on PostgreSQL\n"
@@ -78,7 +80,8 @@ static const char usage_migrate[] =
 
 static const char usage_append[] =
         "usage: tide append STREAM TYPE DATA_JSON [--expected V] [--metadata JSON] [--id UUID]\n"
-        "                   [--partition P] [--projections DIR] [--database URL]\n"
+        "                   [--partition P] [--projections DIR] [--schema-version N]\n"
+        "                   [--database URL]\n"
         "\n"
         "Appends one event and prints {\"next_expected_version\":N,\"global_positions\":[..]}.\n"
         "DATA_JSON is a JSON object, or - to read it from stdin (one argument holds at most\n"
@@ -86,6 +89,8 @@ static const char usage_append[] =
         "  --expected V    any (default), no_stream, stream_exists, or the stream's version N\n"
         "  --metadata JSON a JSON object stored with the event\n"
         "  --id UUID       the message id (default: a new random UUID)\n"
+        "  --schema-version N  the shape DATA_JSON has (message_schema_version; default 1):\n"
+        "                  upcasters (tide.upcaster) bring older versions up to date\n"
         "  --partition P   the Emmett partition (tenant) to work in (default emt:default)\n"
         "  --projections DIR  run the inline projections of DIR (inline = true) inside the\n"
         "                  append's transaction; one that fails rolls the append back\n"
@@ -100,15 +105,18 @@ static const char limits_append[] =
 
 static const char usage_read[] =
         "usage: tide read STREAM [--from N] [--to N] [--max N] [--backward] [--partition P]\n"
-        "                 [--database URL]\n"
+        "                 [--upcasters DIR] [--database URL]\n"
         "\n"
         "Prints one compact JSON object per event, keys in this order: stream_id,\n"
-        "stream_position, global_position, type, data, metadata, message_id, created.\n"
+        "stream_position, global_position, type, data, metadata, message_id, created,\n"
+        "partition (only outside emt:default), schema_version.\n"
         "  --from N     first stream position (default 1)\n"
         "  --to N       last stream position (default: the end)\n"
         "  --max N      at most N events\n"
         "  --backward   newest first (with --max: the newest N)\n"
         "  --partition P  the Emmett partition (tenant) to read (default emt:default)\n"
+        "  --upcasters DIR  hand on each event upcast to its newest shape by the upcasters\n"
+        "               among DIR's scripts (tide.upcaster), with its schema_version\n"
         "Exits 6 when the stream is archived (tide archive) and was not begun again.\n";
 
 static const char usage_archive[] =
@@ -127,7 +135,8 @@ static const char usage_archive[] =
         "archive was sent (read the stream to find out).\n";
 
 static const char usage_read_all[] =
-        "usage: tide read-all [--after XID:POS] [--max N] [--partition P] [--database URL]\n"
+        "usage: tide read-all [--after XID:POS] [--max N] [--partition P] [--upcasters DIR]\n"
+        "                     [--database URL]\n"
         "\n"
         "Prints the global log in commit-safe order, one JSON object per event (as `tide read`)\n"
         "with a \"cursor\": pass the last one as --after to continue. Events of transactions\n"
@@ -135,7 +144,8 @@ static const char usage_read_all[] =
         "  --after XID:POS  continue after this cursor (default: the start)\n"
         "  --max N          at most N events (default 1000)\n"
         "  --partition P    the Emmett partition (tenant) to read (default emt:default);\n"
-        "                   '*' reads every partition, each event then naming its own\n";
+        "                   '*' reads every partition, each event then naming its own\n"
+        "  --upcasters DIR  upcast each event as `tide read --upcasters` does\n";
 
 static const char usage_handle[] =
         "usage: tide handle SCRIPT STREAM COMMAND_JSON [--retries N] [--cpu-ms N] [--partition P]\n"
@@ -342,34 +352,78 @@ static void run_append(struct cli *cli)
 
 /* --- read, read-all ---------------------------------------------------------------- */
 
-static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
+/* --upcasters DIR: a VM with the upcasters among DIR's scripts (before anything is read);
+ * false, reported, when there are none to be had. */
+static bool open_upcasters(struct cli *cli)
+{
+	if (!cli->upcasters)
+		return true;
+	char err[2048];
+	struct stat st;
+	if (stat(cli->upcasters, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		cli->exit_code = tide_cli_usage_error(
+		        cli, "--upcasters wants a directory, got '%s'", cli->upcasters);
+		tide_cli_done(cli);
+		return false;
+	}
+	struct tide_vm_opts opts = {0};
+	const char *dirs[1] = {cli->upcasters};
+	struct tide_upcasters u;
+	int rc = tide_upcasters_find(dirs, 1, &opts, &u);
+	if (rc == 0 && u.error) {
+		snprintf(err, sizeof(err), "%s", u.error);
+		rc = TIDE_ESCRIPT;
+	}
+	if (rc == 0)
+		rc = tide_vm_open(&opts, &cli->upcast_vm, err, sizeof(err));
+	if (rc == 0)
+		rc = tide_upcasters_load(cli->upcast_vm, u.paths, err, sizeof(err));
+	tide_upcasters_free(&u);
+	if (rc) {
+		tide_cli_fail(cli, rc, rc == TIDE_ENOMEM ? "out of memory" : err);
+		tide_cli_done(cli);
+	}
+	return rc == 0;
+}
+
+/* One JSON line per message, upcast first with --upcasters. */
+static void print_read(int status, const char *err, const struct tide_read_result *r, void *arg,
+                       bool cursor)
 {
 	struct cli *cli = arg;
-	if (status) {
-		tide_cli_fail(cli, status, err);
-		tide_cli_done(cli);
-		return;
+	struct tide_upcast_result up = {0};
+	char why[2048];
+	const struct tide_message *messages = r ? r->messages : NULL;
+	if (status == 0 && cli->upcast_vm) {
+		status = tide_upcast_messages(cli->upcast_vm, r->messages, r->count, &up, why,
+		                              sizeof(why));
+		err = why;
+		messages = up.messages;
 	}
-	for (size_t i = 0; i < r->count; i++)
-		tide_cli_print_line(tide_json_message(&r->messages[i], false));
+	if (status)
+		tide_cli_fail(cli, status, err);
+	for (size_t i = 0; status == 0 && i < r->count; i++)
+		tide_cli_print_line(tide_json_message(&messages[i], cursor));
+	tide_upcast_result_free(&up);
+	tide_vm_close(cli->upcast_vm);
+	cli->upcast_vm = NULL;
 	tide_cli_done(cli);
+}
+
+static void on_read(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	print_read(status, err, r, arg, false);
 }
 
 static void on_read_all(int status, const char *err, const struct tide_read_result *r, void *arg)
 {
-	struct cli *cli = arg;
-	if (status) {
-		tide_cli_fail(cli, status, err);
-		tide_cli_done(cli);
-		return;
-	}
-	for (size_t i = 0; i < r->count; i++)
-		tide_cli_print_line(tide_json_message(&r->messages[i], true));
-	tide_cli_done(cli);
+	print_read(status, err, r, arg, true);
 }
 
 static void run_read(struct cli *cli)
 {
+	if (!open_upcasters(cli))
+		return;
 	int rc = tide_store_read_stream(cli->store, cli->stream, &cli->read, on_read, cli);
 	if (rc) {
 		tide_cli_fail(cli, rc, tide_store_error(cli->store));
@@ -379,6 +433,8 @@ static void run_read(struct cli *cli)
 
 static void run_read_all(struct cli *cli)
 {
+	if (!open_upcasters(cli))
+		return;
 	struct tide_log_filter f = {.all_partitions = tide_all_partitions(cli->partition)};
 	int rc = tide_store_read_log(cli->store, &cli->after, cli->read.max, &f, on_read_all, cli);
 	if (rc) {
@@ -438,6 +494,8 @@ enum {
 	OPT_WHERE,
 	OPT_LIMIT,
 	OPT_PROJECTIONS,
+	OPT_UPCASTERS,
+	OPT_SCHEMA_VERSION,
 };
 
 static const struct option options[] = {
@@ -462,6 +520,8 @@ static const struct option options[] = {
         {"where", required_argument, NULL, OPT_WHERE},
         {"limit", required_argument, NULL, OPT_LIMIT},
         {"projections", required_argument, NULL, OPT_PROJECTIONS},
+        {"upcasters", required_argument, NULL, OPT_UPCASTERS},
+        {"schema-version", required_argument, NULL, OPT_SCHEMA_VERSION},
         {NULL, 0, NULL, 0},
 };
 
@@ -475,9 +535,10 @@ struct command {
 
 static const struct command commands[] = {
         {"migrate", usage_migrate, run_migrate, 0, " print notify-trigger no-notify-trigger "},
-        {"append", usage_append, run_append, 3, " expected metadata id partition projections "},
-        {"read", usage_read, run_read, 1, " from to max backward partition "},
-        {"read-all", usage_read_all, run_read_all, 0, " after max partition "},
+        {"append", usage_append, run_append, 3,
+         " expected metadata id partition projections schema-version "},
+        {"read", usage_read, run_read, 1, " from to max backward partition upcasters "},
+        {"read-all", usage_read_all, run_read_all, 0, " after max partition upcasters "},
         {"archive", usage_archive, run_archive, 1, " partition "},
         {"handle", usage_handle, NULL, 3, " retries cpu-ms partition stats projections "},
         {"aggregate", usage_aggregate, NULL, 2, " cpu-ms partition stats "},
@@ -662,6 +723,8 @@ static int parse_args(struct cli *cli, const struct command *cmd, int argc, char
 		case OPT_STATS: cli->stats = true; break;
 		case OPT_PARTITION: rc = check_partition(cli, optarg); break;
 		case OPT_PROJECTIONS: cli->projections = optarg; break;
+		case OPT_UPCASTERS: cli->upcasters = optarg; break;
+		case OPT_SCHEMA_VERSION: cli->event.schema_version = optarg; break;
 		case OPT_RETRIES: rc = parse_count(cli, "--retries", optarg, &cli->retries); break;
 		case OPT_CPU_MS: {
 			int64_t ms = 0;

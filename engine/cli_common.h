@@ -13,6 +13,8 @@
 
 #include "tide.h"
 
+struct tide_vm;
+
 enum { EXIT_USAGE = 2, EXIT_CONFLICT = 3, EXIT_REJECTED = 4, EXIT_UNKNOWN = 5, EXIT_ARCHIVED = 6 };
 
 struct cli {
@@ -31,6 +33,9 @@ struct cli {
 	struct tide_cursor after;
 	/* append, handle: a directory whose inline projections the append runs */
 	const char *projections;
+	/* read, read-all: --upcasters DIR, and the VM they are loaded in */
+	const char *upcasters;
+	struct tide_vm *upcast_vm;
 	/* handle, aggregate, replay (its --to is read.to) */
 	const char *script;
 	const char *command_json;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "rebuild.h"
 #include "store.h"
+#include "upcast.h"
 
 static const char usage[] =
         "usage: tide rebuild PROCESSOR [--keep] [--sql-role ROLE] [--database URL]\n"
@@ -303,8 +304,25 @@ static void on_processor(const struct tide_pg_reply *reply, void *arg)
 		return;
 	}
 	snprintf(r->suffix, sizeof(r->suffix), "%s", PQgetvalue(res, 0, 3)); /* the current one */
-	struct tide_load_request req = {.path = r->script, .id = r->id, .force = true};
-	if (tide_load(&r->cli.loop, &req, on_loaded, r) != 0)
+	/* The upcasters beside the script, as `tide run` has them for it. */
+	char dir[4096];
+	const char *end = strrchr(r->script, '/');
+	snprintf(dir, sizeof(dir), "%.*s", end ? (int)(end - r->script) : 1, end ? r->script : ".");
+	const char *dirs[1] = {dir};
+	struct tide_vm_opts vo = {0};
+	struct tide_upcasters up;
+	if (tide_upcasters_find(dirs, 1, &vo, &up) != 0) {
+		finish(r, TIDE_ENOMEM, "out of memory");
+		return;
+	}
+	struct tide_load_request req = {.path = r->script,
+	                                .id = r->id,
+	                                .force = true,
+	                                .upcasters = up.paths,
+	                                .upcasters_error = up.error};
+	int rc = tide_load(&r->cli.loop, &req, on_loaded, r);
+	tide_upcasters_free(&up);
+	if (rc != 0)
 		finish(r, TIDE_ENOMEM, "out of memory");
 }
 

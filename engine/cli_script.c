@@ -14,6 +14,7 @@
 #include "lua_json.h"
 #include "lua_vm.h"
 #include "pg.h"
+#include "upcast.h"
 
 int tide_cli_connect_vm(struct lua_State *L, struct cli *cli, int *status, char *msg, size_t n)
 {
@@ -57,6 +58,10 @@ int tide_cli_load_script(struct cli *cli, const char *path, struct tide_vm **out
 	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
 	struct tide_vm *vm = NULL;
 	int rc = tide_vm_open(&opts, &vm, err, n);
+	/* The upcasters beside the script: what it reads, it reads in their newest shape
+	 * (`tide check` checks files one by one, upcasters as any other). */
+	if (rc == 0 && strcmp(cli->cmd, "check") != 0)
+		rc = tide_upcasters_load_beside(vm, path, &opts, err, n);
 	if (rc == 0)
 		rc = tide_vm_load(vm, path, src, len, ref, err, n);
 	free(src);
@@ -155,6 +160,21 @@ static int check_directory(struct cli *cli, const char *dir)
 		code = 1;
 	}
 	tide_file_list_free(paths, n);
+	/* Its upcasters make one chain per type: a gap is an error of the directory. */
+	const char *dirs[1] = {dir};
+	struct tide_vm_opts opts = {.cpu_ms = cli->cpu_ms};
+	struct tide_upcasters u;
+	if (tide_upcasters_find(dirs, 1, &opts, &u) != 0) {
+		fprintf(stderr, "tide check: out of memory\n");
+		return 1;
+	}
+	if (u.error) {
+		char line[2048];
+		tide_pg_redact(NULL, u.error, line, sizeof(line));
+		fprintf(stderr, "tide check: %s: %s\n", dir, line);
+		code = 1;
+	}
+	tide_upcasters_free(&u);
 	return code;
 }
 

@@ -49,7 +49,8 @@ size_t tide_copy_row_size(const struct tide_copy_row *r)
 {
 	size_t meta = r->metadata ? r->metadata_len : 2;
 	return 2 + NFIELDS * 4 + 8 + r->stream_id_len + r->partition_len + r->type_len +
-	       (1 + r->data_len) + (1 + meta) + 36 + 1 + 8;
+	       (1 + r->data_len) + (1 + meta) + 36 +
+	       (r->schema_version ? strlen(r->schema_version) : 1) + 8;
 }
 
 size_t tide_copy_row_write(char *dst, const struct tide_copy_row *r)
@@ -67,7 +68,10 @@ size_t tide_copy_row_write(char *dst, const struct tide_copy_row *r)
 	p = put_field(p, 1, r->data, r->data_len);
 	p = r->metadata ? put_field(p, 1, r->metadata, r->metadata_len) : put_field(p, 1, "{}", 2);
 	p = put_field(p, -1, r->message_id, 36);
-	put_field(p, -1, "1", 1); /* message_schema_version */
+	if (r->schema_version)
+		put_field(p, -1, r->schema_version, strlen(r->schema_version));
+	else
+		put_field(p, -1, "1", 1); /* message_schema_version */
 	return at;
 }
 

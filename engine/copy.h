@@ -25,6 +25,7 @@ extern const char tide_copy_trailer[TIDE_COPY_TRAILER_BYTES];
  * id is 36 characters (a UUID). */
 struct tide_copy_row {
 	const char *stream_id, *partition, *type, *data, *metadata, *message_id;
+	const char *schema_version; /* NULL: "1" */
 	size_t stream_id_len, partition_len, type_len, data_len, metadata_len;
 };
 

@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "processor.h"
 #include "store.h"
+#include "upcast.h"
 
 #define MAX_DIRS    16
 #define MAX_TOKENS  32
@@ -63,6 +64,11 @@ struct run {
 	/* The inline projections among the scripts: not processors here, but run by reactors'
 	 * ctx.append (inline.c). */
 	struct tide_inline_dirs *inline_dirs;
+	/* The upcasters among the scripts, which every processor loads with its script;
+	 * bad_signature: a broken set already reported (the last good one stays). */
+	struct tide_upcasters upcasters;
+	bool upcasters_scanned;
+	uint64_t upcasters_bad_signature;
 	int exit_code;
 	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
@@ -98,6 +104,10 @@ static const char usage_run[] =
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
         "a deleted file stops its processor, a new one starts one, and so does a file\n"
         "that stops or starts returning a projection or reactor; SIGHUP reloads all.\n"
+        "Files that return tide.upcaster { ... } are upcasters: every processor, inline\n"
+        "projection, HTTP read and command reads events through them in their newest\n"
+        "shape; when they change, every processor loads again (a broken set is logged,\n"
+        "and the processors keep the one they have).\n"
         "  --config FILE      a Lua file returning { database, app, batch_size,\n"
         "                     probe_interval_ms, poll_interval_ms, lease_ms, cpu_ms,\n"
         "                     memory_mb, sql_role,\n"
@@ -244,9 +254,87 @@ static void tell_inline(struct run *r)
 	r->inline_told = n > 0;
 }
 
+/* The HTTP API's reads upcast in a VM of their own, on the loop (under its CPU guard, as a
+ * processor's batch); its commands load the files beside their deciders. */
+static void give_http_upcasters(struct run *r)
+{
+	if (!r->http)
+		return;
+	const struct tide_upcasters *u = &r->upcasters;
+	struct tide_vm *vm = NULL;
+	char err[2048] = "";
+	if (!u->error && u->count > 0) {
+		struct tide_vm_opts vo = {.cpu_ms = r->d.popts.cpu_ms,
+		                          .memory_limit = r->d.popts.memory};
+		int rc = tide_vm_open(&vo, &vm, err, sizeof(err));
+		if (rc == 0)
+			rc = tide_upcasters_load(vm, u->paths, err, sizeof(err));
+		if (rc != 0) {
+			tide_vm_close(vm);
+			vm = NULL;
+		}
+	}
+	tide_http_use_upcasters(r->http, vm, u->paths,
+	                        u->error ? u->error
+	                        : err[0] ? err
+	                                 : NULL,
+	                        u->signature);
+}
+
+/* Looks for the upcasters among the scripts again (blocking, as the inline projections'
+ * scan: it runs the scripts). True when they changed after the start: every processor then
+ * loads again, with the new chain. A broken set is reported once; at the start it makes
+ * every processor fail to load (with its error) until it is fixed, later the processors keep
+ * the chain they have. */
+static bool scan_upcasters(struct run *r)
+{
+	struct tide_upcasters u;
+	struct tide_vm_opts vo = {.cpu_ms = r->d.popts.cpu_ms, .memory_limit = r->d.popts.memory};
+	if (tide_upcasters_find((const char *const *)r->dirs, r->ndirs, &vo, &u) != 0) {
+		tide_log("error", "upcasters.scan_failed", "error", "out of memory", (char *)NULL);
+		return false;
+	}
+	bool first = !r->upcasters_scanned;
+	if ((!first && u.signature == r->upcasters.signature) ||
+	    (u.error && u.signature == r->upcasters_bad_signature)) {
+		tide_upcasters_free(&u);
+		return false;
+	}
+	r->upcasters_scanned = true;
+	if (u.error) {
+		tide_log("error", "upcasters.invalid", "error", u.error, "effect",
+		         first ? "no processor runs until the upcasters are fixed"
+		               : "the processors keep the upcasters they have",
+		         (char *)NULL);
+		r->upcasters_bad_signature = u.signature;
+		if (!first) {
+			tide_upcasters_free(&u);
+			return false;
+		}
+	} else if (u.count > 0 || !first) {
+		char files[2048];
+		snprintf(files, sizeof(files), "%s", u.count ? u.paths : "none");
+		for (char *c = files; *c; c++)
+			if (*c == '\n')
+				*c = ',';
+		tide_log("info", "upcasters.loaded", "files", files, "effect",
+		         first ? "every processor reads through them"
+		               : "every processor loads again with them",
+		         (char *)NULL);
+	}
+	tide_upcasters_free(&r->upcasters);
+	r->upcasters = u;
+	give_http_upcasters(r);
+	return !first;
+}
+
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
 static void rescan(struct run *r, bool force)
 {
+	if (scan_upcasters(r))
+		force = true;
+	tide_inline_dirs_use_upcasters(r->inline_dirs, r->upcasters.paths, r->upcasters.error,
+	                               r->upcasters.signature);
 	if (r->inline_dirs && tide_inline_dirs_scan(r->inline_dirs))
 		tell_inline(r);
 	struct tide_inline_set *inl = tide_inline_dirs_set(r->inline_dirs);
@@ -1170,6 +1258,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        .lease_ms = (unsigned)set.lease,
 	        .cpu_ms = (unsigned)set.cpu,
 	        .memory = (size_t)set.memory_mb << 20,
+	        .upcasters = &r->upcasters,
 	        .on_stopped = processor_stopped,
 	        .arg = r,
 	};
@@ -1207,6 +1296,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_loop_close(&r->loop);
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
+	tide_upcasters_free(&r->upcasters);
 	tide_metrics_disable();
 	tide_log("info", "daemon.stopped", (char *)NULL);
 	return r->exit_code;

@@ -17,8 +17,10 @@
 #include "activity.h"
 #include "inline.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "metrics.h"
 #include "store.h"
+#include "upcast.h"
 
 #define DEFAULT_CONNECTIONS 8
 #define MAX_CONNECTIONS     64
@@ -53,6 +55,11 @@ struct tide_http {
 	/* The daemon's inline projections, which appends over HTTP run (tide_http_use_inline),
 	 * and the set each store of the pool was last given. */
 	struct tide_inline_set *inline_set, **pool_inline;
+	/* The daemon's upcasters (tide_http_use_upcasters): loaded for reads, files for
+	 * commands. */
+	struct tide_vm *upcast_vm;
+	char *upcast_paths, *upcast_error;
+	uint64_t upcast_sig;
 	int npool, next;
 	struct tide_http_workers workers;
 	uv_timer_t reconnect, stop_timer;
@@ -386,6 +393,55 @@ struct tide_store *tide_http_store_if_up(struct tide_http *http)
 	return NULL;
 }
 
+void tide_http_use_upcasters(struct tide_http *http, struct tide_vm *vm, const char *paths,
+                             const char *error, uint64_t signature)
+{
+	if (!http) {
+		tide_vm_close(vm);
+		return;
+	}
+	tide_vm_close(http->upcast_vm);
+	http->upcast_vm = vm;
+	free(http->upcast_paths);
+	free(http->upcast_error);
+	http->upcast_paths = paths && *paths ? strdup(paths) : NULL;
+	http->upcast_error = error ? strdup(error) : NULL;
+	http->upcast_sig = signature;
+	if (http->workers.state)
+		tide_http_commands_use_upcasters(http->workers.state, http->upcast_paths,
+		                                 http->upcast_error, signature);
+}
+
+struct tide_vm *tide_http_upcast_vm(struct tide_http *http)
+{
+	return http->upcast_vm;
+}
+
+int tide_http_upcast(struct tide_http *http, const struct tide_read_result *r,
+                     struct tide_upcast_result *up, const struct tide_message **messages, char *err,
+                     size_t n)
+{
+	memset(up, 0, sizeof(*up));
+	*messages = r->messages;
+	if (http->upcast_error) {
+		snprintf(err, n, "the upcasters cannot be used: %s", http->upcast_error);
+		return TIDE_ESCRIPT;
+	}
+	if (!http->upcast_vm || r->count == 0)
+		return 0;
+	int rc = tide_upcast_messages(http->upcast_vm, r->messages, r->count, up, err, n);
+	if (rc == 0)
+		*messages = up->messages;
+	return rc;
+}
+
+void tide_http_upcasters(struct tide_http *http, char **paths, char **error, uint64_t *sig)
+{
+	*paths = http->upcast_paths ? strdup(http->upcast_paths) : NULL;
+	*error = http->upcast_error ? strdup(http->upcast_error) : NULL;
+	*sig = http->upcast_sig;
+}
+
 void tide_http_use_inline(struct tide_http *http, struct tide_inline_set *set)
 {
 	if (!http || set == http->inline_set)
@@ -656,6 +712,9 @@ static int parse_listen(const char *text, struct sockaddr_storage *addr, bool *l
 
 static void http_free(struct tide_http *http)
 {
+	tide_vm_close(http->upcast_vm);
+	free(http->upcast_paths);
+	free(http->upcast_error);
 	if (http->inline_set)
 		tide_inline_set_unref(http->inline_set);
 	free(http->pool_inline);

@@ -83,6 +83,14 @@ void tide_http_wake(struct tide_http *http);
 struct tide_inline_set;
 void tide_http_use_inline(struct tide_http *http, struct tide_inline_set *set);
 
+/* Reads over HTTP (GET /streams/{id}, GET /log, the live subscription) hand on events upcast
+ * by the upcasters loaded in vm (taken: closed by http; NULL: none), and commands load the
+ * upcaster files (paths "\n"-joined, or error: why they cannot be used) beside their
+ * deciders; signature tells one set from another. `tide run` gives its directories'. */
+struct tide_vm;
+void tide_http_use_upcasters(struct tide_http *http, struct tide_vm *vm, const char *paths,
+                             const char *error, uint64_t signature);
+
 /* Adds the scope called name (read, append, command, admin) to *scopes; -1 when there is
  * no such scope. */
 int tide_http_scopes(const char *name, unsigned *scopes);
@@ -168,6 +176,20 @@ struct tide_http_workers {
 	void (*stop)(void *state);
 };
 struct tide_http_workers *tide_http_workers(struct tide_http *http);
+/* The VM the upcasters of reads are loaded in, or NULL (tide_http_use_upcasters). */
+struct tide_vm *tide_http_upcast_vm(struct tide_http *http);
+/* A read's messages upcast by the daemon's upcasters: *messages is r's own when there are
+ * none, else up's (release up with tide_upcast_result_free either way). 0, or TIDE_ESCRIPT
+ * (an upcaster failed, or the upcasters cannot be used) / TIDE_ENOMEM with err. */
+struct tide_upcast_result;
+int tide_http_upcast(struct tide_http *http, const struct tide_read_result *r,
+                     struct tide_upcast_result *up, const struct tide_message **messages, char *err,
+                     size_t n);
+/* The upcasters commands load: copies (malloc'd; NULL for none) and their signature. */
+void tide_http_upcasters(struct tide_http *http, char **paths, char **error, uint64_t *sig);
+/* Hands the command workers a new set of upcasters (http_commands.c). */
+void tide_http_commands_use_upcasters(void *state, const char *paths, const char *error,
+                                      uint64_t sig);
 /* Whether the server is stopping (work that would outlive it is refused). */
 bool tide_http_stopping(const struct tide_http *http);
 /* What GET /processors answers, {"processors": [...], "held_back_by": {...}|null}, built

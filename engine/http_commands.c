@@ -30,6 +30,7 @@
 #include "lua_store.h"
 #include "pg.h"
 #include "store.h"
+#include "upcast.h"
 
 #define WORKERS     4    /* threads, each with a database connection */
 #define MAX_QUEUED  1000 /* commands waiting for a worker; then 503 */
@@ -66,13 +67,18 @@ struct tide_http_commands {
 	int ndirs;
 	unsigned cpu_ms;
 	size_t memory;
+	/* The daemon's upcasters, loaded beside each decider (under mu: the loop replaces them
+	 * when they change). */
+	char *upcasters, *upcasters_error;
+	uint64_t upcasters_sig;
 };
 
 /* --- on a worker ------------------------------------------------------------------------ */
 
 struct cached {
 	char *path;
-	uint64_t hash; /* of the content it was loaded from */
+	uint64_t hash;          /* of the content it was loaded from */
+	uint64_t upcasters_sig; /* of the upcasters loaded with it */
 	struct tide_vm *vm;
 	int ref;
 	uint64_t used; /* for dropping the least recently used */
@@ -199,11 +205,20 @@ static struct cached *decider_vm(struct worker *wk, struct job *j)
 		return NULL;
 	}
 	uint64_t hash = tide_hash(src, len);
+	pthread_mutex_lock(&wk->w->mu);
+	uint64_t sig = wk->w->upcasters_sig;
+	char *upcasters = wk->w->upcasters ? strdup(wk->w->upcasters) : NULL;
+	char *upcasters_error = wk->w->upcasters_error ? strdup(wk->w->upcasters_error) : NULL;
+	bool copied =
+	        (!wk->w->upcasters || upcasters) && (!wk->w->upcasters_error || upcasters_error);
+	pthread_mutex_unlock(&wk->w->mu);
 	int at = -1;
 	for (int i = 0; i < wk->ncached; i++)
 		if (strcmp(wk->cache[i].path, path) == 0)
 			at = i;
-	if (at >= 0 && wk->cache[at].hash == hash) {
+	if (at >= 0 && wk->cache[at].hash == hash && wk->cache[at].upcasters_sig == sig) {
+		free(upcasters);
+		free(upcasters_error);
 		free(src);
 		wk->cache[at].used = ++wk->tick;
 		return &wk->cache[at];
@@ -211,11 +226,19 @@ static struct cached *decider_vm(struct worker *wk, struct job *j)
 	if (at >= 0)
 		drop_cached(wk, at);
 	struct tide_vm_opts opts = {.cpu_ms = wk->w->cpu_ms, .memory_limit = wk->w->memory};
-	struct cached c = {.hash = hash, .used = ++wk->tick};
-	int rc = tide_vm_open(&opts, &c.vm, err, sizeof(err));
+	struct cached c = {.hash = hash, .upcasters_sig = sig, .used = ++wk->tick};
+	int rc = copied ? tide_vm_open(&opts, &c.vm, err, sizeof(err)) : TIDE_ENOMEM;
+	if (rc == 0 && upcasters_error) {
+		snprintf(err, sizeof(err), "%s", upcasters_error);
+		rc = TIDE_ESCRIPT;
+	}
+	if (rc == 0)
+		rc = tide_upcasters_load(c.vm, upcasters, err, sizeof(err));
 	if (rc == 0)
 		rc = tide_vm_load(c.vm, path, src, len, &c.ref, err, sizeof(err));
 	free(src);
+	free(upcasters);
+	free(upcasters_error);
 	if (rc == 0 && !(c.path = strdup(path)))
 		rc = TIDE_ENOMEM;
 	if (rc) {
@@ -396,6 +419,8 @@ static void commands_free(struct tide_http_commands *w)
 	free(w->dirs);
 	free(w->apps);
 	free(w->url);
+	free(w->upcasters);
+	free(w->upcasters_error);
 	pthread_mutex_destroy(&w->mu);
 	pthread_cond_destroy(&w->cv);
 	free(w);
@@ -540,6 +565,27 @@ static char *dup_all(char **out, const char *const *in, int n)
 	return (char *)out;
 }
 
+void tide_http_commands_use_upcasters(void *state, const char *paths, const char *error,
+                                      uint64_t sig)
+{
+	struct tide_http_commands *w = state;
+	char *p = paths ? strdup(paths) : NULL;
+	char *e = error ? strdup(error) : NULL;
+	if ((paths && !p) || (error && !e)) {
+		/* Out of memory: the commands keep the set they have. */
+		free(p);
+		free(e);
+		return;
+	}
+	pthread_mutex_lock(&w->mu);
+	free(w->upcasters);
+	free(w->upcasters_error);
+	w->upcasters = p;
+	w->upcasters_error = e;
+	w->upcasters_sig = sig;
+	pthread_mutex_unlock(&w->mu);
+}
+
 /* The workers, started with the first command; NULL when they cannot be. */
 static struct tide_http_commands *start(struct tide_http *http)
 {
@@ -565,6 +611,7 @@ static struct tide_http_commands *start(struct tide_http *http)
 		commands_free(w);
 		return NULL;
 	}
+	tide_http_upcasters(http, &w->upcasters, &w->upcasters_error, &w->upcasters_sig);
 	uv_async_init(o->loop, w->async, on_done);
 	w->async->data = w;
 	uv_unref((uv_handle_t *)w->async);

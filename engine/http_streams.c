@@ -3,6 +3,7 @@
  * read). Bodies and replies
  * have the CLI's shapes: an append's outcome, events as `tide read` prints them. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,7 @@
 #include "json.h"
 #include "json_out.h"
 #include "metrics.h"
+#include "upcast.h"
 
 /* A whole number >= 0 from the query; 0 when absent. -1 (and the call answered 400) when
  * it is not one. */
@@ -37,7 +39,8 @@ static int param_count(struct tide_http_call *c, const char *name, int64_t *out)
 struct append {
 	struct tide_http_call *call;
 	struct tide_event *events;
-	char **texts; /* what events point to */
+	char **texts;         /* what events point to */
+	char (*versions)[16]; /* each event's schema_version, when given */
 	size_t n, ntexts;
 };
 
@@ -46,6 +49,7 @@ static void append_free(struct append *a)
 	for (size_t i = 0; i < a->ntexts; i++)
 		cJSON_free(a->texts[i]);
 	free(a->texts);
+	free(a->versions);
 	free(a->events);
 	free(a);
 }
@@ -138,11 +142,12 @@ static int event_object(struct tide_http_call *c, struct append *a, const cJSON 
 
 static int parse_events(struct tide_http_call *c, struct append *a, const cJSON *events)
 {
-	static const char *const keys[] = {"type", "data", "metadata", "id"};
+	static const char *const keys[] = {"type", "data", "metadata", "id", "schema_version"};
 	a->n = (size_t)cJSON_GetArraySize(events);
 	a->events = calloc(a->n, sizeof(*a->events));
 	a->texts = calloc(a->n * 2, sizeof(*a->texts));
-	if (!a->events || !a->texts) {
+	a->versions = calloc(a->n, sizeof(*a->versions));
+	if (!a->events || !a->texts || !a->versions) {
 		tide_http_fail(c, 500, "memory", "out of memory");
 		return -1;
 	}
@@ -157,13 +162,14 @@ static int parse_events(struct tide_http_call *c, struct append *a, const cJSON 
 		}
 		for (const cJSON *k = e->child; k; k = k->next) {
 			bool known = false;
-			for (int j = 0; j < 4; j++)
+			for (int j = 0; j < 5; j++)
 				known |= strcmp(k->string, keys[j]) == 0;
 			if (!known) {
 				tide_http_fail(
 				        c, 400, "invalid",
 				        "events[%zu] has an unknown key \"%.40s\" (an event has "
-				        "type, data, and optionally metadata and id)",
+				        "type, data, and optionally metadata, id and "
+				        "schema_version)",
 				        i, k->string);
 				return -1;
 			}
@@ -186,6 +192,21 @@ static int parse_events(struct tide_http_call *c, struct append *a, const cJSON 
 		}
 		a->events[i].type = type->valuestring;
 		a->events[i].message_id = cJSON_IsString(id) ? id->valuestring : NULL;
+		/* The shape data has (upcasters bring older ones up to date): 1 to 999999999. */
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "schema_version");
+		if (v && !cJSON_IsNull(v)) {
+			double x = cJSON_IsNumber(v) ? v->valuedouble : 0;
+			if (x < 1 || x > 999999999 || x != (double)(long)x) {
+				tide_http_fail(
+				        c, 400, "invalid",
+				        "events[%zu].schema_version must be a whole number from "
+				        "1 to 999999999",
+				        i);
+				return -1;
+			}
+			snprintf(a->versions[i], sizeof(a->versions[i]), "%ld", (long)x);
+			a->events[i].schema_version = a->versions[i];
+		}
 		if (event_object(c, a, data, i, "data", &a->events[i].data) ||
 		    event_object(c, a, cJSON_GetObjectItemCaseSensitive(e, "metadata"), i,
 		                 "metadata", &a->events[i].metadata))
@@ -295,10 +316,20 @@ static void on_read(int status, const char *err, const struct tide_read_result *
 		return;
 	}
 	bool log = c->route_state != NULL;
+	struct tide_upcast_result up;
+	const struct tide_message *messages;
+	char why[2048];
+	status = tide_http_upcast(c->http, r, &up, &messages, why, sizeof(why));
+	if (status) {
+		tide_upcast_result_free(&up);
+		tide_http_fail_code(c, status, why);
+		return;
+	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON *events = cJSON_AddArrayToObject(o, "events");
 	for (size_t i = 0; i < r->count; i++)
-		cJSON_AddItemToArray(events, tide_json_message(&r->messages[i], log));
+		cJSON_AddItemToArray(events, tide_json_message(&messages[i], log));
+	tide_upcast_result_free(&up);
 	if (log) {
 		char next[48];
 		tide_cursor_format(&r->next, next);

@@ -18,6 +18,7 @@
 #include "http_sse.h"
 #include "json_out.h"
 #include "log.h"
+#include "upcast.h"
 
 #define QUEUE_BOUND  (1u << 20)
 #define PAGE_MAX     1000
@@ -131,12 +132,31 @@ static void read_next(struct sub *sub)
 		read_failed(sub, tide_store_error(s));
 }
 
-/* Queues the page's events; 0, or -1 when the stream took no more (it ends). */
+/* Queues the page's events (upcast: the stream ends when an upcaster fails); 0, or -1 when
+ * the stream took no more (it ends). */
+static int deliver_messages(struct sub *sub, const struct tide_read_result *r,
+                            const struct tide_message *messages);
+
 static int deliver(struct sub *sub, const struct tide_read_result *r)
+{
+	struct tide_upcast_result up;
+	const struct tide_message *messages;
+	char why[2048];
+	int rc = tide_http_upcast(sub->http, r, &up, &messages, why, sizeof(why));
+	if (rc == 0)
+		rc = deliver_messages(sub, r, messages);
+	else
+		sub_close(sub, "error", why);
+	tide_upcast_result_free(&up);
+	return rc == 0 ? 0 : -1;
+}
+
+static int deliver_messages(struct sub *sub, const struct tide_read_result *r,
+                            const struct tide_message *messages)
 {
 	size_t bytes = 0;
 	for (size_t i = 0; i < r->count; i++) {
-		const struct tide_message *m = &r->messages[i];
+		const struct tide_message *m = &messages[i];
 		cJSON *o = tide_json_message(m, true);
 		char *text = o ? cJSON_PrintUnformatted(o) : NULL;
 		cJSON_Delete(o);

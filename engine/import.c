@@ -386,10 +386,12 @@ int tide_import_parse_line(const char *line, size_t len, struct tide_import_even
                            size_t n)
 {
 	struct line_scan l = {(const unsigned char *)line, len, 0, err, n};
-	enum { K_STREAM = 1, K_TYPE = 2, K_DATA = 4, K_METADATA = 8, K_ID = 16 };
-	static const char *const keys[] = {"stream_id", "type", "data", "metadata", "id"};
+	enum { K_STREAM = 1, K_TYPE = 2, K_DATA = 4, K_METADATA = 8, K_ID = 16, K_VERSION = 32 };
+	static const char *const keys[] = {"stream_id", "type", "data",
+	                                   "metadata",  "id",   "schema_version"};
 	unsigned seen = 0;
 	ev->id[0] = '\0';
+	ev->schema_version[0] = '\0';
 	ev->metadata = NULL;
 	ev->metadata_len = 0;
 	line_ws(&l);
@@ -404,13 +406,13 @@ int tide_import_parse_line(const char *line, size_t len, struct tide_import_even
 		line_ws(&l);
 		if (l.i >= len || l.s[l.i] != '"')
 			return line_unexpected(&l, "a key");
-		char key[16];
+		char key[24];
 		size_t key_len, key_at = l.i;
 		int rc = line_string(&l, key, sizeof(key) - 1, &key_len);
 		if (rc)
 			return rc;
 		unsigned k = 0;
-		for (unsigned j = 0; j < 5 && !k; j++)
+		for (unsigned j = 0; j < 6 && !k; j++)
 			if (key_len == strlen(keys[j]) && memcmp(key, keys[j], key_len) == 0)
 				k = 1u << j;
 		if (!k) {
@@ -419,7 +421,7 @@ int tide_import_parse_line(const char *line, size_t len, struct tide_import_even
 			return line_fail(
 			        &l,
 			        "unknown key %s at byte %zu (an event has stream_id, type, "
-			        "data, and optionally metadata and id)",
+			        "data, and optionally metadata, id and schema_version)",
 			        shown, key_at + 1);
 		}
 		if (seen & k)
@@ -440,6 +442,22 @@ int tide_import_parse_line(const char *line, size_t len, struct tide_import_even
 			rc = line_null(&l) ? 0
 			                   : line_object(&l, key, &ev->metadata, &ev->metadata_len);
 			break;
+		case K_VERSION: {
+			/* The shape data has: a whole number from 1 to 999999999. */
+			size_t at = l.i, d = 0;
+			while (l.i < len && l.s[l.i] >= '0' && l.s[l.i] <= '9')
+				l.i++, d++;
+			bool more = l.i < len &&
+			            (l.s[l.i] == '.' || l.s[l.i] == 'e' || l.s[l.i] == 'E');
+			if (d == 0 || d > 9 || l.s[at] == '0' || more)
+				return line_fail(&l,
+				                 "\"schema_version\" at byte %zu must be a whole "
+				                 "number from 1 to 999999999",
+				                 at + 1);
+			memcpy(ev->schema_version, line + at, d);
+			ev->schema_version[d] = '\0';
+			break;
+		}
 		case K_ID: {
 			if (line_null(&l))
 				break;
@@ -686,6 +704,7 @@ static void add_event(struct tide_import *imp, const struct tide_import_event *e
 	        .metadata = ev->metadata,
 	        .metadata_len = ev->metadata_len,
 	        .message_id = id,
+	        .schema_version = ev->schema_version[0] ? ev->schema_version : NULL,
 	};
 	size_t size = tide_copy_row_size(&row);
 	struct stream *s = streams_get(&c->streams, ev->stream_id, ev->stream_id_len);

@@ -54,14 +54,16 @@ void tide_import_close(struct tide_import *imp);
 struct tide_import_event {
 	char stream_id[TIDE_MAX_NAME_BYTES + 1];
 	char type[TIDE_MAX_NAME_BYTES + 1];
-	char id[37]; /* "" when not given */
+	char id[37];             /* "" when not given */
+	char schema_version[10]; /* "" when not given (written as "1") */
 	size_t stream_id_len, type_len;
 	const char *data, *metadata;
 	size_t data_len, metadata_len;
 };
 
 /* Parses and checks one line (without its newline):
- * {"stream_id":"...","type":"...","data":{...},"metadata":{...}?,"id":"uuid"?} with the
+ * {"stream_id":"...","type":"...","data":{...},"metadata":{...}?,"id":"uuid"?,
+ * "schema_version":N?} (N from 1 to 999999999) with the
  * rules of tide_store_append (names, JSON, sizes, UUID), keys in any order, no others.
  * 0, or TIDE_EINVAL with one line in err naming the problem (bytes counted from 1 at the
  * start of the line, or of data/metadata for what their check finds). */

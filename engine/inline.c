@@ -36,6 +36,7 @@
 #include "input.h"
 #include "loader.h"
 #include "log.h"
+#include "upcast.h"
 
 #define MAX_SUFFIX 64
 
@@ -178,8 +179,10 @@ static void id_of(const char *app, const char *path, char id[600])
 
 /* Loads one script: a new projection when it is an inline one; NULL when it is not (or does
  * not load: then *failed, and err says why, naming the file). */
+/* upcasters: what the projection reads through (upcast.h), or NULL; or upcasters_error. */
 static struct projection *load(unsigned cpu_ms, size_t memory, const char *path, const char *app,
-                               uint64_t *hash, bool *failed, char *err, size_t n)
+                               const char *upcasters, const char *upcasters_error, uint64_t *hash,
+                               bool *failed, char *err, size_t n)
 {
 	char id[600];
 	id_of(app, path, id);
@@ -189,6 +192,8 @@ static struct projection *load(unsigned cpu_ms, size_t memory, const char *path,
 	        .force = true,
 	        .cpu_ms = cpu_ms,
 	        .memory = memory,
+	        .upcasters = upcasters,
+	        .upcasters_error = upcasters_error,
 	};
 	struct tide_load_result r;
 	char lerr[1024];
@@ -224,6 +229,15 @@ int tide_inline_set_load_dir(struct tide_inline_set *set, const char *dir, const
 	size_t count;
 	if (tide_file_list_lua(dir, &paths, &count, err, n) != 0)
 		return TIDE_EINVAL;
+	/* The upcasters among them, which the projections read through. */
+	struct tide_upcasters up;
+	struct tide_vm_opts vo = {.cpu_ms = set->cpu_ms, .memory_limit = set->memory};
+	const char *dirs[1] = {dir};
+	if (tide_upcasters_find(dirs, 1, &vo, &up) != 0) {
+		tide_file_list_free(paths, count);
+		snprintf(err, n, "out of memory");
+		return TIDE_ENOMEM;
+	}
 	int rc = 0;
 	for (size_t i = 0; i < count && rc == 0; i++) {
 		char id[600];
@@ -233,8 +247,8 @@ int tide_inline_set_load_dir(struct tide_inline_set *set, const char *dir, const
 		uint64_t hash;
 		bool failed;
 		char lerr[1200];
-		struct projection *p = load(set->cpu_ms, set->memory, paths[i], app, &hash, &failed,
-		                            lerr, sizeof(lerr));
+		struct projection *p = load(set->cpu_ms, set->memory, paths[i], app, up.paths,
+		                            up.error, &hash, &failed, lerr, sizeof(lerr));
 		if (failed && strict) {
 			snprintf(err, n, "cannot load the inline projections of %s: %s", dir, lerr);
 			rc = TIDE_ESCRIPT;
@@ -246,6 +260,7 @@ int tide_inline_set_load_dir(struct tide_inline_set *set, const char *dir, const
 		projection_unref(p);
 	}
 	tide_file_list_free(paths, count);
+	tide_upcasters_free(&up);
 	return rc;
 }
 
@@ -289,6 +304,8 @@ struct tide_inline_dirs {
 	struct tide_inline_set *set;
 	struct known_file *files;
 	size_t nfiles, cap;
+	char *upcasters, *upcasters_error; /* the daemon's (tide_inline_dirs_use_upcasters) */
+	uint64_t upcasters_sig;
 };
 
 struct tide_inline_dirs *tide_inline_dirs_new(const char *const *dirs, const char *const *apps,
@@ -330,8 +347,32 @@ void tide_inline_dirs_free(struct tide_inline_dirs *d)
 		projection_unref(d->files[i].p);
 	}
 	free(d->files);
+	free(d->upcasters);
+	free(d->upcasters_error);
 	tide_inline_set_unref(d->set);
 	free(d);
+}
+
+void tide_inline_dirs_use_upcasters(struct tide_inline_dirs *d, const char *paths,
+                                    const char *error, uint64_t signature)
+{
+	if (!d || (d->upcasters_sig == signature && (d->upcasters || d->upcasters_error)))
+		return;
+	char *p = paths ? strdup(paths) : NULL;
+	char *e = error ? strdup(error) : NULL;
+	if ((paths && !p) || (error && !e)) {
+		free(p);
+		free(e);
+		return; /* the projections keep the upcasters they have */
+	}
+	free(d->upcasters);
+	free(d->upcasters_error);
+	d->upcasters = p ? p : strdup("");
+	d->upcasters_error = e;
+	d->upcasters_sig = signature;
+	/* Every file loads again at the next scan, with them. */
+	for (size_t i = 0; i < d->nfiles; i++)
+		d->files[i].hash = 0;
 }
 
 struct tide_inline_set *tide_inline_dirs_set(const struct tide_inline_dirs *d)
@@ -389,8 +430,9 @@ static bool scan_dir(struct tide_inline_dirs *d, int i)
 		if (unchanged(f))
 			continue;
 		bool failed;
-		struct projection *p = load(d->cpu_ms, d->memory, paths[k], d->apps[i], &f->hash,
-		                            &failed, err, sizeof(err));
+		struct projection *p =
+		        load(d->cpu_ms, d->memory, paths[k], d->apps[i], d->upcasters,
+		             d->upcasters_error, &f->hash, &failed, err, sizeof(err));
 		if (failed && f->p) {
 			/* A bad save of an inline projection: the script that ran goes on. */
 			tide_log("error", "inline.reload_failed", "processor", f->p->id, "error",
@@ -579,6 +621,7 @@ static void free_append(struct tide_inline_append *x)
 		free((char *)x->events[i].data);
 		free((char *)x->events[i].metadata);
 		free((char *)x->events[i].message_id);
+		free((char *)x->events[i].schema_version);
 	}
 	free(x->events);
 	free(x->role);
@@ -631,6 +674,7 @@ struct tide_inline_append *tide_inline_append_new(const struct tide_inline_opts 
 		x->events[i].data = dup_or_null(e->data ? e->data : "{}", &ok);
 		x->events[i].metadata = dup_or_null(e->metadata ? e->metadata : "{}", &ok);
 		x->events[i].message_id = dup_or_null(e->message_id, &ok);
+		x->events[i].schema_version = dup_or_null(e->schema_version, &ok);
 		x->n = i + 1;
 	}
 	if (!ok) {
@@ -1010,7 +1054,8 @@ static bool build_messages(struct tide_inline_append *x)
 		m->message_id = x->rows.message_ids[i];
 		m->created = x->rows.created;
 		m->partition = x->partition;
-		m->schema_version = "1"; /* what appends write */
+		/* What the append writes. */
+		m->schema_version = x->events[i].schema_version ? x->events[i].schema_version : "1";
 	}
 	return true;
 }

@@ -58,6 +58,11 @@ void tide_inline_dirs_free(struct tide_inline_dirs *d);
  * is no inline projection: the daemon runs it as a processor, which reports the error. */
 bool tide_inline_dirs_scan(struct tide_inline_dirs *d);
 
+/* The upcasters its projections read through (paths "\n"-joined, or error: why they
+ * cannot be used; copied): when the signature changes, the next scan loads every file again. */
+void tide_inline_dirs_use_upcasters(struct tide_inline_dirs *d, const char *paths,
+                                    const char *error, uint64_t signature);
+
 /* The current set (d's; NULL before the first scan). */
 struct tide_inline_set *tide_inline_dirs_set(const struct tide_inline_dirs *d);
 

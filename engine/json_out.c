@@ -7,6 +7,18 @@
 
 #include "json.h"
 
+void tide_json_add_schema_version(cJSON *o, const char *v)
+{
+	if (!v)
+		return;
+	/* A whole number (what tide and Emmett write) as a number; anything else as text. */
+	size_t len = strspn(v, "0123456789");
+	if (len > 0 && len <= 15 && !v[len] && (v[0] != '0' || len == 1))
+		cJSON_AddItemToObject(o, "schema_version", cJSON_CreateRaw(v));
+	else
+		cJSON_AddStringToObject(o, "schema_version", v);
+}
+
 cJSON *tide_json_message(const struct tide_message *m, bool cursor)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -20,6 +32,7 @@ cJSON *tide_json_message(const struct tide_message *m, bool cursor)
 	cJSON_AddStringToObject(o, "created", m->created);
 	if (m->partition && strcmp(m->partition, TIDE_DEFAULT_PARTITION) != 0)
 		cJSON_AddStringToObject(o, "partition", m->partition);
+	tide_json_add_schema_version(o, m->schema_version);
 	if (cursor) {
 		char text[48];
 		struct tide_cursor c = {m->transaction_id, m->global_position};

@@ -9,10 +9,13 @@
 #include "tide.h"
 
 /* One event as a JSON object, keys in this order: stream_id, stream_position,
- * global_position, type, data, metadata, message_id, created, and with cursor its position in
- * the global log ("XID:POS"); the JSON columns spliced in as PostgreSQL gave them, without
- * the spaces its jsonb output adds. */
+ * global_position, type, data, metadata, message_id, created, schema_version (when known),
+ * and with cursor its position in the global log ("XID:POS"); the JSON columns spliced in as
+ * PostgreSQL gave them, without the spaces its jsonb output adds. */
 cJSON *tide_json_message(const struct tide_message *m, bool cursor);
+
+/* "schema_version": a whole number as a number, any other text as a string; NULL: none. */
+void tide_json_add_schema_version(cJSON *o, const char *v);
 
 /* An append's outcome: {"next_expected_version": N, "global_positions": [...]}. */
 cJSON *tide_json_append_result(const struct tide_append_result *r);

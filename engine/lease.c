@@ -214,7 +214,12 @@ int tide_lease_dead_letter_next(const struct tide_lease *l, tide_pg_reply_cb cb,
 	        "tide_dead_letter_next",
 	        "SELECT id, stream_id, stream_position, global_position, transaction_id,"
 	        " message_type, message_data, message_metadata, message_id, created, attempts,"
-	        " message_partition FROM tide_dead_letter_next($1, $2)",
+	        " message_partition,"
+	        /* The shape the parked copy has (upcasters read it): the stored event's. */
+	        " (SELECT m.message_schema_version FROM emt_messages m"
+	        "   WHERE m.transaction_id = d.transaction_id"
+	        "     AND m.global_position = d.global_position AND m.partition = d.message_partition)"
+	        " FROM tide_dead_letter_next($1, $2) d",
 	        2,
 	};
 	const char *v[2] = {l->id, l->partition};
@@ -233,6 +238,7 @@ int64_t tide_lease_dead_letter_message(PGresult *res, struct tide_message *m)
 	m->message_id = PQgetvalue(res, 0, 8);
 	m->created = PQgetvalue(res, 0, 9);
 	m->partition = PQgetvalue(res, 0, 11);
+	m->schema_version = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
 	return strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 }
 

@@ -13,10 +13,11 @@
 
 #include "batch.h"
 #include "file.h"
+#include "upcast.h"
 
 struct load_job {
 	uv_work_t req;
-	char *path, *id;
+	char *path, *id, *upcasters, *upcasters_error;
 	struct tide_load_request r;
 	tide_load_cb cb;
 	void *arg;
@@ -111,7 +112,7 @@ static int read_settings(lua_State *L)
 	lua_call(L, 1, 1);
 	int t = lua_gettop(L);
 	snprintf(g->kind, sizeof(g->kind), "%s", raw_string(L, t, "kind"));
-	if (strcmp(g->kind, "decider") == 0)
+	if (strcmp(g->kind, "decider") == 0 || strncmp(g->kind, "upcaster", 8) == 0)
 		return 0;
 	g->version = (int)raw_number(L, t, "version");
 	const char *partition = raw_string(L, t, "partition");
@@ -187,7 +188,15 @@ void tide_load_now(const struct tide_load_request *req, struct tide_load_result 
 		free(buf);
 		return;
 	}
-	int rc = tide_vm_load(g->vm, req->path, buf, len, &g->ref, err, n);
+	int rc = 0;
+	if (req->upcasters_error) {
+		snprintf(err, n, "%s", req->upcasters_error);
+		rc = -1;
+	} else if (req->upcasters) {
+		rc = tide_upcasters_load(g->vm, req->upcasters, err, n);
+	}
+	if (rc == 0)
+		rc = tide_vm_load(g->vm, req->path, buf, len, &g->ref, err, n);
 	free(buf);
 	struct tide_vm_error e;
 	struct settings_read sr = {g, req->id};
@@ -210,6 +219,12 @@ void tide_load_now(const struct tide_load_request *req, struct tide_load_result 
 		r->outcome = TIDE_LOAD_INERT;
 		return;
 	}
+	if (strncmp(g->kind, "upcaster", 8) == 0) {
+		tide_generation_free(g);
+		snprintf(err, n, "upcasters: every processor reads through them");
+		r->outcome = TIDE_LOAD_INERT;
+		return;
+	}
 	r->outcome = TIDE_LOAD_OK;
 }
 
@@ -228,6 +243,8 @@ static void load_done(uv_work_t *req, int status)
 		tide_generation_free(&j->result.gen); /* the callback did not take it */
 	free(j->path);
 	free(j->id);
+	free(j->upcasters);
+	free(j->upcasters_error);
 	free(j);
 }
 
@@ -240,13 +257,22 @@ int tide_load(uv_loop_t *loop, const struct tide_load_request *req, tide_load_cb
 	j->r = *req;
 	j->path = strdup(req->path);
 	j->id = strdup(req->id);
+	j->upcasters = req->upcasters ? strdup(req->upcasters) : NULL;
+	j->upcasters_error = req->upcasters_error ? strdup(req->upcasters_error) : NULL;
 	j->r.path = j->path;
 	j->r.id = j->id;
+	j->r.upcasters = j->upcasters;
+	j->r.upcasters_error = j->upcasters_error;
 	j->cb = cb;
 	j->arg = arg;
-	if (!j->path || !j->id || uv_queue_work(loop, &j->req, load_work, load_done) != 0) {
+	bool copied =
+	        (!req->upcasters || j->upcasters) && (!req->upcasters_error || j->upcasters_error);
+	if (!j->path || !j->id || !copied ||
+	    uv_queue_work(loop, &j->req, load_work, load_done) != 0) {
 		free(j->path);
 		free(j->id);
+		free(j->upcasters);
+		free(j->upcasters_error);
 		free(j);
 		return TIDE_ENOMEM;
 	}

@@ -52,6 +52,9 @@ struct tide_load_request {
 	bool force;            /* load even when the content is known */
 	unsigned cpu_ms;
 	size_t memory;
+	/* The upcasters loaded with the script (upcast.h): their files, "\n"-joined, or NULL;
+	 * or why they cannot be used, which fails the load. Copied. */
+	const char *upcasters, *upcasters_error;
 };
 
 enum tide_load_outcome {

@@ -18,6 +18,7 @@
 #include "snapshot.h"
 #include "store.h"
 #include "tide.h"
+#include "upcast.h"
 
 #define STORE_MT "tide.store"
 
@@ -827,8 +828,39 @@ void tide_lua_events_free(struct tide_lua_events *e)
 		free(e->texts[i]);
 	free(e->texts);
 	free(e->events);
+	free(e->versions);
 	e->texts = NULL;
 	e->events = NULL;
+	e->versions = NULL;
+}
+
+/* An event's schema_version (optional): a whole number, or its text; into buf. */
+static const char *event_version(lua_State *L, int t, size_t i, char buf[16], char *invalid,
+                                 char *misuse, size_t n)
+{
+	lua_getfield(L, t, "schema_version");
+	int type = lua_type(L, -1);
+	const char *v = NULL;
+	if (type == LUA_TNUMBER) {
+		lua_Number x = lua_tonumber(L, -1);
+		if (x >= 1 && x <= 999999999 && x == (lua_Number)(long)x) {
+			snprintf(buf, 16, "%ld", (long)x);
+			v = buf;
+		}
+	} else if (type == LUA_TSTRING && lua_objlen(L, -1) < 16) {
+		snprintf(buf, 16, "%s", lua_tostring(L, -1));
+		v = tide_schema_version_valid(buf) ? buf : NULL;
+	} else if (type != LUA_TNIL && type != LUA_TSTRING) {
+		snprintf(misuse, n, "event %zu: schema_version must be a number, got a %s", i,
+		         lua_typename(L, type));
+	}
+	if (!v && type != LUA_TNIL && !misuse[0])
+		snprintf(invalid, n,
+		         "the schema version of event %zu must be a whole number from 1 to "
+		         "999999999",
+		         i);
+	lua_pop(L, 1);
+	return v;
 }
 
 int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *invalid, char *misuse,
@@ -838,7 +870,8 @@ int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *in
 	out->n = n;
 	out->events = calloc(n ? n : 1, sizeof(*out->events));
 	out->texts = calloc(n ? n * 2 : 1, sizeof(char *));
-	if (!out->events || !out->texts) {
+	out->versions = calloc(n ? n : 1, sizeof(*out->versions));
+	if (!out->events || !out->texts || !out->versions) {
 		snprintf(misuse, errn, "out of memory");
 		goto fail;
 	}
@@ -878,6 +911,9 @@ int tide_lua_events(lua_State *L, int idx, struct tide_lua_events *out, char *in
 		ev->metadata = out->texts[i * 2 + 1];
 		ev->message_id =
 		        event_string(L, t, i + 1, "id", "message id", false, invalid, misuse, errn);
+		if (!misuse[0] && !invalid[0])
+			ev->schema_version =
+			        event_version(L, t, i + 1, out->versions[i], invalid, misuse, errn);
 		lua_pop(L, 1);
 		if (misuse[0] || invalid[0])
 			goto fail;
@@ -1536,6 +1572,7 @@ int tide_lua_open_core(lua_State *L)
 	        {"connect", l_connect},
 	        {"json_encode", l_json_encode},
 	        {"json_decode", l_json_decode},
+	        {"upcaster_files", tide_lua_upcaster_files},
 	        {NULL, NULL},
 	};
 	lua_newtable(L);

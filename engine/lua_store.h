@@ -47,6 +47,7 @@ struct tide_event;
 struct tide_lua_events {
 	struct tide_event *events;
 	char **texts;
+	char (*versions)[16]; /* each event's schema_version as text (events point here) */
 	size_t n;
 };
 /* 0, or -1 with either `invalid` (content the store refuses: nil, err for the caller) or

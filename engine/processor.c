@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "rebuild.h"
+#include "upcast.h"
 
 enum state {
 	P_LOADING,  /* the first load is under way */
@@ -297,6 +298,8 @@ void tide_processor_reload(struct tide_processor *p, bool force)
 	        .force = force,
 	        .cpu_ms = p->o.cpu_ms,
 	        .memory = p->o.memory,
+	        .upcasters = p->o.upcasters ? p->o.upcasters->paths : NULL,
+	        .upcasters_error = p->o.upcasters ? p->o.upcasters->error : NULL,
 	};
 	p->force_again = false;
 	if (tide_load(p->o.loop, &req, load_done, p) == 0)

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 struct tide_processor;
+struct tide_upcasters;
 
 struct tide_processor_opts {
 	uv_loop_t *loop;
@@ -17,6 +18,8 @@ struct tide_processor_opts {
 	int batch_size;
 	unsigned poll_ms, lease_ms, cpu_ms;
 	size_t memory; /* bytes a script's VM may use; 0: the default */
+	/* The upcasters every load gets (upcast.h): the daemon's, kept current, or NULL. */
+	const struct tide_upcasters *upcasters;
 	/* Fires once, on a later loop turn than tide_processor_stop, when the processor has
 	 * released its lease and closed everything; free it then. */
 	void (*on_stopped)(struct tide_processor *p, void *arg);

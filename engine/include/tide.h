@@ -74,12 +74,15 @@ struct tide_store;
 /* One event to append. type is a name (see the limits above); data and metadata are JSON
  * texts and must be objects, together at most TIDE_MAX_EVENT_BYTES; metadata and
  * message_id may be NULL (message_id is then a generated UUID; when given, a UUID).
- * The strings are copied before tide_store_append() returns. */
+ * schema_version is the shape its data has (message_schema_version: a whole number >= 1 as
+ * text, at most 9 digits); NULL writes "1". The strings are copied before
+ * tide_store_append() returns. */
 struct tide_event {
 	const char *type;
 	const char *data;
 	const char *metadata;
 	const char *message_id;
+	const char *schema_version;
 };
 
 /* One stored message. All strings are owned by the store and valid only during the

@@ -104,7 +104,9 @@ function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
     error("the script must return a processor built with tide.projection, tide.reactor or tide.publisher", 0)
   end
-  if p.kind == "decider" then return { kind = "decider" } end
+  if p.kind == "decider" or p.kind == "upcaster" or p.kind == "upcasters" then
+    return { kind = p.kind }
+  end
   if p.kind ~= "projection" and p.kind ~= "reactor" and p.kind ~= "publisher" then
     error("unknown processor kind '" .. p.kind .. "'", 0)
   end

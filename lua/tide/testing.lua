@@ -16,12 +16,15 @@
 --     .then_statements({ { "INSERT INTO cart_lines", "cart-1", "tea", 2, 4.5 }, "DELETE FROM" })
 --   s.given(events).then_no_statements()   s.setup().then_statements(...)   .then_fails(pattern)
 --
+--   local events = require("tide.testing").upcast({ require "item_added_v2" }, old_events)
+--
 --   local r = require("tide.testing").reactor(notify_on_confirm)
 --   r.given(events, "cart-1").then_appends({ { stream = "notifications-cart-1", events = {...} } })
 --     .then_logs({ "notified" })   .then_no_appends()   .then_fails(pattern)
 local model = require "tide.model"
 local processor = require "tide.processor"
 local command = require "tide.command"
+local upcast = require "tide.upcast"
 local type, pairs, ipairs, tostring, error, pcall, select, setmetatable =
   type, pairs, ipairs, tostring, error, pcall, select, setmetatable
 local sort, concat, format = table.sort, table.concat, string.format
@@ -579,6 +582,19 @@ function M.reactor(r)
     return g
   end
   return t
+end
+
+-- testing.upcast(upcasters, events [, stream]) → the events as stored (see given) and then
+-- read through the upcasters (a list of tide.upcaster / tide.upcasters values): what every
+-- reader hands on. A chain with a gap raises, as it does at load; so does an upcaster.
+function M.upcast(upcasters, events, stream)
+  if type(upcasters) ~= "table" then
+    error("testing.upcast wants a list of upcasters (tide.upcaster { ... })", 2)
+  end
+  local files = {}
+  for i, u in ipairs(upcasters) do files[i] = { value = u, file = "upcasters[" .. i .. "]" } end
+  local chain = upcast.chain(files)
+  return upcast.apply(chain, as_stored(events, stream))
 end
 
 return M

@@ -33,7 +33,12 @@ static void accepted(void)
 	line = "{\"stream_id\":\"s\",\"type\":\"T\",\"data\":{},\"metadata\":{\"c\":1}}";
 	CHECK(tide_import_parse_line(line, strlen(line), &ev, err, sizeof(err)) == 0);
 	CHECK(ev.id[0] == '\0');
+	CHECK(ev.schema_version[0] == '\0');
 	CHECK(ev.metadata && ev.metadata_len == 7 && strncmp(ev.metadata, "{\"c\":1}", 7) == 0);
+	const char *versioned =
+	        "{\"stream_id\":\"s\",\"type\":\"T\",\"data\":{},\"schema_version\": 12}";
+	CHECK(tide_import_parse_line(versioned, strlen(versioned), &ev, err, sizeof(err)) == 0);
+	CHECK(strcmp(ev.schema_version, "12") == 0);
 	/* Lengths, not NULs, end a line. */
 	CHECK(tide_import_parse_line(line, strlen(line) - 1, &ev, err, sizeof(err)) != 0);
 	printf("ok accepted\n");
@@ -43,6 +48,12 @@ static void refused(void)
 {
 	static const struct line_case cases[] = {
 	        {"", "where an event object"},
+	        {"{\"stream_id\":\"s\",\"type\":\"T\",\"data\":{},\"schema_version\":0}",
+	         "\"schema_version\" at byte 56 must be a whole number"},
+	        {"{\"stream_id\":\"s\",\"type\":\"T\",\"data\":{},\"schema_version\":1.5}",
+	         "must be a whole number from 1 to 999999999"},
+	        {"{\"stream_id\":\"s\",\"type\":\"T\",\"data\":{},\"schema_version\":\"2\"}",
+	         "must be a whole number"},
 	        {"[]", "'[' at byte 1 where an event object"},
 	        {"{}", "\"stream_id\" is missing"},
 	        {"{\"stream_id\":\"s\",\"type\":\"T\"}", "\"data\" is missing"},
