@@ -407,9 +407,9 @@ void tide_http_use_upcasters(struct tide_http *http, struct tide_vm *vm, const c
 	http->upcast_paths = paths && *paths ? strdup(paths) : NULL;
 	http->upcast_error = error ? strdup(error) : NULL;
 	http->upcast_sig = signature;
-	if (http->workers.state)
-		tide_http_commands_use_upcasters(http->workers.state, http->upcast_paths,
-		                                 http->upcast_error, signature);
+	if (http->workers.state && http->workers.use_upcasters)
+		http->workers.use_upcasters(http->workers.state, http->upcast_paths,
+		                            http->upcast_error, signature);
 }
 
 struct tide_vm *tide_http_upcast_vm(struct tide_http *http)

@@ -174,6 +174,8 @@ const struct tide_http_opts *tide_http_opts(const struct tide_http *http);
 struct tide_http_workers {
 	void *state;
 	void (*stop)(void *state);
+	/* The daemon's upcasters changed (tide_http_use_upcasters); may be NULL. */
+	void (*use_upcasters)(void *state, const char *paths, const char *error, uint64_t sig);
 };
 struct tide_http_workers *tide_http_workers(struct tide_http *http);
 /* The VM the upcasters of reads are loaded in, or NULL (tide_http_use_upcasters). */
@@ -187,9 +189,6 @@ int tide_http_upcast(struct tide_http *http, const struct tide_read_result *r,
                      size_t n);
 /* The upcasters commands load: copies (malloc'd; NULL for none) and their signature. */
 void tide_http_upcasters(struct tide_http *http, char **paths, char **error, uint64_t *sig);
-/* Hands the command workers a new set of upcasters (http_commands.c). */
-void tide_http_commands_use_upcasters(void *state, const char *paths, const char *error,
-                                      uint64_t sig);
 /* Whether the server is stopping (work that would outlive it is refused). */
 bool tide_http_stopping(const struct tide_http *http);
 /* What GET /processors answers, {"processors": [...], "held_back_by": {...}|null}, built

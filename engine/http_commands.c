@@ -565,8 +565,8 @@ static char *dup_all(char **out, const char *const *in, int n)
 	return (char *)out;
 }
 
-void tide_http_commands_use_upcasters(void *state, const char *paths, const char *error,
-                                      uint64_t sig)
+/* The daemon's upcasters changed (struct tide_http_workers): commands load the new set. */
+static void use_upcasters(void *state, const char *paths, const char *error, uint64_t sig)
 {
 	struct tide_http_commands *w = state;
 	char *p = paths ? strdup(paths) : NULL;
@@ -643,7 +643,7 @@ static struct tide_http_commands *start(struct tide_http *http)
 		workers_stop(w);
 		return NULL;
 	}
-	*slot = (struct tide_http_workers){w, workers_stop};
+	*slot = (struct tide_http_workers){w, workers_stop, use_upcasters};
 	return w;
 }
 

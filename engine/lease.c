@@ -218,7 +218,8 @@ int tide_lease_dead_letter_next(const struct tide_lease *l, tide_pg_reply_cb cb,
 	        /* The shape the parked copy has (upcasters read it): the stored event's. */
 	        " (SELECT m.message_schema_version FROM emt_messages m"
 	        "   WHERE m.transaction_id = d.transaction_id"
-	        "     AND m.global_position = d.global_position AND m.partition = d.message_partition)"
+	        "     AND m.global_position = d.global_position AND m.partition = "
+	        "d.message_partition)"
 	        " FROM tide_dead_letter_next($1, $2) d",
 	        2,
 	};

@@ -450,7 +450,6 @@ static int l_read(lua_State *L)
 	return finish(L, &w);
 }
 
-
 static void on_end(int status, const char *err, void *arg);
 
 static void on_archive(int status, const char *err, const struct tide_archive_result *r, void *arg)
