@@ -23,6 +23,7 @@
 #include "lease.h"
 #include "log.h"
 #include "metrics.h"
+#include "sharing.h"
 #include "store.h"
 
 #define RETRY_MS       1000  /* after a failure that is not the script's */
@@ -51,6 +52,8 @@ struct tide_consumer {
 	int generation;
 	struct tide_store *store;
 	struct tide_lease lease;
+	struct tide_sharing_unit *unit; /* its place in the daemon's share (sharing.h) */
+	bool held_elsewhere;            /* the last claim found another daemon's lease */
 	uv_timer_t timer;
 	struct tide_cursor cursor; /* the committed checkpoint */
 	bool setup_pending, reset_pending;
@@ -120,9 +123,9 @@ static bool transient(const char *sqlstate);
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
 	static const char *const names[] = {
-	        "new",       "broken",     "connecting", "claiming",  "waiting", "reading",
-	        "recording", "running",    "parking",    "retrying",  "idle",    "backoff",
-	        "halted",    "rebuilding", "switching",  "releasing", "stopped",
+	        "new",       "broken",     "connecting", "claiming",     "waiting",   "reading",
+	        "recording", "running",    "parking",    "retrying",     "idle",      "backoff",
+	        "halted",    "rebuilding", "switching",  "handing_over", "releasing", "stopped",
 	};
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -190,6 +193,13 @@ static void set_error(struct tide_consumer *c, const char *err)
 static uint64_t now_ms(struct tide_consumer *c)
 {
 	return uv_now(c->o.loop);
+}
+
+/* Every change of the lease held goes through here: the daemon's share counts it. */
+static void set_leased(struct tide_consumer *c, bool leased)
+{
+	c->leased = leased;
+	tide_sharing_held(c->unit, leased);
 }
 
 static bool renewal_due(struct tide_consumer *c)
@@ -359,7 +369,7 @@ static void lost(struct tide_consumer *c, const char *why)
 	tide_store_close(c->store);
 	c->store = NULL;
 	c->lease.pg = NULL;
-	c->leased = false;
+	set_leased(c, false);
 	c->interrupted = true;
 	enter(c, TIDE_CONSUMER_CONNECTING);
 	uv_timer_start(&c->timer, on_timer, jitter(CONNECT_MS), 0);
@@ -460,7 +470,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	struct tide_claim cl;
 	tide_lease_parse_claim(reply->res, &cl);
 	if (cl.refused) {
-		c->leased = false;
+		set_leased(c, false);
 		if (!c->refused)
 			tide_log("error", "processor.refused", "processor", c->id, "error",
 			         cl.refused, (char *)NULL);
@@ -475,16 +485,17 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		tide_log("info", "processor.accepted", "processor", c->id, (char *)NULL);
 	}
 	if (!cl.acquired) {
-		c->leased = false;
-		if (c->state != TIDE_CONSUMER_WAITING)
+		set_leased(c, false);
+		if (!c->held_elsewhere)
 			tide_log("info", "processor.waiting", "processor", c->id, "reason",
 			         "another daemon holds the lease", (char *)NULL);
+		c->held_elsewhere = true;
 		enter(c, TIDE_CONSUMER_WAITING);
 		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 		return;
 	}
 	bool was_waiting = !c->leased;
-	c->leased = true;
+	set_leased(c, true);
 	c->renewed_at = now_ms(c);
 	c->cursor = cl.checkpoint;
 	c->retries = cl.retries;
@@ -506,10 +517,17 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		start_progress(c);
 	}
 	if (was_waiting) {
-		char cur[48];
+		char cur[48], why[160];
 		tide_cursor_format(&c->cursor, cur);
 		tide_log("info", "processor.started", "processor", c->id, "partition",
-		         c->cur.partition, "checkpoint", cur, (char *)NULL);
+		         c->cur.partition, "checkpoint", cur, "share",
+		         c->unit ? tide_sharing_describe(c->unit, why, sizeof(why)) : NULL,
+		         (char *)NULL);
+		/* A lapsed lease of another daemon's: it died, or lost the database. */
+		if (cl.previous_owner && strcmp(cl.previous_owner, c->owner) != 0)
+			tide_log("info", "processor.taken_over", "processor", c->id, "from",
+			         cl.previous_owner, "reason", "its lease had lapsed", (char *)NULL);
+		c->held_elsewhere = false;
 		if (c->attempt.known && c->attempt.attempts > 0 && !c->interrupted) {
 			char n[16], at[48];
 			snprintf(n, sizeof(n), "%d", c->attempt.attempts);
@@ -544,6 +562,25 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	next_step(c);
 }
 
+/* The share grew: a waiting consumer claims now rather than at its timer. */
+static void kick(void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (c->state == TIDE_CONSUMER_WAITING && !c->refused && !c->stop_requested) {
+		uv_timer_stop(&c->timer);
+		claim(c);
+	}
+}
+
+/* A processor (not a builder: it runs until it caught up) is a unit of the daemon's share
+ * from its first claim on. */
+static struct tide_sharing_unit *share_unit(struct tide_consumer *c)
+{
+	if (!c->unit && c->o.sharing && !c->rebuild_of)
+		c->unit = tide_sharing_join(c->o.sharing, c->id, kick, c);
+	return c->unit;
+}
+
 static void claim(struct tide_consumer *c)
 {
 	if (!c->store || !tide_pg_ready(c->store->pg)) {
@@ -560,6 +597,17 @@ static void claim(struct tide_consumer *c)
 		enter(c, TIDE_CONSUMER_WAITING);
 		report(c, "failed");
 		uv_timer_start(&c->timer, on_timer, MAX_BACKOFF_MS, 0);
+		return;
+	}
+	if (!c->leased && !tide_sharing_may_claim(share_unit(c))) {
+		/* The daemon runs its share already: another daemon's turn. */
+		if (c->state != TIDE_CONSUMER_WAITING && tide_log_enabled("debug")) {
+			char why[160];
+			tide_log("debug", "processor.waiting", "processor", c->id, "reason",
+			         tide_sharing_describe(c->unit, why, sizeof(why)), (char *)NULL);
+		}
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 		return;
 	}
 	/* Also when renewing: a wake-up must not start a read while the claim is out. */
@@ -733,6 +781,8 @@ static void finish_stop(struct tide_consumer *c)
 	if (c->state == TIDE_CONSUMER_STOPPED)
 		return;
 	enter(c, TIDE_CONSUMER_STOPPED);
+	tide_sharing_leave(c->unit);
+	c->unit = NULL;
 	drop_ahead(c);
 	events_drop(c, &c->batch);
 	tide_store_close(c->store);
@@ -795,7 +845,7 @@ static void on_parked(const struct tide_pg_reply *reply, void *arg)
 		         (char *)NULL);
 		events_drop(c, &c->batch);
 		if (is_state(reply->sqlstate, "55006") || is_state(reply->sqlstate, "40001")) {
-			c->leased = false;
+			set_leased(c, false);
 			claim(c);
 		} else {
 			backoff(c, RETRY_MS); /* tried again: the attempt count still says so */
@@ -995,6 +1045,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		}
 		events_drop(c, &c->batch);
 		if (c->ahead.held && !c->has_pending && !c->stop_requested && c->single_left == 0 &&
+		    !tide_sharing_surplus(c->unit) &&
 		    (c->ahead.count > 0 ||
 		     c->ahead.next.global_position != c->cursor.global_position)) {
 			c->batch = c->ahead;
@@ -1023,7 +1074,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		tide_log("warn", "batch.interrupted", "processor", c->id, "error", o->err,
 		         (char *)NULL);
 		if (is_state(o->sqlstate, "55006") || is_state(o->sqlstate, "40001")) {
-			c->leased = false;
+			set_leased(c, false);
 			claim(c); /* lease lost or checkpoint moved: find out where we stand */
 		} else {
 			backoff(c, jitter(RETRY_MS));
@@ -1121,7 +1172,7 @@ static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 		tide_log("error", "attempt.record_failed", "processor", c->id, "error", reply->err,
 		         (char *)NULL);
 		if (is_state(reply->sqlstate, "55006")) {
-			c->leased = false;
+			set_leased(c, false);
 			claim(c);
 		} else {
 			backoff(c, RETRY_MS);
@@ -1297,11 +1348,45 @@ static void take_dead_letter(struct tide_consumer *c)
 
 /* --- between batches ------------------------------------------------------------------------ */
 
+/* Handed back: another daemon below its share takes it at its next claim. */
+static void on_handed_over(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) /* the lease runs out instead */
+		tide_log("warn", "release.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+	enter(c, TIDE_CONSUMER_WAITING);
+	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+}
+
+/* The daemon holds more than its share and this is one to give up: between batches, with
+ * its checkpoint committed, the lease goes back. */
+static void hand_over(struct tide_consumer *c)
+{
+	char why[160], cur[48];
+	tide_sharing_describe(c->unit, why, sizeof(why));
+	tide_cursor_format(&c->cursor, cur);
+	drop_ahead(c);
+	events_drop(c, &c->batch);
+	set_leased(c, false); /* counted out at once: the next surplus is another unit */
+	tide_log("info", "processor.handed_over", "processor", c->id, "checkpoint", cur, "reason",
+	         why, (char *)NULL);
+	enter(c, TIDE_CONSUMER_HANDING_OVER);
+	if (tide_lease_release(&c->lease, on_handed_over, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
 /* What to do when nothing is in flight. */
 static void next_step(struct tide_consumer *c)
 {
 	if (c->stop_requested) {
 		release(c);
+		return;
+	}
+	if (tide_sharing_surplus(c->unit)) {
+		hand_over(c);
 		return;
 	}
 	if (swap_generation(c)) {
@@ -1508,6 +1593,7 @@ void tide_consumer_stop(struct tide_consumer *c)
 	case TIDE_CONSUMER_RECORDING:
 	case TIDE_CONSUMER_RUNNING:
 	case TIDE_CONSUMER_PARKING:
+	case TIDE_CONSUMER_HANDING_OVER:
 	case TIDE_CONSUMER_RETRYING: break; /* the reply in flight ends it */
 	case TIDE_CONSUMER_CONNECTING:
 		if (!c->store)

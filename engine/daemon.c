@@ -21,6 +21,7 @@
 #include "lua_vm.h"
 #include "metrics.h"
 #include "processor.h"
+#include "sharing.h"
 #include "store.h"
 
 #define MAX_DIRS    16
@@ -34,6 +35,7 @@ struct tide_daemon {
 	char owner[128]; /* this daemon's lease owner id: host:pid:random */
 	struct tide_processor_opts popts;
 	struct tide_processor *procs;
+	struct tide_sharing *sharing; /* this daemon's heartbeat and share (sharing.h) */
 	bool stopping;
 	int running; /* processors not yet stopped */
 };
@@ -160,6 +162,8 @@ static void maybe_exit(struct run *r)
 		r->listen = NULL;
 		tide_store_close(r->bootstrap);
 		r->bootstrap = NULL;
+		if (r->d.sharing)
+			tide_sharing_stop(r->d.sharing, NULL, NULL); /* its row goes */
 	}
 }
 
@@ -837,6 +841,12 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		return;
 	}
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
+	struct tide_sharing_opts so = {.loop = r->d.loop,
+	                               .url = r->d.url,
+	                               .owner = r->d.owner,
+	                               .lease_ms = r->d.popts.lease_ms};
+	r->d.sharing = tide_sharing_new(&so);
+	r->d.popts.sharing = r->d.sharing;
 	if (r->http_opts.listen) {
 		char err[512];
 		if (tide_http_start(&r->http_opts, &r->http, err, sizeof(err)) != 0) {
@@ -1204,6 +1214,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_close((uv_handle_t *)&r->log_probe, NULL);
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
+	tide_sharing_free(r->d.sharing);
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
 	tide_metrics_disable();

@@ -32,7 +32,8 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt, attempt_at,"
 	        " attempt_events, attempts, attempt_error, attempt_script, retries, refused,"
-	        " (SELECT target_suffix FROM tide_processors WHERE processor_id = $1)"
+	        " (SELECT target_suffix FROM tide_processors WHERE processor_id = $1),"
+	        " (SELECT owner FROM tide_processors WHERE processor_id = $1)"
 	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6, $7, $8, $9, $10,"
 	        "  $11::boolean)",
 	        11,
@@ -74,6 +75,7 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 	out->script = PQgetvalue(res, 0, 8);
 	out->retries = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
 	out->suffix = PQgetvalue(res, 0, 11); /* "" for NULL: a row this claim made */
+	out->previous_owner = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
 }
 
 int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)

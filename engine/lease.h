@@ -38,6 +38,9 @@ struct tide_claim {
 	int64_t retries;     /* dead letters queued for a retry */
 	const char *refused; /* NULL, or why the id is not this script's (in res) */
 	const char *suffix;  /* the processor's target suffix (sql/0007; in res) */
+	/* Who held the lease before this claim: NULL when nobody did (new, released), another
+	 * owner when its lease had lapsed (a take-over), or this one (a renewal). In res. */
+	const char *previous_owner;
 };
 
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);

@@ -334,6 +334,7 @@ struct tide_processor *tide_processor_new(const struct tide_processor_opts *o,
 	        .lease_ms = o->lease_ms,
 	        .on_stopped = consumer_stopped,
 	        .on_rebuild = on_rebuild,
+	        .sharing = o->sharing,
 	        .arg = p,
 	};
 	p->app = strdup(who->app ? who->app : "");

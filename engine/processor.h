@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "sharing.h"
+
 struct tide_processor;
 
 struct tide_processor_opts {
@@ -17,6 +19,8 @@ struct tide_processor_opts {
 	int batch_size;
 	unsigned poll_ms, lease_ms, cpu_ms;
 	size_t memory; /* bytes a script's VM may use; 0: the default */
+	struct tide_sharing
+	        *sharing; /* the daemon's share of the processors (sharing.h), or NULL */
 	/* Fires once, on a later loop turn than tide_processor_stop, when the processor has
 	 * released its lease and closed everything; free it then. */
 	void (*on_stopped)(struct tide_processor *p, void *arg);
