@@ -112,8 +112,9 @@ static const char usage_run[] =
         "                     (default 50)\n"
         "  --poll-ms N        how often an idle processor, and an idle HTTP subscription,\n"
         "                     reads anyway, in case a wake-up was lost (default 1000)\n"
-        "  --lease-ms N       processor lease; another daemon takes over after it\n"
-        "                     lapses (default 10000)\n"
+        "  --lease-ms N       processor lease, and the heartbeat of this daemon among\n"
+        "                     those sharing the processors: another daemon takes its\n"
+        "                     processors over once it lapses (default 10000)\n"
         "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
         "  --memory-mb N      memory limit of each script's Lua state (default 64)\n"
         "  --sql-role ROLE    run scripts' SQL as this role (SET LOCAL ROLE per batch);\n"
@@ -134,6 +135,9 @@ static const char usage_run[] =
         "  --http-insecure    serve a non-loopback address without tokens\n"
         "A failing event is retried, isolated from its batch, and then handled by the\n"
         "script's on_error policy (dead_letter by default: see `tide dlq --help`).\n"
+        "Several daemons on one database share the processors fairly: each takes\n"
+        "ceil(processors / live daemons), hands its surplus over at a batch boundary\n"
+        "when another joins, and takes a dead one's over (README \"Several daemons\").\n"
         "Flags override the configuration file, which overrides TIDE_DATABASE_URL and\n"
         "DATABASE_URL for the database.\n";
 
