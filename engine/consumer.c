@@ -53,7 +53,16 @@ struct tide_consumer {
 	struct tide_store *store;
 	struct tide_lease lease;
 	struct tide_sharing_unit *unit; /* its place in the daemon's share (sharing.h) */
-	bool held_elsewhere;            /* the last claim found another daemon's lease */
+	/* Sharded processors (sql/0012): the layout its processor was last found in, and
+	 * whether this shard resets the targets in its next batch. */
+	char *base;
+	struct {
+		bool known;
+		int version;
+		char partition[TIDE_MAX_PARTITION_BYTES + 1];
+	} layout;
+	bool layout_reset;
+	bool held_elsewhere; /* the last claim found another daemon's lease */
 	uv_timer_t timer;
 	struct tide_cursor cursor; /* the committed checkpoint */
 	bool setup_pending, reset_pending;
@@ -119,6 +128,7 @@ static void await_build(struct tide_consumer *c);
 static void start_progress(struct tide_consumer *c);
 static void note_progress(struct tide_consumer *c, bool done);
 static bool transient(const char *sqlstate);
+static void forget_layout(struct tide_consumer *c);
 
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
@@ -364,6 +374,7 @@ static void lost(struct tide_consumer *c, const char *why)
 	}
 	tide_log("warn", "connection.lost", "processor", c->id, "error", why, (char *)NULL);
 	tide_metrics_reconnect(TIDE_METRICS_PROCESSOR);
+	forget_layout(c);
 	drop_ahead(c);
 	events_drop(c, &c->batch);
 	tide_store_close(c->store);
@@ -486,6 +497,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	}
 	if (!cl.acquired) {
 		set_leased(c, false);
+		forget_layout(c); /* whoever holds it may have done the reset meanwhile */
 		if (!c->held_elsewhere)
 			tide_log("info", "processor.waiting", "processor", c->id, "reason",
 			         "another daemon holds the lease", (char *)NULL);
@@ -507,7 +519,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	snprintf(c->attempt.script, sizeof(c->attempt.script), "%s", cl.script);
 	if (!c->rebuild_of) {
 		snprintf(c->target_suffix, sizeof(c->target_suffix), "%s", cl.suffix);
-		if (cl.rebuilt)
+		/* A shard's version change resets the targets once, for all (sql/0012). */
+		if ((cl.rebuilt && c->o.shards <= 1) || c->layout_reset)
 			c->reset_pending = true;
 	} else if (!c->progress.started_ns) {
 		/* A builder starting afresh clears what an abandoned build left in its targets;
@@ -562,6 +575,75 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	next_step(c);
 }
 
+/* --- sharded processors' layout (sql/0012) ---------------------------------------------------- */
+
+/* Asked again at the next claim (the reset it was to do may be done by then). */
+static void forget_layout(struct tide_consumer *c)
+{
+	c->layout.known = false;
+	c->layout_reset = false;
+}
+
+/* Whether the processor's layout was found to be this generation's (builders have none). */
+static bool layout_known(const struct tide_consumer *c)
+{
+	return c->rebuild_of || (c->layout.known && c->layout.version == c->cur.version &&
+	                         strcmp(c->layout.partition, c->cur.partition) == 0);
+}
+
+static void on_layout(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) {
+		set_error(c, reply->err);
+		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+		return;
+	}
+	const char *answer = PQgetvalue(reply->res, 0, 0);
+	if (strcmp(answer, "wait") == 0) {
+		/* Another layout's workers still run, or a shard resets the targets: hold nothing
+		 * meanwhile (a worker waiting for this one would wait forever). */
+		if (c->leased && tide_lease_release(&c->lease, NULL, NULL) != 0) {
+			lost(c, tide_pg_error(c->store->pg));
+			return;
+		}
+		set_leased(c, false); /* or gives its place in the share back */
+		if (c->state != TIDE_CONSUMER_WAITING)
+			tide_log("info", "processor.waiting", "processor", c->id, "reason",
+			         "its processor's shards change: waiting for the others",
+			         (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	c->layout.known = true;
+	c->layout.version = c->cur.version;
+	snprintf(c->layout.partition, sizeof(c->layout.partition), "%s", c->cur.partition);
+	if (strcmp(answer, "reset") == 0) {
+		char n[16];
+		snprintf(n, sizeof(n), "%d", c->o.shards);
+		tide_log("info", "processor.resharded", "processor", c->base, "shards", n, "by",
+		         c->id, "reason",
+		         "its shards, version or partition changed: targets reset, every shard "
+		         "replays from the start",
+		         (char *)NULL);
+		c->layout_reset = true;
+	}
+	claim(c);
+}
+
+static void check_layout(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_CLAIMING);
+	if (tide_lease_layout(&c->lease, c->base, c->o.shards, on_layout, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
 /* The share grew: a waiting consumer claims now rather than at its timer. */
 static void kick(void *arg)
 {
@@ -608,6 +690,10 @@ static void claim(struct tide_consumer *c)
 		}
 		enter(c, TIDE_CONSUMER_WAITING);
 		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	if (!layout_known(c)) {
+		check_layout(c); /* then here again */
 		return;
 	}
 	/* Also when renewing: a wake-up must not start a read while the claim is out. */
@@ -961,15 +1047,23 @@ static void on_ahead(int status, const char *err, const struct tide_read_result 
 	c->ahead_discard = false;
 }
 
+/* What its reads keep: the script's event types, and a shard's streams. */
+static struct tide_log_filter read_filter(const struct tide_consumer *c)
+{
+	return (struct tide_log_filter){.types = (const char *const *)c->cur.types,
+	                                .ntypes = c->cur.ntypes,
+	                                .shard = c->o.shard,
+	                                .shards = c->o.shards};
+}
+
 /* A full batch suggests more is waiting: ask for the next one now, so that PostgreSQL
  * reads it while the script runs this one. Sent before the batch's BEGIN, it is a
  * statement of its own; rows of this batch's transaction (a reactor's appends) are not
  * in it, and come with a later read, as their transaction id is above the cursor. */
 static void read_ahead(struct tide_consumer *c)
 {
-	if (tide_store_read_all_types(c->store, &c->batch.next, c->o.batch_size,
-	                              (const char *const *)c->cur.types, c->cur.ntypes, on_ahead,
-	                              c) == 0)
+	struct tide_log_filter f = read_filter(c);
+	if (tide_store_read_log(c->store, &c->batch.next, c->o.batch_size, &f, on_ahead, c) == 0)
 		c->ahead_inflight = true;
 }
 
@@ -1015,7 +1109,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 	                   uv_hrtime() - c->batch_started_ns);
 	if (o->status == 0) {
 		c->batch.ref = LUA_NOREF; /* the batch took the events */
-		c->setup_pending = c->reset_pending = false;
+		c->setup_pending = c->reset_pending = c->layout_reset = false;
 		c->renewed_at = now_ms(c);
 		c->interrupted = false;
 		if (dead_letter) {
@@ -1113,7 +1207,9 @@ static void run_batch(struct tide_consumer *c)
 	        /* A lone event, or one being tried again: an SQL error names its line. */
 	        .trace_sql = c->batch.count <= 1 || c->single_left > 0 || c->dead_letter != 0,
 	};
-	if (!c->rebuild_of) /* a builder's targets are its own until its switch */
+	if (c->layout_reset && c->reset_pending)
+		tide_lease_enter_reset(&c->lease, c->target_suffix, c->base, &spec);
+	else if (!c->rebuild_of) /* a builder's targets are its own until its switch */
 		tide_lease_enter(&c->lease, c->target_suffix, &spec);
 	if (c->dead_letter) {
 		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
@@ -1293,9 +1389,8 @@ static void read_log(struct tide_consumer *c)
 	if (c->busy_events == 0)
 		c->busy_since_ns = uv_hrtime();
 	int max = c->single_left > 0 ? 1 : c->o.batch_size;
-	int rc = tide_store_read_all_types(c->store, &c->cursor, max,
-	                                   (const char *const *)c->cur.types, c->cur.ntypes,
-	                                   on_read, c);
+	struct tide_log_filter f = read_filter(c);
+	int rc = tide_store_read_log(c->store, &c->cursor, max, &f, on_read, c);
 	if (rc == TIDE_ECONN) {
 		lost(c, tide_store_error(c->store));
 	} else if (rc) {
@@ -1412,6 +1507,7 @@ static void consumer_free_strings(struct tide_consumer *c)
 	free(c->name);
 	free(c->sql_role);
 	free(c->rebuild_of);
+	free(c->base);
 	free(c->sw.builder);
 }
 
@@ -1429,9 +1525,12 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 	c->name = strdup(o->name ? o->name : o->id);
 	c->sql_role = o->sql_role ? strdup(o->sql_role) : NULL;
 	c->rebuild_of = o->rebuild_of ? strdup(o->rebuild_of) : NULL;
+	c->base = strdup(o->base ? o->base : o->id);
+	if (c->o.shards < 1)
+		c->o.shards = 1;
 	snprintf(c->target_suffix, sizeof(c->target_suffix), "%s",
 	         o->target_suffix ? o->target_suffix : "");
-	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name ||
+	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name || !c->base ||
 	    (o->sql_role && !c->sql_role) || (o->rebuild_of && !c->rebuild_of)) {
 		consumer_free_strings(c);
 		free(c);

@@ -38,6 +38,10 @@ struct tide_consumer_opts {
 	void (*on_built)(void *arg);
 	/* A builder: how far it got, about once a second. */
 	void (*on_progress)(const struct tide_progress *p, void *arg);
+	/* Sharded processors (sql/0012): shard `shard` (0..shards-1) of processor base (APP/NAME;
+	 * copied), reading only its streams. base NULL: id; shards 0: 1. */
+	const char *base;
+	int shard, shards;
 	/* Fair sharing (sharing.h): the daemon's share, or NULL (claim whenever free). */
 	struct tide_sharing *sharing;
 	void *arg;

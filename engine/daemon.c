@@ -40,8 +40,17 @@ struct tide_daemon {
 	int running; /* processors not yet stopped */
 };
 
+/* How many shards a file's script asked for, once it did (sql/0012): its processors are
+ * then BASE#KofN. Files not listed run as one processor. */
+struct sharded {
+	struct sharded *next;
+	int shards;
+	char base[];
+};
+
 struct run {
 	struct tide_daemon d;
+	struct sharded *sharded;
 	uv_loop_t loop;
 	const char *dirs[MAX_DIRS];
 	const char *apps[MAX_DIRS]; /* the app of each directory's processors */
@@ -251,6 +260,85 @@ static void tell_inline(struct run *r)
 	r->inline_told = n > 0;
 }
 
+static int shards_of(const struct run *r, const char *base)
+{
+	for (const struct sharded *x = r->sharded; x; x = x->next)
+		if (strcmp(x->base, base) == 0)
+			return x->shards;
+	return 1;
+}
+
+/* A script asks for another number of shards: its processors stop, and the rescan that
+ * follows each stop starts the new ones (their layout waits until the old have stopped). */
+static void on_reshard(struct tide_processor *p, int shards, void *arg)
+{
+	struct run *r = arg;
+	const char *base = tide_processor_base(p);
+	struct sharded *x = r->sharded;
+	while (x && strcmp(x->base, base) != 0)
+		x = x->next;
+	if (!x) {
+		x = calloc(1, sizeof(*x) + strlen(base) + 1);
+		if (!x) {
+			tide_log("error", "processor.reshard_failed", "processor", base, "error",
+			         "out of memory", (char *)NULL);
+			return;
+		}
+		strcpy(x->base, base);
+		x->next = r->sharded;
+		r->sharded = x;
+	}
+	x->shards = shards;
+	for (struct tide_processor *q = r->d.procs; q; q = tide_processor_next(q))
+		if (strcmp(tide_processor_base(q), base) == 0)
+			tide_processor_stop(q);
+}
+
+/* Starts the processor (or the shards) of one script file, or reloads them. */
+static void start_file(struct run *r, int dir, const char *name, const char *path, bool force)
+{
+	char base[512];
+	snprintf(base, sizeof(base), "%s/%s", r->apps[dir], name);
+	int shards = shards_of(r, base);
+	for (int k = 0; k < shards; k++) {
+		char id[560], shard_name[300];
+		if (shards > 1) {
+			snprintf(id, sizeof(id), "%s#%dof%d", base, k, shards);
+			snprintf(shard_name, sizeof(shard_name), "%s#%dof%d", name, k, shards);
+		} else {
+			snprintf(id, sizeof(id), "%s", base);
+			snprintf(shard_name, sizeof(shard_name), "%s", name);
+		}
+		struct tide_processor *p = find(r, id);
+		if (p && strcmp(tide_processor_path(p), path) != 0) {
+			tide_log("warn", "processor.duplicate", "processor", id, "ignored", path,
+			         "running", tide_processor_path(p), (char *)NULL);
+			continue;
+		}
+		if (p) {
+			if (!tide_processor_stopping(p))
+				tide_processor_reload(p, force);
+			continue;
+		}
+		struct tide_processor_identity who = {
+		        .id = id,
+		        .app = r->apps[dir],
+		        .name = shard_name,
+		        .path = path,
+		        .takeover = taken_over(r, id),
+		        .base = base,
+		        .shard = k,
+		        .shards = shards,
+		};
+		p = tide_processor_new(&r->d.popts, &who);
+		if (!p)
+			continue;
+		tide_processor_set_next(p, r->d.procs);
+		r->d.procs = p;
+		r->d.running++;
+	}
+}
+
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
 static void rescan(struct run *r, bool force)
 {
@@ -290,29 +378,7 @@ static void rescan(struct run *r, bool force)
 			snprintf(id, sizeof(id), "%s/%s", r->apps[i], name);
 			if (tide_inline_set_has(inl, id))
 				continue;
-			struct tide_processor *p = find(r, id);
-			if (p && strcmp(tide_processor_path(p), path) != 0) {
-				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
-				         path, "running", tide_processor_path(p), (char *)NULL);
-				continue;
-			}
-			if (p) {
-				tide_processor_reload(p, force);
-				continue;
-			}
-			struct tide_processor_identity who = {
-			        .id = id,
-			        .app = r->apps[i],
-			        .name = name,
-			        .path = path,
-			        .takeover = taken_over(r, id),
-			};
-			p = tide_processor_new(&r->d.popts, &who);
-			if (!p)
-				continue;
-			tide_processor_set_next(p, r->d.procs);
-			r->d.procs = p;
-			r->d.running++;
+			start_file(r, i, name, path, force);
 		}
 		closedir(dir);
 	}
@@ -1184,6 +1250,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        .cpu_ms = (unsigned)set.cpu,
 	        .memory = (size_t)set.memory_mb << 20,
 	        .on_stopped = processor_stopped,
+	        .on_reshard = on_reshard,
 	        .arg = r,
 	};
 	uv_timer_init(&r->loop, &r->debounce);
@@ -1219,6 +1286,11 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
 	tide_sharing_free(r->d.sharing);
+	while (r->sharded) {
+		struct sharded *x = r->sharded;
+		r->sharded = x->next;
+		free(x);
+	}
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
 	tide_metrics_disable();

@@ -78,6 +78,18 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 	out->previous_owner = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
 }
 
+int tide_lease_layout(const struct tide_lease *l, const char *base, int shards, tide_pg_reply_cb cb,
+                      void *arg)
+{
+	static const struct tide_pg_stmt stmt = {
+	        "tide_shard_layout", "SELECT tide_shard_layout($1, $2, $3::int, $4::int, $5)", 5};
+	char n[16], version[16];
+	fmt_int(n, sizeof(n), shards);
+	fmt_int(version, sizeof(version), l->version);
+	const char *v[5] = {base, l->id, n, version, l->partition};
+	return tide_pg_exec(l->pg, &stmt, v, cb, arg);
+}
+
 int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 {
 	static const struct tide_pg_stmt stmt = {"tide_release",
@@ -187,6 +199,16 @@ void tide_lease_enter(const struct tide_lease *l, const char *suffix, struct tid
 	spec->open_nargs = 2;
 	spec->open_args[0] = l->id;
 	spec->open_args[1] = suffix;
+}
+
+void tide_lease_enter_reset(const struct tide_lease *l, const char *suffix, const char *base,
+                            struct tide_batch_spec *spec)
+{
+	spec->open_sql = "SELECT tide_shard_enter($1, $2, $3)";
+	spec->open_nargs = 3;
+	spec->open_args[0] = l->id;
+	spec->open_args[1] = suffix;
+	spec->open_args[2] = base;
 }
 
 int tide_lease_park(const struct tide_lease *l, struct tide_cursor from, struct tide_cursor to,

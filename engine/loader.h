@@ -35,6 +35,7 @@ struct tide_generation {
 	uint64_t hash;   /* of the file's content */
 	bool blue_green; /* a new version is built beside the running one (consumer.c) */
 	bool is_inline;  /* a projection with inline = true: it runs where events are appended */
+	int shards;      /* its work split by stream into this many workers (1: not sharded) */
 };
 
 void tide_generation_free(struct tide_generation *g);
