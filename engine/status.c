@@ -18,7 +18,10 @@ const struct tide_pg_stmt tide_stmt_status = {
         "  CASE WHEN t.status <> 'stopped' AND coalesce(t.seen_until, t.lease_until) < now()"
         "   THEN 'expired' ELSE t.status END AS status,"
         "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
-        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
+        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos,"
+        /* A shard (APP/NAME#KofN, sql/0012) lags by its own streams only. */
+        "  substring(t.processor_id FROM '#([0-9]+)of[0-9]+$')::int AS shard,"
+        "  coalesce(substring(t.processor_id FROM '#[0-9]+of([0-9]+)$')::int, 1) AS shards"
         " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
         "  AND e.partition = t.partition AND e.version = t.version)"
         /* An inline projection has no checkpoint: it is as far as the appends it ran in. */
@@ -36,7 +39,8 @@ const struct tide_pg_stmt tide_stmt_status = {
         "  coalesce(p.rebuild_rate, 0)"
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
         "  FROM emt_messages m WHERE m.partition = p.partition AND NOT m.is_archived"
-        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
+        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)"
+        "  AND (p.shards <= 1 OR tide_shard_of(m.stream_id, p.shards) = p.shard)) lag"
         " ORDER BY p.processor_id",
         0,
 };
