@@ -497,7 +497,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	}
 	if (!cl.acquired) {
 		set_leased(c, false);
-		forget_layout(c); /* whoever holds it may have done the reset meanwhile */
+		if (c->layout_reset)
+			forget_layout(c); /* whoever holds it may do the reset: ask again */
 		if (!c->held_elsewhere)
 			tide_log("info", "processor.waiting", "processor", c->id, "reason",
 			         "another daemon holds the lease", (char *)NULL);
@@ -1047,6 +1048,14 @@ static void on_ahead(int status, const char *err, const struct tide_read_result 
 	c->ahead_discard = false;
 }
 
+/* How many rows of the log a read walks: a shard keeps about 1/shards of them, so it walks
+ * that many more to fill a batch (a batch of a shard whose streams crowd the log may hold
+ * up to shards × batch_size events). */
+static int64_t read_max(const struct tide_consumer *c)
+{
+	return (int64_t)c->o.batch_size * c->o.shards;
+}
+
 /* What its reads keep: the script's event types, and a shard's streams. */
 static struct tide_log_filter read_filter(const struct tide_consumer *c)
 {
@@ -1063,7 +1072,7 @@ static struct tide_log_filter read_filter(const struct tide_consumer *c)
 static void read_ahead(struct tide_consumer *c)
 {
 	struct tide_log_filter f = read_filter(c);
-	if (tide_store_read_log(c->store, &c->batch.next, c->o.batch_size, &f, on_ahead, c) == 0)
+	if (tide_store_read_log(c->store, &c->batch.next, read_max(c), &f, on_ahead, c) == 0)
 		c->ahead_inflight = true;
 }
 
@@ -1215,7 +1224,9 @@ static void run_batch(struct tide_consumer *c)
 		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
 	} else {
 		tide_lease_commit(&c->lease, c->cursor, c->batch.next, &spec);
-		if (c->batch.count >= c->o.batch_size && c->single_left == 0)
+		/* (A shard's batch of a full read holds batch_size events give or take.) */
+		if (c->batch.count >= (c->o.shards > 1 ? c->o.batch_size / 2 : c->o.batch_size) &&
+		    c->single_left == 0)
 			read_ahead(c);
 	}
 	tide_batch_run(&spec, on_batch, c);
@@ -1388,7 +1399,7 @@ static void read_log(struct tide_consumer *c)
 	c->wake_pending = false;
 	if (c->busy_events == 0)
 		c->busy_since_ns = uv_hrtime();
-	int max = c->single_left > 0 ? 1 : c->o.batch_size;
+	int64_t max = c->single_left > 0 ? 1 : read_max(c);
 	struct tide_log_filter f = read_filter(c);
 	int rc = tide_store_read_log(c->store, &c->cursor, max, &f, on_read, c);
 	if (rc == TIDE_ECONN) {

@@ -8,6 +8,7 @@ local q = S.q
 local why = S.missing()
 
 local D = require "spec.daemon"
+local H = require "spec.http"
 
 -- Per stream: the sum of data.by, the number of events, and the last stream position seen.
 -- An event that does not follow the last one of its stream stops the shard (on_error).
@@ -78,7 +79,7 @@ describe("sharded processors", function()
     S.write(dir .. "/totals.lua", script(4))
     local opts = "--lease-ms 2000 --batch-size 200"
     local a = D.start(url, dir, opts)
-    local b, log_b = D.start(url, dir, opts)
+    local http, b, log_b = H.start(url, dir, opts)
     local four = { "spec/totals#0of4", "spec/totals#1of4", "spec/totals#2of4", "spec/totals#3of4" }
     S.wait_for(function() return all_caught_up(url, four) end, 60, "the four shards to catch up")
     D.load_events(url, 2000, 300) -- while they run
@@ -91,6 +92,25 @@ describe("sharded processors", function()
       for _, w in pairs(workers(url)) do per[w.pid or "-"] = (per[w.pid or "-"] or 0) + 1 end
       return per[a] == 2 and per[b] == 2
     end, 30, "two shards on each daemon")
+    -- GET /processors names each worker's daemon and lists the daemons with their share.
+    -- (A daemon's row says what it knew at its last heartbeat: wait for one after the move.)
+    S.wait_for(function()
+      local code, _, body = H.get(http .. "/processors")
+      if code ~= 200 or not body or #body.daemons ~= 2 then return false end
+      for _, d in ipairs(body.daemons) do
+        if not (tostring(d.pid) == a or tostring(d.pid) == b) or d.held ~= 2 or d.share ~= 2
+           or d.units ~= 4 then
+          return false
+        end
+      end
+      for _, p in ipairs(body.processors) do
+        if p.id:find("#", 1, true) and not p.owner:find(":" .. a .. ":", 1, true)
+           and not p.owner:find(":" .. b .. ":", 1, true) then
+          return false
+        end
+      end
+      return true
+    end, 10, "GET /processors to show two daemons, two shards each")
     local st = D.status(url)
     for _, id in ipairs(four) do
       assert.truthy(st[id], id)
