@@ -625,16 +625,7 @@ static void on_layout(const struct tide_pg_reply *reply, void *arg)
 	c->layout.known = true;
 	c->layout.version = c->cur.version;
 	snprintf(c->layout.partition, sizeof(c->layout.partition), "%s", c->cur.partition);
-	if (strcmp(answer, "reset") == 0) {
-		char n[16];
-		snprintf(n, sizeof(n), "%d", c->o.shards);
-		tide_log("info", "processor.resharded", "processor", c->base, "shards", n, "by",
-		         c->id, "reason",
-		         "its shards, version or partition changed: targets reset, every shard "
-		         "replays from the start",
-		         (char *)NULL);
-		c->layout_reset = true;
-	}
+	c->layout_reset = strcmp(answer, "reset") == 0; /* said once the lease is ours */
 	claim(c);
 }
 
@@ -1118,6 +1109,15 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 	                   uv_hrtime() - c->batch_started_ns);
 	if (o->status == 0) {
 		c->batch.ref = LUA_NOREF; /* the batch took the events */
+		if (c->layout_reset) {
+			char n[16];
+			snprintf(n, sizeof(n), "%d", c->o.shards);
+			tide_log("info", "processor.resharded", "processor", c->base, "shards", n,
+			         "by", c->id, "reason",
+			         "its shards, version or partition changed: this shard reset the "
+			         "targets, and every shard replays from the start",
+			         (char *)NULL);
+		}
 		c->setup_pending = c->reset_pending = c->layout_reset = false;
 		c->renewed_at = now_ms(c);
 		c->interrupted = false;
@@ -1178,6 +1178,8 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		         (char *)NULL);
 		if (is_state(o->sqlstate, "55006") || is_state(o->sqlstate, "40001")) {
 			set_leased(c, false);
+			if (c->layout_reset)
+				forget_layout(c); /* the reset may have been done elsewhere */
 			claim(c); /* lease lost or checkpoint moved: find out where we stand */
 		} else {
 			backoff(c, jitter(RETRY_MS));

@@ -12,11 +12,12 @@ local H = require "spec.http"
 
 -- Per stream: the sum of data.by, the number of events, and the last stream position seen.
 -- An event that does not follow the last one of its stream stops the shard (on_error).
-local function script(shards)
+local function script(shards, version)
   return string.format([[
 local tide = require "tide"
 return tide.projection {
   shards = %d,
+  version = %d,
   events = { "Added" },
   on_error = "stop",
   setup = function(sql)
@@ -35,7 +36,7 @@ return tide.projection {
     end
   end,
 }
-]], shards)
+]], shards, version or 1)
 end
 
 -- Workers of spec/totals: id → { owner pid, checkpoint }.
@@ -135,6 +136,20 @@ describe("sharded processors", function()
     end
     assert.are.equal(1, resets)
     assert.are.equal(2, D.scalar(url, "SELECT count(*) FROM tide_processors WHERE processor_id LIKE 'spec/totals%'"))
+
+    -- A new version of a sharded projection is rebuilt the same way, once.
+    S.save(dir .. "/totals.lua", script(2, 2))
+    S.wait_for(function()
+      return D.scalar(url, "SELECT count(*) FROM tide_processors WHERE processor_id LIKE 'spec/totals#%of2' AND version = 2") == 2
+        and D.scalar(url, "SELECT count(*) FROM emt_processors WHERE processor_id LIKE 'spec/totals#%of2' AND version = 2") == 2
+        and all_caught_up(url, two)
+    end, 60, "version 2 to catch up")
+    resets = 0
+    for _, log in ipairs({ dir .. "/daemon-1.log", log_b }) do
+      resets = resets + select(2, D.read(log):gsub("event=processor.resharded ", ""))
+    end
+    assert.are.equal(2, resets)
+    assert.are.equal("0", D.rows_off_the_fold(url))
   end)
 
   it("refuse a bad shard count, an inline one, and a sharded SQL projection without reset", function()

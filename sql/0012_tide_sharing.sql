@@ -121,12 +121,17 @@ END;
 $tide_shard_layout$;
 
 -- The first statement of a batch of shard p_id that resets its processor's targets: as
--- tide_processor_enter, and the reset is done once this batch commits.
+-- tide_processor_enter, and the reset is done once this batch commits. Refused (40001, the
+-- batch rolls back and the worker asks tide_shard_layout again) when the reset is no longer
+-- this worker's to do: done meanwhile by the same shard on another daemon, say.
 CREATE OR REPLACE FUNCTION tide_shard_enter(p_id text, p_suffix text, p_base text) RETURNS void
 LANGUAGE plpgsql AS $tide_shard_enter$
 BEGIN
     PERFORM tide_processor_enter(p_id, p_suffix);
     UPDATE tide_shard_layouts SET reset_done = true, updated_at = now()
-     WHERE processor_id = p_base AND reset_by = p_id;
+     WHERE processor_id = p_base AND reset_by = p_id AND NOT reset_done;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the targets of % were reset already', p_base USING ERRCODE = '40001';
+    END IF;
 END;
 $tide_shard_enter$;
