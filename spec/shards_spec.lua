@@ -119,6 +119,11 @@ describe("sharded processors", function()
       assert.are.equal(0, st[id].dead_letters)
     end
 
+    -- Not built beside itself: a sharded projection is rebuilt in place.
+    local r = S.tide("rebuild spec/totals#1of4 --database " .. q(url))
+    assert.are_not.equal(0, r.code)
+    assert.truthy(r.err:find("spec/totals#1of4 is sharded (shards = 4)", 1, true), r.err)
+
     -- Two shards instead of four: the old workers stop, the targets are reset once, and the
     -- two new ones replay the log from the start.
     S.save(dir .. "/totals.lua", script(2))
