@@ -1465,6 +1465,8 @@ static void on_handed_over(const struct tide_pg_reply *reply, void *arg)
 	if (reply->status) /* the lease runs out instead */
 		tide_log("warn", "release.failed", "processor", c->id, "error", reply->err,
 		         (char *)NULL);
+	else
+		tide_sharing_notify_handed_over(c->store->pg); /* others below their share claim */
 	enter(c, TIDE_CONSUMER_WAITING);
 	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 }

@@ -426,6 +426,10 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		uv_timer_start(&r->listen_retry, on_listen_retry, 0, 0);
 		return;
 	}
+	if (strcmp(channel, "tide_share") == 0) {
+		tide_sharing_kick(r->d.sharing); /* a daemon handed a processor back */
+		return;
+	}
 	if (strcmp(channel, "tide_dlq") == 0) {
 		struct tide_processor *p = find(r, payload ? payload : "");
 		if (p)
@@ -489,8 +493,11 @@ static void on_listen_open(struct tide_store *s, int status, const char *err, vo
 	static const struct tide_pg_stmt listen_messages = {"tide_listen", "LISTEN tide_messages",
 	                                                    0};
 	static const struct tide_pg_stmt listen_dlq = {"tide_listen_dlq", "LISTEN tide_dlq", 0};
+	static const struct tide_pg_stmt listen_share = {"tide_listen_share", "LISTEN tide_share",
+	                                                 0};
 	tide_pg_on_notify(s->pg, on_notify, r);
 	if (tide_pg_exec(s->pg, &listen_dlq, NULL, NULL, NULL) != 0 ||
+	    tide_pg_exec(s->pg, &listen_share, NULL, NULL, NULL) != 0 ||
 	    tide_pg_exec(s->pg, &listen_messages, NULL, on_listening, r) != 0)
 		listen_failed(r, tide_pg_error(s->pg));
 }

@@ -303,6 +303,21 @@ bool tide_sharing_surplus(const struct tide_sharing_unit *u)
 	return after < over;
 }
 
+void tide_sharing_kick(struct tide_sharing *s)
+{
+	if (s && !s->stopping)
+		kick_free(s);
+}
+
+void tide_sharing_notify_handed_over(struct tide_pg *pg)
+{
+	static const struct tide_pg_stmt stmt = {"tide_share_notify",
+	                                         "SELECT pg_notify('tide_share', '')", 0};
+	if (pg && tide_pg_ready(pg) && tide_pg_exec(pg, &stmt, NULL, NULL, NULL) != 0)
+		tide_log("warn", "sharing.notify_failed", "effect",
+		         "the other daemons claim at their next try", (char *)NULL);
+}
+
 const char *tide_sharing_describe(const struct tide_sharing_unit *u, char *buf, size_t n)
 {
 	if (!u)

@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <uv.h>
 
+struct tide_pg;
+
 struct tide_sharing;
 struct tide_sharing_unit;
 
@@ -49,6 +51,13 @@ void tide_sharing_held(struct tide_sharing_unit *u, bool held);
 /* The daemon holds more than its share and this unit is one to hand over (those whose ids
  * sort last). */
 bool tide_sharing_surplus(const struct tide_sharing_unit *u);
+
+/* A daemon handed a unit back (NOTIFY tide_share): units not held claim now, if the share
+ * has room, rather than at their next try. */
+void tide_sharing_kick(struct tide_sharing *s);
+
+/* Says so to the other daemons, on pg (after the release has committed). */
+void tide_sharing_notify_handed_over(struct tide_pg *pg);
 
 /* "held/share of units, daemons live" for log lines (buf of n bytes). */
 const char *tide_sharing_describe(const struct tide_sharing_unit *u, char *buf, size_t n);
