@@ -207,6 +207,14 @@ static void on_loaded(struct tide_load_result *res, void *arg)
 		finish(r, TIDE_EINVAL, msg);
 		return;
 	}
+	if (res->gen.shards > 1) {
+		snprintf(msg, sizeof(msg),
+		         "%s is sharded (shards = %d): it is not built beside itself; change its "
+		         "version (or shards) and `tide run` rebuilds it in place",
+		         r->id, res->gen.shards);
+		finish(r, TIDE_EINVAL, msg);
+		return;
+	}
 	if (!res->gen.blue_green) {
 		snprintf(msg, sizeof(msg),
 		         "%s has reset(): it writes fixed tables it clears itself, so it cannot be "

@@ -114,6 +114,26 @@ static void print_table(PGresult *res, int rows)
 	}
 }
 
+/* The live daemons under the table (sql/0012): which one is which owner, and its share. */
+static void on_daemons(const struct tide_pg_reply *reply, void *arg)
+{
+	struct cli *cli = arg;
+	if (!reply->status && PQntuples(reply->res) > 0) {
+		PGresult *res = reply->res;
+		printf("\n%-28s %-20s %8s %6s %6s %5s\n", "DAEMON", "STARTED", "BEAT(s)", "UNITS",
+		       "SHARE", "HELD");
+		for (int r = 0; r < PQntuples(res); r++) {
+			char owner[128];
+			owner_shown(PQgetvalue(res, r, 0), owner, sizeof(owner));
+			printf("%-28s %-20s %8s %6s %6s %5s\n", owner, PQgetvalue(res, r, 3),
+			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
+			       PQgetvalue(res, r, 7));
+		}
+	}
+	if (tide_pg_exec(cli->store->pg, &tide_stmt_held_back, NULL, on_blocker, cli) != 0)
+		tide_cli_done(cli);
+}
+
 static void on_status(const struct tide_pg_reply *reply, void *arg)
 {
 	struct cli *cli = arg;
@@ -131,6 +151,11 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 		printf("no processors yet: start some with `tide run DIR`\n");
 	else
 		print_table(res, rows);
+	if (!cli->json) {
+		if (tide_pg_exec(cli->store->pg, &tide_stmt_daemons, NULL, on_daemons, cli) != 0)
+			tide_cli_done(cli);
+		return;
+	}
 	if (tide_pg_exec(cli->store->pg, &tide_stmt_held_back, NULL, on_blocker, cli) != 0)
 		tide_cli_done(cli);
 }

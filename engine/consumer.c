@@ -24,6 +24,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
+#include "sharing.h"
 #include "store.h"
 
 #define RETRY_MS       1000  /* after a failure that is not the script's */
@@ -53,6 +54,17 @@ struct tide_consumer {
 	int generation;
 	struct tide_store *store;
 	struct tide_lease lease;
+	struct tide_sharing_unit *unit; /* its place in the daemon's share (sharing.h) */
+	/* Sharded processors (sql/0012): the layout its processor was last found in, and
+	 * whether this shard resets the targets in its next batch. */
+	char *base;
+	struct {
+		bool known;
+		int version;
+		char partition[TIDE_MAX_PARTITION_BYTES + 1];
+	} layout;
+	bool layout_reset;
+	bool held_elsewhere; /* the last claim found another daemon's lease */
 	uv_timer_t timer;
 	struct tide_cursor cursor; /* the committed checkpoint */
 	bool setup_pending, reset_pending;
@@ -110,12 +122,15 @@ struct tide_consumer {
 
 static void claim(struct tide_consumer *c);
 
-/* What the processor reads of the log: its types, of its partition or of all ("*"). */
+/* What the processor reads of the log: its types, of its partition or of all ("*"), and a
+ * shard's streams. */
 static struct tide_log_filter log_filter(const struct tide_consumer *c)
 {
 	return (struct tide_log_filter){
 	        .types = (const char *const *)c->cur.types,
 	        .ntypes = c->cur.ntypes,
+	        .shard = c->o.shard,
+	        .shards = c->o.shards,
 	        .all_partitions = tide_all_partitions(c->cur.partition),
 	};
 }
@@ -131,13 +146,14 @@ static void await_build(struct tide_consumer *c);
 static void start_progress(struct tide_consumer *c);
 static void note_progress(struct tide_consumer *c, bool done);
 static bool transient(const char *sqlstate);
+static void forget_layout(struct tide_consumer *c);
 
 const char *tide_consumer_state_name(enum tide_consumer_state s)
 {
 	static const char *const names[] = {
-	        "new",       "broken",     "connecting", "claiming",  "waiting", "reading",
-	        "recording", "running",    "parking",    "retrying",  "idle",    "backoff",
-	        "halted",    "rebuilding", "switching",  "releasing", "stopped",
+	        "new",       "broken",     "connecting", "claiming",     "waiting",   "reading",
+	        "recording", "running",    "parking",    "retrying",     "idle",      "backoff",
+	        "halted",    "rebuilding", "switching",  "handing_over", "releasing", "stopped",
 	};
 	return (size_t)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
@@ -205,6 +221,13 @@ static void set_error(struct tide_consumer *c, const char *err)
 static uint64_t now_ms(struct tide_consumer *c)
 {
 	return uv_now(c->o.loop);
+}
+
+/* Every change of the lease held goes through here: the daemon's share counts it. */
+static void set_leased(struct tide_consumer *c, bool leased)
+{
+	c->leased = leased;
+	tide_sharing_held(c->unit, leased);
 }
 
 static bool renewal_due(struct tide_consumer *c)
@@ -376,12 +399,13 @@ static void lost(struct tide_consumer *c, const char *why)
 	}
 	tide_log("warn", "connection.lost", "processor", c->id, "error", why, (char *)NULL);
 	tide_metrics_reconnect(TIDE_METRICS_PROCESSOR);
+	forget_layout(c);
 	drop_ahead(c);
 	events_drop(c, &c->batch);
 	tide_store_close(c->store);
 	c->store = NULL;
 	c->lease.pg = NULL;
-	c->leased = false;
+	set_leased(c, false);
 	c->interrupted = true;
 	enter(c, TIDE_CONSUMER_CONNECTING);
 	uv_timer_start(&c->timer, on_timer, jitter(CONNECT_MS), 0);
@@ -482,7 +506,7 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	struct tide_claim cl;
 	tide_lease_parse_claim(reply->res, &cl);
 	if (cl.refused) {
-		c->leased = false;
+		set_leased(c, false);
 		if (!c->refused)
 			tide_log("error", "processor.refused", "processor", c->id, "error",
 			         cl.refused, (char *)NULL);
@@ -497,16 +521,19 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		tide_log("info", "processor.accepted", "processor", c->id, (char *)NULL);
 	}
 	if (!cl.acquired) {
-		c->leased = false;
-		if (c->state != TIDE_CONSUMER_WAITING)
+		set_leased(c, false);
+		if (c->layout_reset)
+			forget_layout(c); /* whoever holds it may do the reset: ask again */
+		if (!c->held_elsewhere)
 			tide_log("info", "processor.waiting", "processor", c->id, "reason",
 			         "another daemon holds the lease", (char *)NULL);
+		c->held_elsewhere = true;
 		enter(c, TIDE_CONSUMER_WAITING);
 		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
 		return;
 	}
 	bool was_waiting = !c->leased;
-	c->leased = true;
+	set_leased(c, true);
 	c->renewed_at = now_ms(c);
 	c->cursor = cl.checkpoint;
 	c->retries = cl.retries;
@@ -518,7 +545,8 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	snprintf(c->attempt.script, sizeof(c->attempt.script), "%s", cl.script);
 	if (!c->rebuild_of) {
 		snprintf(c->target_suffix, sizeof(c->target_suffix), "%s", cl.suffix);
-		if (cl.rebuilt)
+		/* A shard's version change resets the targets once, for all (sql/0012). */
+		if ((cl.rebuilt && c->o.shards <= 1) || c->layout_reset)
 			c->reset_pending = true;
 	} else if (!c->progress.started_ns) {
 		/* A builder starting afresh clears what an abandoned build left in its targets;
@@ -528,10 +556,17 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 		start_progress(c);
 	}
 	if (was_waiting) {
-		char cur[48];
+		char cur[48], why[160];
 		tide_cursor_format(&c->cursor, cur);
 		tide_log("info", "processor.started", "processor", c->id, "partition",
-		         c->cur.partition, "checkpoint", cur, (char *)NULL);
+		         c->cur.partition, "checkpoint", cur, "share",
+		         c->unit ? tide_sharing_describe(c->unit, why, sizeof(why)) : NULL,
+		         (char *)NULL);
+		/* A lapsed lease of another daemon's: it died, or lost the database. */
+		if (cl.previous_owner && strcmp(cl.previous_owner, c->owner) != 0)
+			tide_log("info", "processor.taken_over", "processor", c->id, "from",
+			         cl.previous_owner, "reason", "its lease had lapsed", (char *)NULL);
+		c->held_elsewhere = false;
 		if (c->attempt.known && c->attempt.attempts > 0 && !c->interrupted) {
 			char n[16], at[48];
 			snprintf(n, sizeof(n), "%d", c->attempt.attempts);
@@ -566,6 +601,85 @@ static void on_claim(const struct tide_pg_reply *reply, void *arg)
 	next_step(c);
 }
 
+/* --- sharded processors' layout (sql/0012) ---------------------------------------------------- */
+
+/* Asked again at the next claim (the reset it was to do may be done by then). */
+static void forget_layout(struct tide_consumer *c)
+{
+	c->layout.known = false;
+	c->layout_reset = false;
+}
+
+/* Whether the processor's layout was found to be this generation's (builders have none). */
+static bool layout_known(const struct tide_consumer *c)
+{
+	return c->rebuild_of || (c->layout.known && c->layout.version == c->cur.version &&
+	                         strcmp(c->layout.partition, c->cur.partition) == 0);
+}
+
+static void on_layout(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) {
+		set_error(c, reply->err);
+		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+		return;
+	}
+	const char *answer = PQgetvalue(reply->res, 0, 0);
+	if (strcmp(answer, "wait") == 0) {
+		/* Another layout's workers still run, or a shard resets the targets: hold nothing
+		 * meanwhile (a worker waiting for this one would wait forever). */
+		if (c->leased && tide_lease_release(&c->lease, NULL, NULL) != 0) {
+			lost(c, tide_pg_error(c->store->pg));
+			return;
+		}
+		set_leased(c, false); /* or gives its place in the share back */
+		if (c->state != TIDE_CONSUMER_WAITING)
+			tide_log("info", "processor.waiting", "processor", c->id, "reason",
+			         "its processor's shards change: waiting for the others",
+			         (char *)NULL);
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	c->layout.known = true;
+	c->layout.version = c->cur.version;
+	snprintf(c->layout.partition, sizeof(c->layout.partition), "%s", c->cur.partition);
+	c->layout_reset = strcmp(answer, "reset") == 0; /* said once the lease is ours */
+	claim(c);
+}
+
+static void check_layout(struct tide_consumer *c)
+{
+	enter(c, TIDE_CONSUMER_CLAIMING);
+	if (tide_lease_layout(&c->lease, c->base, c->o.shards, on_layout, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
+/* The share grew: a waiting consumer claims now rather than at its timer. */
+static void kick(void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (c->state == TIDE_CONSUMER_WAITING && !c->refused && !c->stop_requested) {
+		uv_timer_stop(&c->timer);
+		claim(c);
+	}
+}
+
+/* A processor (not a builder: it runs until it caught up) is a unit of the daemon's share
+ * from its first claim on. */
+static struct tide_sharing_unit *share_unit(struct tide_consumer *c)
+{
+	if (!c->unit && c->o.sharing && !c->rebuild_of)
+		c->unit = tide_sharing_join(c->o.sharing, c->id, kick, c);
+	return c->unit;
+}
+
 static void claim(struct tide_consumer *c)
 {
 	if (!c->store || !tide_pg_ready(c->store->pg)) {
@@ -585,6 +699,21 @@ static void claim(struct tide_consumer *c)
 		enter(c, TIDE_CONSUMER_WAITING);
 		report(c, "failed");
 		uv_timer_start(&c->timer, on_timer, MAX_BACKOFF_MS, 0);
+		return;
+	}
+	if (!c->leased && !tide_sharing_may_claim(share_unit(c))) {
+		/* The daemon runs its share already: another daemon's turn. */
+		if (c->state != TIDE_CONSUMER_WAITING && tide_log_enabled("debug")) {
+			char why[160];
+			tide_log("debug", "processor.waiting", "processor", c->id, "reason",
+			         tide_sharing_describe(c->unit, why, sizeof(why)), (char *)NULL);
+		}
+		enter(c, TIDE_CONSUMER_WAITING);
+		uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+		return;
+	}
+	if (!layout_known(c)) {
+		check_layout(c); /* then here again */
 		return;
 	}
 	/* Also when renewing: a wake-up must not start a read while the claim is out. */
@@ -764,6 +893,8 @@ static void finish_stop(struct tide_consumer *c)
 	if (c->state == TIDE_CONSUMER_STOPPED)
 		return;
 	enter(c, TIDE_CONSUMER_STOPPED);
+	tide_sharing_leave(c->unit);
+	c->unit = NULL;
 	drop_ahead(c);
 	events_drop(c, &c->batch);
 	tide_store_close(c->store);
@@ -831,7 +962,7 @@ static void on_parked(const struct tide_pg_reply *reply, void *arg)
 		         (char *)NULL);
 		events_drop(c, &c->batch);
 		if (is_state(reply->sqlstate, "55006") || is_state(reply->sqlstate, "40001")) {
-			c->leased = false;
+			set_leased(c, false);
 			claim(c);
 		} else {
 			backoff(c, RETRY_MS); /* tried again: the attempt count still says so */
@@ -947,8 +1078,17 @@ static void on_ahead(int status, const char *err, const struct tide_read_result 
 	c->ahead_discard = false;
 }
 
-/* The processor's events after `after`: see log_filter. */
-static int read_events(struct tide_consumer *c, const struct tide_cursor *after, int max,
+/* How many rows of the log a read walks: a shard keeps about 1/shards of them, so it walks
+ * that many more to fill a batch (a batch of a shard whose streams crowd the log may hold
+ * up to shards × batch_size events). */
+static int64_t read_max(const struct tide_consumer *c)
+{
+	return (int64_t)c->o.batch_size * c->o.shards;
+}
+
+/* The processor's events after `after`, at most max rows of the log walked: see
+ * log_filter. */
+static int read_events(struct tide_consumer *c, const struct tide_cursor *after, int64_t max,
                        tide_read_cb cb)
 {
 	struct tide_log_filter f = log_filter(c);
@@ -961,7 +1101,7 @@ static int read_events(struct tide_consumer *c, const struct tide_cursor *after,
  * in it, and come with a later read, as their transaction id is above the cursor. */
 static void read_ahead(struct tide_consumer *c)
 {
-	if (read_events(c, &c->batch.next, c->o.batch_size, on_ahead) == 0)
+	if (read_events(c, &c->batch.next, read_max(c), on_ahead) == 0)
 		c->ahead_inflight = true;
 }
 
@@ -1007,7 +1147,16 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 	                   uv_hrtime() - c->batch_started_ns);
 	if (o->status == 0) {
 		c->batch.ref = LUA_NOREF; /* the batch took the events */
-		c->setup_pending = c->reset_pending = false;
+		if (c->layout_reset) {
+			char n[16];
+			snprintf(n, sizeof(n), "%d", c->o.shards);
+			tide_log("info", "processor.resharded", "processor", c->base, "shards", n,
+			         "by", c->id, "reason",
+			         "its shards, version or partition changed: this shard reset the "
+			         "targets, and every shard replays from the start",
+			         (char *)NULL);
+		}
+		c->setup_pending = c->reset_pending = c->layout_reset = false;
 		c->renewed_at = now_ms(c);
 		c->interrupted = false;
 		if (dead_letter) {
@@ -1037,6 +1186,7 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		}
 		events_drop(c, &c->batch);
 		if (c->ahead.held && !c->has_pending && !c->stop_requested && c->single_left == 0 &&
+		    !tide_sharing_surplus(c->unit) &&
 		    (c->ahead.count > 0 ||
 		     c->ahead.next.global_position != c->cursor.global_position)) {
 			c->batch = c->ahead;
@@ -1065,7 +1215,9 @@ static void on_batch(const struct tide_batch_outcome *o, void *arg)
 		tide_log("warn", "batch.interrupted", "processor", c->id, "error", o->err,
 		         (char *)NULL);
 		if (is_state(o->sqlstate, "55006") || is_state(o->sqlstate, "40001")) {
-			c->leased = false;
+			set_leased(c, false);
+			if (c->layout_reset)
+				forget_layout(c); /* the reset may have been done elsewhere */
 			claim(c); /* lease lost or checkpoint moved: find out where we stand */
 		} else {
 			backoff(c, jitter(RETRY_MS));
@@ -1115,13 +1267,17 @@ static void commit_batch(struct tide_consumer *c)
 	        /* A lone event, or one being tried again: an SQL error names its line. */
 	        .trace_sql = c->batch.count <= 1 || c->single_left > 0 || c->dead_letter != 0,
 	};
-	if (!c->rebuild_of) /* a builder's targets are its own until its switch */
+	if (c->layout_reset && c->reset_pending)
+		tide_lease_enter_reset(&c->lease, c->target_suffix, c->base, &spec);
+	else if (!c->rebuild_of) /* a builder's targets are its own until its switch */
 		tide_lease_enter(&c->lease, c->target_suffix, &spec);
 	if (c->dead_letter) {
 		tide_lease_dead_letter_done(&c->lease, c->dead_letter, &spec);
 	} else {
 		tide_lease_commit(&c->lease, c->cursor, c->batch.next, &spec);
-		if (c->batch.count >= c->o.batch_size && c->single_left == 0)
+		/* (A shard's batch of a full read holds batch_size events give or take.) */
+		if (c->batch.count >= (c->o.shards > 1 ? c->o.batch_size / 2 : c->o.batch_size) &&
+		    c->single_left == 0)
 			read_ahead(c);
 	}
 	tide_batch_run(&spec, on_batch, c);
@@ -1248,7 +1404,7 @@ static void on_recorded(const struct tide_pg_reply *reply, void *arg)
 		tide_log("error", "attempt.record_failed", "processor", c->id, "error", reply->err,
 		         (char *)NULL);
 		if (is_state(reply->sqlstate, "55006")) {
-			c->leased = false;
+			set_leased(c, false);
 			claim(c);
 		} else {
 			backoff(c, RETRY_MS);
@@ -1368,7 +1524,7 @@ static void read_log(struct tide_consumer *c)
 	c->wake_pending = false;
 	if (c->busy_events == 0)
 		c->busy_since_ns = uv_hrtime();
-	int max = c->single_left > 0 ? 1 : c->o.batch_size;
+	int64_t max = c->single_left > 0 ? 1 : read_max(c);
 	int rc = read_events(c, &c->cursor, max, on_read);
 	if (rc == TIDE_ECONN) {
 		lost(c, tide_store_error(c->store));
@@ -1421,11 +1577,47 @@ static void take_dead_letter(struct tide_consumer *c)
 
 /* --- between batches ------------------------------------------------------------------------ */
 
+/* Handed back: another daemon below its share takes it at its next claim. */
+static void on_handed_over(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_consumer *c = arg;
+	if (!carry_on(c, reply->status, reply->err))
+		return;
+	if (reply->status) /* the lease runs out instead */
+		tide_log("warn", "release.failed", "processor", c->id, "error", reply->err,
+		         (char *)NULL);
+	else
+		tide_sharing_notify_handed_over(c->store->pg); /* others below their share claim */
+	enter(c, TIDE_CONSUMER_WAITING);
+	uv_timer_start(&c->timer, on_timer, c->o.lease_ms / 3, 0);
+}
+
+/* The daemon holds more than its share and this is one to give up: between batches, with
+ * its checkpoint committed, the lease goes back. */
+static void hand_over(struct tide_consumer *c)
+{
+	char why[160], cur[48];
+	tide_sharing_describe(c->unit, why, sizeof(why));
+	tide_cursor_format(&c->cursor, cur);
+	drop_ahead(c);
+	events_drop(c, &c->batch);
+	set_leased(c, false); /* counted out at once: the next surplus is another unit */
+	tide_log("info", "processor.handed_over", "processor", c->id, "checkpoint", cur, "reason",
+	         why, (char *)NULL);
+	enter(c, TIDE_CONSUMER_HANDING_OVER);
+	if (tide_lease_release(&c->lease, on_handed_over, c) != 0)
+		lost(c, tide_pg_error(c->store->pg));
+}
+
 /* What to do when nothing is in flight. */
 static void next_step(struct tide_consumer *c)
 {
 	if (c->stop_requested) {
 		release(c);
+		return;
+	}
+	if (tide_sharing_surplus(c->unit)) {
+		hand_over(c);
 		return;
 	}
 	if (swap_generation(c)) {
@@ -1451,6 +1643,7 @@ static void consumer_free_strings(struct tide_consumer *c)
 	free(c->name);
 	free(c->sql_role);
 	free(c->rebuild_of);
+	free(c->base);
 	free(c->sw.builder);
 }
 
@@ -1468,9 +1661,12 @@ struct tide_consumer *tide_consumer_new(const struct tide_consumer_opts *o)
 	c->name = strdup(o->name ? o->name : o->id);
 	c->sql_role = o->sql_role ? strdup(o->sql_role) : NULL;
 	c->rebuild_of = o->rebuild_of ? strdup(o->rebuild_of) : NULL;
+	c->base = strdup(o->base ? o->base : o->id);
+	if (c->o.shards < 1)
+		c->o.shards = 1;
 	snprintf(c->target_suffix, sizeof(c->target_suffix), "%s",
 	         o->target_suffix ? o->target_suffix : "");
-	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name ||
+	if (!c->owner || !c->id || !c->script || !c->given || !c->app || !c->name || !c->base ||
 	    (o->sql_role && !c->sql_role) || (o->rebuild_of && !c->rebuild_of)) {
 		consumer_free_strings(c);
 		free(c);
@@ -1632,6 +1828,7 @@ void tide_consumer_stop(struct tide_consumer *c)
 	case TIDE_CONSUMER_RECORDING:
 	case TIDE_CONSUMER_RUNNING:
 	case TIDE_CONSUMER_PARKING:
+	case TIDE_CONSUMER_HANDING_OVER: break; /* the reply in flight ends it */
 	case TIDE_CONSUMER_RETRYING:
 		if (c->delivering) /* no wait for an endpoint's answer */
 			tide_publisher_cancel(c->publisher);

@@ -10,6 +10,7 @@
 
 #include "loader.h"
 #include "rebuild.h"
+#include "sharing.h"
 
 struct tide_consumer;
 
@@ -37,27 +38,34 @@ struct tide_consumer_opts {
 	void (*on_built)(void *arg);
 	/* A builder: how far it got, about once a second. */
 	void (*on_progress)(const struct tide_progress *p, void *arg);
+	/* Sharded processors (sql/0012): shard `shard` (0..shards-1) of processor base (APP/NAME;
+	 * copied), reading only its streams. base NULL: id; shards 0: 1. */
+	const char *base;
+	int shard, shards;
+	/* Fair sharing (sharing.h): the daemon's share, or NULL (claim whenever free). */
+	struct tide_sharing *sharing;
 	void *arg;
 };
 
 /* The consumer's states; every change goes through one function that logs it. */
 enum tide_consumer_state {
-	TIDE_CONSUMER_NEW,        /* no script yet */
-	TIDE_CONSUMER_BROKEN,     /* no script loaded: connected only to report why */
-	TIDE_CONSUMER_CONNECTING, /* opening the connection, or waiting to try again */
-	TIDE_CONSUMER_CLAIMING,   /* asking for (or renewing) the lease */
-	TIDE_CONSUMER_WAITING,    /* another daemon holds the lease */
-	TIDE_CONSUMER_READING,    /* reading the log after the checkpoint */
-	TIDE_CONSUMER_RECORDING,  /* recording the attempt before the script runs */
-	TIDE_CONSUMER_RUNNING,    /* a batch is in the script and its transaction */
-	TIDE_CONSUMER_PARKING,    /* moving past an event it gave up on */
-	TIDE_CONSUMER_RETRYING,   /* fetching a dead letter queued for a retry */
-	TIDE_CONSUMER_IDLE,       /* caught up; a wake-up or the poll timer reads again */
-	TIDE_CONSUMER_BACKOFF,    /* the last try failed; the timer tries again */
-	TIDE_CONSUMER_HALTED,     /* on_error = "stop" gave up: waits for a new script */
-	TIDE_CONSUMER_REBUILDING, /* no generation of its own: a builder makes the next one */
-	TIDE_CONSUMER_SWITCHING,  /* making a finished build the processor's (rebuild.h) */
-	TIDE_CONSUMER_RELEASING,  /* stopping: giving the lease back */
+	TIDE_CONSUMER_NEW,          /* no script yet */
+	TIDE_CONSUMER_BROKEN,       /* no script loaded: connected only to report why */
+	TIDE_CONSUMER_CONNECTING,   /* opening the connection, or waiting to try again */
+	TIDE_CONSUMER_CLAIMING,     /* asking for (or renewing) the lease */
+	TIDE_CONSUMER_WAITING,      /* another daemon holds the lease */
+	TIDE_CONSUMER_READING,      /* reading the log after the checkpoint */
+	TIDE_CONSUMER_RECORDING,    /* recording the attempt before the script runs */
+	TIDE_CONSUMER_RUNNING,      /* a batch is in the script and its transaction */
+	TIDE_CONSUMER_PARKING,      /* moving past an event it gave up on */
+	TIDE_CONSUMER_RETRYING,     /* fetching a dead letter queued for a retry */
+	TIDE_CONSUMER_IDLE,         /* caught up; a wake-up or the poll timer reads again */
+	TIDE_CONSUMER_BACKOFF,      /* the last try failed; the timer tries again */
+	TIDE_CONSUMER_HALTED,       /* on_error = "stop" gave up: waits for a new script */
+	TIDE_CONSUMER_REBUILDING,   /* no generation of its own: a builder makes the next one */
+	TIDE_CONSUMER_SWITCHING,    /* making a finished build the processor's (rebuild.h) */
+	TIDE_CONSUMER_HANDING_OVER, /* above the daemon's share: giving the lease back */
+	TIDE_CONSUMER_RELEASING,    /* stopping: giving the lease back */
 	TIDE_CONSUMER_STOPPED,
 };
 

@@ -21,6 +21,7 @@
 #include "lua_vm.h"
 #include "metrics.h"
 #include "processor.h"
+#include "sharing.h"
 #include "store.h"
 #include "upcast.h"
 
@@ -35,12 +36,22 @@ struct tide_daemon {
 	char owner[128]; /* this daemon's lease owner id: host:pid:random */
 	struct tide_processor_opts popts;
 	struct tide_processor *procs;
+	struct tide_sharing *sharing; /* this daemon's heartbeat and share (sharing.h) */
 	bool stopping;
 	int running; /* processors not yet stopped */
 };
 
+/* How many shards a file's script asked for, once it did (sql/0012): its processors are
+ * then BASE#KofN. Files not listed run as one processor. */
+struct sharded {
+	struct sharded *next;
+	int shards;
+	char base[];
+};
+
 struct run {
 	struct tide_daemon d;
+	struct sharded *sharded;
 	uv_loop_t loop;
 	const char *dirs[MAX_DIRS];
 	const char *apps[MAX_DIRS]; /* the app of each directory's processors */
@@ -121,8 +132,9 @@ static const char usage_run[] =
         "                     (default 50)\n"
         "  --poll-ms N        how often an idle processor, and an idle HTTP subscription,\n"
         "                     reads anyway, in case a wake-up was lost (default 1000)\n"
-        "  --lease-ms N       processor lease; another daemon takes over after it\n"
-        "                     lapses (default 10000)\n"
+        "  --lease-ms N       processor lease, and the heartbeat of this daemon among\n"
+        "                     those sharing the processors: another daemon takes its\n"
+        "                     processors over once it lapses (default 10000)\n"
         "  --cpu-ms N         CPU limit per batch in the script (default 1000)\n"
         "  --memory-mb N      memory limit of each script's Lua state (default 64)\n"
         "  --sql-role ROLE    run scripts' SQL as this role (SET LOCAL ROLE per batch);\n"
@@ -143,6 +155,9 @@ static const char usage_run[] =
         "  --http-insecure    serve a non-loopback address without tokens\n"
         "A failing event is retried, isolated from its batch, and then handled by the\n"
         "script's on_error policy (dead_letter by default: see `tide dlq --help`).\n"
+        "Several daemons on one database share the processors fairly: each takes\n"
+        "ceil(processors / live daemons), hands its surplus over at a batch boundary\n"
+        "when another joins, and takes a dead one's over (README \"Several daemons\").\n"
         "Flags override the configuration file, which overrides TIDE_DATABASE_URL and\n"
         "DATABASE_URL for the database.\n";
 
@@ -171,6 +186,8 @@ static void maybe_exit(struct run *r)
 		r->listen = NULL;
 		tide_store_close(r->bootstrap);
 		r->bootstrap = NULL;
+		if (r->d.sharing)
+			tide_sharing_stop(r->d.sharing, NULL, NULL); /* its row goes */
 	}
 }
 
@@ -328,6 +345,85 @@ static bool scan_upcasters(struct run *r)
 	return !first;
 }
 
+static int shards_of(const struct run *r, const char *base)
+{
+	for (const struct sharded *x = r->sharded; x; x = x->next)
+		if (strcmp(x->base, base) == 0)
+			return x->shards;
+	return 1;
+}
+
+/* A script asks for another number of shards: its processors stop, and the rescan that
+ * follows each stop starts the new ones (their layout waits until the old have stopped). */
+static void on_reshard(struct tide_processor *p, int shards, void *arg)
+{
+	struct run *r = arg;
+	const char *base = tide_processor_base(p);
+	struct sharded *x = r->sharded;
+	while (x && strcmp(x->base, base) != 0)
+		x = x->next;
+	if (!x) {
+		x = calloc(1, sizeof(*x) + strlen(base) + 1);
+		if (!x) {
+			tide_log("error", "processor.reshard_failed", "processor", base, "error",
+			         "out of memory", (char *)NULL);
+			return;
+		}
+		strcpy(x->base, base);
+		x->next = r->sharded;
+		r->sharded = x;
+	}
+	x->shards = shards;
+	for (struct tide_processor *q = r->d.procs; q; q = tide_processor_next(q))
+		if (strcmp(tide_processor_base(q), base) == 0)
+			tide_processor_stop(q);
+}
+
+/* Starts the processor (or the shards) of one script file, or reloads them. */
+static void start_file(struct run *r, int dir, const char *name, const char *path, bool force)
+{
+	char base[512];
+	snprintf(base, sizeof(base), "%s/%s", r->apps[dir], name);
+	int shards = shards_of(r, base);
+	for (int k = 0; k < shards; k++) {
+		char id[560], shard_name[300];
+		if (shards > 1) {
+			snprintf(id, sizeof(id), "%s#%dof%d", base, k, shards);
+			snprintf(shard_name, sizeof(shard_name), "%s#%dof%d", name, k, shards);
+		} else {
+			snprintf(id, sizeof(id), "%s", base);
+			snprintf(shard_name, sizeof(shard_name), "%s", name);
+		}
+		struct tide_processor *p = find(r, id);
+		if (p && strcmp(tide_processor_path(p), path) != 0) {
+			tide_log("warn", "processor.duplicate", "processor", id, "ignored", path,
+			         "running", tide_processor_path(p), (char *)NULL);
+			continue;
+		}
+		if (p) {
+			if (!tide_processor_stopping(p))
+				tide_processor_reload(p, force);
+			continue;
+		}
+		struct tide_processor_identity who = {
+		        .id = id,
+		        .app = r->apps[dir],
+		        .name = shard_name,
+		        .path = path,
+		        .takeover = taken_over(r, id),
+		        .base = base,
+		        .shard = k,
+		        .shards = shards,
+		};
+		p = tide_processor_new(&r->d.popts, &who);
+		if (!p)
+			continue;
+		tide_processor_set_next(p, r->d.procs);
+		r->d.procs = p;
+		r->d.running++;
+	}
+}
+
 /* Starts processors for new files, reloads changed ones, stops those whose file went. */
 static void rescan(struct run *r, bool force)
 {
@@ -371,29 +467,7 @@ static void rescan(struct run *r, bool force)
 			snprintf(id, sizeof(id), "%s/%s", r->apps[i], name);
 			if (tide_inline_set_has(inl, id))
 				continue;
-			struct tide_processor *p = find(r, id);
-			if (p && strcmp(tide_processor_path(p), path) != 0) {
-				tide_log("warn", "processor.duplicate", "processor", id, "ignored",
-				         path, "running", tide_processor_path(p), (char *)NULL);
-				continue;
-			}
-			if (p) {
-				tide_processor_reload(p, force);
-				continue;
-			}
-			struct tide_processor_identity who = {
-			        .id = id,
-			        .app = r->apps[i],
-			        .name = name,
-			        .path = path,
-			        .takeover = taken_over(r, id),
-			};
-			p = tide_processor_new(&r->d.popts, &who);
-			if (!p)
-				continue;
-			tide_processor_set_next(p, r->d.procs);
-			r->d.procs = p;
-			r->d.running++;
+			start_file(r, i, name, path, force);
 		}
 		closedir(dir);
 	}
@@ -439,6 +513,10 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		         (char *)NULL);
 		tide_metrics_reconnect(TIDE_METRICS_LISTEN);
 		uv_timer_start(&r->listen_retry, on_listen_retry, 0, 0);
+		return;
+	}
+	if (strcmp(channel, "tide_share") == 0) {
+		tide_sharing_kick(r->d.sharing); /* a daemon handed a processor back */
 		return;
 	}
 	if (strcmp(channel, "tide_dlq") == 0) {
@@ -504,8 +582,11 @@ static void on_listen_open(struct tide_store *s, int status, const char *err, vo
 	static const struct tide_pg_stmt listen_messages = {"tide_listen", "LISTEN tide_messages",
 	                                                    0};
 	static const struct tide_pg_stmt listen_dlq = {"tide_listen_dlq", "LISTEN tide_dlq", 0};
+	static const struct tide_pg_stmt listen_share = {"tide_listen_share", "LISTEN tide_share",
+	                                                 0};
 	tide_pg_on_notify(s->pg, on_notify, r);
 	if (tide_pg_exec(s->pg, &listen_dlq, NULL, NULL, NULL) != 0 ||
+	    tide_pg_exec(s->pg, &listen_share, NULL, NULL, NULL) != 0 ||
 	    tide_pg_exec(s->pg, &listen_messages, NULL, on_listening, r) != 0)
 		listen_failed(r, tide_pg_error(s->pg));
 }
@@ -926,6 +1007,12 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		return;
 	}
 	tide_log("info", "daemon.started", "owner", r->d.owner, (char *)NULL);
+	struct tide_sharing_opts so = {.loop = r->d.loop,
+	                               .url = r->d.url,
+	                               .owner = r->d.owner,
+	                               .lease_ms = r->d.popts.lease_ms};
+	r->d.sharing = tide_sharing_new(&so);
+	r->d.popts.sharing = r->d.sharing;
 	if (r->http_opts.listen) {
 		char err[512];
 		if (tide_http_start(&r->http_opts, &r->http, err, sizeof(err)) != 0) {
@@ -1260,6 +1347,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        .memory = (size_t)set.memory_mb << 20,
 	        .upcasters = &r->upcasters,
 	        .on_stopped = processor_stopped,
+	        .on_reshard = on_reshard,
 	        .arg = r,
 	};
 	uv_timer_init(&r->loop, &r->debounce);
@@ -1294,6 +1382,12 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_close((uv_handle_t *)&r->log_probe, NULL);
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
+	tide_sharing_free(r->d.sharing);
+	while (r->sharded) {
+		struct sharded *x = r->sharded;
+		r->sharded = x->next;
+		free(x);
+	}
 	tide_batch_set_appender(NULL);
 	tide_inline_dirs_free(r->inline_dirs);
 	tide_upcasters_free(&r->upcasters);

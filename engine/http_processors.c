@@ -1,5 +1,6 @@
 /* http_processors.c — GET /processors: what `tide status --json` shows, in one JSON object,
- * with the backend that holds every consumer back, if one does. The dashboard's live stream
+ * with the live daemons that share them and the backend that holds every consumer back, if
+ * one does. The dashboard's live stream
  * (http_dashboard.c) sends the same object once a second: tide_http_processors_query. */
 #include <stdlib.h>
 
@@ -45,6 +46,21 @@ static void on_held_back(const struct tide_pg_reply *reply, void *arg)
 	finish(q, 0, NULL);
 }
 
+/* "daemons": the live daemons sharing the processors (sql/0012). */
+static void on_daemons(const struct tide_pg_reply *reply, void *arg)
+{
+	struct query *q = arg;
+	if (reply->status) {
+		finish(q, reply->status, reply->err);
+		return;
+	}
+	cJSON *list = cJSON_AddArrayToObject(q->body, "daemons");
+	for (int r = 0; r < PQntuples(reply->res); r++)
+		cJSON_AddItemToArray(list, tide_status_daemon_json(reply->res, r));
+	if (tide_pg_exec(q->store->pg, &tide_stmt_held_back, NULL, on_held_back, q) != 0)
+		finish(q, TIDE_ECONN, tide_store_error(q->store));
+}
+
 static void on_status(const struct tide_pg_reply *reply, void *arg)
 {
 	struct query *q = arg;
@@ -55,7 +71,7 @@ static void on_status(const struct tide_pg_reply *reply, void *arg)
 	cJSON *list = cJSON_AddArrayToObject(q->body, "processors");
 	for (int r = 0; r < PQntuples(reply->res); r++)
 		cJSON_AddItemToArray(list, tide_status_json(reply->res, r));
-	if (tide_pg_exec(q->store->pg, &tide_stmt_held_back, NULL, on_held_back, q) != 0)
+	if (tide_pg_exec(q->store->pg, &tide_stmt_daemons, NULL, on_daemons, q) != 0)
 		finish(q, TIDE_ECONN, tide_store_error(q->store));
 }
 

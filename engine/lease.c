@@ -32,7 +32,8 @@ int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
 	        "tide_claim",
 	        "SELECT acquired, transaction_id, global_position, rebuilt, attempt_at,"
 	        " attempt_events, attempts, attempt_error, attempt_script, retries, refused,"
-	        " (SELECT target_suffix FROM tide_processors WHERE processor_id = $1)"
+	        " (SELECT target_suffix FROM tide_processors WHERE processor_id = $1),"
+	        " (SELECT owner FROM tide_processors WHERE processor_id = $1)"
 	        " FROM tide_processor_claim($1, $2, $3::int, $4, $5::int, $6, $7, $8, $9, $10,"
 	        "  $11::boolean)",
 	        11,
@@ -74,6 +75,19 @@ void tide_lease_parse_claim(PGresult *res, struct tide_claim *out)
 	out->script = PQgetvalue(res, 0, 8);
 	out->retries = strtoll(PQgetvalue(res, 0, 9), NULL, 10);
 	out->suffix = PQgetvalue(res, 0, 11); /* "" for NULL: a row this claim made */
+	out->previous_owner = PQgetisnull(res, 0, 12) ? NULL : PQgetvalue(res, 0, 12);
+}
+
+int tide_lease_layout(const struct tide_lease *l, const char *base, int shards, tide_pg_reply_cb cb,
+                      void *arg)
+{
+	static const struct tide_pg_stmt stmt = {
+	        "tide_shard_layout", "SELECT tide_shard_layout($1, $2, $3::int, $4::int, $5)", 5};
+	char n[16], version[16];
+	fmt_int(n, sizeof(n), shards);
+	fmt_int(version, sizeof(version), l->version);
+	const char *v[5] = {base, l->id, n, version, l->partition};
+	return tide_pg_exec(l->pg, &stmt, v, cb, arg);
 }
 
 int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg)
@@ -185,6 +199,16 @@ void tide_lease_enter(const struct tide_lease *l, const char *suffix, struct tid
 	spec->open_nargs = 2;
 	spec->open_args[0] = l->id;
 	spec->open_args[1] = suffix;
+}
+
+void tide_lease_enter_reset(const struct tide_lease *l, const char *suffix, const char *base,
+                            struct tide_batch_spec *spec)
+{
+	spec->open_sql = "SELECT tide_shard_enter($1, $2, $3)";
+	spec->open_nargs = 3;
+	spec->open_args[0] = l->id;
+	spec->open_args[1] = suffix;
+	spec->open_args[2] = base;
 }
 
 int tide_lease_park(const struct tide_lease *l, struct tide_cursor from, struct tide_cursor to,

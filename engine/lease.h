@@ -38,10 +38,18 @@ struct tide_claim {
 	int64_t retries;     /* dead letters queued for a retry */
 	const char *refused; /* NULL, or why the id is not this script's (in res) */
 	const char *suffix;  /* the processor's target suffix (sql/0007; in res) */
+	/* Who held the lease before this claim: NULL when nobody did (new, released), another
+	 * owner when its lease had lapsed (a take-over), or this one (a renewal). In res. */
+	const char *previous_owner;
 };
 
 TIDE_MUST_CHECK int tide_lease_claim(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
 void tide_lease_parse_claim(PGresult *res, struct tide_claim *out);
+
+/* Before claiming under a layout of sharded processor base (sql/0012): the reply's one value
+ * is "ok", "wait" or "reset". */
+TIDE_MUST_CHECK int tide_lease_layout(const struct tide_lease *l, const char *base, int shards,
+                                      tide_pg_reply_cb cb, void *arg);
 
 TIDE_MUST_CHECK int tide_lease_release(const struct tide_lease *l, tide_pg_reply_cb cb, void *arg);
 
@@ -66,6 +74,11 @@ void tide_lease_commit(const struct tide_lease *l, struct tide_cursor from, stru
 /* Sets the opening statement of a batch: it goes on only while the processor's targets
  * are those with suffix (a rebuild switched them otherwise: 40001). suffix is not copied. */
 void tide_lease_enter(const struct tide_lease *l, const char *suffix, struct tide_batch_spec *spec);
+
+/* The same for the batch of a shard that resets its processor base's targets (a layout
+ * change, sql/0012): the reset is done when it commits. base is not copied. */
+void tide_lease_enter_reset(const struct tide_lease *l, const char *suffix, const char *base,
+                            struct tide_batch_spec *spec);
 
 /* Moves the checkpoint past the one event at `to`, parking it as a dead letter first when
  * park is set. */

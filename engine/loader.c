@@ -127,6 +127,9 @@ static int read_settings(lua_State *L)
 	                                               : TIDE_ON_ERROR_DEAD_LETTER;
 	g->max_attempts = (int)raw_number(L, t, "max_attempts");
 	g->backoff_ms = (unsigned)raw_number(L, t, "backoff_ms");
+	g->shards = (int)raw_number(L, t, "shards");
+	if (g->shards < 1)
+		g->shards = 1;
 	lua_pushliteral(L, "blue_green");
 	lua_rawget(L, t);
 	g->blue_green = lua_toboolean(L, -1);

@@ -41,6 +41,7 @@ struct tide_generation {
 	char **headers; /* "Name: value" lines */
 	size_t nheaders;
 	unsigned timeout_ms; /* a delivery without an answer by then fails */
+	int shards;          /* its work split by stream into this many workers (1: not sharded) */
 };
 
 void tide_generation_free(struct tide_generation *g);

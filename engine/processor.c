@@ -46,9 +46,10 @@ struct tide_processor {
 	struct tide_generation next_build;
 	char next_suffix[48];
 	bool reload_after_switch;
-	char *app, *name, *script;
+	char *app, *name, *script, *base;
 	bool takeover;
-	int stopped; /* consumers stopped, of those to wait for */
+	int shard, shards; /* which shard it is (sql/0012); shards 1: not sharded */
+	int stopped;       /* consumers stopped, of those to wait for */
 };
 
 static const char *state_name(enum state s)
@@ -255,6 +256,18 @@ static void load_done(struct tide_load_result *r, void *arg)
 		}
 		break;
 	case TIDE_LOAD_OK:
+		if (r->gen.shards != p->shards && p->o.on_reshard) {
+			char from[16], to[16];
+			snprintf(from, sizeof(from), "%d", p->shards);
+			snprintf(to, sizeof(to), "%d", r->gen.shards);
+			tide_log("info", "processor.reshard", "processor", p->base, "shards", to,
+			         "was", from, "reason",
+			         "its script asks for another number of shards: its workers start "
+			         "again",
+			         (char *)NULL);
+			p->o.on_reshard(p, r->gen.shards, p->o.arg); /* it stops us */
+			return; /* the loader frees the generation */
+		}
 		if (p->state != P_LOADING)
 			tide_metrics_reload(true);
 		p->hash = r->hash;
@@ -337,15 +350,24 @@ struct tide_processor *tide_processor_new(const struct tide_processor_opts *o,
 	        .lease_ms = o->lease_ms,
 	        .on_stopped = consumer_stopped,
 	        .on_rebuild = on_rebuild,
+	        .sharing = o->sharing,
+	        .base = who->base,
+	        .shard = who->shard,
+	        .shards = who->shards,
 	        .arg = p,
 	};
 	p->app = strdup(who->app ? who->app : "");
 	p->name = strdup(who->name ? who->name : who->id);
 	p->script = strdup(script);
 	p->takeover = who->takeover;
-	p->consumer =
-	        p->id && p->path && p->app && p->name && p->script ? tide_consumer_new(&co) : NULL;
+	p->base = strdup(who->base ? who->base : who->id);
+	p->shard = who->shard;
+	p->shards = who->shards > 1 ? who->shards : 1;
+	p->consumer = p->id && p->path && p->app && p->name && p->script && p->base
+	                      ? tide_consumer_new(&co)
+	                      : NULL;
 	if (!p->consumer) {
+		free(p->base);
 		free(p->id);
 		free(p->path);
 		free(p->app);
@@ -398,6 +420,7 @@ void tide_processor_free(struct tide_processor *p)
 	free(p->app);
 	free(p->name);
 	free(p->script);
+	free(p->base);
 	free(p);
 }
 
@@ -409,6 +432,11 @@ const char *tide_processor_id(const struct tide_processor *p)
 const char *tide_processor_path(const struct tide_processor *p)
 {
 	return p->path;
+}
+
+const char *tide_processor_base(const struct tide_processor *p)
+{
+	return p->base;
 }
 
 struct tide_processor *tide_processor_next(struct tide_processor *p)

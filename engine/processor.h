@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "sharing.h"
+
 struct tide_processor;
 struct tide_upcasters;
 
@@ -20,9 +22,14 @@ struct tide_processor_opts {
 	size_t memory; /* bytes a script's VM may use; 0: the default */
 	/* The upcasters every load gets (upcast.h): the daemon's, kept current, or NULL. */
 	const struct tide_upcasters *upcasters;
+	struct tide_sharing
+	        *sharing; /* the daemon's share of the processors (sharing.h), or NULL */
 	/* Fires once, on a later loop turn than tide_processor_stop, when the processor has
 	 * released its lease and closed everything; free it then. */
 	void (*on_stopped)(struct tide_processor *p, void *arg);
+	/* Its script asks for another number of shards than this processor is one of: the
+	 * daemon stops the processors of the file and starts them again as `shards`. */
+	void (*on_reshard)(struct tide_processor *p, int shards, void *arg);
 	void *arg;
 };
 
@@ -32,6 +39,10 @@ struct tide_processor_identity {
 	const char *id, *app, *name;
 	const char *path; /* the script as found in its directory */
 	bool takeover;
+	/* A shard (sql/0012): shard `shard` of `shards` of processor base (APP/NAME); its id is
+	 * BASE#KofN. shards 0 or 1: not sharded (base NULL: id). */
+	const char *base;
+	int shard, shards;
 };
 
 /* A processor for a script; starts loading it at once. NULL when out of memory. */
@@ -58,6 +69,8 @@ void tide_processor_free(struct tide_processor *p);
 
 const char *tide_processor_id(const struct tide_processor *p);
 const char *tide_processor_path(const struct tide_processor *p);
+/* The id of the processor a shard is one of (its own id when not sharded). */
+const char *tide_processor_base(const struct tide_processor *p);
 struct tide_processor *tide_processor_next(struct tide_processor *p);
 void tide_processor_set_next(struct tide_processor *p, struct tide_processor *next);
 

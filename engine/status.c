@@ -18,7 +18,10 @@ const struct tide_pg_stmt tide_stmt_status = {
         "  CASE WHEN t.status <> 'stopped' AND coalesce(t.seen_until, t.lease_until) < now()"
         "   THEN 'expired' ELSE t.status END AS status,"
         "  coalesce(e.last_processed_transaction_id, '0') AS xid,"
-        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos"
+        "  coalesce(e.last_processed_checkpoint, '0')::bigint AS pos,"
+        /* A shard (APP/NAME#KofN, sql/0012) lags by its own streams only. */
+        "  substring(t.processor_id FROM '#([0-9]+)of[0-9]+$')::int AS shard,"
+        "  coalesce(substring(t.processor_id FROM '#[0-9]+of([0-9]+)$')::int, 1) AS shards"
         " FROM tide_processors t LEFT JOIN emt_processors e ON e.processor_id = t.processor_id"
         "  AND e.partition = t.partition AND e.version = t.version)"
         /* An inline projection has no checkpoint: it is as far as the appends it ran in. */
@@ -37,7 +40,8 @@ const struct tide_pg_stmt tide_stmt_status = {
         " FROM p CROSS JOIN LATERAL (SELECT count(*) AS n, min(m.created) AS oldest"
         "  FROM emt_messages m WHERE (m.partition = p.partition OR p.partition = '*')"
         "  AND NOT m.is_archived"
-        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)) lag"
+        "  AND (m.transaction_id, m.global_position) > (p.xid, p.pos)"
+        "  AND (p.shards <= 1 OR tide_shard_of(m.stream_id, p.shards) = p.shard)) lag"
         " ORDER BY p.processor_id",
         0,
 };
@@ -106,6 +110,33 @@ cJSON *tide_status_json(PGresult *res, int r)
 			cJSON_AddNullToObject(o, keys[k].key);
 		else
 			cJSON_AddStringToObject(o, keys[k].key, v);
+	}
+	return o;
+}
+
+const struct tide_pg_stmt tide_stmt_daemons = {
+        "tide_status_daemons",
+        "SELECT d.owner, d.host, d.pid,"
+        "  to_char(d.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        "  extract(epoch FROM now() - d.heartbeat_at)::numeric(12,3), d.units, d.budget,"
+        "  (SELECT count(*) FROM tide_processors p"
+        "    WHERE p.owner = d.owner AND p.lease_until >= now())"
+        " FROM tide_daemons d WHERE d.alive_until >= now() ORDER BY d.started_at, d.owner",
+        0,
+};
+
+cJSON *tide_status_daemon_json(PGresult *res, int r)
+{
+	static const char *const keys[] = {
+	        "owner", "host",  "pid", "started_at", "heartbeat_age_seconds",
+	        "units", "share", "held"};
+	cJSON *o = cJSON_CreateObject();
+	for (int k = 0; k < 8; k++) {
+		const char *v = PQgetvalue(res, r, k);
+		if (k == 2 || k >= 4)
+			cJSON_AddRawToObject(o, keys[k], v);
+		else
+			cJSON_AddStringToObject(o, keys[k], v);
 	}
 	return o;
 }

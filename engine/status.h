@@ -37,6 +37,14 @@ enum {
 	NCOLS
 };
 
+/* The live daemons (sql/0012_tide_sharing.sql), oldest first: owner, host, pid, started
+ * (ISO 8601), seconds since the last heartbeat, units, share, leases held. */
+extern const struct tide_pg_stmt tide_stmt_daemons;
+
+/* Row r of tide_stmt_daemons as JSON: {owner, host, pid, started_at, heartbeat_age_seconds,
+ * units, share, held}. */
+cJSON *tide_status_daemon_json(PGresult *res, int r);
+
 /* A builder's progress (row r of tide_stmt_status's result); false for other rows. */
 bool tide_status_progress(PGresult *res, int r, struct tide_progress *p);
 

@@ -637,6 +637,79 @@ return tide.projection {
     rebuilt, "events/s", { note = note })
 end
 
+-- 5c. Sharded processors: an SQL projection whose handler does real work (about 300 µs of
+-- Lua per event, then an upsert), with 1, 2 and 4 shards, on one daemon and on two (sharing
+-- the shards: README "Several daemons"). The daemons start on an empty log and settle first
+-- (every worker claimed, the shards spread over the daemons); then the events are loaded in
+-- one transaction, and the rate is the events over the time from that load until every shard
+-- has caught up.
+do
+  local n = quick and 3000 or 30000
+  local script = [[
+local tide = require "tide"
+return tide.projection {
+  shards = %d,
+  setup = function(sql) sql:exec("CREATE TABLE IF NOT EXISTS work (id text PRIMARY KEY, n bigint NOT NULL, h bigint NOT NULL)") end,
+  reset = function(sql) sql:exec("TRUNCATE work") end,
+  handle = function(events, sql)
+    for _, e in ipairs(events) do
+      local h = 0
+      for i = 1, 15000 do h = (h * 31 + i) %% 1000003 end
+      sql:exec("INSERT INTO work (id, n, h) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET n = work.n + $2, h = $3",
+               e.stream_id, e.data.amount, h)
+    end
+  end,
+}
+]]
+  for _, daemons in ipairs({ 1, 2 }) do
+    for _, shards in ipairs({ 1, 2, 4 }) do
+      local url = fresh_db("bench_shards")
+      local dir = fresh_dir("shards")
+      write(dir .. "/w.lua", string.format(script, shards))
+      local pids = {}
+      for d = 1, daemons do
+        pids[d] = sh(string.format("%s run %s --app bench --database %s --batch-size 100 --lease-ms 3000 >%s 2>&1 & echo $!",
+          TIDE, q(dir), q(url), q(dir .. "/daemon-" .. d .. ".log"))):match("%d+")
+      end
+      local settled
+      for _ = 1, 600 do
+        local held, owners = psql(url, [[SELECT count(*), count(DISTINCT owner) FROM tide_processors
+          WHERE processor_id LIKE 'bench/w%' AND owner IS NOT NULL AND lease_until >= now()]]):match("(%d+)|(%d+)")
+        if tonumber(held) == shards and tonumber(owners) == math.min(shards, daemons) then
+          settled = true
+          break
+        end
+        sleep_ms(50)
+      end
+      local t0, elapsed = now_ms(), nil
+      preload(url, n, STREAMS)
+      local last = tonumber(psql(url, "SELECT max(global_position) FROM emt_messages"))
+      for _ = 1, 12000 do
+        local done = tonumber(psql(url, string.format([[SELECT count(*) FROM emt_processors
+          WHERE processor_id LIKE 'bench/w%%' AND last_processed_checkpoint::bigint >= %d]], last)))
+        if done == shards then
+          elapsed = now_ms() - t0
+          break
+        end
+        sleep_ms(50)
+      end
+      for _, pid in ipairs(pids) do stop_daemon(pid) end
+      local note
+      if not settled then
+        note = "the workers did not settle on the daemons; see " .. dir
+      elseif not elapsed then
+        note = "the shards did not catch up; see " .. dir
+      elseif tonumber(psql(url, "SELECT coalesce(sum(n), 0) FROM work")) ~= n then
+        note = "the projection miscounted"
+      end
+      record(string.format("shards_%d_daemons_%d", shards, daemons),
+        string.format("SQL projection, ~300 µs Lua per event, %d shard%s on %d daemon%s, %s events (events/s)",
+          shards, shards > 1 and "s" or "", daemons, daemons > 1 and "s" or "", commas(n)),
+        elapsed and n / (elapsed / 1000) or nil, "events/s", { note = note })
+    end
+  end
+end
+
 -- 6. Append → handler latency on an idle daemon: events appended one by one, 5 ms apart,
 -- measured from each append's commit (track_commit_timestamp) to the handler's insert.
 do

@@ -97,9 +97,32 @@ local function check_inline(spec, kind, projection)
   end
 end
 
+-- shards = N: the processor's work split by a hash of the stream id into N workers, each
+-- with its own lease and checkpoint (README "Sharded processors"). Changing N rebuilds it in
+-- place, so a sharded SQL projection (one with handle or handle_event) clears its tables
+-- itself: reset(sql). Inline projections run in the appender: nothing to shard.
+M.MAX_SHARDS = 64
+local function check_shards(spec, kind)
+  if spec.shards == nil then return end
+  if not whole(spec.shards, 1, M.MAX_SHARDS) then
+    error(kind .. ": 'shards' must be a whole number from 1 to " .. M.MAX_SHARDS .. ", got "
+      .. tostring(spec.shards), 3)
+  end
+  if spec.shards == 1 then return end
+  if spec.inline then
+    error(kind .. ": an inline projection cannot be sharded (it runs inside each append);"
+      .. " remove 'shards' or 'inline'", 3)
+  end
+  if (spec.handle ~= nil or spec.handle_event ~= nil) and spec.reset == nil
+     and spec.kind ~= "reactor" and kind ~= "tide.reactor" then
+    error(kind .. ": a sharded SQL projection needs reset(sql), which clears its tables:"
+      .. " changing 'shards' rebuilds it in place", 3)
+  end
+end
+
 -- The daemon's settings of a processor, checked (a script may return a table built by hand):
 -- { kind, version, partition, types = { ... } | nil, on_error, max_attempts, backoff_ms,
---   inline }.
+--   inline, shards }.
 function M.settings(p)
   if type(p) ~= "table" or type(p.kind) ~= "string" then
     error("the script must return a processor built with tide.projection, tide.reactor or tide.publisher", 0)
@@ -121,6 +144,8 @@ function M.settings(p)
   end
   check_policy(p, p.kind)
   check_inline(p, p.kind, p.kind == "projection")
+  check_shards(p, p.kind)
+  local shards = p.shards or 1
   local types
   if p.events ~= nil then
     check_events(p, p.kind)
@@ -130,10 +155,11 @@ function M.settings(p)
   -- A projection without reset() writes targets tide names (documents, sql:table): a new
   -- version is built beside the running one and switched to (blue-green). One with reset()
   -- clears fixed tables itself, so it is rebuilt in place, as a reactor is replayed.
-  local blue_green = p.kind == "projection" and p.reset == nil
+  -- A sharded one is rebuilt in place (once, by one of its shards: sql/0012).
+  local blue_green = p.kind == "projection" and p.reset == nil and shards == 1
   return {
     kind = p.kind, version = version, partition = partition, types = types,
-    blue_green = blue_green,
+    blue_green = blue_green, shards = shards,
     on_error = p.on_error or DEFAULTS.on_error,
     max_attempts = p.max_attempts or DEFAULTS.max_attempts,
     backoff_ms = p.backoff_ms or DEFAULTS.backoff_ms,
@@ -288,6 +314,7 @@ function M.projection(spec)
   check_partition(spec, "tide.projection")
   check_policy(spec, "tide.projection")
   check_inline(spec, "tide.projection", true)
+  check_shards(spec, "tide.projection")
   if spec.snapshot ~= nil then
     for _, k in ipairs({ "collection", "handle", "handle_event", "evolve", "initial" }) do
       if spec[k] ~= nil then
@@ -322,6 +349,7 @@ function M.reactor(spec)
   check_partition(spec, "tide.reactor")
   check_policy(spec, "tide.reactor")
   check_inline(spec, "tide.reactor", false)
+  check_shards(spec, "tide.reactor")
   check_fn(spec, "tide.reactor", "handle", true)
   spec.kind = "reactor"
   return spec
