@@ -7,7 +7,6 @@
  * never cut short. */
 #include "lua_store.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,10 +272,11 @@ static void push_schema_version(lua_State *L, const char *v)
 		lua_pushnil(L);
 		return;
 	}
-	char *end;
-	errno = 0;
-	long n = strtol(v, &end, 10);
-	if (*v && !*end && !errno)
+	long n = 0;
+	size_t i = 0;
+	for (; i < 10 && v[i] >= '0' && v[i] <= '9'; i++)
+		n = n * 10 + (v[i] - '0');
+	if (!v[i] && i < 10)
 		lua_pushnumber(L, (lua_Number)n);
 	else
 		lua_pushstring(L, v);
