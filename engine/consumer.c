@@ -490,17 +490,22 @@ static bool is_state(const char *sqlstate, const char *code)
 	return sqlstate && strcmp(sqlstate, code) == 0;
 }
 
+/* The claim (or the layout check before it) failed on the server: wait, then try again. */
+static void claim_failed(struct tide_consumer *c, const char *err)
+{
+	set_error(c, err);
+	tide_log("error", "claim.failed", "processor", c->id, "error", err, (char *)NULL);
+	enter(c, TIDE_CONSUMER_WAITING);
+	uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+}
+
 static void on_claim(const struct tide_pg_reply *reply, void *arg)
 {
 	struct tide_consumer *c = arg;
 	if (!carry_on(c, reply->status, reply->err))
 		return;
 	if (reply->status) {
-		set_error(c, reply->err);
-		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
-		         (char *)NULL);
-		enter(c, TIDE_CONSUMER_WAITING);
-		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+		claim_failed(c, reply->err);
 		return;
 	}
 	struct tide_claim cl;
@@ -623,11 +628,7 @@ static void on_layout(const struct tide_pg_reply *reply, void *arg)
 	if (!carry_on(c, reply->status, reply->err))
 		return;
 	if (reply->status) {
-		set_error(c, reply->err);
-		tide_log("error", "claim.failed", "processor", c->id, "error", reply->err,
-		         (char *)NULL);
-		enter(c, TIDE_CONSUMER_WAITING);
-		uv_timer_start(&c->timer, on_timer, RETRY_MS, 0);
+		claim_failed(c, reply->err);
 		return;
 	}
 	const char *answer = PQgetvalue(reply->res, 0, 0);

@@ -417,6 +417,14 @@ static int finish(lua_State *L, struct wait *w)
 	return w->nret;
 }
 
+/* nil, err for a stream name with a NUL byte (C would see it cut short). */
+static int stream_with_nul(lua_State *L, const char *stream, size_t len)
+{
+	char err[200];
+	tide_check_name("stream name", stream, len, TIDE_MAX_NAME_BYTES, err, sizeof(err));
+	return tide_lua_push_error(L, "invalid", err);
+}
+
 /* store:read(stream, { from, to, max, backward }) → events | nil, err */
 static int l_read(lua_State *L)
 {
@@ -436,12 +444,8 @@ static int l_read(lua_State *L)
 		o.backward = lua_toboolean(L, -1);
 		lua_pop(L, 1);
 	}
-	char err[200];
-	if (strlen(stream) != stream_len) {
-		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, err,
-		                sizeof(err));
-		return tide_lua_push_error(L, "invalid", err);
-	}
+	if (strlen(stream) != stream_len)
+		return stream_with_nul(L, stream, stream_len);
 	struct wait w = {.L = L};
 	int rc = tide_store_read_stream(s->store, stream, &o, on_read, &w);
 	if (rc)
@@ -468,12 +472,8 @@ static int l_archive(lua_State *L)
 		return lost;
 	size_t stream_len;
 	const char *stream = luaL_checklstring(L, 2, &stream_len);
-	char err[200];
-	if (strlen(stream) != stream_len) {
-		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, err,
-		                sizeof(err));
-		return tide_lua_push_error(L, "invalid", err);
-	}
+	if (strlen(stream) != stream_len)
+		return stream_with_nul(L, stream, stream_len);
 	struct wait w = {.L = L};
 	int rc = tide_store_archive(s->store, stream, on_archive, &w);
 	if (rc)
@@ -1113,11 +1113,8 @@ static int append(lua_State *L, struct lstore *s, int first, struct lua_query *l
 	if (lua_objlen(L, first + 1) == 0)
 		return luaL_error(L, "%s: no events given", fn);
 	char misuse[700] = "", invalid[700] = "";
-	if (strlen(stream) != stream_len) {
-		tide_check_name("stream name", stream, stream_len, TIDE_MAX_NAME_BYTES, invalid,
-		                sizeof(invalid));
-		return tide_lua_push_error(L, "invalid", invalid);
-	}
+	if (strlen(stream) != stream_len)
+		return stream_with_nul(L, stream, stream_len);
 	if (lq && lq->invalid[0])
 		return tide_lua_push_error(L, "invalid", lq->invalid);
 	struct tide_lua_events e = {0};
