@@ -678,8 +678,10 @@ static void on_wake(const struct tide_pg_reply *reply, void *arg)
 	w->in_flight = false;
 	/* A failed wake-up is not the append's failure: consumers still find the events by
 	 * their probe. */
-	if (reply->status == 0 && w->owed)
+	if (reply->status == 0 && w->owed && !w->unwanted)
 		send_wake(w);
+	else
+		w->owed = false;
 }
 
 static void send_wake(struct tide_wake *w)
@@ -688,13 +690,50 @@ static void send_wake(struct tide_wake *w)
 	w->in_flight = tide_pg_exec(w->pg, &stmt_wake, NULL, on_wake, w) == 0;
 }
 
+/* Whether a daemon needs the NOTIFY (sql/0018). A database without the function (an older
+ * schema) or a role that may not read tide_daemons gets them all, and is asked again only a
+ * minute later, not to fill the server's log with the same error. */
+static const struct tide_pg_stmt stmt_wanted = {"tide_wake_wanted", "SELECT tide_wake_wanted()",
+                                                0};
+
+static void on_wanted(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_wake *w = arg;
+	w->asking = false;
+	if (reply->status == TIDE_ECLOSED)
+		return;
+	bool answered = reply->status == 0 && PQntuples(reply->res) == 1;
+	w->unwanted = answered && PQgetvalue(reply->res, 0, 0)[0] == 'f';
+	if (!answered)
+		w->ask_at += 60000 - TIDE_WAKE_ASK_MS;
+}
+
+static void ask(struct tide_pg *pg, struct tide_wake *w)
+{
+	if (w->pg != pg) { /* another connection (perhaps to another database): ask afresh */
+		w->pg = pg;
+		w->in_flight = w->owed = w->asking = w->unwanted = false;
+		w->ask_at = 0;
+	}
+	uint64_t now = uv_now(tide_pg_loop(pg));
+	if (!w->asking && now >= w->ask_at && tide_pg_ready(pg)) {
+		w->ask_at = now + TIDE_WAKE_ASK_MS;
+		w->asking = tide_pg_exec(pg, &stmt_wanted, NULL, on_wanted, w) == 0;
+	}
+}
+
 void tide_wake(struct tide_pg *pg, struct tide_wake *w)
 {
-	if (w->in_flight && w->pg == pg) {
+	ask(pg, w);
+	/* Until the first answer, as after a failed one, it is sent: a process that appends
+	 * once and exits (the CLI) cannot wait for the answer, and the NOTIFY must reach the
+	 * server right behind the commit, before the connection closes. */
+	if (w->unwanted)
+		return;
+	if (w->in_flight) {
 		w->owed = true;
 		return;
 	}
-	w->pg = pg;
 	if (tide_pg_ready(pg))
 		send_wake(w);
 }

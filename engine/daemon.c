@@ -24,6 +24,7 @@
 #include "sharing.h"
 #include "store.h"
 #include "upcast.h"
+#include "wal_wake.h"
 
 #define MAX_DIRS    16
 #define MAX_TOKENS  32
@@ -70,6 +71,14 @@ struct run {
 	/* The log probe (appends by clients that send no NOTIFY): what it saw last. */
 	bool probe_out, probed, seq_moved;
 	uint64_t probe_seq, probe_xmin, pending_xmax;
+	/* The WAL stream (wal_wake.c): each piece of WAL probes the log at once, one probe in
+	 * flight and one owed at most; while transactions that may hold new positions still
+	 * run, the probe repeats after 1, 2, 4 … ms (up to the probe interval). */
+	struct tide_wal_wake *wal;
+	bool wal_live, wal_told, probe_owed;
+	uv_timer_t reprobe;
+	unsigned reprobe_ms, probe_ms;
+	const char *wake_mode; /* "wal" (default) or "notify" (--wake) */
 	bool force_reload;
 	bool inline_told; /* the last word on inline projections named some */
 	/* The inline projections among the scripts: not processors here, but run by reactors'
@@ -184,6 +193,8 @@ static void maybe_exit(struct run *r)
 			uv_close((uv_handle_t *)&r->watch[i], NULL);
 		tide_store_close(r->listen);
 		r->listen = NULL;
+		tide_wal_wake_stop(r->wal);
+		r->wal = NULL;
 		tide_store_close(r->bootstrap);
 		r->bootstrap = NULL;
 		if (r->d.sharing)
@@ -672,6 +683,9 @@ static const struct tide_pg_stmt stmt_log_probe = {
         0,
 };
 
+static void probe_log(struct run *r);
+static void probe_log_timer(uv_timer_t *t);
+
 static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
 {
 	struct run *r = arg;
@@ -684,21 +698,92 @@ static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
 	bool moved = r->probed && seq != r->probe_seq;
 	if (moved || r->seq_moved)
 		r->pending_xmax = xmax;
-	if (moved || (r->probed && xmin != r->probe_xmin && r->probe_xmin < r->pending_xmax))
+	/* The first probe has nothing to compare with: it wakes them once to be sure. */
+	if (!r->probed || moved ||
+	    (xmin != r->probe_xmin && r->probe_xmin < r->pending_xmax))
 		wake_all(r);
 	r->probed = true;
 	r->seq_moved = moved;
 	r->probe_seq = seq;
 	r->probe_xmin = xmin;
+	if (!r->wal_live)
+		return;
+	/* The WAL can come before the commit shows in snapshots: look again soon while
+	 * transactions that may hold the new positions run; at once if more WAL came. */
+	if (r->probe_owed) {
+		r->probe_owed = false;
+		probe_log(r);
+	} else if (xmin < r->pending_xmax) {
+		r->reprobe_ms = r->reprobe_ms ? r->reprobe_ms * 2 : 1;
+		if (r->reprobe_ms > r->probe_ms)
+			r->reprobe_ms = r->probe_ms;
+		uv_timer_start(&r->reprobe, probe_log_timer, r->reprobe_ms, 0);
+	} else {
+		r->reprobe_ms = 0;
+	}
 }
 
-static void on_log_probe(uv_timer_t *t)
+static void probe_log(struct run *r)
 {
-	struct run *r = t->data;
-	if (r->d.stopping || r->probe_out || !r->listen || !tide_pg_ready(r->listen->pg))
+	if (r->d.stopping || !r->listen || !tide_pg_ready(r->listen->pg))
 		return;
+	if (r->probe_out) {
+		r->probe_owed = true;
+		return;
+	}
 	r->probe_out =
 	        tide_pg_exec(r->listen->pg, &stmt_log_probe, NULL, on_log_probe_reply, r) == 0;
+}
+
+static void probe_log_timer(uv_timer_t *t)
+{
+	struct run *r = t->data;
+	if (!r->probe_out)
+		probe_log(r);
+}
+
+/* --- the WAL stream ----------------------------------------------------------------------- */
+
+static void on_wal_flushed(void *arg)
+{
+	probe_log(arg);
+}
+
+static void on_wal_state(void *arg, bool streaming, const char *why)
+{
+	struct run *r = arg;
+	r->wal_live = streaming;
+	tide_sharing_set_wakes_by_notify(r->d.sharing, !streaming);
+	if (streaming) {
+		tide_log("info", "wake.wal", "effect",
+		         "every commit wakes the processors; tide's writers send no NOTIFY",
+		         (char *)NULL);
+		r->wal_told = false;
+		probe_log(r); /* whatever came before the stream */
+	} else if (!r->wal_told) {
+		tide_log("warn", "wake.no_wal", "error", why, "fallback",
+		         "tide's writers send a NOTIFY after their commits, others' appends are "
+		         "found by the probe",
+		         "fix", "grant the role REPLICATION (and let pg_hba.conf admit its replication "
+		         "connections), or set wake = \"notify\" to silence this", (char *)NULL);
+		r->wal_told = true;
+	}
+}
+
+static void wal_start(struct run *r, const char *mode)
+{
+	if (mode && strcmp(mode, "notify") == 0) {
+		tide_log("info", "wake.notify", "effect",
+		         "tide's writers send a NOTIFY after their commits (wake = notify)",
+		         (char *)NULL);
+		return;
+	}
+	struct tide_wal_wake_opts o = {.loop = r->d.loop,
+	                               .url = r->d.url,
+	                               .flushed = on_wal_flushed,
+	                               .state = on_wal_state,
+	                               .arg = r};
+	r->wal = tide_wal_wake_start(&o);
 }
 
 /* --- signals -------------------------------------------------------------------------- */
@@ -763,7 +848,7 @@ static char *keep(struct run *r, const char *s)
 
 /* What flags and the configuration file set; 0 / NULL: not set. */
 struct settings {
-	const char *url, *log_format, *log_level, *sql_role, *app, *http;
+	const char *url, *log_format, *log_level, *sql_role, *app, *http, *wake;
 	long batch, probe, poll, lease, cpu, memory_mb, http_connections;
 	bool http_insecure;
 };
@@ -912,6 +997,7 @@ static int read_config(lua_State *L)
 	s->log_level = config_string(L, c, "log_level");
 	s->sql_role = config_string(L, c, "sql_role");
 	s->app = config_string(L, c, "app");
+	s->wake = config_string(L, c, "wake");
 	lua_getfield(L, -1, "http");
 	if (lua_istable(L, -1))
 		read_http_config(L, c);
@@ -1028,6 +1114,7 @@ static void on_migrated(int status, const char *err, size_t applied, void *arg)
 		         (char *)NULL);
 	}
 	listen_start(r);
+	wal_start(r, r->wake_mode);
 	r->inline_dirs = tide_inline_dirs_new(r->dirs, r->apps, r->ndirs, r->d.popts.cpu_ms,
 	                                      r->d.popts.memory);
 	if (r->inline_dirs) {
@@ -1156,6 +1243,8 @@ static void overlay(struct settings *dst, const struct settings *src)
 		dst->sql_role = src->sql_role;
 	if (src->app)
 		dst->app = src->app;
+	if (src->wake)
+		dst->wake = src->wake;
 	if (src->batch)
 		dst->batch = src->batch;
 	if (src->probe)
@@ -1191,6 +1280,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	        {"batch-size", required_argument, NULL, 'b'},
 	        {"poll-ms", required_argument, NULL, 'p'},
 	        {"probe-ms", required_argument, NULL, 'P'},
+	        {"wake", required_argument, NULL, 'w'},
 	        {"lease-ms", required_argument, NULL, 'l'},
 	        {"cpu-ms", required_argument, NULL, 'u'},
 	        {"memory-mb", required_argument, NULL, 'm'},
@@ -1215,6 +1305,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 		case 'b': bad = parse_positive("--batch-size", optarg, &flags.batch); break;
 		case 'p': bad = parse_positive("--poll-ms", optarg, &flags.poll); break;
 		case 'P': bad = parse_positive("--probe-ms", optarg, &flags.probe); break;
+		case 'w': flags.wake = optarg; break;
 		case 'l': bad = parse_positive("--lease-ms", optarg, &flags.lease); break;
 		case 'u': bad = parse_positive("--cpu-ms", optarg, &flags.cpu); break;
 		case 'm': bad = parse_positive("--memory-mb", optarg, &flags.memory_mb); break;
@@ -1259,6 +1350,10 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	else if (set.log_format && strcmp(set.log_format, "text") != 0) {
 		fprintf(stderr, "tide run: --log-format wants text or json, got '%s'\n",
 		        set.log_format);
+		return 2;
+	}
+	if (set.wake && strcmp(set.wake, "wal") != 0 && strcmp(set.wake, "notify") != 0) {
+		fprintf(stderr, "tide run: --wake wants wal or notify, got '%s'\n", set.wake);
 		return 2;
 	}
 	if (set.log_level && tide_log_set_level(set.log_level) != 0) {
@@ -1371,8 +1466,13 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_unref((uv_handle_t *)&probe);
 	uv_timer_init(&r->loop, &r->log_probe);
 	r->log_probe.data = r;
-	uv_timer_start(&r->log_probe, on_log_probe, set.probe, set.probe);
+	uv_timer_start(&r->log_probe, probe_log_timer, set.probe, set.probe);
 	uv_unref((uv_handle_t *)&r->log_probe);
+	r->probe_ms = (unsigned)set.probe;
+	r->wake_mode = set.wake;
+	uv_timer_init(&r->loop, &r->reprobe);
+	r->reprobe.data = r;
+	uv_unref((uv_handle_t *)&r->reprobe);
 
 	struct tide_store *boot = NULL;
 	if (tide_store_open(&r->loop, r->d.url, on_bootstrap_open, r, &boot) != 0)
@@ -1380,6 +1480,7 @@ static int run_daemon(struct run *r, int argc, char **argv)
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_close((uv_handle_t *)&probe, NULL);
 	uv_close((uv_handle_t *)&r->log_probe, NULL);
+	uv_close((uv_handle_t *)&r->reprobe, NULL);
 	uv_run(&r->loop, UV_RUN_DEFAULT);
 	uv_loop_close(&r->loop);
 	tide_sharing_free(r->d.sharing);

@@ -22,6 +22,8 @@ struct request {
 	char **params;
 	int nparams;
 	tide_pg_copy_cb copy; /* tide_pg_copy: where the data of its COPY FROM STDIN comes from */
+	tide_pg_stream_cb stream; /* tide_pg_stream: where the messages of its stream go */
+	void *arg_stream;
 	void *copy_arg;
 	bool copy_ended; /* the end of its COPY data is in libpq's buffer */
 	PGresult *res;   /* last good result */
@@ -52,6 +54,7 @@ struct tide_pg {
 	int open_handles;
 	bool connected, closing, script_sent;
 	bool copying; /* the head request is sending COPY data (until its end is flushed) */
+	bool streaming; /* the head request (tide_pg_stream) is receiving its stream */
 	bool failing; /* a send failed: the requests fail on the next loop turn */
 	int fail_status;
 	tide_pg_ready_cb ready_cb;
@@ -279,8 +282,9 @@ int tide_pg_open(uv_loop_t *loop, const char *conninfo, const char *application_
 	PQconninfoFree(opts);
 
 	/* The URL is expanded as dbname; a name it gives wins over the fallback. */
-	const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-	const char *const vals[] = {conninfo, application_name ? application_name : "tide", NULL};
+	const char *const keys[] = {"dbname", "fallback_application_name", "replication", NULL};
+	const char *const vals[] = {conninfo, application_name ? application_name : "tide",
+	                            mode == TIDE_PG_REPLICATION ? "true" : NULL, NULL};
 	pg->conn = PQconnectStartParams(keys, vals, 1);
 	if (!pg->conn) {
 		snprintf(pg->error, sizeof(pg->error), "out of memory connecting to the database");
@@ -367,6 +371,7 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 	pg->connected = false; /* callbacks below must not queue more on this connection */
 	pg->failing = false;
 	pg->copying = false;
+	pg->streaming = false;
 	while (pg->head) {
 		struct request *rq = pg->head;
 		if (!rq->status) {
@@ -507,6 +512,31 @@ static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 	}
 }
 
+/* The messages of a stream that have arrived, each to its callback. False: none is left
+ * for now (or the connection went); true: the stream ended, its result follows. */
+static bool read_stream(struct tide_pg *pg)
+{
+	struct request *rq = pg->head;
+	for (;;) {
+		char *buf = NULL;
+		int n = PQgetCopyData(pg->conn, &buf, 1);
+		if (n == 0)
+			return false;
+		if (n == -1) {
+			pg->streaming = false;
+			return true;
+		}
+		if (n < 0) {
+			fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+			return false;
+		}
+		rq->stream(rq->arg_stream, buf, n);
+		PQfreemem(buf);
+		if (pg->closing || !pg->conn || pg->head != rq)
+			return false;
+	}
+}
+
 static void read_results(struct tide_pg *pg)
 {
 	if (!PQconsumeInput(pg->conn)) {
@@ -515,8 +545,13 @@ static void read_results(struct tide_pg *pg)
 	}
 	int nulls = 0; /* PQgetResult's NULLs in a row */
 	while (pg->head && pg->conn && !pg->closing) {
-		if (pg->mode == TIDE_PG_SIMPLE && (!pg->script_sent || pg->copying))
+		if (pg->mode != TIDE_PG_PIPELINE && (!pg->script_sent || pg->copying))
 			break;
+		if (pg->streaming) {
+			if (!read_stream(pg))
+				break;
+			continue;
+		}
 		if (PQisBusy(pg->conn))
 			break;
 		PGresult *r = PQgetResult(pg->conn);
@@ -526,7 +561,7 @@ static void read_results(struct tide_pg *pg)
 		nulls = r ? 0 : nulls + 1;
 		if (nulls == 2)
 			break; /* the socket's next event (EOF, if that) tells the rest */
-		if (pg->mode == TIDE_PG_SIMPLE) {
+		if (pg->mode != TIDE_PG_PIPELINE) {
 			if (!r) {
 				complete(pg);
 				if (pg->conn && !pg->closing)
@@ -539,6 +574,12 @@ static void read_results(struct tide_pg *pg)
 				PQclear(r);
 				pg->copying = true;
 				copy_feed(pg);
+				continue;
+			}
+			if (PQresultStatus(r) == PGRES_COPY_BOTH && pg->head->stream) {
+				PQclear(r);
+				pg->streaming = true;
+				pg->head->stream(pg->head->arg_stream, NULL, 0);
 				continue;
 			}
 		} else {
@@ -739,7 +780,7 @@ int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const cha
 
 int tide_pg_script(struct tide_pg *pg, const char *sql, tide_pg_reply_cb cb, void *arg)
 {
-	if (!pg->connected || pg->closing || pg->mode != TIDE_PG_SIMPLE)
+	if (!pg->connected || pg->closing || pg->mode == TIDE_PG_PIPELINE)
 		return pg->closing ? TIDE_ECLOSED : TIDE_ECONN;
 	char *copy = strdup(sql);
 	struct request *rq = copy ? enqueue(pg, cb, arg) : NULL;
@@ -794,6 +835,36 @@ int tide_pg_copy(struct tide_pg *pg, const char *sql, tide_pg_copy_cb source, vo
 	pg->tail->copy = source;
 	pg->tail->copy_arg = source_arg;
 	return 0;
+}
+
+int tide_pg_stream(struct tide_pg *pg, const char *sql, tide_pg_stream_cb on_data, void *data_arg,
+                   tide_pg_reply_cb cb, void *arg)
+{
+	if (pg->mode != TIDE_PG_REPLICATION)
+		return TIDE_EINVAL;
+	int rc = tide_pg_script(pg, sql, cb, arg);
+	if (rc)
+		return rc;
+	pg->tail->stream = on_data;
+	pg->tail->arg_stream = data_arg;
+	return 0;
+}
+
+int tide_pg_stream_send(struct tide_pg *pg, const char *data, int len)
+{
+	if (!pg->streaming || pg->closing)
+		return TIDE_ECONN;
+	if (PQputCopyData(pg->conn, data, len) != 1) {
+		fail_later(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
+		return TIDE_ECONN;
+	}
+	flush(pg);
+	return 0;
+}
+
+uv_loop_t *tide_pg_loop(const struct tide_pg *pg)
+{
+	return pg->loop;
 }
 
 void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg)

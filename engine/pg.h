@@ -39,6 +39,8 @@ typedef void (*tide_pg_notify_cb)(const char *channel, const char *payload, void
 enum tide_pg_mode {
 	TIDE_PG_PIPELINE, /* prepared statements, many in flight */
 	TIDE_PG_SIMPLE,   /* multi-statement scripts, statements, COPY: one at a time */
+	TIDE_PG_REPLICATION, /* as simple, on a physical replication connection: replication
+	                      * commands (tide_pg_script) and a WAL stream (tide_pg_stream) */
 };
 
 /* application_name: what pg_stat_activity shows unless the URL names one (NULL: "tide"). */
@@ -79,6 +81,21 @@ typedef int (*tide_pg_copy_cb)(void *arg, const char **data, size_t *len);
  * took, so memory stays flat whatever the amount of data. */
 TIDE_MUST_CHECK int tide_pg_copy(struct tide_pg *pg, const char *sql, tide_pg_copy_cb source,
                                  void *source_arg, tide_pg_reply_cb cb, void *arg);
+
+/* Each message of a replication stream (COPY BOTH), data[0] its kind; one call with data
+ * NULL when the stream has begun. The data is valid during the call only. */
+typedef void (*tide_pg_stream_cb)(void *arg, const char *data, int len);
+
+/* Replication mode: a command that starts a stream (START_REPLICATION); each message goes
+ * to on_data, and cb gets the command's result once the stream ends (the server ended it,
+ * or the connection failed). */
+TIDE_MUST_CHECK int tide_pg_stream(struct tide_pg *pg, const char *sql, tide_pg_stream_cb on_data,
+                                   void *data_arg, tide_pg_reply_cb cb, void *arg);
+
+/* Sends a message to the server on a running stream (a standby status update). */
+TIDE_MUST_CHECK int tide_pg_stream_send(struct tide_pg *pg, const char *data, int len);
+
+uv_loop_t *tide_pg_loop(const struct tide_pg *pg);
 
 void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg);
 

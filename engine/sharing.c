@@ -30,6 +30,8 @@ struct tide_sharing {
 	struct tide_pg *pg;
 	uv_timer_t timer;
 	bool beat_out, stopping, told_failure;
+	bool wakes_by_notify; /* tide's writers must NOTIFY for this daemon (no WAL stream) */
+	bool beat_owed;       /* it changed while a beat was out */
 	int live;  /* daemons live at the last beat (this one included); 0: not known yet */
 	int share; /* as last logged */
 	struct tide_sharing_unit *units;
@@ -80,6 +82,10 @@ static void on_beat(const struct tide_pg_reply *reply, void *arg)
 	s->beat_out = false;
 	if (reply->status == TIDE_ECLOSED || s->stopping)
 		return;
+	if (s->beat_owed) {
+		s->beat_owed = false;
+		beat(s);
+	}
 	if (reply->status) {
 		if (!s->told_failure)
 			tide_log("warn", "sharing.beat_failed", "error", reply->err, "effect",
@@ -119,15 +125,20 @@ static void beat(struct tide_sharing *s)
 {
 	static const struct tide_pg_stmt stmt = {
 	        "tide_daemon_beat",
-	        "SELECT tide_daemon_beat($1, $2, $3::int, $4::int, $5::int, $6::int)", 6};
-	if (s->beat_out || s->stopping || !s->pg || !tide_pg_ready(s->pg))
+	        "SELECT tide_daemon_beat($1, $2, $3::int, $4::int, $5::int, $6::int, $7::boolean)",
+	        7};
+	if (s->beat_out) {
+		s->beat_owed = true;
+		return;
+	}
+	if (s->stopping || !s->pg || !tide_pg_ready(s->pg))
 		return;
 	char pid[16], ttl[16], n[16], sh[16];
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
 	snprintf(ttl, sizeof(ttl), "%u", s->o.lease_ms);
 	snprintf(n, sizeof(n), "%d", units(s));
 	snprintf(sh, sizeof(sh), "%d", share(s));
-	const char *v[6] = {s->owner, s->host, pid, ttl, n, sh};
+	const char *v[7] = {s->owner, s->host, pid, ttl, n, sh, s->wakes_by_notify ? "t" : "f"};
 	s->beat_out = tide_pg_exec(s->pg, &stmt, v, on_beat, s) == 0;
 }
 
@@ -168,6 +179,7 @@ struct tide_sharing *tide_sharing_new(const struct tide_sharing_opts *o)
 	if (!s)
 		return NULL;
 	s->o = *o;
+	s->wakes_by_notify = true;
 	s->owner = strdup(o->owner);
 	if (!s->owner) {
 		free(s);
@@ -301,6 +313,14 @@ bool tide_sharing_surplus(const struct tide_sharing_unit *u)
 	for (const struct tide_sharing_unit *v = u->s->units; v; v = v->next)
 		after += v->state == U_HELD && strcmp(v->id, u->id) > 0;
 	return after < over;
+}
+
+void tide_sharing_set_wakes_by_notify(struct tide_sharing *s, bool yes)
+{
+	if (!s || s->wakes_by_notify == yes)
+		return;
+	s->wakes_by_notify = yes;
+	beat(s);
 }
 
 void tide_sharing_kick(struct tide_sharing *s)

@@ -56,6 +56,10 @@ bool tide_sharing_surplus(const struct tide_sharing_unit *u);
  * has room, rather than at their next try. */
 void tide_sharing_kick(struct tide_sharing *s);
 
+/* Whether tide's writers must send their post-commit NOTIFY for this daemon to wake (it
+ * has no WAL stream: wal_wake.h); said in its heartbeat row at once. Starts true. */
+void tide_sharing_set_wakes_by_notify(struct tide_sharing *s, bool yes);
+
 /* Says so to the other daemons, on pg (after the release has committed). */
 void tide_sharing_notify_handed_over(struct tide_pg *pg);
 

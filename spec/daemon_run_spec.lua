@@ -74,7 +74,8 @@ describe("tide run", function()
       VALUES ('%s', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]],
       stream, stream))
   end
-  local NO_POLL = "--poll-ms 600000 --probe-ms 600000"
+  -- Without the WAL stream (wal_wake_spec.lua), which would deliver every one of these.
+  local NO_POLL = "--poll-ms 600000 --probe-ms 600000 --wake notify"
 
   it("is woken by tide's appends with a NOTIFY sent after their commit, none in it", function()
     -- The default schema has no trigger on emt_messages: nothing notifies inside an append.
@@ -105,7 +106,7 @@ return tide.reactor {
 
   it("finds appends by clients that send no NOTIFY with its probe", function()
     S.write(dir .. "/seen.lua", seen_script("a"))
-    local pid, log = start(url, dir, "--poll-ms 600000")
+    local pid, log = start(url, dir, "--poll-ms 600000 --wake notify")
     S.wait_for(function() return read(log):find("processor.started", 1, true) end, 20, "the processor to start")
     S.sleep(0.3)
     foreign_append("emmett-1")

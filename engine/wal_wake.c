@@ -1,0 +1,131 @@
+/* wal_wake.c — wake-ups from the WAL stream (see wal_wake.h). IDENTIFY_SYSTEM gives the
+ * end of the WAL, START_REPLICATION PHYSICAL streams from there; every XLogData message
+ * ('w') is one "flushed", keepalives ('k') that ask for an answer get a standby status
+ * update whose positions are all zero (invalid: this is no standby, and a synchronous
+ * commit never waits for it). A lost or refused stream is tried again after 1 s, doubling
+ * up to 5 minutes. */
+#include "wal_wake.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg.h"
+
+#define RETRY_FIRST_MS 1000u
+#define RETRY_MAX_MS   300000u
+#define STATUS_UPDATE  34 /* 'r', write, flush, apply, sent at (8 bytes each), reply asked */
+
+struct tide_wal_wake {
+	struct tide_wal_wake_opts o;
+	struct tide_pg *pg;
+	uv_timer_t retry;
+	unsigned delay_ms;
+	bool streaming;
+};
+
+static void connect_now(struct tide_wal_wake *w);
+
+static void on_retry(uv_timer_t *t)
+{
+	connect_now(t->data);
+}
+
+/* The stream is gone or never came: say why, and try again later. */
+static void lost(struct tide_wal_wake *w, const char *why)
+{
+	char msg[512];
+	snprintf(msg, sizeof(msg), "%s", why && *why ? why : "the server ended the stream");
+	tide_pg_close(w->pg);
+	w->pg = NULL;
+	w->streaming = false;
+	uv_timer_start(&w->retry, on_retry, w->delay_ms, 0);
+	w->delay_ms = w->delay_ms * 2 < RETRY_MAX_MS ? w->delay_ms * 2 : RETRY_MAX_MS;
+	w->o.state(w->o.arg, false, msg);
+}
+
+static void on_data(void *arg, const char *data, int len)
+{
+	struct tide_wal_wake *w = arg;
+	if (!data) {
+		w->streaming = true;
+		w->delay_ms = RETRY_FIRST_MS;
+		w->o.state(w->o.arg, true, NULL);
+		return;
+	}
+	if (data[0] == 'w') {
+		w->o.flushed(w->o.arg);
+	} else if (data[0] == 'k' && len >= 18 && data[17]) {
+		char reply[STATUS_UPDATE] = {'r'};
+		if (tide_pg_stream_send(w->pg, reply, sizeof(reply)) != 0)
+			return; /* the connection's failure ends the stream: on_stream_end */
+	}
+}
+
+static void on_stream_end(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_wal_wake *w = arg;
+	if (reply->status != TIDE_ECLOSED)
+		lost(w, reply->err);
+}
+
+static void on_identified(const struct tide_pg_reply *reply, void *arg)
+{
+	struct tide_wal_wake *w = arg;
+	if (reply->status == TIDE_ECLOSED)
+		return;
+	if (reply->status || PQntuples(reply->res) != 1 || PQnfields(reply->res) < 3) {
+		lost(w, reply->err ? reply->err : "IDENTIFY_SYSTEM gave no WAL position");
+		return;
+	}
+	char cmd[96];
+	snprintf(cmd, sizeof(cmd), "START_REPLICATION PHYSICAL %.40s",
+	         PQgetvalue(reply->res, 0, 2));
+	if (tide_pg_stream(w->pg, cmd, on_data, w, on_stream_end, w) != 0)
+		lost(w, tide_pg_error(w->pg));
+}
+
+static void on_open(struct tide_pg *pg, int status, const char *err, void *arg)
+{
+	(void)pg;
+	struct tide_wal_wake *w = arg;
+	if (status) {
+		lost(w, err);
+		return;
+	}
+	if (tide_pg_script(w->pg, "IDENTIFY_SYSTEM", on_identified, w) != 0)
+		lost(w, tide_pg_error(w->pg));
+}
+
+static void connect_now(struct tide_wal_wake *w)
+{
+	if (tide_pg_open(w->o.loop, w->o.url, "tide run: wake-up", TIDE_PG_REPLICATION, on_open, w,
+	                 &w->pg) != 0)
+		lost(w, "out of memory");
+}
+
+struct tide_wal_wake *tide_wal_wake_start(const struct tide_wal_wake_opts *o)
+{
+	struct tide_wal_wake *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	w->o = *o;
+	w->delay_ms = RETRY_FIRST_MS;
+	uv_timer_init(o->loop, &w->retry);
+	w->retry.data = w;
+	connect_now(w);
+	return w;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+void tide_wal_wake_stop(struct tide_wal_wake *w)
+{
+	if (!w)
+		return;
+	tide_pg_close(w->pg);
+	uv_close((uv_handle_t *)&w->retry, on_closed);
+}
