@@ -71,12 +71,14 @@ struct run {
 	/* The log probe (appends by clients that send no NOTIFY): what it saw last. */
 	bool probe_out, probed, seq_moved;
 	uint64_t probe_seq, probe_xmin, pending_xmax;
-	/* The WAL stream (wal_wake.c): each piece of WAL probes the log at once, one probe in
-	 * flight and one owed at most; while transactions that may hold new positions still
-	 * run, the probe repeats after 1, 2, 4 … ms (up to the probe interval). */
+	/* The WAL stream (wal_wake.c): each piece of WAL probes the log (probe_soon: at most
+	 * one probe in flight, one owed, one every WAL_PROBE_SPACING_MS); while transactions
+	 * that may hold new positions still run, the probe repeats after 1, 2, 4 … ms (up to
+	 * the probe interval). */
 	struct tide_wal_wake *wal;
 	bool wal_live, wal_told, probe_owed;
 	uv_timer_t reprobe;
+	uint64_t probe_at; /* uv_now of the last probe sent */
 	unsigned reprobe_ms, probe_ms;
 	const char *wake_mode; /* "wal" (default) or "notify" (--wake) */
 	bool force_reload;
@@ -103,6 +105,7 @@ struct run {
 static const char usage_run[] =
         "usage: tide run [--config FILE] [--database URL] [--app NAME] [--take-over ID]...\n"
         "                [--batch-size N] [--probe-ms N] [--poll-ms N] [--lease-ms N]\n"
+        "                [--wake wal|notify]\n"
         "                [--cpu-ms N]\n"
         "                [--memory-mb N] [--sql-role ROLE] [--log-format text|json]\n"
         "                [--log-level L] [--http HOST:PORT [--http-insecure]] DIR...\n"
@@ -117,9 +120,11 @@ static const char usage_run[] =
         "app's name (--app, else the directory's name). A processor whose id was\n"
         "claimed by another script (or kind) is refused, naming both scripts, unless\n"
         "--take-over ID lets this script take it over with its checkpoint.\n"
-        "Events appended by tide (CLI, Lua, C, reactors) wake it within a millisecond\n"
-        "(a NOTIFY sent after their commit); appends by other clients (Emmett, psql) are\n"
-        "found by a cheap probe of the log while idle (--probe-ms); it also polls.\n"
+        "Every commit wakes it within a millisecond, whoever the writer, through a\n"
+        "stream of the server's WAL (its role needs REPLICATION; README \"Wake-ups\").\n"
+        "Without it, tide's writers (CLI, Lua, C, reactors) send a NOTIFY after their\n"
+        "commits, and appends by other clients (Emmett, psql) are found by a cheap\n"
+        "probe of the log while idle (--probe-ms); it also polls.\n"
         "A saved file is reloaded between batches if it loads cleanly (else the running\n"
         "generation keeps serving and the error is logged and shown by `tide status`);\n"
         "a deleted file stops its processor, a new one starts one, and so does a file\n"
@@ -129,7 +134,7 @@ static const char usage_run[] =
         "shape; when they change, every processor loads again (a broken set is logged,\n"
         "and the processors keep the one they have).\n"
         "  --config FILE      a Lua file returning { database, app, batch_size,\n"
-        "                     probe_interval_ms, poll_interval_ms, lease_ms, cpu_ms,\n"
+        "                     probe_interval_ms, poll_interval_ms, wake, lease_ms, cpu_ms,\n"
         "                     memory_mb, sql_role,\n"
         "                     log_format, log_level, http = {...}, directories = {...} }\n"
         "  --app NAME         the app the processors belong to (default: the name of\n"
@@ -139,6 +144,8 @@ static const char usage_run[] =
         "  --batch-size N     events per batch (default 500)\n"
         "  --probe-ms N       how often the log is probed for appends by other clients\n"
         "                     (default 50)\n"
+        "  --wake MODE        wal (default): stream the WAL, and fall back to the rest\n"
+        "                     when the server refuses; notify: do not try\n"
         "  --poll-ms N        how often an idle processor, and an idle HTTP subscription,\n"
         "                     reads anyway, in case a wake-up was lost (default 1000)\n"
         "  --lease-ms N       processor lease, and the heartbeat of this daemon among\n"
@@ -684,6 +691,7 @@ static const struct tide_pg_stmt stmt_log_probe = {
 };
 
 static void probe_log(struct run *r);
+static void probe_soon(struct run *r);
 static void probe_log_timer(uv_timer_t *t);
 
 static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
@@ -709,10 +717,10 @@ static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
 	if (!r->wal_live)
 		return;
 	/* The WAL can come before the commit shows in snapshots: look again soon while
-	 * transactions that may hold the new positions run; at once if more WAL came. */
+	 * transactions that may hold the new positions run; soon too if more WAL came. */
 	if (r->probe_owed) {
 		r->probe_owed = false;
-		probe_log(r);
+		probe_soon(r);
 	} else if (xmin < r->pending_xmax) {
 		r->reprobe_ms = r->reprobe_ms ? r->reprobe_ms * 2 : 1;
 		if (r->reprobe_ms > r->probe_ms)
@@ -731,8 +739,30 @@ static void probe_log(struct run *r)
 		r->probe_owed = true;
 		return;
 	}
+	r->probe_at = uv_now(r->d.loop);
 	r->probe_out =
 	        tide_pg_exec(r->listen->pg, &stmt_log_probe, NULL, on_log_probe_reply, r) == 0;
+}
+
+/* WAL came: probe at once, unless the last probe was under WAL_PROBE_SPACING_MS ago (then
+ * when that has passed). Under a steady stream of commits that is one small query every
+ * 2 ms: back to back, the probes cost 8 writers 15-20 % of their rate. */
+#define WAL_PROBE_SPACING_MS 2
+static void probe_soon(struct run *r)
+{
+	if (r->probe_out) {
+		r->probe_owed = true;
+		return;
+	}
+	uint64_t since = uv_now(r->d.loop) - r->probe_at;
+	uint64_t wait = since >= WAL_PROBE_SPACING_MS ? 0 : WAL_PROBE_SPACING_MS - since;
+	if (wait == 0) {
+		uv_timer_stop(&r->reprobe);
+		probe_log(r);
+	} else if (!uv_is_active((uv_handle_t *)&r->reprobe) ||
+	           uv_timer_get_due_in(&r->reprobe) > wait) {
+		uv_timer_start(&r->reprobe, probe_log_timer, wait, 0);
+	}
 }
 
 static void probe_log_timer(uv_timer_t *t)
@@ -746,7 +776,7 @@ static void probe_log_timer(uv_timer_t *t)
 
 static void on_wal_flushed(void *arg)
 {
-	probe_log(arg);
+	probe_soon(arg);
 }
 
 static void on_wal_state(void *arg, bool streaming, const char *why)

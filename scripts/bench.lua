@@ -123,6 +123,13 @@ local function write(path, text)
   h:close()
   assert(os.rename(path .. ".tmp", path))
 end
+local function read_file(path)
+  local h = io.open(path)
+  if not h then return "" end
+  local text = h:read("*a")
+  h:close()
+  return text
+end
 
 -- Results. A row has tide's figure and, where one matches, the PostgreSQL reference and
 -- Emmett's figure; its target is the issue's: an absolute bound, a factor of the
@@ -528,9 +535,7 @@ end
 -- steal its CPU.
 local function caught_up_rate(dir, seconds)
   for _ = 1, seconds * 100 do
-    local log = io.open(dir .. "/daemon.log")
-    local text = log and log:read("*a") or ""
-    if log then log:close() end
+    local text = read_file(dir .. "/daemon.log")
     local rate = tonumber(text:match("event=processor%.caught_up[^\n]*events_per_second=(%d+)"))
     if rate then return rate end
     sleep_ms(10)
@@ -708,6 +713,40 @@ return tide.projection {
         elapsed and n / (elapsed / 1000) or nil, "events/s", { note = note })
     end
   end
+end
+
+-- 5d. What waking a daemon costs the writers: N clients append while a daemon with one
+-- in-memory projection runs beside them, woken by the WAL stream (the default when its role
+-- may stream: the writers send no NOTIFY) or by NOTIFY (`--wake notify`: each writer sends
+-- one after its commits), in alternating slices, each with a daemon of its own.
+for _, clients in ipairs({ 8, 32 }) do
+  local url = fresh_db("bench_wake_c" .. clients)
+  local dir = fresh_dir("wake-c" .. clients)
+  write(dir .. "/count.lua", [[
+local tide = require "tide"
+local n = 0
+return tide.projection { handle = function(events) n = n + #events end }
+]])
+  local function beside(mode)
+    return function(secs)
+      local pid = start_daemon(url, dir, "--wake " .. mode)
+      for _ = 1, 200 do
+        local text = read_file(dir .. "/daemon.log")
+        if text:find("processor.started", 1, true) and text:find("event=wake.", 1, true) then break end
+        sleep_ms(10)
+      end
+      sleep_ms(300) -- the writers' first answer comes with their first appends
+      local r = driver(url, string.format("--clients %d --seconds %g --stream-pool %d", clients, secs, REF_STREAMS))
+      stop_daemon(pid)
+      return r
+    end
+  end
+  local wal, notify = alternate(beside("wal"), beside("notify"))
+  local note
+  if not read_file(dir .. "/daemon.log"):find("event=wake.", 1, true) then note = "the daemon did not start; see " .. dir end
+  record("append_wake_c" .. clients, string.format("append 1 event/call, %d clients, a daemon woken by the WAL stream beside (events/s)", clients),
+    rates(wal), "events/s", { ref = rates(notify), ref_show = commas(rates(notify)) .. " (woken by NOTIFY)", note = note })
+  results["append_wake_c" .. clients].slices = { tide = slices(wal), reference = slices(notify) }
 end
 
 -- 6. Append → handler latency on an idle daemon: events appended one by one, 5 ms apart,
