@@ -678,10 +678,11 @@ static void on_wake(const struct tide_pg_reply *reply, void *arg)
 	w->in_flight = false;
 	/* A failed wake-up is not the append's failure: consumers still find the events by
 	 * their probe. */
-	if (reply->status == 0 && w->owed && !w->unwanted)
-		send_wake(w);
-	else
+	if (reply->status || w->unwanted)
 		w->owed = false;
+	else if (w->owed && !w->asking)
+		send_wake(w);
+	/* else an answer is on its way: it decides (on_wanted) */
 }
 
 static void send_wake(struct tide_wake *w)
@@ -706,15 +707,16 @@ static void on_wanted(const struct tide_pg_reply *reply, void *arg)
 	w->unwanted = answered && PQgetvalue(reply->res, 0, 0)[0] == 'f';
 	if (!answered)
 		w->ask_at += 60000 - TIDE_WAKE_ASK_MS;
+	if (w->owed && !w->in_flight) {
+		if (w->unwanted)
+			w->owed = false;
+		else if (tide_pg_ready(w->pg))
+			send_wake(w);
+	}
 }
 
 static void ask(struct tide_pg *pg, struct tide_wake *w)
 {
-	if (w->pg != pg) { /* another connection (perhaps to another database): ask afresh */
-		w->pg = pg;
-		w->in_flight = w->owed = w->asking = w->unwanted = false;
-		w->ask_at = 0;
-	}
 	uint64_t now = uv_now(tide_pg_loop(pg));
 	if (!w->asking && now >= w->ask_at && tide_pg_ready(pg)) {
 		w->ask_at = now + TIDE_WAKE_ASK_MS;
@@ -724,16 +726,20 @@ static void ask(struct tide_pg *pg, struct tide_wake *w)
 
 void tide_wake(struct tide_pg *pg, struct tide_wake *w)
 {
-	ask(pg, w);
-	/* Until the first answer, as after a failed one, it is sent: a process that appends
-	 * once and exits (the CLI) cannot wait for the answer, and the NOTIFY must reach the
-	 * server right behind the commit, before the connection closes. */
-	if (w->unwanted)
-		return;
-	if (w->in_flight) {
-		w->owed = true;
-		return;
+	if (w->pg != pg) { /* another connection (perhaps to another database): ask afresh */
+		w->pg = pg;
+		w->in_flight = w->owed = w->asking = w->unwanted = false;
+		w->ask_at = 0;
 	}
-	if (tide_pg_ready(pg))
-		send_wake(w);
+	/* Until the first answer, as after a failed one, it is sent: a process that appends
+	 * once and exits (the CLI) cannot wait for the answer. The question goes behind the
+	 * NOTIFY, which must reach the server right behind the commit, before the connection
+	 * closes. */
+	if (!w->unwanted) {
+		if (w->in_flight)
+			w->owed = true;
+		else if (tide_pg_ready(pg))
+			send_wake(w);
+	}
+	ask(pg, w);
 }

@@ -120,14 +120,14 @@ static void on_daemons(const struct tide_pg_reply *reply, void *arg)
 	struct cli *cli = arg;
 	if (!reply->status && PQntuples(reply->res) > 0) {
 		PGresult *res = reply->res;
-		printf("\n%-28s %-20s %8s %6s %6s %5s\n", "DAEMON", "STARTED", "BEAT(s)", "UNITS",
-		       "SHARE", "HELD");
+		printf("\n%-28s %-20s %8s %6s %6s %5s %-6s\n", "DAEMON", "STARTED", "BEAT(s)",
+		       "UNITS", "SHARE", "HELD", "WAKE");
 		for (int r = 0; r < PQntuples(res); r++) {
 			char owner[128];
 			owner_shown(PQgetvalue(res, r, 0), owner, sizeof(owner));
-			printf("%-28s %-20s %8s %6s %6s %5s\n", owner, PQgetvalue(res, r, 3),
+			printf("%-28s %-20s %8s %6s %6s %5s %-6s\n", owner, PQgetvalue(res, r, 3),
 			       PQgetvalue(res, r, 4), PQgetvalue(res, r, 5), PQgetvalue(res, r, 6),
-			       PQgetvalue(res, r, 7));
+			       PQgetvalue(res, r, 7), PQgetvalue(res, r, 8));
 		}
 	}
 	if (tide_pg_exec(cli->store->pg, &tide_stmt_held_back, NULL, on_blocker, cli) != 0)

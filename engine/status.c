@@ -120,7 +120,8 @@ const struct tide_pg_stmt tide_stmt_daemons = {
         "  to_char(d.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
         "  extract(epoch FROM now() - d.heartbeat_at)::numeric(12,3), d.units, d.budget,"
         "  (SELECT count(*) FROM tide_processors p"
-        "    WHERE p.owner = d.owner AND p.lease_until >= now())"
+        "    WHERE p.owner = d.owner AND p.lease_until >= now()),"
+        "  CASE WHEN d.wakes_by_notify THEN 'notify' ELSE 'wal' END"
         " FROM tide_daemons d WHERE d.alive_until >= now() ORDER BY d.started_at, d.owner",
         0,
 };
@@ -129,11 +130,11 @@ cJSON *tide_status_daemon_json(PGresult *res, int r)
 {
 	static const char *const keys[] = {
 	        "owner", "host",  "pid", "started_at", "heartbeat_age_seconds",
-	        "units", "share", "held"};
+	        "units", "share", "held", "wake"};
 	cJSON *o = cJSON_CreateObject();
-	for (int k = 0; k < 8; k++) {
+	for (int k = 0; k < 9; k++) {
 		const char *v = PQgetvalue(res, r, k);
-		if (k == 2 || k >= 4)
+		if (k == 2 || (k >= 4 && k < 8))
 			cJSON_AddRawToObject(o, keys[k], v);
 		else
 			cJSON_AddStringToObject(o, keys[k], v);

@@ -82,6 +82,9 @@ describe("tide run: wake-ups", function()
     assert.are.equal("false", S.psql(url, "SELECT string_agg(wakes_by_notify::text, ',') FROM tide_daemons"))
     assert.are.equal("streaming", S.psql(url,
       "SELECT state FROM pg_stat_replication WHERE application_name = 'tide run: wake-up'"))
+    -- tide status says how each daemon wakes.
+    local st = S.tide("status --database " .. q(url))
+    assert.truthy(st.out:find("WAKE", 1, true) and st.out:find(" wal *\n"), st.out)
 
     local notifies = count_notifies(url, 4)
     -- A writer that sends no NOTIFY (Emmett, psql): delivered with no probe.
@@ -128,6 +131,7 @@ describe("tide run: wake-ups", function()
     assert.truthy(line:find("replication", 1, true), line)
     assert.truthy(line:find("fix=", 1, true), line)
     S.wait_for(function() return S.psql(url, "SELECT tide_wake_wanted()") == "t" end, 10, "the heartbeat")
+    assert.truthy(S.tide("status --database " .. q(url)).out:find(" notify *\n"))
 
     local notifies = count_notifies(url, 3)
     assert.are.equal(0, S.tide("append cli-1 Ping '{}' --database " .. q(url)).code)
