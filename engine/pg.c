@@ -22,9 +22,9 @@ struct request {
 	char **params;
 	int nparams;
 	tide_pg_copy_cb copy; /* tide_pg_copy: where the data of its COPY FROM STDIN comes from */
-	tide_pg_stream_cb stream; /* tide_pg_stream: where the messages of its stream go */
-	void *arg_stream;
 	void *copy_arg;
+	tide_pg_stream_cb stream; /* tide_pg_stream: where the messages of its stream go */
+	void *stream_arg;
 	bool copy_ended; /* the end of its COPY data is in libpq's buffer */
 	PGresult *res;   /* last good result */
 	int status;
@@ -530,7 +530,7 @@ static bool read_stream(struct tide_pg *pg)
 			fail_all(pg, TIDE_ECONN, PQerrorMessage(pg->conn));
 			return false;
 		}
-		rq->stream(rq->arg_stream, buf, n);
+		rq->stream(rq->stream_arg, buf, n);
 		PQfreemem(buf);
 		if (pg->closing || !pg->conn || pg->head != rq)
 			return false;
@@ -579,7 +579,7 @@ static void read_results(struct tide_pg *pg)
 			if (PQresultStatus(r) == PGRES_COPY_BOTH && pg->head->stream) {
 				PQclear(r);
 				pg->streaming = true;
-				pg->head->stream(pg->head->arg_stream, NULL, 0);
+				pg->head->stream(pg->head->stream_arg, NULL, 0);
 				continue;
 			}
 		} else {
@@ -846,7 +846,7 @@ int tide_pg_stream(struct tide_pg *pg, const char *sql, tide_pg_stream_cb on_dat
 	if (rc)
 		return rc;
 	pg->tail->stream = on_data;
-	pg->tail->arg_stream = data_arg;
+	pg->tail->stream_arg = data_arg;
 	return 0;
 }
 

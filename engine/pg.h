@@ -95,6 +95,7 @@ TIDE_MUST_CHECK int tide_pg_stream(struct tide_pg *pg, const char *sql, tide_pg_
 /* Sends a message to the server on a running stream (a standby status update). */
 TIDE_MUST_CHECK int tide_pg_stream_send(struct tide_pg *pg, const char *data, int len);
 
+/* The loop pg runs on. */
 uv_loop_t *tide_pg_loop(const struct tide_pg *pg);
 
 void tide_pg_on_notify(struct tide_pg *pg, tide_pg_notify_cb cb, void *arg);

@@ -157,6 +157,6 @@ describe("tide run: wake-ups", function()
     -- A wrong mode is refused before anything starts.
     local bad = S.tide("run " .. q(dir) .. " --wake sometimes --database " .. q(url))
     assert.are.equal(2, bad.code)
-    assert.truthy(bad.err:find("--wake wants wal or notify, got 'sometimes'", 1, true), bad.err)
+    assert.truthy(bad.err:find("wants wal or notify, got 'sometimes'", 1, true), bad.err)
   end)
 end)
