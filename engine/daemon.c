@@ -782,7 +782,9 @@ static void on_wal_flushed(void *arg)
 static void on_wal_state(void *arg, bool streaming, const char *why)
 {
 	struct run *r = arg;
+	bool was = r->wal_live;
 	r->wal_live = streaming;
+	tide_metrics_wal_stream(streaming);
 	tide_sharing_set_wakes_by_notify(r->d.sharing, !streaming);
 	if (streaming) {
 		tide_log("info", "wake.wal", "effect",
@@ -791,6 +793,13 @@ static void on_wal_state(void *arg, bool streaming, const char *why)
 		         (char *)NULL);
 		r->wal_told = false;
 		probe_log(r); /* whatever came before the stream */
+	} else if (was) {
+		tide_metrics_reconnect(TIDE_METRICS_WAL);
+		tide_log("warn", "wake.wal_lost", "error", why, "effect",
+		         "tide's writers send a NOTIFY after their commits until it is back; trying "
+		         "again",
+		         (char *)NULL);
+		r->wal_told = true;
 	} else if (!r->wal_told) {
 		tide_log("warn", "wake.no_wal", "error", why, "fallback",
 		         "tide's writers send a NOTIFY after their commits, others' appends are "

@@ -72,6 +72,7 @@ static struct registry {
 	struct histogram append[TIDE_METRICS_NSOURCES];
 	uint64_t reloads[2]; /* failed, ok */
 	uint64_t reconnects[TIDE_METRICS_NCONNS];
+	int wal_up; /* the WAL stream: 1 up, 0 down, -1 not tried (no daemon, wake = notify) */
 	struct http_series http[MAX_HTTP_SERIES];
 	int nhttp;
 	struct http_route routes[MAX_HTTP_ROUTES];
@@ -88,6 +89,7 @@ void tide_metrics_enable(void)
 	struct timeval now;
 	gettimeofday(&now, NULL);
 	m->started = (double)now.tv_sec + (double)now.tv_usec / 1e6;
+	m->wal_up = -1;
 }
 
 void tide_metrics_disable(void)
@@ -202,6 +204,12 @@ void tide_metrics_reconnect(enum tide_metrics_conn conn)
 		m->reconnects[conn]++;
 }
 
+void tide_metrics_wal_stream(bool up)
+{
+	if (m)
+		m->wal_up = up;
+}
+
 void tide_metrics_http(const char *method, const char *route, int code, uint64_t ns)
 {
 	if (!m)
@@ -288,7 +296,7 @@ static const char *const state_names[TIDE_METRICS_NSTATES] = {
         "connecting", "running", "failed", "halted", "waiting", "rebuilding", "stopping",
 };
 static const char *const source_names[TIDE_METRICS_NSOURCES] = {"http", "reactor"};
-static const char *const conn_names[TIDE_METRICS_NCONNS] = {"processor", "listen"};
+static const char *const conn_names[TIDE_METRICS_NCONNS] = {"processor", "listen", "wal"};
 
 static void source_labels_cb(FILE *f, const void *arg)
 {
@@ -415,11 +423,17 @@ static void render_daemon(FILE *f, const struct tide_metrics_db *db)
 	fprintf(f, "tide_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads[1]);
 	fprintf(f, "tide_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads[0]);
 	family(f, "tide_reconnects_total", "counter",
-	       "Database connections lost and made again: a processor's, or the daemon's LISTEN "
-	       "connection.");
+	       "Database connections lost and made again: a processor's, the daemon's LISTEN "
+	       "connection, or its WAL stream.");
 	for (int c = 0; c < TIDE_METRICS_NCONNS; c++)
 		fprintf(f, "tide_reconnects_total{connection=\"%s\"} %" PRIu64 "\n", conn_names[c],
 		        m->reconnects[c]);
+	if (m->wal_up >= 0) {
+		family(f, "tide_wal_stream_up", "gauge",
+		       "1 while the daemon streams the server's WAL, which wakes it at every commit; 0 "
+		       "while it wakes by NOTIFY and its probe instead.");
+		fprintf(f, "tide_wal_stream_up %d\n", m->wal_up);
+	}
 	if (db && db->held_back_seconds >= 0) {
 		family(f, "tide_held_back_seconds", "gauge",
 		       "How long the oldest open writing transaction on the server has held every "

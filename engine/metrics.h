@@ -39,6 +39,7 @@ enum tide_metrics_source {
 enum tide_metrics_conn {
 	TIDE_METRICS_PROCESSOR, /* a processor's */
 	TIDE_METRICS_LISTEN,    /* the daemon's LISTEN connection */
+	TIDE_METRICS_WAL,       /* the daemon's WAL stream (wal_wake.c) */
 	TIDE_METRICS_NCONNS
 };
 
@@ -90,6 +91,9 @@ void tide_metrics_appended(enum tide_metrics_source source, size_t events);
 void tide_metrics_reload(bool ok);
 
 void tide_metrics_reconnect(enum tide_metrics_conn conn);
+
+/* Whether the daemon's WAL stream runs (its wake-ups: wal_wake.h). */
+void tide_metrics_wal_stream(bool up);
 
 /* An HTTP request ended: method and route are static strings (the route's pattern, e.g.
  * "/streams/{id}"; kept as pointers), code its status, ns its time from arrival. */

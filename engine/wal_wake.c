@@ -1,11 +1,14 @@
 /* wal_wake.c — wake-ups from the WAL stream (see wal_wake.h). IDENTIFY_SYSTEM gives the
  * end of the WAL, START_REPLICATION PHYSICAL streams from there; every XLogData message
- * ('w') is one "flushed", keepalives ('k') that ask for an answer get a standby status
- * update whose positions are all zero (invalid: this is no standby, and a synchronous
- * commit never waits for it). A lost or refused stream is tried again after 1 s, doubling
- * up to 5 minutes. */
+ * ('w') is one "flushed". Keepalives ('k') that ask for an answer get a standby status
+ * update that says the WAL received so far was written, and nothing flushed or applied:
+ * a walsender waits for "written" before a server shutdown can finish (one that was never
+ * told would hold it until wal_sender_timeout), and a standby that has flushed nothing is
+ * never a candidate for synchronous replication, so no commit ever waits for this one. A
+ * lost or refused stream is tried again after 1 s, doubling up to 5 minutes. */
 #include "wal_wake.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +25,22 @@ struct tide_wal_wake {
 	uv_timer_t retry;
 	unsigned delay_ms;
 	bool streaming;
+	uint64_t received; /* the end of the WAL received so far */
 };
+
+static uint64_t get64(const char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | (unsigned char)p[i];
+	return v;
+}
+
+static void put64(char *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (char)(v & 0xff);
+}
 
 static void connect_now(struct tide_wal_wake *w);
 
@@ -53,10 +71,16 @@ static void on_data(void *arg, const char *data, int len)
 		w->o.state(w->o.arg, true, NULL);
 		return;
 	}
-	if (data[0] == 'w') {
+	if (data[0] == 'w' && len >= 25) {
+		/* 'w', the data's start, the server's end of WAL, its clock, then the data */
+		uint64_t end = get64(data + 1) + (uint64_t)(len - 25);
+		if (end > w->received)
+			w->received = end;
 		w->o.flushed(w->o.arg);
 	} else if (data[0] == 'k' && len >= 18 && data[17]) {
+		/* 'r', written, flushed, applied, the client's clock (left 0), reply wanted */
 		char reply[STATUS_UPDATE] = {'r'};
+		put64(reply + 1, w->received);
 		if (tide_pg_stream_send(w->pg, reply, sizeof(reply)) != 0)
 			return; /* the connection's failure ends the stream: on_stream_end */
 	}
@@ -78,9 +102,15 @@ static void on_identified(const struct tide_pg_reply *reply, void *arg)
 		lost(w, reply->err ? reply->err : "IDENTIFY_SYSTEM gave no WAL position");
 		return;
 	}
+	const char *at = PQgetvalue(reply->res, 0, 2); /* the end of the WAL: "HI/LO" in hex */
+	unsigned hi, lo;
+	if (sscanf(at, "%X/%X", &hi, &lo) != 2) {
+		lost(w, "IDENTIFY_SYSTEM gave no WAL position");
+		return;
+	}
+	w->received = (uint64_t)hi << 32 | lo;
 	char cmd[96];
-	snprintf(cmd, sizeof(cmd), "START_REPLICATION PHYSICAL %.40s",
-	         PQgetvalue(reply->res, 0, 2));
+	snprintf(cmd, sizeof(cmd), "START_REPLICATION PHYSICAL %X/%X", hi, lo);
 	if (tide_pg_stream(w->pg, cmd, on_data, w, on_stream_end, w) != 0)
 		lost(w, tide_pg_error(w->pg));
 }

@@ -56,6 +56,17 @@ end
 
 function D.scalar(url, sql) return tonumber(S.psql(url, sql)) end
 
+-- Appends one event to a new stream the way Emmett (or psql) does: no NOTIFY from the writer.
+function D.foreign_append(url, stream)
+  S.psql(url, string.format([[
+    INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata)
+    VALUES ('%s', 1, 'emt:default', 'emmett', '{}');
+    INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata,
+      message_schema_version, message_type, message_id, transaction_id)
+    VALUES ('%s', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]],
+    stream, stream))
+end
+
 -- The rows of a table, or nil while it does not exist (a processor creates it).
 function D.count(url, table_)
   local ok, n = pcall(S.psql, url, "SELECT count(*) FROM " .. table_)

@@ -64,16 +64,7 @@ describe("tide run", function()
     assert.are.equal(55000, scalar(url, "SELECT sum(events) FROM totals"))
   end)
 
-  -- Rows inserted the way Emmett (or psql) appends: no NOTIFY from the writer.
-  local function foreign_append(stream)
-    S.psql(url, string.format([[
-      INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata)
-      VALUES ('%s', 1, 'emt:default', 'emmett', '{}');
-      INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata,
-        message_schema_version, message_type, message_id, transaction_id)
-      VALUES ('%s', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]],
-      stream, stream))
-  end
+  local function foreign_append(stream) D.foreign_append(url, stream) end
   -- Without the WAL stream (wal_wake_spec.lua), which would deliver every one of these.
   local NO_POLL = "--poll-ms 600000 --probe-ms 600000 --wake notify"
 

@@ -160,6 +160,8 @@ describe("GET /metrics", function()
     assert.are.equal(1, m['tide_append_duration_seconds_count{source="reactor"}'])
     assert.are.equal(0, m['tide_held_back_seconds'])
     assert.are.equal(0, m['tide_reconnects_total{connection="processor"}'])
+    assert.are.equal(0, m['tide_reconnects_total{connection="wal"}'])
+    assert.are.equal(1, m['tide_wal_stream_up']) -- it wakes by the WAL stream
     -- HTTP requests by route pattern and status code.
     assert.are.equal(2, m['tide_http_requests_total{method="POST",route="/streams/{id}",code="200"}'])
     assert.are.equal(1, m['tide_http_requests_total{method="POST",route="/streams/{id}",code="409"}'])

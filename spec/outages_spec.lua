@@ -133,6 +133,11 @@ describe("tide under a PostgreSQL outage", function()
       assert.are.equal(0, r.code, r.err)
     end)
     assert.truthy(log:find("connection.lost", 1, true), "the daemon never noticed")
+    -- Its WAL stream did not hold the shutdown back (it says what it received), and came
+    -- back with the server.
+    assert.truthy(log:find("event=wake.wal_lost", 1, true), log)
+    local _, streamed = log:gsub("event=wake%.wal ", "")
+    assert.is_true(streamed >= 2, log)
   end)
 
   it("loses and doubles nothing across pg_ctl restart -m immediate (as after a crash)", function()

@@ -13,16 +13,7 @@ local start, read, stop, scalar = D.start, D.read, D.stop, D.scalar
 
 local NO_POLL = "--poll-ms 600000 --probe-ms 600000"
 
--- Rows inserted the way Emmett (or psql) appends: no NOTIFY from the writer.
-local function foreign_append(url, stream)
-  S.psql(url, string.format([[
-    INSERT INTO emt_streams (stream_id, stream_position, partition, stream_type, stream_metadata)
-    VALUES ('%s', 1, 'emt:default', 'emmett', '{}');
-    INSERT INTO emt_messages (stream_id, stream_position, partition, message_data, message_metadata,
-      message_schema_version, message_type, message_id, transaction_id)
-    VALUES ('%s', 1, 'emt:default', '{"by":1}', '{}', '1', 'Written', gen_random_uuid()::text, pg_current_xact_id())]],
-    stream, stream))
-end
+local foreign_append = D.foreign_append
 
 -- A session that LISTENs on tide_messages for `seconds` in the background; the function it
 -- returns waits for the end and gives how many NOTIFYs arrived meanwhile.
