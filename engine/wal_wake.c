@@ -24,7 +24,6 @@ struct tide_wal_wake {
 	struct tide_pg *pg;
 	uv_timer_t retry;
 	unsigned delay_ms;
-	bool streaming;
 	uint64_t received; /* the end of the WAL received so far */
 };
 
@@ -56,7 +55,6 @@ static void lost(struct tide_wal_wake *w, const char *why)
 	snprintf(msg, sizeof(msg), "%s", why && *why ? why : "the server ended the stream");
 	tide_pg_close(w->pg);
 	w->pg = NULL;
-	w->streaming = false;
 	uv_timer_start(&w->retry, on_retry, w->delay_ms, 0);
 	w->delay_ms = w->delay_ms * 2 < RETRY_MAX_MS ? w->delay_ms * 2 : RETRY_MAX_MS;
 	w->o.state(w->o.arg, false, msg);
@@ -66,7 +64,6 @@ static void on_data(void *arg, const char *data, int len)
 {
 	struct tide_wal_wake *w = arg;
 	if (!data) {
-		w->streaming = true;
 		w->delay_ms = RETRY_FIRST_MS;
 		w->o.state(w->o.arg, true, NULL);
 		return;
