@@ -150,17 +150,28 @@ static void set_error(struct tide_pg *pg, const char *msg)
 	tide_pg_redact(pg, msg, pg->error, sizeof(pg->error));
 }
 
+/* Gives up the socket's watch for good. It must go before anything else can open a socket:
+ * libpq closes a lost connection's socket itself, a new connection gets the same number,
+ * and libuv, told later to stop watching that number, would stop watching the new one
+ * (the kernel's registration is by number) — that connection would never be heard from
+ * again. So a lost connection drops its watch before any callback runs. */
+static void unwatch(struct tide_pg *pg)
+{
+	if (pg->poll) {
+		uv_poll_stop(pg->poll);
+		uv_close((uv_handle_t *)pg->poll, handle_closed);
+		pg->poll = NULL;
+	}
+	pg->poll_events = 0;
+}
+
 static int watch(struct tide_pg *pg, int events)
 {
 	int fd = PQsocket(pg->conn);
 	if (fd < 0)
 		return TIDE_ECONN;
-	if (pg->poll && fd != pg->fd) {
-		/* libpq moved to another socket (next host, or SSL retry): watch the new one. */
-		uv_poll_stop(pg->poll);
-		uv_close((uv_handle_t *)pg->poll, handle_closed);
-		pg->poll = NULL;
-	}
+	if (pg->poll && fd != pg->fd)
+		unwatch(pg); /* libpq moved to another socket (next host, or SSL retry) */
 	if (!pg->poll) {
 		pg->poll = malloc(sizeof(*pg->poll));
 		if (!pg->poll)
@@ -188,9 +199,7 @@ static void finish_connect(struct tide_pg *pg, int status, const char *msg)
 	uv_timer_stop(&pg->timer);
 	if (status != 0) {
 		set_error(pg, msg);
-		if (pg->poll)
-			uv_poll_stop(pg->poll);
-		pg->poll_events = 0;
+		unwatch(pg);
 	} else {
 		pg->connected = true;
 	}
@@ -356,6 +365,8 @@ static void complete(struct tide_pg *pg)
 			if (pg->stmts[i] == rq->prepared)
 				pg->stmts[i] = pg->stmts[--pg->nstmts];
 	}
+	if (pg->conn && PQstatus(pg->conn) == CONNECTION_BAD)
+		unwatch(pg); /* before the callback, which may open a connection */
 	if (rq->cb)
 		rq->cb(&reply, rq->arg);
 	PQclear(rq->res);
@@ -372,6 +383,7 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 	pg->failing = false;
 	pg->copying = false;
 	pg->streaming = false;
+	unwatch(pg);
 	while (pg->head) {
 		struct request *rq = pg->head;
 		if (!rq->status) {
@@ -387,10 +399,6 @@ static void fail_all(struct tide_pg *pg, int status, const char *msg)
 		pg->cached[i].sql = NULL;
 	}
 	pg->ncached = 0;
-	if (pg->poll && !pg->closing && pg->poll_events) {
-		uv_poll_stop(pg->poll);
-		pg->poll_events = 0;
-	}
 	/* A listener has no request in flight to learn it from: tell it. */
 	if (was_connected && status == TIDE_ECONN && !pg->closing && pg->notify_cb)
 		pg->notify_cb(NULL, NULL, pg->notify_arg);
@@ -671,10 +679,7 @@ static void fail_later(struct tide_pg *pg, int status, const char *msg)
 		return;
 	pg->failing = true;
 	pg->fail_status = status;
-	if (pg->poll && pg->poll_events) {
-		uv_poll_stop(pg->poll);
-		pg->poll_events = 0;
-	}
+	unwatch(pg);
 	uv_timer_start(&pg->timer, on_timer, 0, 0);
 }
 
@@ -880,11 +885,7 @@ void tide_pg_close(struct tide_pg *pg)
 	fail_all(pg, TIDE_ECLOSED, "the connection was closed");
 	pg->closing = true;
 	pg->ready_cb = NULL;
-	if (pg->poll) {
-		uv_poll_stop(pg->poll);
-		uv_close((uv_handle_t *)pg->poll, handle_closed);
-		pg->poll = NULL;
-	}
+	unwatch(pg);
 	if (pg->conn) {
 		PQfinish(pg->conn);
 		pg->conn = NULL;
