@@ -694,8 +694,7 @@ static void send_wake(struct tide_wake *w)
 /* Whether a daemon needs the NOTIFY (sql/0018). A database without the function (an older
  * schema) or a role that may not read tide_daemons gets them all, and is asked again only a
  * minute later, not to fill the server's log with the same error. */
-static const struct tide_pg_stmt stmt_wanted = {"tide_wake_wanted", "SELECT tide_wake_wanted()",
-                                                0};
+static const struct tide_pg_stmt stmt_wanted = {"tide_wake_wanted", "SELECT tide_wake_wanted()", 0};
 
 static void on_wanted(const struct tide_pg_reply *reply, void *arg)
 {

@@ -707,8 +707,7 @@ static void on_log_probe_reply(const struct tide_pg_reply *reply, void *arg)
 	if (moved || r->seq_moved)
 		r->pending_xmax = xmax;
 	/* The first probe has nothing to compare with: it wakes them once to be sure. */
-	if (!r->probed || moved ||
-	    (xmin != r->probe_xmin && r->probe_xmin < r->pending_xmax))
+	if (!r->probed || moved || (xmin != r->probe_xmin && r->probe_xmin < r->pending_xmax))
 		wake_all(r);
 	r->probed = true;
 	r->seq_moved = moved;
@@ -788,24 +787,24 @@ static void on_wal_state(void *arg, bool streaming, const char *why)
 	tide_sharing_set_wakes_by_notify(r->d.sharing, !streaming);
 	if (streaming) {
 		tide_log("info", "wake.wal", "effect",
-		         "every commit wakes the processors; tide's writers need send no NOTIFY for "
-		         "this daemon",
+		         "every commit wakes the processors; writers need send no NOTIFY for it",
 		         (char *)NULL);
 		r->wal_told = false;
 		probe_log(r); /* whatever came before the stream */
 	} else if (was) {
 		tide_metrics_reconnect(TIDE_METRICS_WAL);
 		tide_log("warn", "wake.wal_lost", "error", why, "effect",
-		         "tide's writers send a NOTIFY after their commits until it is back; trying "
-		         "again",
+		         "tide's writers send a NOTIFY until it is back; trying again",
 		         (char *)NULL);
 		r->wal_told = true;
 	} else if (!r->wal_told) {
 		tide_log("warn", "wake.no_wal", "error", why, "fallback",
 		         "tide's writers send a NOTIFY after their commits, others' appends are "
 		         "found by the probe",
-		         "fix", "grant the role REPLICATION (and let pg_hba.conf admit its replication "
-		         "connections), or set wake = \"notify\" to silence this", (char *)NULL);
+		         "fix",
+		         "grant the role REPLICATION (and let pg_hba.conf admit its replication "
+		         "connections), or set wake = \"notify\" to silence this",
+		         (char *)NULL);
 		r->wal_told = true;
 	}
 }

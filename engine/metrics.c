@@ -430,8 +430,8 @@ static void render_daemon(FILE *f, const struct tide_metrics_db *db)
 		        m->reconnects[c]);
 	if (m->wal_up >= 0) {
 		family(f, "tide_wal_stream_up", "gauge",
-		       "1 while the daemon streams the server's WAL, which wakes it at every commit; 0 "
-		       "while it wakes by NOTIFY and its probe instead.");
+		       "1 while the daemon streams the server's WAL, which wakes it at every "
+		       "commit; 0 while it wakes by NOTIFY and its probe instead.");
 		fprintf(f, "tide_wal_stream_up %d\n", m->wal_up);
 	}
 	if (db && db->held_back_seconds >= 0) {

@@ -53,9 +53,9 @@ struct tide_pg {
 	uv_timer_t timer; /* connect timeout, deferred start-up and send failures */
 	int open_handles;
 	bool connected, closing, script_sent;
-	bool copying; /* the head request is sending COPY data (until its end is flushed) */
+	bool copying;   /* the head request is sending COPY data (until its end is flushed) */
 	bool streaming; /* the head request (tide_pg_stream) is receiving its stream */
-	bool failing; /* a send failed: the requests fail on the next loop turn */
+	bool failing;   /* a send failed: the requests fail on the next loop turn */
 	int fail_status;
 	tide_pg_ready_cb ready_cb;
 	void *ready_arg;

@@ -37,8 +37,8 @@ typedef void (*tide_pg_ready_cb)(struct tide_pg *pg, int status, const char *err
 typedef void (*tide_pg_notify_cb)(const char *channel, const char *payload, void *arg);
 
 enum tide_pg_mode {
-	TIDE_PG_PIPELINE, /* prepared statements, many in flight */
-	TIDE_PG_SIMPLE,   /* multi-statement scripts, statements, COPY: one at a time */
+	TIDE_PG_PIPELINE,    /* prepared statements, many in flight */
+	TIDE_PG_SIMPLE,      /* multi-statement scripts, statements, COPY: one at a time */
 	TIDE_PG_REPLICATION, /* as simple, on a physical replication connection: replication
 	                      * commands (tide_pg_script) and a WAL stream (tide_pg_stream) */
 };

@@ -129,7 +129,7 @@ const struct tide_pg_stmt tide_stmt_daemons = {
 cJSON *tide_status_daemon_json(PGresult *res, int r)
 {
 	static const char *const keys[] = {
-	        "owner", "host",  "pid", "started_at", "heartbeat_age_seconds",
+	        "owner", "host",  "pid",  "started_at", "heartbeat_age_seconds",
 	        "units", "share", "held", "wake"};
 	cJSON *o = cJSON_CreateObject();
 	for (int k = 0; k < 9; k++) {

@@ -16,7 +16,7 @@ struct tide_wal_wake;
 
 struct tide_wal_wake_opts {
 	uv_loop_t *loop;
-	const char *url; /* not copied: outlives the object */
+	const char *url;            /* not copied: outlives the object */
 	void (*flushed)(void *arg); /* WAL arrived: something was committed */
 	/* The stream began (why NULL) or stopped or could not begin (why says what failed). */
 	void (*state)(void *arg, bool streaming, const char *why);

@@ -19,14 +19,13 @@ local foreign_append = D.foreign_append
 -- returns waits for the end and gives how many NOTIFYs arrived meanwhile.
 local function count_notifies(url, seconds)
   local out = S.tmpname(".listen")
-  os.execute(string.format("psql -qAtX %s -c 'LISTEN tide_messages' -c 'SELECT pg_sleep(%g)' >%s 2>&1 &",
-    q(url), seconds, q(out)))
+  local pid = S.sh(string.format("psql -qAtX %s -c 'LISTEN tide_messages' -c 'SELECT pg_sleep(%g)' >%s 2>&1 & echo $!",
+    q(url), seconds, q(out))).out:match("%d+")
   S.wait_for(function()
     return S.psql(url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'") == "1"
   end, 10, "the listening session")
   return function()
-    S.wait_for(function() return read(out):find("pg_sleep", 1, true) == nil and read(out):find("\n") end,
-      seconds + 10, "the listening session to end")
+    S.wait_for(function() return not D.alive(pid) end, seconds + 10, "the listening session to end")
     local _, n = read(out):gsub("Asynchronous notification \"tide_messages\"", "")
     os.remove(out)
     return n
