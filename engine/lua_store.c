@@ -425,6 +425,68 @@ static int stream_with_nul(lua_State *L, const char *stream, size_t len)
 	return tide_lua_push_error(L, "invalid", err);
 }
 
+/* A stream read built into Lua as its rows arrive, while the server sends the rest. Each
+ * event is pushed by a closure run under lua_pcall (a memory error must not unwind through
+ * the loop that delivers the rows) whose upvalues are what the events share
+ * (tide_lua_messages_begin's values, at 1 + F_*) and, last, the events table. */
+enum { EVENTS_UPVALUE = F_MARKERS + 3 + 1 };
+
+struct read_into {
+	struct wait w;
+	int closure; /* its stack index in l_read */
+	struct tide_lua_messages ms;
+	const struct tide_message *m; /* the one to push */
+	int count;
+	bool undecodable;
+};
+
+static int push_arriving(lua_State *L)
+{
+	struct read_into *ri = lua_touserdata(L, 1);
+	luaL_checkstack(L, EVENTS_UPVALUE + 12, "too many values on the stack");
+	for (int i = 1; i < EVENTS_UPVALUE; i++)
+		lua_pushvalue(L, lua_upvalueindex(i));
+	ri->ms.base = 2;
+	ri->undecodable = !tide_lua_messages_push(L, &ri->ms, ri->m);
+	lua_rawseti(L, lua_upvalueindex(EVENTS_UPVALUE), ++ri->count);
+	/* the strings push_repeated may have replaced stay for the next event */
+	for (int f = F_LAST_STREAM; f <= F_LAST_PART; f++) {
+		lua_pushvalue(L, ri->ms.base + f);
+		lua_replace(L, lua_upvalueindex(1 + f));
+	}
+	return 0;
+}
+
+static void on_arrived(const struct tide_message *m, void *arg)
+{
+	struct read_into *ri = arg;
+	lua_State *L = ri->w.L;
+	if (ri->w.status)
+		return; /* failed already: the rest is dropped */
+	ri->m = m;
+	lua_pushvalue(L, ri->closure);
+	lua_pushlightuserdata(L, ri);
+	if (lua_pcall(L, 1, 0, 0) != 0) {
+		ri->w.status = TIDE_ENOMEM;
+		snprintf(ri->w.err, sizeof(ri->w.err), "cannot read the events into Lua: %s",
+		         lua_tostring(L, -1));
+		lua_pop(L, 1);
+	} else if (ri->undecodable) {
+		cannot_decode(&ri->w, m);
+	}
+}
+
+static void on_read_end(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	(void)r;
+	struct wait *w = arg;
+	w->done = true;
+	if (!w->status && status) {
+		w->status = status;
+		snprintf(w->err, sizeof(w->err), "%s", err);
+	}
+}
+
 /* store:read(stream, { from, to, max, backward }) → events | nil, err */
 static int l_read(lua_State *L)
 {
@@ -446,12 +508,20 @@ static int l_read(lua_State *L)
 	}
 	if (strlen(stream) != stream_len)
 		return stream_with_nul(L, stream, stream_len);
-	struct wait w = {.L = L};
-	int rc = tide_store_read_stream(s->store, stream, &o, on_read, &w);
+	struct read_into ri = {.w = {.L = L}};
+	tide_lua_messages_begin(L, &ri.ms, false);
+	lua_newtable(L);
+	lua_pushcclosure(L, push_arriving, EVENTS_UPVALUE);
+	ri.closure = lua_gettop(L);
+	luaL_checkstack(L, 8, "too many values on the stack");
+	int rc = tide_store_read_stream_each(s->store, stream, &o, on_arrived, on_read_end, &ri);
 	if (rc)
 		return tide_lua_push_error(L, kind_of(rc), tide_store_error(s->store));
-	run_until(s, &w.done);
-	return finish(L, &w);
+	run_until(s, &ri.w.done);
+	if (ri.w.status)
+		return tide_lua_push_error(L, kind_of(ri.w.status), ri.w.err);
+	lua_getupvalue(L, ri.closure, EVENTS_UPVALUE);
+	return 1;
 }
 
 static void on_end(int status, const char *err, void *arg);

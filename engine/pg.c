@@ -25,8 +25,10 @@ struct request {
 	void *copy_arg;
 	tide_pg_stream_cb stream; /* tide_pg_stream: where the messages of its stream go */
 	void *stream_arg;
-	bool copy_ended; /* the end of its COPY data is in libpq's buffer */
-	PGresult *res;   /* last good result */
+	tide_pg_rows_cb rows; /* tide_pg_exec_rows: where its rows go as they arrive */
+	bool single_row;      /* libpq hands them on one at a time (PQsetSingleRowMode took) */
+	bool copy_ended;      /* the end of its COPY data is in libpq's buffer */
+	PGresult *res;        /* last good result */
 	int status;
 	char err[512];
 	char sqlstate[6];
@@ -513,7 +515,14 @@ static void take_result(struct request *rq, PGresult *r, struct tide_pg *pg)
 		PQclear(r);
 		break;
 	case PGRES_PIPELINE_ABORTED: PQclear(r); break;
+	case PGRES_SINGLE_TUPLE:
+		if (rq->rows && !rq->status)
+			rq->rows(r, rq->arg);
+		PQclear(r);
+		break;
 	default:
+		if (rq->rows && !rq->status && PQntuples(r) > 0)
+			rq->rows(r, rq->arg); /* all at once: single-row mode did not take */
 		PQclear(rq->res);
 		rq->res = r;
 		break;
@@ -545,6 +554,18 @@ static bool read_stream(struct tide_pg *pg)
 	}
 }
 
+/* When the head request wants its rows as they arrive and its query is the command libpq
+ * is now reading the results of, asks libpq for them one by one. libpq takes that only for
+ * the current command and before any of its results: it refuses (harmlessly) while the
+ * request's own PREPARE or an earlier request is still being read, so this is tried again
+ * before each result. */
+static void single_row(struct tide_pg *pg)
+{
+	struct request *rq = pg->head;
+	if (rq && rq->rows && !rq->single_row && !rq->awaits_parse)
+		rq->single_row = PQsetSingleRowMode(pg->conn) == 1;
+}
+
 static void read_results(struct tide_pg *pg)
 {
 	if (!PQconsumeInput(pg->conn)) {
@@ -560,6 +581,7 @@ static void read_results(struct tide_pg *pg)
 				break;
 			continue;
 		}
+		single_row(pg);
 		if (PQisBusy(pg->conn))
 			break;
 		PGresult *r = PQgetResult(pg->conn);
@@ -712,12 +734,13 @@ static bool is_prepared(struct tide_pg *pg, const struct tide_pg_stmt *stmt)
 }
 
 static int exec_stmt(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
-                     int result_format, tide_pg_reply_cb cb, void *arg)
+                     int result_format, tide_pg_rows_cb rows, tide_pg_reply_cb cb, void *arg)
 {
 	int rc;
 	struct request *rq = pipeline_request(pg, cb, arg, &rc);
 	if (!rq)
 		return rc;
+	rq->rows = rows;
 	bool ok = true;
 	if (!is_prepared(pg, stmt)) {
 		ok = PQsendPrepare(pg->conn, stmt->name, stmt->sql, stmt->nparams, NULL);
@@ -730,19 +753,29 @@ static int exec_stmt(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const 
 	/* libpq copies the parameters into its output buffer here. */
 	ok = ok && PQsendQueryPrepared(pg->conn, stmt->name, stmt->nparams, values, NULL, NULL,
 	                               result_format);
-	return sent(pg, ok);
+	rc = sent(pg, ok);
+	if (pg->connected)
+		single_row(pg); /* nothing else on the wire: the query is libpq's current command */
+	return rc;
 }
 
 int tide_pg_exec(struct tide_pg *pg, const struct tide_pg_stmt *stmt, const char *const *values,
                  tide_pg_reply_cb cb, void *arg)
 {
-	return exec_stmt(pg, stmt, values, 0, cb, arg);
+	return exec_stmt(pg, stmt, values, 0, NULL, cb, arg);
 }
 
 int tide_pg_exec_binary(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
                         const char *const *values, tide_pg_reply_cb cb, void *arg)
 {
-	return exec_stmt(pg, stmt, values, 1, cb, arg);
+	return exec_stmt(pg, stmt, values, 1, NULL, cb, arg);
+}
+
+int tide_pg_exec_rows(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
+                      const char *const *values, tide_pg_rows_cb rows, tide_pg_reply_cb cb,
+                      void *arg)
+{
+	return exec_stmt(pg, stmt, values, 1, rows, cb, arg);
 }
 
 int tide_pg_exec_sql(struct tide_pg *pg, const char *sql, int nparams, const char *const *values,

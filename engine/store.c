@@ -452,11 +452,24 @@ struct read_columns {
 static const struct read_columns stream_read_columns = {-1, 0, 1, -1, 2, 3, 4, 5, 6, -1, 7};
 static const struct read_columns global_read_columns = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
 
+/* Most events of a read share their day: its text is made once. */
+struct date_cache {
+	int64_t day;
+	size_t len;
+	char text[16];
+};
+
 /* A read in flight; the rows of a stream read all have its stream and partition, kept
  * here. */
 struct read_call {
 	struct call c;
 	char partition[TIDE_MAX_PARTITION_BYTES + 1]; /* the store's, when it was sent */
+	/* tide_store_read_stream_each: where the messages go, how many went, whether one
+	 * could not be read, and the day of the last one */
+	tide_read_each_cb each;
+	size_t handed_on;
+	bool bad_jsonb;
+	struct date_cache dates;
 	char stream[];
 };
 
@@ -590,13 +603,6 @@ static bool infinite(int64_t us)
 /* The text of `created`: "2026-01-31T12:34:56.123456Z" (at most 30 bytes with the NUL). */
 #define CREATED_BYTES 32
 
-/* Most events of a read share their day: its text is made once. */
-struct date_cache {
-	int64_t day;
-	size_t len;
-	char text[16];
-};
-
 static void format_created(struct date_cache *dc, int64_t us, char *buf)
 {
 	if (infinite(us)) {
@@ -610,6 +616,49 @@ static void format_created(struct date_cache *dc, int64_t us, char *buf)
 	}
 	memcpy(buf, dc->text, dc->len);
 	format_time(t, buf + dc->len);
+}
+
+/* Row i of a read as a message (its created text written to created_text, CREATED_BYTES);
+ * false for the marker row of a filtered global read, which only moves *at. *ok turns
+ * false when a jsonb value is in a format this code cannot read. */
+static bool message_at(const PGresult *res, int i, const struct read_columns *col,
+                       const struct read_call *rc, struct date_cache *dates, char *created_text,
+                       struct tide_message *e, struct tide_cursor *at, bool *ok)
+{
+	at->transaction_id = col->transaction_id >= 0 ? binary_u64(res, i, col->transaction_id) : 0;
+	at->global_position = (int64_t)binary_u64(res, i, col->global_position);
+	if (col->stream_id >= 0 && PQgetisnull(res, i, col->stream_id))
+		return false;
+	e->stream_id = col->stream_id >= 0 ? PQgetvalue(res, i, col->stream_id) : rc->stream;
+	e->stream_position = (int64_t)binary_u64(res, i, col->stream_position);
+	e->global_position = at->global_position;
+	e->transaction_id = at->transaction_id;
+	e->type = PQgetvalue(res, i, col->type);
+	e->data = binary_jsonb(res, i, col->data, ok);
+	e->metadata = binary_jsonb(res, i, col->metadata, ok);
+	e->message_id = PQgetvalue(res, i, col->message_id);
+	e->partition = col->partition >= 0 ? PQgetvalue(res, i, col->partition) : rc->partition;
+	e->schema_version = PQgetvalue(res, i, col->schema_version);
+	e->created = created_text;
+	if (PQgetisnull(res, i, col->created))
+		created_text[0] = '\0';
+	else
+		format_created(dates, (int64_t)binary_u64(res, i, col->created), created_text);
+	return true;
+}
+
+static const char BAD_JSONB[] = "the server sent jsonb in a format this tide cannot read";
+
+/* A stream read that found nothing asks whether the stream is archived; true when that
+ * went out (the answer ends the read). */
+static bool ask_archived(struct read_call *rc)
+{
+	const char *v[2] = {rc->stream, rc->partition};
+	if (tide_pg_exec(rc->c.store->pg, &tide_stmt_stream_version, v, on_archived, rc) == 0)
+		return true;
+	rc->c.cb.read(TIDE_ECONN, tide_pg_error(rc->c.store->pg), NULL, rc->c.arg);
+	free(rc);
+	return false;
 }
 
 static void on_read(const struct tide_pg_reply *reply, void *arg)
@@ -627,11 +676,7 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	struct tide_read_result r = {.next = c->after};
 	int rows = PQntuples(res);
 	if (rows == 0 && !c->global) {
-		const char *v[2] = {rc->stream, rc->partition};
-		if (tide_pg_exec(c->store->pg, &tide_stmt_stream_version, v, on_archived, rc) == 0)
-			return;
-		c->cb.read(TIDE_ECONN, tide_pg_error(c->store->pg), NULL, c->arg);
-		free(rc);
+		(void)ask_archived(rc);
 		return;
 	}
 	/* The messages, then the text of their time stamps. */
@@ -646,32 +691,11 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	bool ok = true;
 	struct date_cache dates = {0};
 	for (int i = 0; i < rows; i++) {
-		struct tide_cursor at = {0, (int64_t)binary_u64(res, i, col->global_position)};
-		if (col->transaction_id >= 0)
-			at.transaction_id = binary_u64(res, i, col->transaction_id);
+		struct tide_cursor at;
+		if (message_at(res, i, col, rc, &dates, created + (size_t)count * CREATED_BYTES,
+		               &m[count], &at, &ok))
+			count++;
 		r.next = at;
-		if (col->stream_id >= 0 && PQgetisnull(res, i, col->stream_id))
-			continue; /* the marker of a filtered read */
-		struct tide_message *e = &m[count];
-		e->stream_id =
-		        col->stream_id >= 0 ? PQgetvalue(res, i, col->stream_id) : rc->stream;
-		e->stream_position = (int64_t)binary_u64(res, i, col->stream_position);
-		e->global_position = at.global_position;
-		e->transaction_id = at.transaction_id;
-		e->type = PQgetvalue(res, i, col->type);
-		e->data = binary_jsonb(res, i, col->data, &ok);
-		e->metadata = binary_jsonb(res, i, col->metadata, &ok);
-		e->message_id = PQgetvalue(res, i, col->message_id);
-		e->partition =
-		        col->partition >= 0 ? PQgetvalue(res, i, col->partition) : rc->partition;
-		e->schema_version = PQgetvalue(res, i, col->schema_version);
-		char *at_text = created + (size_t)count * CREATED_BYTES;
-		e->created = at_text;
-		if (PQgetisnull(res, i, col->created))
-			at_text[0] = '\0';
-		else
-			format_created(&dates, (int64_t)binary_u64(res, i, col->created), at_text);
-		count++;
 	}
 	if (!c->global)
 		r.next = c->after; /* only the global read has a cursor */
@@ -680,9 +704,45 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	if (ok)
 		c->cb.read(0, NULL, &r, c->arg);
 	else
-		c->cb.read(TIDE_EDB, "the server sent jsonb in a format this tide cannot read",
-		           NULL, c->arg);
+		c->cb.read(TIDE_EDB, BAD_JSONB, NULL, c->arg);
 	free(m);
+	free(rc);
+}
+
+/* The rows of a read_stream_each as they arrive. */
+static void on_each_rows(const PGresult *res, void *arg)
+{
+	struct read_call *rc = arg;
+	for (int i = 0, n = PQntuples(res); i < n && !rc->bad_jsonb; i++) {
+		char created[CREATED_BYTES];
+		struct tide_message m;
+		struct tide_cursor at;
+		bool ok = true;
+		(void)message_at(res, i, &stream_read_columns, rc, &rc->dates, created, &m, &at,
+		                 &ok);
+		rc->bad_jsonb = !ok;
+		if (ok) {
+			rc->each(&m, rc->c.arg);
+			rc->handed_on++;
+		}
+	}
+}
+
+static void on_each_end(const struct tide_pg_reply *reply, void *arg)
+{
+	struct read_call *rc = arg;
+	struct call *c = &rc->c;
+	char buf[640];
+	struct tide_read_result r = {.next = c->after};
+	if (reply->status)
+		c->cb.read(reply->status, tide_pg_explain(reply, buf, sizeof(buf)), NULL, c->arg);
+	else if (rc->bad_jsonb)
+		c->cb.read(TIDE_EDB, BAD_JSONB, NULL, c->arg);
+	else if (rc->handed_on == 0) {
+		(void)ask_archived(rc);
+		return;
+	} else
+		c->cb.read(0, NULL, &r, c->arg);
 	free(rc);
 }
 
@@ -707,7 +767,9 @@ static struct read_call *new_read(struct tide_store *store, const char *stream, 
 static int send_read(struct tide_store *store, const struct tide_pg_stmt *stmt,
                      const char *const *values, struct read_call *rc)
 {
-	int err = tide_pg_exec_binary(store->pg, stmt, values, on_read, rc);
+	int err =
+	        rc->each ? tide_pg_exec_rows(store->pg, stmt, values, on_each_rows, on_each_end, rc)
+	                 : tide_pg_exec_binary(store->pg, stmt, values, on_read, rc);
 	if (err) {
 		free(rc);
 		return fail(store, err, "cannot send the read: %s", tide_pg_error(store->pg));
@@ -715,8 +777,9 @@ static int send_read(struct tide_store *store, const struct tide_pg_stmt *stmt,
 	return 0;
 }
 
-int tide_store_read_stream(struct tide_store *store, const char *stream,
-                           const struct tide_read_opts *opts, tide_read_cb cb, void *arg)
+static int read_stream(struct tide_store *store, const char *stream,
+                       const struct tide_read_opts *opts, tide_read_each_cb each, tide_read_cb cb,
+                       void *arg)
 {
 	static const struct tide_read_opts all = {0};
 	if (!opts)
@@ -731,6 +794,7 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 	struct read_call *rc = new_read(store, stream, cb, arg);
 	if (!rc)
 		return fail(store, TIDE_ENOMEM, "out of memory");
+	rc->each = each;
 	char from[24], to[24], max[24];
 	snprintf(from, sizeof(from), "%" PRId64, opts->from > 0 ? opts->from : 1);
 	snprintf(to, sizeof(to), "%" PRId64, opts->to > 0 ? opts->to : INT64_MAX);
@@ -738,6 +802,21 @@ int tide_store_read_stream(struct tide_store *store, const char *stream,
 	const char *values[5] = {stream, from, to, opts->max > 0 ? max : NULL, store->partition};
 	return send_read(store, opts->backward ? &stmt_read_backward : &stmt_read_forward, values,
 	                 rc);
+}
+
+int tide_store_read_stream(struct tide_store *store, const char *stream,
+                           const struct tide_read_opts *opts, tide_read_cb cb, void *arg)
+{
+	return read_stream(store, stream, opts, NULL, cb, arg);
+}
+
+int tide_store_read_stream_each(struct tide_store *store, const char *stream,
+                                const struct tide_read_opts *opts, tide_read_each_cb each,
+                                tide_read_cb cb, void *arg)
+{
+	if (!each)
+		return fail(store, TIDE_EINVAL, "each must be a function");
+	return read_stream(store, stream, opts, each, cb, arg);
 }
 
 int tide_store_read_all(struct tide_store *store, const struct tide_cursor *after, int64_t max,

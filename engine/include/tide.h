@@ -267,6 +267,19 @@ TIDE_MUST_CHECK int tide_store_read_stream(struct tide_store *store, const char 
                                            const struct tide_read_opts *opts, tide_read_cb cb,
                                            void *arg);
 
+/* One message of a read as it arrives; valid during the call only. */
+typedef void (*tide_read_each_cb)(const struct tide_message *message, void *arg);
+
+/* Reads one stream as tide_store_read_stream does, but hands each message to each() as
+ * soon as it arrives, in order, while the server still sends the rest (a consumer that
+ * turns them into something of its own works alongside the server instead of after it).
+ * cb then ends the read: status 0 with a result of count 0 (the messages all went to
+ * each), or an error — after which the messages already handed on are not the whole read
+ * and are to be dropped. */
+TIDE_MUST_CHECK int tide_store_read_stream_each(struct tide_store *store, const char *stream,
+                                                const struct tide_read_opts *opts,
+                                                tide_read_each_cb each, tide_read_cb cb, void *arg);
+
 /* Reads the global log after `after` (NULL: from the start), at most max messages
  * (0: 1000), in (transaction_id, global_position) order. Only messages of transactions
  * older than every transaction still running are returned, so a reader that follows the

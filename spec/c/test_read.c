@@ -1,7 +1,9 @@
 /* test_read.c — reads deliver every field exactly as the text reads before them did: the
  * binary rows (engine/store.c) against the same rows fetched as text by libpq, with
  * `created` as to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') gives
- * it, over time stamps from 4713 BC to 294276 AD and the infinities. */
+ * it, over time stamps from 4713 BC to 294276 AD and the infinities; and a stream read whose
+ * messages go on as they arrive (tide_store_read_stream_each) hands on the same messages in
+ * the same order, alone or among other requests on the same connection. */
 #include <inttypes.h>
 
 #include "harness.h"
@@ -123,6 +125,39 @@ static void on_all(int status, const char *err, const struct tide_read_result *r
 	CHECK(r->next.transaction_id == r->messages[r->count - 1].transaction_id);
 }
 
+/* tide_store_read_stream_each: the messages as they came, then the end. */
+struct arriving {
+	bool done;
+	int status;
+	size_t count;
+	int64_t last_position; /* of the message before */
+	int step;              /* +1 forward, -1 backward: positions go up or down by it */
+	bool compare;          /* against text_rows */
+};
+
+static void on_arriving(const struct tide_message *m, void *arg)
+{
+	struct arriving *a = arg;
+	CHECK(!a->done);
+	if (a->compare)
+		same_as_text(m, false);
+	if (a->count > 0)
+		CHECK_EQ_I64(m->stream_position, a->last_position + a->step);
+	a->last_position = m->stream_position;
+	a->count++;
+}
+
+static void on_arrived(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct arriving *a = arg;
+	a->done = true;
+	a->status = status;
+	if (status && status != TIDE_EARCHIVED)
+		fprintf(stderr, "read_stream_each: %s\n", err);
+	if (!status)
+		CHECK_EQ_I64(r->count, 0);
+}
+
 struct appended {
 	bool done;
 	int status;
@@ -188,6 +223,12 @@ static void fields_as_the_text_read_gave_them(void)
 		test_wait(&got.done);
 		CHECK_EQ_I64(got.status, 0);
 		CHECK_EQ_I64(got.count, reads[i].count);
+		struct arriving each = {.step = reads[i].opts.backward ? -1 : 1, .compare = true};
+		CHECK(tide_store_read_stream_each(s, "when-1", &reads[i].opts, on_arriving,
+		                                  on_arrived, &each) == 0);
+		test_wait(&each.done);
+		CHECK_EQ_I64(each.status, 0);
+		CHECK_EQ_I64(each.count, reads[i].count);
 	}
 	struct compared got = {0};
 	struct tide_cursor start = {0, 0};
@@ -198,10 +239,106 @@ static void fields_as_the_text_read_gave_them(void)
 	test_close(s);
 }
 
+static void on_counted(int status, const char *err, const struct tide_read_result *r, void *arg)
+{
+	struct compared *c = arg;
+	c->done = true;
+	c->status = status;
+	if (status)
+		fprintf(stderr, "read: %s\n", err);
+	else
+		c->count = r->count;
+}
+
+static void on_archived(int status, const char *err, const struct tide_archive_result *r, void *arg)
+{
+	(void)r;
+	on_append(status, err, NULL, arg);
+}
+
+/* Reads whose rows go on as they arrive, sent together with appends and whole reads on one
+ * pipelined connection, statements prepared or not yet: each gets its own stream's
+ * messages, all of them, in order; a stream never written ends with none, an archived one
+ * with TIDE_EARCHIVED; bad arguments are refused at once. */
+static void each_among_other_requests(void)
+{
+	enum { STREAMS = 3, EVENTS = 3000, BATCH = 500 };
+	struct tide_store *s = test_store();
+	static struct tide_event e[BATCH];
+	for (int i = 0; i < BATCH; i++)
+		e[i] = (struct tide_event){.type = "Counted", .data = "{\"n\": 1}"};
+	char name[STREAMS][16];
+	for (int k = 0; k < STREAMS; k++) {
+		snprintf(name[k], sizeof(name[k]), "long-%d", k);
+		for (int b = 0; b < EVENTS / BATCH; b++) {
+			struct appended a = {0};
+			CHECK(tide_store_append(s, name[k], e, BATCH, TIDE_EXPECT_ANY, on_append,
+			                        &a) == 0);
+			test_wait(&a.done);
+			CHECK_EQ_I64(a.status, 0);
+		}
+	}
+	struct appended archived = {0};
+	CHECK(tide_store_append(s, "gone-1", e, 1, TIDE_EXPECT_ANY, on_append, &archived) == 0);
+	test_wait(&archived.done);
+	CHECK_EQ_I64(archived.status, 0);
+	archived.done = false;
+	CHECK(tide_store_archive(s, "gone-1", on_archived, &archived) == 0);
+	test_wait(&archived.done);
+	CHECK_EQ_I64(archived.status, 0);
+
+	for (int round = 0; round < 2; round++) { /* the first prepares the statements */
+		struct arriving each[STREAMS] = {0}, missing = {0}, gone = {0};
+		struct compared whole[STREAMS] = {{0}};
+		struct appended more[STREAMS] = {{0}};
+		for (int k = 0; k < STREAMS; k++) {
+			each[k].step = 1;
+			CHECK(tide_store_read_stream_each(s, name[k], NULL, on_arriving, on_arrived,
+			                                  &each[k]) == 0);
+			CHECK(tide_store_read_stream(s, name[k], NULL, on_counted, &whole[k]) == 0);
+			CHECK(tide_store_append(s, name[k], e, 1, TIDE_EXPECT_ANY, on_append,
+			                        &more[k]) == 0);
+		}
+		CHECK(tide_store_read_stream_each(s, "never-1", NULL, on_arriving, on_arrived,
+		                                  &missing) == 0);
+		CHECK(tide_store_read_stream_each(s, "gone-1", NULL, on_arriving, on_arrived,
+		                                  &gone) == 0);
+		test_wait(&gone.done);
+		for (int k = 0; k < STREAMS; k++) {
+			CHECK(each[k].done && more[k].done);
+			CHECK_EQ_I64(each[k].status, 0);
+			/* sent before the append behind it: all the events before, none after */
+			CHECK_EQ_I64(each[k].count, EVENTS + round);
+			CHECK_EQ_I64(each[k].last_position, EVENTS + round);
+			CHECK_EQ_I64(more[k].status, 0);
+			CHECK(whole[k].done);
+			CHECK_EQ_I64(whole[k].status, 0);
+			CHECK_EQ_I64(whole[k].count, EVENTS + round);
+		}
+		CHECK(missing.done);
+		CHECK_EQ_I64(missing.status, 0);
+		CHECK_EQ_I64(missing.count, 0);
+		CHECK_EQ_I64(gone.status, TIDE_EARCHIVED);
+		CHECK_EQ_I64(gone.count, 0);
+	}
+	struct arriving unused = {0};
+	static const struct tide_read_opts negative = {.from = -1};
+	CHECK_EQ_I64(tide_store_read_stream_each(s, "", NULL, on_arriving, on_arrived, &unused),
+	             TIDE_EINVAL);
+	CHECK_EQ_I64(tide_store_read_stream_each(s, "long-0", &negative, on_arriving, on_arrived,
+	                                         &unused),
+	             TIDE_EINVAL);
+	CHECK_EQ_I64(tide_store_read_stream_each(s, "long-0", NULL, NULL, on_arrived, &unused),
+	             TIDE_EINVAL);
+	CHECK(!unused.done);
+	test_close(s);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct test_case cases[] = {
 	        {"fields_as_the_text_read_gave_them", fields_as_the_text_read_gave_them},
+	        {"each_among_other_requests", each_among_other_requests},
 	};
 	return test_main(argc, argv, cases, sizeof(cases) / sizeof(cases[0]));
 }
