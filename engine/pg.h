@@ -61,8 +61,8 @@ typedef void (*tide_pg_rows_cb)(const PGresult *rows, void *arg);
 
 /* As tide_pg_exec_binary, but the rows go to rows (arg is cb's) while the server still
  * sends the rest — one at a time, or all at once should libpq not allow that — and the
- * reply's res has none of them. After an error (reply->status) the rows already handed on
- * are not the query's whole result. */
+ * reply only ends the query (its res is not for reading rows). After an error
+ * (reply->status) the rows already handed on are not the query's whole result. */
 TIDE_MUST_CHECK int tide_pg_exec_rows(struct tide_pg *pg, const struct tide_pg_stmt *stmt,
                                       const char *const *values, tide_pg_rows_cb rows,
                                       tide_pg_reply_cb cb, void *arg);
