@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define TIDE_PG_CONNECT_TIMEOUT_MS 10000
 #define TIDE_PG_MAX_STMTS          32
@@ -644,7 +645,20 @@ static void on_poll(uv_poll_t *h, int status, int events)
 		return;
 	}
 	if (status < 0) {
-		fail_all(pg, TIDE_ECONN, uv_strerror(status));
+		/* libuv reports an error on the socket (POLLERR: the server reset or dropped the
+		 * connection) as "bad file descriptor" and stops watching it. libpq, reading,
+		 * finds the real reason: the server's last message, or the socket's error. */
+		read_results(pg);
+		if (pg->connected && !pg->closing) {
+			int fd = PQsocket(pg->conn), soerr = 0;
+			socklen_t len = sizeof(soerr);
+			if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
+				soerr = 0;
+			char msg[160];
+			snprintf(msg, sizeof(msg), "the connection to the server failed: %s",
+			         soerr ? strerror(soerr) : "an error on its socket");
+			fail_all(pg, TIDE_ECONN, msg);
+		}
 		return;
 	}
 	if (events & UV_WRITABLE) {
