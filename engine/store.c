@@ -254,7 +254,12 @@ bool tide_store_usable(struct tide_store *store)
 {
 	if (tide_pg_ready(store->pg))
 		return true;
-	if (!store->error[0])
+	if (store->error[0])
+		return false;
+	const char *why = tide_pg_error(store->pg);
+	if (why && *why) /* lost while nothing was in flight to hear of it */
+		fail(store, TIDE_ECONN, "the connection to the database was lost: %s", why);
+	else
 		fail(store, TIDE_ECONN, "not connected to the database");
 	return false;
 }
