@@ -654,16 +654,15 @@ static bool message_at(const PGresult *res, int i, const struct read_columns *co
 
 static const char BAD_JSONB[] = "the server sent jsonb in a format this tide cannot read";
 
-/* A stream read that found nothing asks whether the stream is archived; true when that
- * went out (the answer ends the read). */
-static bool ask_archived(struct read_call *rc)
+/* A stream read that found nothing asks whether the stream is archived: the answer ends
+ * the read (on_archived), or the read ends at once when the question cannot go out. */
+static void ask_archived(struct read_call *rc)
 {
 	const char *v[2] = {rc->stream, rc->partition};
 	if (tide_pg_exec(rc->c.store->pg, &tide_stmt_stream_version, v, on_archived, rc) == 0)
-		return true;
+		return;
 	rc->c.cb.read(TIDE_ECONN, tide_pg_error(rc->c.store->pg), NULL, rc->c.arg);
 	free(rc);
-	return false;
 }
 
 static void on_read(const struct tide_pg_reply *reply, void *arg)
@@ -681,7 +680,7 @@ static void on_read(const struct tide_pg_reply *reply, void *arg)
 	struct tide_read_result r = {.next = c->after};
 	int rows = PQntuples(res);
 	if (rows == 0 && !c->global) {
-		(void)ask_archived(rc);
+		ask_archived(rc);
 		return;
 	}
 	/* The messages, then the text of their time stamps. */
@@ -744,7 +743,7 @@ static void on_each_end(const struct tide_pg_reply *reply, void *arg)
 	else if (rc->bad_jsonb)
 		c->cb.read(TIDE_EDB, BAD_JSONB, NULL, c->arg);
 	else if (rc->handed_on == 0) {
-		(void)ask_archived(rc);
+		ask_archived(rc);
 		return;
 	} else
 		c->cb.read(0, NULL, &r, c->arg);
