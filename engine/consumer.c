@@ -430,8 +430,10 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 {
 	(void)s;
 	struct tide_consumer *c = arg;
+	if (!status)
+		c->lease.pg = c->store->pg;
 	if (c->stop_requested) {
-		release(c);
+		release(c); /* connected: it releases a lease still held from before */
 		return;
 	}
 	if (status) {
@@ -453,7 +455,6 @@ static void on_open(struct tide_store *s, int status, const char *err, void *arg
 	if (c->reconnects > 0)
 		tide_log("info", "connect.restored", "processor", c->id, (char *)NULL);
 	c->reconnects = 0;
-	c->lease.pg = c->store->pg;
 	if (c->awaiting && !c->has_pending) {
 		await_build(c);
 		return;

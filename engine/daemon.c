@@ -92,6 +92,7 @@ struct run {
 	bool upcasters_scanned;
 	uint64_t upcasters_bad_signature;
 	int exit_code;
+	bool closing; /* maybe_exit closed the handles: the loop is winding down */
 	char *config_strings[2 * MAX_DIRS + 8];
 	int nconfig_strings;
 	char **specs; /* the spec files found (and said to be skipped), malloc'd */
@@ -187,9 +188,12 @@ static struct tide_processor *find(struct run *r, const char *id)
 	return NULL;
 }
 
+/* Once stopping and every processor has stopped, closes what keeps the loop running (once:
+ * a migration or check still in flight may end after that and ask again). */
 static void maybe_exit(struct run *r)
 {
-	if (r->d.stopping && r->d.running == 0) {
+	if (r->d.stopping && r->d.running == 0 && !r->closing) {
+		r->closing = true;
 		uv_close((uv_handle_t *)&r->debounce, NULL);
 		uv_close((uv_handle_t *)&r->listen_retry, NULL);
 		uv_close((uv_handle_t *)&r->drain_deadline, NULL);
