@@ -491,6 +491,18 @@ static void batch_and_read_stream(void)
 	CHECK_EQ_I64(a.count, 5);
 	for (int i = 1; i < 5; i++)
 		CHECK(a.positions[i] > a.positions[i - 1]);
+	/* Each position returned is its own event's row, at its own stream position. */
+	PGconn *c = test_pg();
+	for (int i = 0; i < 5; i++) {
+		char sql[200];
+		snprintf(sql, sizeof(sql),
+		         "SELECT count(*) FROM emt_messages WHERE stream_id = 'batch-1'"
+		         " AND global_position = %" PRId64
+		         " AND stream_position = %d AND (message_data->>'i')::int = %d",
+		         a.positions[i], i + 1, i + 1);
+		CHECK_EQ_I64(test_scalar(c, sql), 1);
+	}
+	PQfinish(c);
 
 	struct {
 		struct tide_read_opts opts;
