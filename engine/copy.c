@@ -1,11 +1,8 @@
-/* copy.c — emt_messages rows in PostgreSQL's binary COPY format (see copy.h) and random
- * UUIDs for the message ids a writer does not give. */
+/* copy.c — emt_messages rows in PostgreSQL's binary COPY format (see copy.h). */
 #include "copy.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 const char tide_copy_header[TIDE_COPY_HEADER_BYTES] = "PGCOPY\n\377\r\n\0"
                                                       "\0\0\0\0"  /* flags */
@@ -79,36 +76,4 @@ void tide_copy_set(char *at, int64_t stream_position, uint64_t transaction_id)
 {
 	put_u64(at + 4, (uint64_t)stream_position);
 	put_u64(at + 16, transaction_id);
-}
-
-void tide_uuid_v4(char out[37])
-{
-	/* Per thread: each loop's thread draws from a pool of its own. */
-	static _Thread_local unsigned char pool[4096];
-	static _Thread_local size_t left;
-	if (left < 16) {
-		size_t got = 0;
-		while (got < sizeof(pool)) {
-			ssize_t n = getrandom(pool + got, sizeof(pool) - got, 0);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				abort(); /* no randomness from the kernel: nothing sensible to do */
-			got += (size_t)n;
-		}
-		left = sizeof(pool);
-	}
-	unsigned char *b = pool + sizeof(pool) - left;
-	left -= 16;
-	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
-	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-	static const char hex[] = "0123456789abcdef";
-	char *o = out;
-	for (int i = 0; i < 16; i++) {
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			*o++ = '-';
-		*o++ = hex[b[i] >> 4];
-		*o++ = hex[b[i] & 15];
-	}
-	*o = '\0';
 }

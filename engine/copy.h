@@ -39,8 +39,4 @@ size_t tide_copy_row_write(char *dst, const struct tide_copy_row *r);
 
 void tide_copy_set(char *at, int64_t stream_position, uint64_t transaction_id);
 
-/* A random (version 4) UUID, lower-case, NUL-terminated. The random bytes come from the
- * kernel (getrandom), a few thousand at a time. */
-void tide_uuid_v4(char out[37]);
-
 #endif

@@ -33,6 +33,7 @@
 #include "append.h"
 #include "copy.h"
 #include "file.h"
+#include "input.h"
 #include "json.h"
 #include "pg.h"
 #include "store.h"

@@ -8,6 +8,11 @@
 
 bool tide_uuid_valid(const char *s);
 
+/* A random (version 4) UUID, lower-case, NUL-terminated: the message id of an event that
+ * comes without one. The random bytes come from the kernel (getrandom), a few thousand at
+ * a time. */
+void tide_uuid_v4(char out[37]);
+
 /* 0 when name[0..len) is a name tide stores (a stream, an event type, a partition):
  * 1..max bytes of valid UTF-8 without NUL bytes. Otherwise TIDE_EINVAL and one line in
  * err that names it by `what` ("stream name"). */

@@ -1,13 +1,17 @@
 /* test_import.c — what `tide import` makes of one line (engine/import.c's parser, without a
  * database): the fields it takes, the JSON escapes of names it decodes, and the one-line
- * message it gives for what it refuses; and the binary COPY row of engine/copy.c. */
+ * message it gives for what it refuses; the binary COPY row of engine/copy.c; and the new
+ * message ids of engine/input.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "copy.h"
 #include "harness.h"
 #include "import.h"
+#include "input.h"
 
 struct line_case {
 	const char *line;
@@ -169,10 +173,36 @@ static void copy_row(void)
 	printf("ok copy_row\n");
 }
 
+/* New message ids are random version 4 UUIDs, and a forked child does not repeat its
+ * parent's: each draws from a pool of random bytes, which a child must not inherit. */
+static void new_ids(void)
+{
+	char first[37], mine[37], theirs[37] = "";
+	tide_uuid_v4(first); /* the parent's pool is filled */
+	int fds[2];
+	CHECK(pipe(fds) == 0);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		char id[37];
+		tide_uuid_v4(id);
+		_exit(write(fds[1], id, 37) == 37 ? 0 : 1);
+	}
+	close(fds[1]);
+	CHECK(read(fds[0], theirs, 37) == 37);
+	close(fds[0]);
+	int status;
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	tide_uuid_v4(mine);
+	CHECK(tide_uuid_valid(mine) && tide_uuid_valid(theirs));
+	CHECK(strcmp(mine, theirs) != 0 && strcmp(first, mine) != 0);
+	printf("ok new_ids\n");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
-		fprintf(stderr, "usage: %s accepted|refused|copy_row\n", argv[0]);
+		fprintf(stderr, "usage: %s accepted|refused|copy_row|new_ids\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "accepted") == 0)
@@ -181,6 +211,8 @@ int main(int argc, char **argv)
 		refused();
 	else if (strcmp(argv[1], "copy_row") == 0)
 		copy_row();
+	else if (strcmp(argv[1], "new_ids") == 0)
+		new_ids();
 	else
 		return 2;
 	return 0;
