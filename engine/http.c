@@ -32,6 +32,7 @@ struct conn {
 	uv_tcp_t tcp;
 	struct tide_http *http; /* not in tcp.data: H2O's socket takes that over */
 	struct conn *prev, *next;
+	bool parked; /* accepted before the pool settled: not H2O's yet */
 };
 
 /* Links a request (in its pool) to its call: H2O disposes of the request when the client
@@ -66,6 +67,11 @@ struct tide_http {
 	uint64_t stop_deadline;
 	int calls; /* in flight */
 	int timers_closed;
+	/* Settled: a store of the pool connected, every one failed, or a second passed. Until
+	 * then accepted connections wait (parked), rather than be told the database is
+	 * unreachable while the pool is still connecting. */
+	bool pool_settled;
+	int pool_failures;
 	bool stopping;
 };
 
@@ -355,18 +361,23 @@ void tide_http_fail_code(struct tide_http_call *c, int code, const char *err)
 
 /* --- the pool --------------------------------------------------------------------------- */
 
+static void settle(struct tide_http *http);
+
 static void on_pool_open(struct tide_store *s, int status, const char *err, void *arg)
 {
 	(void)s;
 	struct tide_http *http = arg;
 	if (status && status != TIDE_ECLOSED && !http->stopping)
 		tide_log("warn", "http.database_unreachable", "error", err, (char *)NULL);
+	if (status == 0 || ++http->pool_failures >= http->npool)
+		settle(http);
 }
 
 /* Connects again whatever lost its connection, once a second. */
 static void on_reconnect(uv_timer_t *t)
 {
 	struct tide_http *http = t->data;
+	settle(http);
 	for (int i = 0; i < http->npool; i++)
 		if (!tide_store_connected(http->pool[i]) &&
 		    tide_store_reconnect(http->pool[i], on_pool_open, http) != 0)
@@ -644,6 +655,12 @@ static void on_conn_closed(uv_handle_t *h)
 	free(conn);
 }
 
+static void serve(struct tide_http *http, struct conn *conn)
+{
+	h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, on_conn_closed);
+	h2o_accept(&http->accept, sock);
+}
+
 static void on_accept(uv_stream_t *listener, int status)
 {
 	struct tide_http *http = listener->data;
@@ -663,8 +680,23 @@ static void on_accept(uv_stream_t *listener, int status)
 		return;
 	}
 	uv_tcp_nodelay(&conn->tcp, 1);
-	h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, on_conn_closed);
-	h2o_accept(&http->accept, sock);
+	if (http->pool_settled)
+		serve(http, conn);
+	else
+		conn->parked = true;
+}
+
+/* Hands the connections accepted while the pool was connecting to H2O. */
+static void settle(struct tide_http *http)
+{
+	if (http->pool_settled)
+		return;
+	http->pool_settled = true;
+	for (struct conn *c = http->conns; c; c = c->next)
+		if (c->parked) {
+			c->parked = false;
+			serve(http, c);
+		}
 }
 
 /* HOST:PORT or [V6]:PORT into addr; whether the host is a loopback address. */
@@ -899,6 +931,11 @@ void tide_http_stop(struct tide_http *http)
 		return;
 	http->stopping = true;
 	uv_close((uv_handle_t *)&http->listener, NULL);
+	for (struct conn *c = http->conns; c; c = c->next)
+		if (c->parked) {
+			c->parked = false;
+			uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+		}
 	for (struct tide_http_call *c = http->calls_list, *next; c; c = next) {
 		next = c->next;
 		if (c->on_stop)
