@@ -1,6 +1,6 @@
 -- The HTTP API of `tide run --http` (README "HTTP API"): appends, stream and global-log
 -- reads, processors and documents against a real daemon and database; bad input gets a 400
--- and writes nothing; tokens and scopes; start-up refusals.
+-- and writes nothing; tokens and scopes; start-up (refusals, and clients knocking before the pool is up).
 local S = require "spec.support"
 local D = require "spec.daemon"
 local H = require "spec.http"
@@ -262,33 +262,6 @@ describe("the HTTP API", function()
   end)
 end)
 
-describe("HTTP start-up", function()
-  if S.missing() then return end
-  local url, dir
-  setup(function()
-    url = S.fresh_db()
-    dir = S.mkdtemp()
-  end)
-  teardown(function()
-    D.kill_all()
-    S.drop_db(url)
-  end)
-
-  it("answers a client knocking from the start once its database connections are up", function()
-    -- The service listens before its pool has connected; a request then waits for it
-    -- instead of getting 503 "the database is unreachable" (9 of 20 first answers were 503
-    -- before, by hand).
-    for round = 1, 5 do
-      local port = 20000 + math.random(0, 19999)
-      local pid, log = D.start(url, dir, "--http 127.0.0.1:" .. port)
-      local r = S.sh("for k in $(seq 3000); do c=$(curl -s -o /dev/null -w '%{http_code}' "
-        .. "http://127.0.0.1:" .. port .. "/processors); [ \"$c\" != 000 ] && break; done; echo $c")
-      D.stop(pid)
-      assert.are.equal("200", (r.out:gsub("%s+$", "")), "round " .. round .. ": " .. D.read(log))
-    end
-  end)
-end)
-
 describe("HTTP tokens", function()
   if S.missing() then return end
   local url, dir, base, pid, log
@@ -363,7 +336,7 @@ return {
   end)
 end)
 
-describe("tide run --http refuses", function()
+describe("tide run --http at start-up", function()
   if S.missing() then return end
   local url, dir
   setup(function()
@@ -379,7 +352,7 @@ describe("tide run --http refuses", function()
     return S.tide("run --database " .. S.q(url) .. " " .. args .. " " .. S.q(dir))
   end
 
-  it("a non-loopback address without tokens unless --http-insecure", function()
+  it("refuses a non-loopback address without tokens unless --http-insecure", function()
     local r = run("--http 0.0.0.0:0")
     assert.are.equal(2, r.code)
     assert.truthy(r.err:find("not a loopback address and no token is configured", 1, true), r.err)
@@ -388,7 +361,7 @@ describe("tide run --http refuses", function()
     D.stop(pid)
   end)
 
-  it("bad addresses and bad token configurations, with a clear message", function()
+  it("refuses bad addresses and bad token configurations, with a clear message", function()
     local r = run("--http localhost")
     assert.are.equal(2, r.code)
     assert.truthy(r.err:find("HOST:PORT", 1, true), r.err)
@@ -407,12 +380,26 @@ describe("tide run --http refuses", function()
     assert.truthy(r.err:find("unknown scope", 1, true), r.err)
   end)
 
-  it("an address in use: exits 2 and says so", function()
+  it("refuses an address in use: exits 2 and says so", function()
     local base, pid = H.start(url, dir)
     local r = run("--http " .. base:match("//(.*)$"))
     assert.are.equal(2, r.code)
     assert.truthy(r.err:find("cannot listen on", 1, true), r.err)
     D.stop(pid)
+  end)
+
+  it("answers a client knocking from the start once its database connections are up", function()
+    -- The service listens before its pool has connected; a request then waits for it
+    -- instead of getting 503 "the database is unreachable" (9 of 20 first answers were 503
+    -- before, by hand).
+    for round = 1, 5 do
+      local port = 20000 + math.random(0, 19999)
+      local pid, log = D.start(url, dir, "--http 127.0.0.1:" .. port)
+      local r = S.sh("for k in $(seq 3000); do c=$(curl -s -o /dev/null -w '%{http_code}' "
+        .. "http://127.0.0.1:" .. port .. "/processors); [ \"$c\" != 000 ] && break; done; echo $c")
+      D.stop(pid)
+      assert.are.equal("200", (r.out:gsub("%s+$", "")), "round " .. round .. ": " .. D.read(log))
+    end
   end)
 end)
 
