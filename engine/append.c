@@ -475,14 +475,14 @@ int tide_append_condition(struct tide_append *a, const struct tide_query *q, int
 /* A plain append's reply: a row per event, with its global and stream positions (then, for
  * tide_append_return_rows, its message id and time stamp into a->rows); the stream
  * positions say which event each row is, the highest is the stream's new version. Fills r;
- * its positions are malloc'd into *positions. False when out of memory or the reply is not
- * what the statement gives. */
-static bool take_reply(struct tide_append *a, PGresult *res, struct tide_append_result *r,
-                       int64_t **positions)
+ * its positions are malloc'd into *positions. 0, or TIDE_ENOMEM, or TIDE_EDB when the reply
+ * is not what the statement gives (a trigger of someone else's on the tables?). */
+static int take_reply(struct tide_append *a, PGresult *res, struct tide_append_result *r,
+                      int64_t **positions)
 {
 	size_t n = a->n;
 	if ((size_t)PQntuples(res) != n || PQnfields(res) < (a->rows ? 4 : 2))
-		return false;
+		return TIDE_EDB;
 	int64_t last = 0;
 	for (size_t i = 0; i < n; i++) {
 		int64_t v = strtoll(PQgetvalue(res, (int)i, 1), NULL, 10);
@@ -491,11 +491,11 @@ static bool take_reply(struct tide_append *a, PGresult *res, struct tide_append_
 	struct tide_append_rows *out = a->rows;
 	if (!(*positions = malloc(n * sizeof(**positions))) ||
 	    (out && !(out->message_ids = calloc(n, sizeof(*out->message_ids)))))
-		return false;
+		return TIDE_ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		int64_t k = strtoll(PQgetvalue(res, (int)i, 1), NULL, 10) - (last - (int64_t)n) - 1;
 		if (k < 0 || k >= (int64_t)n)
-			return false;
+			return TIDE_EDB;
 		(*positions)[k] = strtoll(PQgetvalue(res, (int)i, 0), NULL, 10);
 		if (out)
 			snprintf(out->message_ids[k], sizeof(out->message_ids[k]), "%s",
@@ -508,7 +508,7 @@ static bool take_reply(struct tide_append *a, PGresult *res, struct tide_append_
 	r->next_expected_version = last;
 	r->global_positions = *positions;
 	r->count = n;
-	return true;
+	return 0;
 }
 
 static void done(struct tide_append *a, int status, const char *err,
@@ -676,20 +676,26 @@ static void on_append(const struct tide_pg_reply *reply, void *arg)
 	}
 	int64_t *positions = NULL;
 	struct tide_append_result r = {.expected = a->expected, .actual = -1};
-	bool ok;
+	int status;
 	if (a->conditional) {
 		/* One row: the new version and the positions (an array for more than one). */
 		r.next_expected_version = strtoll(PQgetvalue(reply->res, 0, 0), NULL, 10);
 		r.count = tide_append_parse_positions(PQgetvalue(reply->res, 0, 1), &positions);
 		r.global_positions = positions;
-		ok = positions != NULL;
+		status = positions ? 0 : TIDE_ENOMEM;
 	} else {
-		ok = take_reply(a, reply->res, &r, &positions);
+		status = take_reply(a, reply->res, &r, &positions);
 	}
-	if (ok)
+	if (status == 0)
 		done(a, 0, NULL, &r);
 	else
-		done(a, TIDE_ENOMEM, "out of memory", NULL);
+		done(a, status,
+		     status == TIDE_ENOMEM
+		             ? "out of memory"
+		             : "the append's reply does not have a row per event at its stream "
+		               "position (does a trigger on emt_messages change its rows?): read "
+		               "the stream to see what was written",
+		     NULL);
 	free(positions);
 }
 

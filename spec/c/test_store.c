@@ -528,6 +528,33 @@ static void batch_and_read_stream(void)
 	test_close(s);
 }
 
+/* A reply without a row per event (here a trigger of someone else's drops one) is an
+ * error that says so, not a success with fewer positions than events. */
+static void reply_short_of_rows(void)
+{
+	PGconn *c = test_pg();
+	exec_ok(c, "CREATE FUNCTION drop_skipped() RETURNS trigger LANGUAGE plpgsql AS"
+	           " $$BEGIN IF NEW.message_type = 'Skipped' THEN RETURN NULL; END IF;"
+	           " RETURN NEW; END$$");
+	exec_ok(c, "CREATE TRIGGER drop_skipped BEFORE INSERT ON emt_messages"
+	           " FOR EACH ROW EXECUTE FUNCTION drop_skipped()");
+	struct tide_store *s = test_store();
+	struct tide_event e[2] = {{.type = "Kept", .data = "{}"},
+	                          {.type = "Skipped", .data = "{}"}};
+	struct appended a = {0};
+	CHECK(tide_store_append(s, "short-1", e, 2, TIDE_EXPECT_ANY, on_append, &a) == 0);
+	test_wait(&a.done);
+	CHECK_EQ_I64(a.status, TIDE_EDB);
+	CHECK(strstr(a.err, "does not have a row per event") != NULL);
+	exec_ok(c, "DROP TRIGGER drop_skipped ON emt_messages");
+	exec_ok(c, "DROP FUNCTION drop_skipped()");
+	a = append_sync(s, "short-2", TIDE_EXPECT_NO_STREAM);
+	CHECK_EQ_I64(a.status, 0);
+	CHECK_EQ_I64(a.count, 1);
+	PQfinish(c);
+	test_close(s);
+}
+
 /* Closing a store fails its pending requests with TIDE_ECLOSED; none is lost. */
 /* Two stores on one database, one in a tenant's partition: each sees only its own. */
 static void partitions(void)
@@ -917,6 +944,7 @@ int main(int argc, char **argv)
 	        {"follow_concurrent_writers", follow_concurrent_writers},
 	        {"invalid_input", invalid_input},
 	        {"batch_and_read_stream", batch_and_read_stream},
+	        {"reply_short_of_rows", reply_short_of_rows},
 	        {"partitions", partitions},
 	        {"close_fails_pending", close_fails_pending},
 	        {"unreachable", unreachable},
