@@ -555,7 +555,6 @@ static void reply_short_of_rows(void)
 	test_close(s);
 }
 
-/* Closing a store fails its pending requests with TIDE_ECLOSED; none is lost. */
 /* Two stores on one database, one in a tenant's partition: each sees only its own. */
 static void partitions(void)
 {
@@ -601,6 +600,7 @@ static void partitions(void)
 	test_close(d);
 }
 
+/* Closing a store fails its pending requests with TIDE_ECLOSED; none is lost. */
 static void close_fails_pending(void)
 {
 	struct tide_store *s = test_store();
